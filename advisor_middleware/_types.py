@@ -1,0 +1,16 @@
+"""Loose ASGI aliases, the Starlette pattern (asgi-ecosystem §1.2).
+
+asgiref's TypedDicts make ``AdvisorMiddleware(FastAPI())`` fail under ``mypy --strict``; these
+aliases accept every real ASGI app while still typing our own code.
+"""
+
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+Event = dict[str, Any]
+"""One Anthropic stream event, as a plain dict (``{"type": "content_block_delta", ...}``)."""

@@ -1,0 +1,140 @@
+"""Anthropic stream events <-> one Message.
+
+``MessageAccumulator`` builds the Message a stream describes (the JSON response mode, and each
+leg's assistant content). It follows the SDK accumulators (advisor-wire-spec §7): blocks are
+copied at ``content_block_start``, ``input_json_delta`` is parsed at ``content_block_stop`` (an
+empty buffer keeps the ``{}`` from the start), ``message_delta`` overwrites ``stop_reason`` and
+the usage fields it carries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pydantic_core
+
+__all__ = ["MessageAccumulator", "message_to_events"]
+
+
+class MessageAccumulator:
+    __slots__ = ("_json", "message")
+
+    def __init__(self) -> None:
+        self.message: dict[str, Any] = {}
+        self._json: dict[int, list[str]] = {}
+
+    @property
+    def content(self) -> list[dict[str, Any]]:
+        content = self.message.setdefault("content", [])
+        assert isinstance(content, list)
+        return content
+
+    def feed(self, event: dict[str, Any]) -> None:
+        kind = event.get("type")
+        if kind == "message_start":
+            message = dict(event.get("message") or {})
+            message["content"] = [dict(b) for b in message.get("content") or []]
+            message["usage"] = dict(message.get("usage") or {})
+            self.message = message
+        elif kind == "content_block_start":
+            block = dict(event.get("content_block") or {})
+            index = event.get("index", len(self.content))
+            content = self.content
+            while len(content) <= index:
+                content.append({})
+            content[index] = block
+            if block.get("type") in ("tool_use", "server_tool_use", "mcp_tool_use"):
+                self._json[index] = []
+        elif kind == "content_block_delta":
+            index = event.get("index", -1)
+            content = self.content
+            if not 0 <= index < len(content):
+                return
+            block = content[index]
+            delta = event.get("delta") or {}
+            dtype = delta.get("type")
+            if dtype == "text_delta":
+                block["text"] = block.get("text", "") + delta.get("text", "")
+            elif dtype == "thinking_delta":
+                block["thinking"] = block.get("thinking", "") + delta.get("thinking", "")
+            elif dtype == "signature_delta":
+                block["signature"] = delta.get("signature", "")
+            elif dtype == "input_json_delta":
+                self._json.setdefault(index, []).append(delta.get("partial_json", ""))
+            elif dtype == "citations_delta":
+                block.setdefault("citations", []).append(delta.get("citation"))
+        elif kind == "content_block_stop":
+            index = event.get("index", -1)
+            parts = self._json.pop(index, None)
+            if parts:
+                raw = "".join(parts)
+                if raw.strip():
+                    try:
+                        self.content[index]["input"] = pydantic_core.from_json(raw)
+                    except ValueError:
+                        # Keep what the model sent; the host will judge it on the next request.
+                        self.content[index]["input"] = {"_raw": raw}
+        elif kind == "message_delta":
+            delta = event.get("delta") or {}
+            for key in ("stop_reason", "stop_sequence", "stop_details"):
+                if key in delta:
+                    self.message[key] = delta[key]
+            usage = event.get("usage") or {}
+            target = self.message.setdefault("usage", {})
+            for key, value in usage.items():
+                if value is not None or key == "output_tokens":
+                    target[key] = value
+
+
+def message_to_events(message: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """The stream a host would have sent for ``message`` (used when a host answers a streaming
+    leg with plain JSON)."""
+    usage = dict(message.get("usage") or {})
+    start = {k: v for k, v in message.items() if k not in ("content", "stop_reason", "stop_sequence")}
+    start.update(content=[], stop_reason=None, stop_sequence=None)
+    start["usage"] = {**usage, "output_tokens": 0}
+    start.setdefault("type", "message")
+    start.setdefault("role", "assistant")
+    yield {"type": "message_start", "message": start}
+    for index, block in enumerate(message.get("content") or []):
+        btype = block.get("type")
+        if btype == "text":
+            yield {"type": "content_block_start", "index": index, "content_block": {**block, "text": ""}}
+            if block.get("text"):
+                yield {"type": "content_block_delta", "index": index, "delta": {"type": "text_delta", "text": block["text"]}}
+        elif btype == "thinking":
+            yield {
+                "type": "content_block_start",
+                "index": index,
+                "content_block": {"type": "thinking", "thinking": "", "signature": ""},
+            }
+            if block.get("thinking"):
+                yield {
+                    "type": "content_block_delta",
+                    "index": index,
+                    "delta": {"type": "thinking_delta", "thinking": block["thinking"]},
+                }
+            if block.get("signature"):
+                yield {
+                    "type": "content_block_delta",
+                    "index": index,
+                    "delta": {"type": "signature_delta", "signature": block["signature"]},
+                }
+        elif btype in ("tool_use", "server_tool_use", "mcp_tool_use"):
+            yield {"type": "content_block_start", "index": index, "content_block": {**block, "input": {}}}
+            if block.get("input"):
+                yield {
+                    "type": "content_block_delta",
+                    "index": index,
+                    "delta": {"type": "input_json_delta", "partial_json": pydantic_core.to_json(block["input"]).decode()},
+                }
+        else:
+            yield {"type": "content_block_start", "index": index, "content_block": block}
+        yield {"type": "content_block_stop", "index": index}
+    yield {
+        "type": "message_delta",
+        "delta": {"stop_reason": message.get("stop_reason"), "stop_sequence": message.get("stop_sequence")},
+        "usage": usage,
+    }
+    yield {"type": "message_stop"}

@@ -1,0 +1,141 @@
+"""Pydantic models of what the client sends us about the advisor, and of what we synthesise.
+
+The tool entry keeps unknown fields (``extra="allow"``): Anthropic keeps adding optional ones
+(advisor-wire-spec §1.2). Synthesised blocks are dumped with ``exclude_none`` so only the fields
+the wire format has reach the client.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+
+__all__ = [
+    "ADVISOR_ERROR_CODES",
+    "ADVISOR_TOOL_TYPE",
+    "AdvisorTool",
+    "advisor_result_block",
+    "executor_id",
+    "server_tool_use_block",
+    "server_tool_use_id",
+]
+
+ADVISOR_TOOL_TYPE = "advisor_20260301"
+ADVISOR_NAME = "advisor"
+
+# advisor-wire-spec §2.2: the seven codes of advisor_tool_result_error.
+ADVISOR_ERROR_CODES = frozenset(
+    {
+        "max_uses_exceeded",
+        "too_many_requests",
+        "overloaded",
+        "prompt_too_long",
+        "execution_time_exceeded",
+        "model_not_found",
+        "unavailable",
+    }
+)
+
+
+class AdvisorTool(BaseModel):
+    """The ``advisor_20260301`` entry of ``tools`` (advisor-wire-spec §1.2)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: Literal["advisor_20260301"]
+    name: Literal["advisor"]
+    model: StrictStr = Field(min_length=1)
+    max_uses: StrictInt | None = Field(default=None, ge=1)
+    # §1.2: "Minimum 1024."
+    max_tokens: StrictInt | None = Field(default=None, ge=1024)
+    defer_loading: StrictBool | None = None
+    caching: dict[str, Any] | None = None
+    cache_control: dict[str, Any] | None = None
+
+
+class _ServerToolUse(BaseModel):
+    type: Literal["server_tool_use"] = "server_tool_use"
+    id: str
+    name: Literal["advisor"] = "advisor"
+    input: dict[str, Any] = Field(default_factory=dict)
+
+
+class _AdvisorResult(BaseModel):
+    type: Literal["advisor_result"] = "advisor_result"
+    text: str
+    stop_reason: str | None = None
+
+
+class _AdvisorError(BaseModel):
+    type: Literal["advisor_tool_result_error"] = "advisor_tool_result_error"
+    error_code: str
+
+
+class _AdvisorToolResult(BaseModel):
+    type: Literal["advisor_tool_result"] = "advisor_tool_result"
+    tool_use_id: str
+    content: _AdvisorResult | _AdvisorError
+
+
+def server_tool_use_block(srv_id: str) -> dict[str, Any]:
+    return _ServerToolUse(id=srv_id).model_dump()
+
+
+def advisor_result_block(
+    srv_id: str, *, text: str | None = None, stop_reason: str | None = None, error_code: str | None = None
+) -> dict[str, Any]:
+    """An ``advisor_tool_result`` block: the advice, or an error with one of the seven codes."""
+    content: _AdvisorResult | _AdvisorError
+    if error_code is not None:
+        assert error_code in ADVISOR_ERROR_CODES, error_code
+        content = _AdvisorError(error_code=error_code)
+    else:
+        content = _AdvisorResult(text=text or "", stop_reason=stop_reason)
+    return _AdvisorToolResult(tool_use_id=srv_id, content=content).model_dump(exclude_none=True)
+
+
+# Ids. The client sees ``srvtoolu_<escaped executor id>``; the executor sees its own id. The
+# mapping is a bijection, so a later turn renders history with exactly the id the executor saw
+# (prompt caches keep hitting, design §4). Escaping keeps the id inside the
+# ``^srvtoolu_[a-zA-Z0-9_]+$`` pattern the API reference gives for these ids: "_" doubles,
+# any other character outside [A-Za-z0-9] becomes "_x" + 2 hex digits, "_u" + 4 or "_U" + 6.
+_PLAIN = re.compile(r"[A-Za-z0-9]")
+_SRV_PREFIX = "srvtoolu_"
+_UNESCAPE = re.compile(r"__|_x([0-9a-f]{2})|_u([0-9a-f]{4})|_U([0-9a-f]{6})|_")
+
+
+def server_tool_use_id(exec_id: str) -> str:
+    out = []
+    for ch in exec_id:
+        if _PLAIN.match(ch):
+            out.append(ch)
+        elif ch == "_":
+            out.append("__")
+        else:
+            cp = ord(ch)
+            out.append(f"_x{cp:02x}" if cp < 0x100 else f"_u{cp:04x}" if cp < 0x10000 else f"_U{cp:06x}")
+    return _SRV_PREFIX + "".join(out)
+
+
+def executor_id(srv_id: str) -> str:
+    """The executor-facing id for a ``server_tool_use`` id; ids we did not mint map to themselves."""
+    if not srv_id.startswith(_SRV_PREFIX):
+        return srv_id
+    encoded = srv_id[len(_SRV_PREFIX) :]
+    out = []
+    pos = 0
+    for m in _UNESCAPE.finditer(encoded):
+        out.append(encoded[pos : m.start()])
+        token = m.group(0)
+        if token == "__":
+            out.append("_")
+        elif token == "_":
+            return srv_id  # not our escaping (e.g. a real Anthropic id): use it as it is
+        else:
+            out.append(chr(int(next(g for g in m.groups() if g), 16)))
+        pos = m.end()
+    out.append(encoded[pos:])
+    decoded = "".join(out)
+    return decoded or srv_id

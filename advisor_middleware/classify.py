@@ -1,0 +1,82 @@
+"""What to do with one parsed ``/v1/messages`` body (design §2.3)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from .blocks import ADVISOR_TOOL_TYPE, AdvisorTool
+from .errors import AdvisorRequestError
+from .history import has_advisor_history, render_history
+
+__all__ = ["Plan", "classify"]
+
+
+@dataclass
+class Plan:
+    action: str
+    """``"pass"`` (replay the original bytes), ``"rewrite"`` (forward ``body``, history rendered,
+    no advisor) or ``"orchestrate"``."""
+    body: dict[str, Any]
+    tool_index: int = -1
+    tool: AdvisorTool | None = None
+
+
+def classify(data: dict[str, Any]) -> Plan:
+    tools = data.get("tools")
+    entries = (
+        [(i, t) for i, t in enumerate(tools) if isinstance(t, dict) and t.get("type") == ADVISOR_TOOL_TYPE]
+        if isinstance(tools, list)
+        else []
+    )
+    messages = data.get("messages")
+    history = isinstance(messages, list) and has_advisor_history(messages)
+    if not entries and not history:
+        return Plan("pass", data)
+    if entries and not isinstance(messages, list):
+        raise AdvisorRequestError("messages: Input should be a valid list")
+    if len(entries) > 1:
+        raise AdvisorRequestError(f"tools.{entries[1][0]}: only one advisor_20260301 tool may be given")
+    tool: AdvisorTool | None = None
+    index = -1
+    if entries:
+        index, raw = entries[0]
+        try:
+            tool = AdvisorTool.model_validate(raw)
+        except ValidationError as exc:
+            raise AdvisorRequestError(_describe(exc, index)) from None
+        stream = data.get("stream", False)
+        if not isinstance(stream, bool):
+            raise AdvisorRequestError("stream: Input should be a valid boolean")
+        if not isinstance(data.get("model"), str):
+            raise AdvisorRequestError("model: Field required")
+    rendered, info = render_history(messages) if isinstance(messages, list) else (messages, None)
+    if tool is not None and not (info is not None and info.advisor_removed):
+        return Plan("orchestrate", data, index, tool)
+    # No advisor on this turn (absent, or switched off by a tool_removal): forward with the
+    # history rendered and the tool entry gone; the host answers as usual.
+    body = dict(data)
+    body["messages"] = rendered
+    if entries:
+        remaining = [t for i, t in enumerate(tools or []) if i != index]
+        if remaining:
+            body["tools"] = remaining
+        else:
+            body.pop("tools", None)
+            if isinstance(body.get("tool_choice"), dict):
+                body.pop("tool_choice")
+    return Plan("rewrite", body)
+
+
+def _describe(exc: ValidationError, index: int) -> str:
+    # Anthropic names the field: "tools.3.model: Field required" (advisor-wire-spec §1.4).
+    parts = []
+    for err in exc.errors(include_url=False):
+        loc = ".".join(str(p) for p in err["loc"])
+        message = err["msg"]
+        if err["loc"] == ("max_tokens",) and err["type"] == "greater_than_equal":
+            message = "must be at least 1024"
+        parts.append(f"tools.{index}.{loc}: {message}")
+    return "; ".join(parts)

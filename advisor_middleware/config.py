@@ -1,0 +1,34 @@
+"""Operator options, validated once at start-up (typos in option names are errors)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["AdvisorConfig"]
+
+
+class AdvisorConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
+    paths: frozenset[str] = Field(default=frozenset({"/v1/messages"}))
+    """Route paths (after ``root_path``) the middleware handles; a trailing slash also matches."""
+    max_body_bytes: int = Field(default=32 * 1024 * 1024, gt=0)
+    """Request bodies above this get 413 ``request_too_large`` (Anthropic's own limit is 32 MB)."""
+    ping_interval: float = Field(default=10.0, gt=0)
+    """Seconds of silence after which a ``ping`` event is sent on a streaming response."""
+    advisor_timeout: float = Field(default=300.0, gt=0)
+    """Seconds one advisor leg may take before it ends as ``execution_time_exceeded``."""
+    advisor_max_tokens: int = Field(default=8192, ge=1)
+    """``max_tokens`` of an advisor leg when the tool entry sets none."""
+    max_consults: int | None = Field(default=None, ge=0)
+    """Operator cap on consults per request, on top of the tool's ``max_uses``."""
+    max_executor_legs: int = Field(default=25, ge=1)
+    """Hard stop for an executor that keeps calling the advisor."""
+    max_transcript_block_chars: int = Field(default=50_000, ge=100)
+    """Longer blocks are truncated, with a marker, in the advisor's transcript."""
+    advisor_system_prompt: str | None = None
+    """Replaces the built-in advisor system prompt."""
+    native_executor: Callable[[str], bool] | None = None
+    """``native_executor(model)`` true: the host serves the advisor tool itself; pass through."""

@@ -1,0 +1,97 @@
+"""Errors in Anthropic's shape (``{"type":"error","error":{"type":..., "message":...}}``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pydantic_core
+
+__all__ = ["AdvisorRequestError", "UpstreamError", "error_body", "error_type_for_status"]
+
+# https://docs.anthropic.com/en/api/errors
+_STATUS_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "billing_error",
+    403: "permission_error",
+    404: "not_found_error",
+    408: "timeout_error",
+    413: "request_too_large",
+    415: "invalid_request_error",
+    429: "rate_limit_error",
+    500: "api_error",
+    502: "api_error",
+    503: "api_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
+
+
+def error_type_for_status(status: int) -> str:
+    if status in _STATUS_TYPES:
+        return _STATUS_TYPES[status]
+    return "invalid_request_error" if 400 <= status < 500 else "api_error"
+
+
+def error_body(error_type: str, message: str) -> bytes:
+    return pydantic_core.to_json({"type": "error", "error": {"type": error_type, "message": message}})
+
+
+class AdvisorRequestError(Exception):
+    """The caller's request is invalid: answered with ``status`` and an Anthropic error body."""
+
+    def __init__(self, message: str, status: int = 400, error_type: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.error_type = error_type or error_type_for_status(status)
+
+    @property
+    def body(self) -> bytes:
+        return error_body(self.error_type, self.message)
+
+
+class UpstreamError(Exception):
+    """A leg failed: a non-200 answer, an ``error`` event, or a broken stream.
+
+    ``body`` is what the caller should see if this error ends the request: the host's own bytes
+    when they already are an Anthropic error, otherwise an Anthropic-shaped wrapper.
+    """
+
+    def __init__(self, status: int, body: bytes | dict[str, Any] | str, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+        self.status = status
+        self.headers = headers or []
+        self.body = _normalise_body(status, body)
+        info = self.error
+        super().__init__(f"{status} {info.get('type')}: {info.get('message')}")
+
+    @property
+    def error(self) -> dict[str, Any]:
+        """The inner ``error`` object (``type``, ``message``)."""
+        try:
+            parsed = pydantic_core.from_json(self.body)
+        except ValueError:
+            return {}
+        inner = parsed.get("error") if isinstance(parsed, dict) else None
+        return inner if isinstance(inner, dict) else {}
+
+
+def _normalise_body(status: int, body: bytes | dict[str, Any] | str) -> bytes:
+    if isinstance(body, dict):
+        if body.get("type") == "error" and isinstance(body.get("error"), dict):
+            return pydantic_core.to_json(body)
+        return pydantic_core.to_json({"type": "error", "error": body})
+    raw = body.encode() if isinstance(body, str) else body
+    try:
+        parsed = pydantic_core.from_json(raw)
+    except ValueError:
+        parsed = None
+    if isinstance(parsed, dict) and parsed.get("type") == "error" and isinstance(parsed.get("error"), dict):
+        return raw
+    if isinstance(parsed, dict) and isinstance(parsed.get("error"), dict):
+        # OpenAI-style {"error": {...}} from a gateway: keep its message, give it Anthropic's shape.
+        inner = parsed["error"]
+        message = str(inner.get("message") or inner)
+        return error_body(str(inner.get("type") or error_type_for_status(status)), message)
+    text = raw.decode("utf-8", "replace").strip()[:2000] or f"upstream answered HTTP {status}"
+    return error_body(error_type_for_status(status), text)

@@ -1,0 +1,204 @@
+"""Render a conversation's advisor history for the executor (design §4).
+
+Clients replay assistant content verbatim: ``[text, server_tool_use, advisor_tool_result, text,
+tool_use]``. The executor gets exactly what it saw during the loop: the assistant message split
+at each advisor pair into ``assistant[..., tool_use(advisor)]``, ``user[tool_result(advice)]``,
+``assistant[...]``, so the bytes of turn N+1's request start with those of turn N's and provider
+prompt caches keep hitting. ``role: "system"`` messages (Claude Code's deferred shape,
+claude-code-client §3) become user-side text, with the advisor's ``tool_addition`` /
+``tool_removal`` blocks taken out: any executor model can read the result.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from .blocks import ADVISOR_NAME, executor_id
+
+__all__ = ["HistoryInfo", "advice_tool_result", "advisor_tool_use", "has_advisor_history", "render_history"]
+
+log = logging.getLogger("advisor_middleware")
+
+REDACTED_PLACEHOLDER = "[The advisor's advice for this step is encrypted and cannot be shown here.]"
+
+
+def advisor_tool_use(exec_id: str) -> dict[str, Any]:
+    """The executor-side call. ``input`` is always ``{}``: nothing the executor puts there reaches
+    the advisor (advisor-wire-spec §2.1), and a canonical form keeps history byte-stable."""
+    return {"type": "tool_use", "id": exec_id, "name": ADVISOR_NAME, "input": {}}
+
+
+def advice_tool_result(exec_id: str, content: Any) -> dict[str, Any]:
+    """The ``tool_result`` the executor sees for one consult, from the ``advisor_tool_result``
+    ``content`` (one object per the spec; lists and strings from older clients are read too).
+    The loop and later turns both build it here, so the two are byte-identical."""
+    if isinstance(content, list):
+        parts = [c for c in content if isinstance(c, dict)]
+        content = parts[0] if len(parts) == 1 else {"type": "advisor_result", "text": _join_texts(parts)}
+    if isinstance(content, str):
+        content = {"type": "advisor_result", "text": content}
+    if not isinstance(content, dict):
+        content = {"type": "advisor_tool_result_error", "error_code": "unavailable"}
+    kind = content.get("type")
+    if kind == "advisor_result":
+        return {"type": "tool_result", "tool_use_id": exec_id, "content": str(content.get("text") or "")}
+    if kind == "advisor_redacted_result":
+        # Never forward the encrypted blob: only Anthropic can read it (advisor-wire-spec §11).
+        log.info("advisor history: encrypted advice replaced by a placeholder for the executor")
+        return {"type": "tool_result", "tool_use_id": exec_id, "content": REDACTED_PLACEHOLDER}
+    code = content.get("error_code") or "unavailable"
+    return {
+        "type": "tool_result",
+        "tool_use_id": exec_id,
+        "content": f"The advisor is unavailable ({code}). Continue without its advice.",
+        "is_error": True,
+    }
+
+
+def _join_texts(parts: list[dict[str, Any]]) -> str:
+    return "\n\n".join(str(p.get("text")) for p in parts if isinstance(p.get("text"), str))
+
+
+@dataclass
+class HistoryInfo:
+    had_advisor_blocks: bool = False
+    advisor_removed: bool | None = None
+    """Last ``tool_addition``/``tool_removal`` of the advisor in system messages: True after a
+    removal (no advisor on this turn), False after an addition, None if neither appears."""
+
+
+def _is_advisor_ref(block: Any) -> bool:
+    if not isinstance(block, dict) or block.get("type") not in ("tool_addition", "tool_removal"):
+        return False
+    tool = block.get("tool")
+    return isinstance(tool, dict) and tool.get("name") == ADVISOR_NAME
+
+
+def has_advisor_history(messages: list[Any]) -> bool:
+    for message in messages:
+        if not isinstance(message, dict):
+            continue
+        content = message.get("content")
+        if not isinstance(content, list):
+            continue
+        for block in content:
+            if not isinstance(block, dict):
+                continue
+            kind = block.get("type")
+            if kind == "advisor_tool_result" or _is_advisor_ref(block):
+                return True
+            if kind == "server_tool_use" and block.get("name") == ADVISOR_NAME:
+                return True
+    return False
+
+
+def render_history(messages: list[Any]) -> tuple[list[Any], HistoryInfo]:
+    """The executor's view of ``messages``; the input is not modified."""
+    info = HistoryInfo()
+    out: list[dict[str, Any]] = []
+
+    def push(role: str, content: list[Any]) -> None:
+        if not content:
+            return
+        if out and out[-1].get("role") == role and set(out[-1]) <= {"role", "content"}:
+            prev = out[-1]
+            prev["content"] = _as_blocks(prev["content"]) + content
+        else:
+            out.append({"role": role, "content": list(content)})
+
+    for message in messages:
+        if not isinstance(message, dict) or not isinstance(message.get("content"), list):
+            if isinstance(message, dict) and message.get("role") == "system" and isinstance(message.get("content"), str):
+                push("user", [_reminder(message["content"])])
+                continue
+            out.append(dict(message) if isinstance(message, dict) else message)
+            continue
+        role = message.get("role")
+        content: list[Any] = message["content"]
+        if role == "system":
+            texts: list[Any] = []
+            rest: list[Any] = []
+            for block in content:
+                if _is_advisor_ref(block):
+                    info.had_advisor_blocks = True
+                    info.advisor_removed = block["type"] == "tool_removal"
+                    _move_cache_control(block, texts)
+                elif isinstance(block, dict) and block.get("type") == "text":
+                    texts.append(_reminder(str(block.get("text", "")), block.get("cache_control")))
+                else:
+                    rest.append(block)
+            push("user", texts)
+            if rest:
+                out.append({**message, "content": rest})
+            continue
+        if role != "assistant" or not _has_advisor_blocks(content):
+            if set(message) <= {"role", "content"} and isinstance(role, str):
+                push(role, list(content))
+            else:
+                out.append(dict(message))
+            continue
+        info.had_advisor_blocks = True
+        current: list[Any] = []
+        pending: dict[str, str] = {}
+        for block in content:
+            kind = block.get("type") if isinstance(block, dict) else None
+            if kind == "server_tool_use" and block.get("name") == ADVISOR_NAME:
+                srv_id = str(block.get("id", ""))
+                pending[srv_id] = executor_id(srv_id)
+                current.append(advisor_tool_use(pending[srv_id]))
+            elif kind == "advisor_tool_result":
+                srv_id = str(block.get("tool_use_id", ""))
+                if srv_id in pending:
+                    result = advice_tool_result(pending.pop(srv_id), block.get("content"))
+                    push("assistant", current)
+                    push("user", [result])
+                    current = []
+                else:
+                    # An orphan (its call is gone, e.g. after /compact): keep the advice as text
+                    # instead of the 400 the native API gives (peers.md §2 pain 3).
+                    advice = advice_tool_result("orphan", block.get("content"))["content"]
+                    current.append({"type": "text", "text": f"[Earlier advisor response]\n{advice}"})
+            else:
+                current.append(block)
+        if pending:
+            # A call with no result cannot be shown to the executor (it would demand a
+            # tool_result): drop it, keeping its neighbours, as Claude Code itself does.
+            dangling = set(pending.values())
+            current = [
+                b
+                for b in current
+                if not (isinstance(b, dict) and b.get("type") == "tool_use" and b.get("name") == ADVISOR_NAME and b.get("id") in dangling)
+            ]
+        push("assistant", current)
+    return out, info
+
+
+def _has_advisor_blocks(content: list[Any]) -> bool:
+    for block in content:
+        if isinstance(block, dict):
+            kind = block.get("type")
+            if kind == "advisor_tool_result" or (kind == "server_tool_use" and block.get("name") == ADVISOR_NAME):
+                return True
+    return False
+
+
+def _as_blocks(content: Any) -> list[Any]:
+    if isinstance(content, list):
+        return content
+    return [{"type": "text", "text": str(content)}]
+
+
+def _reminder(text: str, cache_control: Any = None) -> dict[str, Any]:
+    block: dict[str, Any] = {"type": "text", "text": f"<system-reminder>\n{text}\n</system-reminder>"}
+    if cache_control is not None:
+        block["cache_control"] = cache_control
+    return block
+
+
+def _move_cache_control(block: dict[str, Any], texts: list[Any]) -> None:
+    # Keep the client's cache breakpoint when the block carrying it goes away.
+    cache_control = block.get("cache_control")
+    if cache_control is not None and texts and "cache_control" not in texts[-1]:
+        texts[-1]["cache_control"] = cache_control

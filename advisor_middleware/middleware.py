@@ -1,0 +1,328 @@
+"""``AdvisorMiddleware``: the ASGI side (match, read, classify, respond)."""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from collections.abc import Callable
+from contextlib import aclosing
+from typing import Any
+
+import anyio
+import pydantic_core
+
+from ._types import ASGIApp, Message, Receive, Scope, Send
+from .accumulate import MessageAccumulator
+from .classify import classify
+from .config import AdvisorConfig
+from .errors import AdvisorRequestError, UpstreamError, error_body
+from .orchestrator import Orchestration
+from .routers.app import AppRouter
+from .routers.base import LEG_HEADER, MessagesRouter
+from .sse import encode_event, encode_json
+
+__all__ = ["AdvisorMiddleware"]
+
+log = logging.getLogger("advisor_middleware")
+
+_PING = b'event: ping\ndata: {"type":"ping"}\n\n'
+_SSE_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
+
+
+class AdvisorMiddleware:
+    """Gives the wrapped app's ``/v1/messages`` route Anthropic's ``advisor_20260301`` tool.
+
+    Requests that carry the advisor tool are answered by running the executor and advisor legs
+    through ``router`` (default: :class:`AppRouter` around the wrapped app, so the host's own auth,
+    budgets and logging apply to every leg) and merging them into the native blocks, stream events
+    and ``usage.iterations`` that Anthropic's clients understand. Every other request reaches the
+    app untouched (byte for byte when nothing advisor-related is in it).
+
+    Usage::
+
+        app.add_middleware(AdvisorMiddleware)                     # Starlette / FastAPI
+        application = AdvisorMiddleware(get_asgi_application())  # Django
+
+    Options (all keyword-only) are those of :class:`AdvisorConfig`, plus ``router``.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        router: MessagesRouter | None = None,
+        paths: set[str] | frozenset[str] | list[str] | tuple[str, ...] = ("/v1/messages",),
+        max_body_bytes: int = 32 * 1024 * 1024,
+        ping_interval: float = 10.0,
+        advisor_timeout: float = 300.0,
+        advisor_max_tokens: int = 8192,
+        max_consults: int | None = None,
+        max_executor_legs: int = 25,
+        max_transcript_block_chars: int = 50_000,
+        advisor_system_prompt: str | None = None,
+        native_executor: Callable[[str], bool] | None = None,
+    ) -> None:
+        self.app = app
+        self.config = AdvisorConfig(
+            paths=frozenset(p.rstrip("/") or "/" for p in paths),
+            max_body_bytes=max_body_bytes,
+            ping_interval=ping_interval,
+            advisor_timeout=advisor_timeout,
+            advisor_max_tokens=advisor_max_tokens,
+            max_consults=max_consults,
+            max_executor_legs=max_executor_legs,
+            max_transcript_block_chars=max_transcript_block_chars,
+            advisor_system_prompt=advisor_system_prompt,
+            native_executor=native_executor,
+        )
+        self.router: MessagesRouter = router if router is not None else AppRouter(app)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("method") != "POST" or not self._matches(scope):
+            await self.app(scope, receive, send)
+            return
+        headers = scope.get("headers") or []
+        encoding = b""
+        for name, value in headers:
+            if name == LEG_HEADER:
+                # A leg we (or another instance) made: never handle it twice.
+                await self.app(scope, receive, send)
+                return
+            if name == b"content-encoding":
+                encoding = value.strip().lower()
+        try:
+            raw = await self._read_body(headers, receive)
+        except AdvisorRequestError as exc:
+            await _send_error(send, exc.status, exc.body)
+            return
+        if raw is None:
+            return  # the client left while sending its body
+        try:
+            body = _decode(raw, encoding, self.config.max_body_bytes)
+        except AdvisorRequestError as exc:
+            await _send_error(send, exc.status, exc.body)
+            return
+        # Cheap byte scan first: with no "advisor" anywhere there is nothing to do, and the
+        # original bytes go to the app without a parse (issue 3; design §2.3).
+        if b"advisor" not in body:
+            await self.app(scope, _replay(raw, receive), send)
+            return
+        try:
+            data = pydantic_core.from_json(body)
+        except ValueError:
+            data = None
+        if not isinstance(data, dict):
+            await self.app(scope, _replay(raw, receive), send)  # the host answers bad JSON its way
+            return
+        try:
+            plan = classify(data)
+        except AdvisorRequestError as exc:
+            await _send_error(send, exc.status, exc.body)
+            return
+        native = self.config.native_executor
+        if plan.action == "pass" or (
+            plan.action == "orchestrate" and native is not None and native(str(data.get("model")))
+        ):
+            await self.app(scope, _replay(raw, receive), send)
+            return
+        if plan.action == "rewrite":
+            new_body = encode_json(plan.body)
+            new_scope = dict(scope)
+            new_scope["headers"] = _with_length(headers, len(new_body))
+            await self.app(new_scope, _replay(new_body, receive), send)
+            return
+        assert plan.tool is not None
+        orchestration = Orchestration(
+            router=self.router,
+            config=self.config,
+            body=plan.body,
+            tool_index=plan.tool_index,
+            tool=plan.tool,
+            headers=list(headers),
+            scope=scope,
+            streaming=bool(plan.body.get("stream")),
+        )
+        await self._respond(orchestration, receive, send)
+
+    def _matches(self, scope: Scope) -> bool:
+        path: str = scope.get("path", "")
+        root_path: str = scope.get("root_path", "")
+        # Starlette's get_route_path: strip root_path only at a "/" boundary (asgi-ecosystem §2.6).
+        if root_path and path.startswith(root_path) and (len(path) == len(root_path) or path[len(root_path)] == "/"):
+            path = path[len(root_path) :]
+        return (path.rstrip("/") or "/") in self.config.paths
+
+    async def _read_body(self, headers: Any, receive: Receive) -> bytes | None:
+        cap = self.config.max_body_bytes
+        for name, value in headers:
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    raise AdvisorRequestError("invalid content-length header") from None
+                if declared > cap:
+                    raise _too_large(cap)
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            if message["type"] != "http.request":
+                continue
+            chunk = message.get("body", b"")
+            if chunk:
+                size += len(chunk)
+                if size > cap:
+                    raise _too_large(cap)
+                chunks.append(chunk)
+            if not message.get("more_body", False):
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    async def _respond(self, orchestration: Orchestration, receive: Receive, send: Send) -> None:
+        # One reader of the real receive (asgi-ecosystem §2.2): a disconnect cancels every leg in
+        # flight. uvicorn's send() stays silent after a disconnect, so receive is the only signal.
+        async with anyio.create_task_group() as tg:
+
+            async def watch() -> None:
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        tg.cancel_scope.cancel()
+                        return
+
+            tg.start_soon(watch)
+            try:
+                if orchestration.streaming:
+                    await self._write_stream(orchestration, send)
+                else:
+                    await self._write_json(orchestration, send)
+            except OSError:
+                pass  # ASGI 2.4 servers raise from send once the client is gone
+            finally:
+                tg.cancel_scope.cancel()
+
+    async def _write_json(self, orchestration: Orchestration, send: Send) -> None:
+        acc = MessageAccumulator()
+        try:
+            async with aclosing(orchestration.events()) as events:
+                async for event in events:
+                    acc.feed(event)
+        except UpstreamError as exc:
+            await _send_error(send, exc.status, exc.body, exc.headers)
+            return
+        except Exception:
+            log.exception("advisor loop failed")
+            await _send_error(send, 500, error_body("api_error", "internal error in the advisor middleware"))
+            return
+        payload = encode_json(acc.message)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())],
+            }
+        )
+        await send({"type": "http.response.body", "body": payload, "more_body": False})
+
+    async def _write_stream(self, orchestration: Orchestration, send: Send) -> None:
+        # A producer task runs the loop; this task writes, and pings whenever nothing was
+        # written for ping_interval seconds (a slow advisor; Claude Code's idle timeout,
+        # claude-code-client §4.3). http.response.start waits for the first event, so a failure
+        # of the first executor leg keeps its own status and body.
+        to_writer, from_loop = anyio.create_memory_object_stream[tuple[str, Any]](0)
+
+        async def produce() -> None:
+            async with to_writer:
+                try:
+                    async with aclosing(orchestration.events()) as events:
+                        async for event in events:
+                            await to_writer.send(("event", event))
+                except Exception as exc:
+                    await to_writer.send(("error", exc))
+
+        started = False
+        interval = self.config.ping_interval
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(produce)
+            async with from_loop:
+                while True:
+                    try:
+                        if started:
+                            with anyio.move_on_after(interval) as timer:
+                                kind, value = await from_loop.receive()
+                            if timer.cancelled_caught:
+                                await send({"type": "http.response.body", "body": _PING, "more_body": True})
+                                continue
+                        else:
+                            kind, value = await from_loop.receive()
+                    except anyio.EndOfStream:
+                        break
+                    if kind == "event":
+                        if not started:
+                            started = True
+                            await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
+                        await send({"type": "http.response.body", "body": encode_event(value), "more_body": True})
+                    elif not started:
+                        if isinstance(value, UpstreamError):
+                            await _send_error(send, value.status, value.body, value.headers)
+                        else:
+                            log.error("advisor loop failed", exc_info=value)
+                            await _send_error(send, 500, error_body("api_error", "internal error in the advisor middleware"))
+                        tg.cancel_scope.cancel()
+                        return
+            if started:
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def _too_large(cap: int) -> AdvisorRequestError:
+    return AdvisorRequestError(f"request body exceeds the {cap} byte limit", status=413, error_type="request_too_large")
+
+
+def _decode(raw: bytes, encoding: bytes, cap: int) -> bytes:
+    if encoding in (b"", b"identity"):
+        return raw
+    if encoding not in (b"gzip", b"deflate"):
+        raise AdvisorRequestError(f"unsupported content-encoding {encoding.decode('latin-1')!r}", status=415)
+    wbits = 31 if encoding == b"gzip" else 15
+    decoder = zlib.decompressobj(wbits)
+    try:
+        out = decoder.decompress(raw, cap + 1)
+    except zlib.error:
+        raise AdvisorRequestError(f"request body is not valid {encoding.decode()} data") from None
+    if len(out) > cap or decoder.unconsumed_tail:
+        raise _too_large(cap)
+    return out
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """Hand the buffered body over once, then wait on the real ``receive``: answering at once
+    with a disconnect makes Django cancel the view, and a second ``http.request`` trips its
+    assertion (asgi-ecosystem §2.2; nginx/unit#1561)."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+def _with_length(headers: Any, length: int) -> list[tuple[bytes, bytes]]:
+    out = [(k, v) for k, v in headers if k not in (b"content-length", b"content-encoding", b"transfer-encoding")]
+    out.append((b"content-length", str(length).encode()))
+    return out
+
+
+async def _send_error(send: Send, status: int, body: bytes, extra: list[tuple[bytes, bytes]] | None = None) -> None:
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers.extend(extra or [])
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})

@@ -1,0 +1,389 @@
+"""The advisor loop: executor legs and advisor consults merged into one client message.
+
+``Orchestration.events()`` is the single code path behind both response modes: the streaming
+writer sends its events as they come, the JSON writer accumulates them into one Message
+(design §2.4).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+
+from .accumulate import MessageAccumulator
+from .blocks import ADVISOR_NAME, AdvisorTool, advisor_result_block, server_tool_use_block, server_tool_use_id
+from .config import AdvisorConfig
+from .errors import UpstreamError
+from .history import advice_tool_result, advisor_tool_use, render_history
+from .prompts import ADVISOR_SYSTEM_PROMPT, EXECUTOR_TOOL_DESCRIPTION, budget_note
+from .routers.base import Leg, MessagesRouter, leg_headers
+from .transcript import render_transcript
+
+__all__ = ["Orchestration", "advisor_error_code"]
+
+log = logging.getLogger("advisor_middleware")
+
+_USAGE_SUMS = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens", "output_tokens")
+
+
+def advisor_error_code(exc: BaseException) -> str:
+    """Map a failed advisor leg to one of the ``advisor_tool_result_error`` codes (§2.2)."""
+    if isinstance(exc, TimeoutError):
+        return "execution_time_exceeded"
+    if not isinstance(exc, UpstreamError):
+        return "unavailable"
+    info = exc.error
+    kind = str(info.get("type") or "")
+    message = str(info.get("message") or "").lower()
+    if exc.status == 429 or kind == "rate_limit_error":
+        return "too_many_requests"
+    if exc.status == 529 or kind == "overloaded_error":
+        return "overloaded"
+    if exc.status in (408, 504) or kind == "timeout_error":
+        return "execution_time_exceeded"
+    if exc.status == 413 or kind == "request_too_large" or _says_too_long(message):
+        return "prompt_too_long"
+    if exc.status == 404 or kind == "not_found_error" or ("model" in message and "not found" in message):
+        return "model_not_found"
+    return "unavailable"
+
+
+def _says_too_long(message: str) -> bool:
+    return any(s in message for s in ("prompt is too long", "context length", "context window", "too many tokens"))
+
+
+@dataclass
+class _Call:
+    upstream_index: int
+    exec_id: str
+    srv_id: str
+
+
+class Orchestration:
+    """One request's advisor loop. Build one per request; iterate ``events()`` once."""
+
+    def __init__(
+        self,
+        *,
+        router: MessagesRouter,
+        config: AdvisorConfig,
+        body: dict[str, Any],
+        tool_index: int,
+        tool: AdvisorTool,
+        headers: list[tuple[bytes, bytes]],
+        scope: Any,
+        streaming: bool,
+    ) -> None:
+        self.router = router
+        self.config = config
+        self.body = body
+        self.tool = tool
+        self.scope = scope
+        self.streaming = streaming
+        self.exec_headers = leg_headers(headers, "executor")
+        self.advisor_headers = leg_headers(headers, "advisor")
+        self.base = self._executor_base(body, tool_index, tool)
+        self.consults = 0
+        self.iterations: list[dict[str, Any]] = []
+        self.leg_usages: list[dict[str, Any]] = []
+        self._next_index = 0
+        self._open: set[int] = set()
+        self._ids: set[str] = set()
+        self._started = False
+
+    @staticmethod
+    def _executor_base(body: dict[str, Any], tool_index: int, tool: AdvisorTool) -> dict[str, Any]:
+        # Swap the advisor entry in place for a plain function tool: the other tools keep their
+        # positions (and the host's prompt-cache prefix). Advisor-only fields such as
+        # defer_loading go with it; a cache breakpoint on the entry stays.
+        tools = list(body["tools"])
+        function_tool: dict[str, Any] = {
+            "name": ADVISOR_NAME,
+            "description": EXECUTOR_TOOL_DESCRIPTION,
+            "input_schema": {"type": "object", "properties": {}},
+        }
+        if tool.cache_control is not None:
+            function_tool["cache_control"] = tool.cache_control
+        tools[tool_index] = function_tool
+        base = dict(body)
+        base["tools"] = tools
+        base["stream"] = True
+        return base
+
+    def _index(self) -> int:
+        index = self._next_index
+        self._next_index += 1
+        return index
+
+    def _exec_id(self, proposed: Any) -> str:
+        # The executor's own id when usable; a fresh one if it is missing or reused (some
+        # OpenAI-compatible servers number calls per response), so srvtoolu_ ids stay unique.
+        if isinstance(proposed, str) and proposed and proposed not in self._ids:
+            self._ids.add(proposed)
+            return proposed
+        fresh = f"toolu_adv{uuid.uuid4().hex[:20]}"
+        self._ids.add(fresh)
+        return fresh
+
+    async def events(self) -> AsyncIterator[dict[str, Any]]:
+        """The client's events. Before anything was yielded (and always in JSON mode) a failure
+        raises, so the caller can answer with the upstream's own status; once streaming has
+        started it ends the stream instead: open blocks closed, then one ``error`` event."""
+        try:
+            async for event in self._loop():
+                yield event
+        except Exception as exc:
+            if not self.streaming or not self._started:
+                raise
+            if isinstance(exc, UpstreamError):
+                log.warning("executor leg failed after the response started: %s", exc)
+                error = exc.error or {"type": "api_error", "message": str(exc)}
+            else:
+                log.exception("advisor loop failed after the response started")
+                error = {"type": "api_error", "message": "internal error in the advisor middleware"}
+            for index in sorted(self._open):
+                yield {"type": "content_block_stop", "index": index}
+            self._open.clear()
+            yield {"type": "error", "error": error}
+
+    async def _loop(self) -> AsyncIterator[dict[str, Any]]:
+        messages, _ = render_history(self.body.get("messages") or [])
+        self._collect_ids(messages)
+        stop_reason: Any = None
+        stop_sequence: Any = None
+        legs = 0
+        while True:
+            legs += 1
+            leg_body = dict(self.base)
+            leg_body["messages"] = messages
+            if self.consults and _forces_advisor(leg_body.get("tool_choice")):
+                # A forced consult is honoured once; forcing it again would loop forever.
+                leg_body["tool_choice"] = {**leg_body["tool_choice"], "type": "auto"}
+                leg_body["tool_choice"].pop("name", None)
+            acc = MessageAccumulator()
+            index_map: dict[int, tuple[str, int]] = {}
+            held: list[list[dict[str, Any]]] = []
+            calls: list[_Call] = []
+            leg = Leg("executor", leg_body, self.exec_headers, self.scope)
+            async with aclosing(self.router.stream(leg)) as stream:
+                async for event in stream:
+                    acc.feed(event)
+                    kind = event.get("type")
+                    if kind == "content_block_delta" or kind == "content_block_stop":
+                        target = index_map.get(event.get("index", -1))
+                        if target is None:
+                            continue
+                        mode, ref = target
+                        if mode == "live":
+                            if kind == "content_block_stop":
+                                self._open.discard(ref)
+                            yield {**event, "index": ref}
+                        elif mode == "held":
+                            held[ref].append(event)
+                        elif kind == "content_block_stop":
+                            self._open.discard(ref)
+                            yield {"type": "content_block_stop", "index": ref}
+                    elif kind == "content_block_start":
+                        block = event.get("content_block") or {}
+                        upstream_index = event.get("index", -1)
+                        if block.get("type") == "tool_use" and block.get("name") == ADVISOR_NAME:
+                            exec_id = self._exec_id(block.get("id"))
+                            call = _Call(upstream_index, exec_id, server_tool_use_id(exec_id))
+                            calls.append(call)
+                            index = self._index()
+                            index_map[upstream_index] = ("advisor", index)
+                            self._open.add(index)
+                            yield {"type": "content_block_start", "index": index, "content_block": server_tool_use_block(call.srv_id)}
+                            # Real advisor streams carry one empty input_json_delta (§4).
+                            yield {
+                                "type": "content_block_delta",
+                                "index": index,
+                                "delta": {"type": "input_json_delta", "partial_json": ""},
+                            }
+                        elif block.get("type") == "tool_use" or calls:
+                            # Client tools wait for the consults of this leg (§2.3 order:
+                            # advisor pair first, then the client's tool_use blocks).
+                            index_map[upstream_index] = ("held", len(held))
+                            held.append([event])
+                        else:
+                            index = self._index()
+                            index_map[upstream_index] = ("live", index)
+                            self._open.add(index)
+                            yield {**event, "index": index}
+                    elif kind == "message_start":
+                        if not self._started:
+                            message = dict(event.get("message") or {})
+                            message["content"] = []
+                            self._started = True
+                            yield {"type": "message_start", "message": message}
+            if "stop_reason" not in acc.message:
+                raise UpstreamError(502, "the executor's stream ended before its message_delta")
+            self._record_leg(acc.message.get("usage") or {})
+            stop_reason = acc.message.get("stop_reason")
+            stop_sequence = acc.message.get("stop_sequence")
+            if calls:
+                content = self._leg_content(acc.content, calls)
+                messages = _append_assistant(messages, content)
+                results = []
+                for call in calls:
+                    result = await self._consult(messages)
+                    block = advisor_result_block(call.srv_id, **result)
+                    index = self._index()
+                    yield {"type": "content_block_start", "index": index, "content_block": block}
+                    yield {"type": "content_block_stop", "index": index}
+                    results.append(advice_tool_result(call.exec_id, block["content"]))
+            client_tools = False
+            for events in held:
+                index = self._index()
+                client_tools = client_tools or (events[0].get("content_block") or {}).get("type") == "tool_use"
+                for event in events:
+                    yield {**event, "index": index}
+            if not calls or client_tools:
+                break
+            if legs >= self.config.max_executor_legs:
+                log.warning("executor kept calling the advisor; stopping after %d legs", legs)
+                stop_reason = "end_turn"
+                break
+            messages = [*messages, {"role": "user", "content": results}]
+        yield {
+            "type": "message_delta",
+            "delta": {"stop_reason": stop_reason, "stop_sequence": stop_sequence},
+            "usage": self._usage(),
+        }
+        yield {"type": "message_stop"}
+
+    def _collect_ids(self, messages: list[Any]) -> None:
+        for message in messages:
+            content = message.get("content") if isinstance(message, dict) else None
+            if isinstance(content, list):
+                for block in content:
+                    if isinstance(block, dict) and block.get("type") == "tool_use":
+                        self._ids.add(str(block.get("id")))
+
+    @staticmethod
+    def _leg_content(content: list[dict[str, Any]], calls: list[_Call]) -> list[dict[str, Any]]:
+        # The executor's own blocks of this leg, verbatim (thinking keeps its signature), with
+        # the advisor calls in the canonical form later turns render from history (design §4).
+        by_index = {call.upstream_index: call for call in calls}
+        out = []
+        for index, block in enumerate(content):
+            if not block:
+                continue
+            call = by_index.get(index)
+            out.append(advisor_tool_use(call.exec_id) if call else block)
+        return out
+
+    def _record_leg(self, usage: dict[str, Any]) -> None:
+        self.leg_usages.append(usage)
+        entry = {"type": "message"}
+        for key in _USAGE_SUMS:
+            entry[key] = _int(usage.get(key))
+        self.iterations.append(entry)
+
+    def _usage(self) -> dict[str, Any]:
+        # Top-level usage: every field summed over executor legs only; advisor tokens bill at
+        # the advisor's rates and live only in iterations (advisor-wire-spec §3.2, D4).
+        usage: dict[str, Any] = {}
+        for leg in self.leg_usages:
+            for key, value in leg.items():
+                if key == "iterations":
+                    continue
+                if key in _USAGE_SUMS:
+                    usage[key] = usage.get(key, 0) + _int(value)
+                elif isinstance(value, dict) and all(isinstance(v, int) for v in value.values()):
+                    bucket = usage.setdefault(key, {})
+                    if isinstance(bucket, dict):
+                        for k, v in value.items():
+                            bucket[k] = bucket.get(k, 0) + v
+                else:
+                    usage[key] = value
+        for key in _USAGE_SUMS:
+            usage.setdefault(key, 0)
+        usage["iterations"] = self.iterations
+        return usage
+
+    async def _consult(self, messages: list[Any]) -> dict[str, Any]:
+        """Run one advisor leg; return the fields of its ``advisor_tool_result`` content."""
+        self.consults += 1
+        cap = self.tool.max_uses
+        if (cap is not None and self.consults > cap) or (
+            self.config.max_consults is not None and self.consults > self.config.max_consults
+        ):
+            return {"error_code": "max_uses_exceeded"}
+        max_tokens = self.tool.max_tokens or self.config.advisor_max_tokens
+        system = self.config.advisor_system_prompt or ADVISOR_SYSTEM_PROMPT
+        if self.tool.max_tokens:
+            system += budget_note(max_tokens)
+        transcript = render_transcript(self.body, messages, max_block_chars=self.config.max_transcript_block_chars)
+        body: dict[str, Any] = {
+            "model": self.tool.model,
+            "max_tokens": max_tokens,
+            "system": system,
+            "messages": [{"role": "user", "content": transcript}],
+            "stream": True,
+        }
+        metadata = self.body.get("metadata")
+        if isinstance(metadata, dict):
+            body["metadata"] = metadata
+        acc = MessageAccumulator()
+        leg = Leg("advisor", body, self.advisor_headers, self.scope)
+        try:
+            with anyio.fail_after(self.config.advisor_timeout):
+                async with aclosing(self.router.stream(leg)) as stream:
+                    async for event in stream:
+                        acc.feed(event)
+        except Exception as exc:
+            code = advisor_error_code(exc)
+            if isinstance(exc, UpstreamError | TimeoutError):
+                log.warning("advisor leg failed (%s): %s", code, exc)
+            else:
+                log.exception("advisor leg failed (%s)", code)
+            self._record_advisor(acc)
+            return {"error_code": code}
+        self._record_advisor(acc)
+        if "stop_reason" not in acc.message:
+            log.warning("advisor stream ended before its message_delta")
+            return {"error_code": "unavailable"}
+        text = "".join(str(b.get("text", "")) for b in acc.content if b.get("type") == "text")
+        stop = acc.message.get("stop_reason")
+        if stop == "max_tokens":
+            text += f"\n\n[Advisor output truncated at max_tokens={max_tokens}.]"
+        if not text.strip() and stop != "refusal":
+            return {"error_code": "unavailable"}
+        # stop_reason appears on results when the tool sets max_tokens (§2.2); a refusal is
+        # passed on too, since it is what makes Claude Code show "Advisor declined".
+        show_stop = self.tool.max_tokens is not None or stop == "refusal"
+        return {"text": text, "stop_reason": stop if show_stop else None}
+
+    def _record_advisor(self, acc: MessageAccumulator) -> None:
+        usage = acc.message.get("usage")
+        if not acc.message or not isinstance(usage, dict):
+            return  # no sub-inference ran (or none we can bill)
+        entry: dict[str, Any] = {"type": "advisor_message", "model": self.tool.model}
+        for key in _USAGE_SUMS:
+            entry[key] = _int(usage.get(key))
+        self.iterations.append(entry)
+
+
+def _forces_advisor(choice: Any) -> bool:
+    return isinstance(choice, dict) and choice.get("type") == "tool" and choice.get("name") == ADVISOR_NAME
+
+
+def _append_assistant(messages: list[Any], content: list[dict[str, Any]]) -> list[Any]:
+    # A prefilled assistant turn is continued, not repeated: merge into it.
+    if messages and isinstance(messages[-1], dict) and messages[-1].get("role") == "assistant":
+        last = messages[-1]
+        prior = last.get("content")
+        prior_blocks = prior if isinstance(prior, list) else [{"type": "text", "text": str(prior)}] if prior else []
+        return [*messages[:-1], {**last, "content": [*prior_blocks, *content]}]
+    return [*messages, {"role": "assistant", "content": content}]
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0

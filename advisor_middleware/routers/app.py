@@ -1,0 +1,169 @@
+"""``AppRouter``: run each leg as a new in-process request to the wrapped ASGI app."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import suppress
+from typing import Any
+
+import anyio
+import pydantic_core
+
+from .._types import ASGIApp, Message
+from ..accumulate import message_to_events
+from ..errors import UpstreamError
+from ..sse import SSEDecoder, encode_json
+from .base import Leg
+from .events import event_error
+
+__all__ = ["AppRouter"]
+
+_MAX_BUFFERED = 32 * 1024 * 1024
+
+
+class AppRouter:
+    """Answers legs by calling ``app`` in-process, the way a server would.
+
+    Each leg is a new ``POST`` on the caller's path with the caller's headers (and so the caller's
+    credentials): the host's auth, per-key model permissions, budgets, spend logs and deployment
+    routing apply to every leg exactly as to a direct request. The answer is read as it streams.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def stream(self, leg: Leg) -> AsyncIterator[dict[str, Any]]:
+        body = encode_json(leg.body)
+        headers = [(k, v) for k, v in leg.headers if k != b"content-type"]
+        headers += [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        scope = dict(leg.scope)
+        scope.update(type="http", method="POST", headers=headers)
+        scope.pop("extensions", None)
+        if isinstance(scope.get("state"), dict):
+            scope["state"] = dict(scope["state"])
+        if "path" in scope:
+            scope["raw_path"] = scope["path"].encode()
+
+        to_reader, from_app = anyio.create_memory_object_stream[Message](16)
+        complete = anyio.Event()
+        body_sent = False
+
+        async def receive() -> Message:
+            nonlocal body_sent
+            if not body_sent:
+                body_sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            # Block until the response is complete (or the leg is cancelled), like a real server:
+            # an early disconnect would make Django cancel the view (asgi-ecosystem §2.2).
+            await complete.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: Message) -> None:
+            with suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+                await to_reader.send(message)
+
+        async def run() -> None:
+            async with to_reader:
+                try:
+                    await self.app(scope, receive, send)
+                except Exception as exc:  # the host crashed: that is this leg's answer
+                    await send({"type": "advisor.app_error", "error": exc})
+
+        status = 0
+        is_sse = False
+        encoding = b""
+        response_headers: list[tuple[bytes, bytes]] = []
+        buffered: list[bytes] = []
+        size = 0
+        decoder = SSEDecoder()
+        error: UpstreamError | None = None
+        closed = False
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run)
+            try:
+                async with from_app:
+                    async for message in from_app:
+                        kind = message["type"]
+                        if kind == "http.response.start":
+                            status = int(message["status"])
+                            for name, value in message.get("headers") or []:
+                                key = bytes(name).lower()
+                                if key == b"content-type":
+                                    is_sse = bytes(value).lower().startswith(b"text/event-stream")
+                                elif key == b"content-encoding":
+                                    encoding = bytes(value).lower().strip()
+                                elif key in (b"retry-after", b"x-should-retry"):
+                                    response_headers.append((key, bytes(value)))
+                        elif kind == "http.response.body":
+                            chunk = bytes(message.get("body", b""))
+                            if status == 200 and is_sse and encoding in (b"", b"identity"):
+                                for name, data in decoder.feed(chunk):
+                                    event = _parse(name, data)
+                                    if isinstance(event, UpstreamError):
+                                        error = event
+                                        break
+                                    if event.get("type") == "error":
+                                        error = event_error(event)
+                                        break
+                                    try:
+                                        yield event
+                                    except GeneratorExit:
+                                        # Closed early by the consumer. Leave the task group
+                                        # normally: a GeneratorExit crossing it would come out
+                                        # wrapped in an ExceptionGroup.
+                                        closed = True
+                                        break
+                                if error is not None or closed:
+                                    break
+                            else:
+                                size += len(chunk)
+                                if size > _MAX_BUFFERED:
+                                    error = UpstreamError(502, "leg response too large to buffer")
+                                    break
+                                buffered.append(chunk)
+                            if not message.get("more_body", False):
+                                complete.set()
+                        elif kind == "advisor.app_error":
+                            exc = message["error"]
+                            error = UpstreamError(500, f"the host app raised {type(exc).__name__} on this leg")
+                            break
+            finally:
+                if error is not None or closed or not complete.is_set():
+                    tg.cancel_scope.cancel()
+                complete.set()
+        if closed:
+            return
+        if error is not None:
+            raise error
+        if status == 0:
+            raise UpstreamError(502, "the host app returned without answering this leg")
+        raw = b"".join(buffered)
+        if status != 200:
+            raise UpstreamError(status, raw, response_headers)
+        if encoding not in (b"", b"identity"):
+            raise UpstreamError(502, f"leg answered with content-encoding {encoding.decode()!r}, which cannot be read")
+        if is_sse:
+            return
+        # The host ignored ``stream: true`` and answered one JSON Message: replay it as events.
+        try:
+            message_obj = pydantic_core.from_json(raw)
+        except ValueError:
+            raise UpstreamError(502, "leg answered 200 with a body that is neither SSE nor JSON") from None
+        if not isinstance(message_obj, dict) or message_obj.get("type") != "message":
+            raise UpstreamError(502, "leg answered 200 with JSON that is not a Message")
+        for event in message_to_events(message_obj):
+            yield event
+
+
+def _parse(name: str, data: str) -> dict[str, Any] | UpstreamError:
+    try:
+        event = pydantic_core.from_json(data)
+    except ValueError:
+        if name == "error":
+            return {"type": "error", "error": {"type": "api_error", "message": data[:2000]}}
+        return UpstreamError(502, f"leg sent an SSE event whose data is not JSON: {data[:200]!r}")
+    if not isinstance(event, dict):
+        return UpstreamError(502, "leg sent an SSE event whose data is not a JSON object")
+    if "type" not in event:
+        event["type"] = name
+    return event

@@ -1,0 +1,80 @@
+"""The host's side: how the middleware runs one Messages request (a *leg*)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
+
+__all__ = ["LEG_HEADER", "Leg", "MessagesRouter", "leg_headers"]
+
+LEG_HEADER = b"x-advisor-leg"
+"""Marks requests the middleware makes itself; the middleware passes them through untouched,
+so a router that loops back to the same gateway can never recurse."""
+
+ADVISOR_BETA = "advisor-tool-2026-03-01"
+
+# Hop-by-hop or body-describing headers that must not be copied onto a leg: the leg has its own
+# body (new length, no encoding) and we must be able to parse its answer (no accept-encoding,
+# asgi-ecosystem §2.7).
+_DROP = frozenset(
+    {
+        b"content-length",
+        b"transfer-encoding",
+        b"content-encoding",
+        b"accept-encoding",
+        b"connection",
+        b"keep-alive",
+        b"expect",
+        b"upgrade",
+        b"te",
+        b"trailer",
+        LEG_HEADER,
+    }
+)
+
+
+@dataclass(frozen=True)
+class Leg:
+    """One Messages request the middleware needs answered.
+
+    ``body`` is an Anthropic Messages request with ``stream: true``. ``headers`` are the caller's
+    request headers (their credentials included), already cleaned for a new request: no length or
+    encoding headers, the advisor beta removed, and the ``x-advisor-leg`` marker added. ``scope`` is
+    the caller's ASGI scope, for routers that need to know who is calling; treat it as read-only.
+    """
+
+    role: Literal["executor", "advisor"]
+    body: dict[str, Any]
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    scope: Mapping[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class MessagesRouter(Protocol):
+    """Runs legs through the host's own routing.
+
+    ``stream`` yields the Anthropic stream events of one Messages request as plain dicts, in
+    order, ending with ``message_stop``. It raises :class:`~advisor_middleware.UpstreamError` for a
+    non-200 answer or an ``error`` event. The middleware consumes the iterator to the end or closes
+    it (``aclose``); cancelling it must cancel the request upstream.
+    """
+
+    def stream(self, leg: Leg) -> AsyncIterator[dict[str, Any]]: ...
+
+
+def leg_headers(headers: list[tuple[bytes, bytes]] | Any, role: str) -> list[tuple[bytes, bytes]]:
+    """The caller's headers, cleaned for a leg request (see :class:`Leg`)."""
+    out: list[tuple[bytes, bytes]] = []
+    for name, value in headers:
+        key = name.lower()
+        if key in _DROP:
+            continue
+        if key == b"anthropic-beta":
+            kept = [v.strip() for v in value.decode("latin-1").split(",") if v.strip() and v.strip() != ADVISOR_BETA]
+            if not kept:
+                continue
+            value = ",".join(kept).encode("latin-1")
+        out.append((key, value))
+    out.append((LEG_HEADER, role.encode()))
+    return out
