@@ -102,7 +102,11 @@ def message_to_events(message: dict[str, Any]) -> Iterator[dict[str, Any]]:
         if btype == "text":
             yield {"type": "content_block_start", "index": index, "content_block": {**block, "text": ""}}
             if block.get("text"):
-                yield {"type": "content_block_delta", "index": index, "delta": {"type": "text_delta", "text": block["text"]}}
+                yield {
+                    "type": "content_block_delta",
+                    "index": index,
+                    "delta": {"type": "text_delta", "text": block["text"]},
+                }
         elif btype == "thinking":
             yield {
                 "type": "content_block_start",
@@ -127,7 +131,10 @@ def message_to_events(message: dict[str, Any]) -> Iterator[dict[str, Any]]:
                 yield {
                     "type": "content_block_delta",
                     "index": index,
-                    "delta": {"type": "input_json_delta", "partial_json": pydantic_core.to_json(block["input"]).decode()},
+                    "delta": {
+                        "type": "input_json_delta",
+                        "partial_json": pydantic_core.to_json(block["input"]).decode(),
+                    },
                 }
         else:
             yield {"type": "content_block_start", "index": index, "content_block": block}

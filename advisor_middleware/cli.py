@@ -79,5 +79,11 @@ def main(argv: list[str] | None = None) -> int:
     app = build_app(args.app, demo_delay=args.demo_delay, ping_interval=args.ping_interval)
     if args.app is None:
         print(_TRY.format(host=args.host, port=args.port), file=sys.stderr, flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, workers=args.workers if args.workers > 1 else None)
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        workers=args.workers if args.workers > 1 else None,
+    )
     return 0

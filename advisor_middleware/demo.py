@@ -102,7 +102,13 @@ class DemoGateway:
                 },
             )
             return
-        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"text/event-stream")],
+            }
+        )
         delay = self.advisor_delay / 8 if is_advisor else self.delay
 
         async def emit(event: dict[str, Any], pause: float = 0.0) -> None:
@@ -128,16 +134,32 @@ class DemoGateway:
         )
         for index, block in enumerate(blocks):
             if block["type"] == "text":
-                await emit({"type": "content_block_start", "index": index, "content_block": {"type": "text", "text": ""}})
+                await emit(
+                    {
+                        "type": "content_block_start",
+                        "index": index,
+                        "content_block": {"type": "text", "text": ""},
+                    }
+                )
                 for piece in _pieces(block["text"]):
-                    await emit({"type": "content_block_delta", "index": index, "delta": {"type": "text_delta", "text": piece}}, delay)
+                    await emit(
+                        {
+                            "type": "content_block_delta",
+                            "index": index,
+                            "delta": {"type": "text_delta", "text": piece},
+                        },
+                        delay,
+                    )
             else:
                 await emit({"type": "content_block_start", "index": index, "content_block": {**block, "input": {}}})
                 await emit(
                     {
                         "type": "content_block_delta",
                         "index": index,
-                        "delta": {"type": "input_json_delta", "partial_json": pydantic_core.to_json(block["input"]).decode()},
+                        "delta": {
+                            "type": "input_json_delta",
+                            "partial_json": pydantic_core.to_json(block["input"]).decode(),
+                        },
                     },
                     delay,
                 )
@@ -173,7 +195,12 @@ def _script(body: dict[str, Any]) -> tuple[list[dict[str, Any]], str, bool]:
         return (
             [
                 {"type": "text", "text": "Let me consult the advisor before I answer."},
-                {"type": "tool_use", "id": "toolu_demo_" + uuid.uuid4().hex[:20], "name": "advisor", "input": {}},
+                {
+                    "type": "tool_use",
+                    "id": "toolu_demo_" + uuid.uuid4().hex[:20],
+                    "name": "advisor",
+                    "input": {},
+                },
             ],
             "tool_use",
             False,
@@ -199,7 +226,9 @@ def _script(body: dict[str, Any]) -> tuple[list[dict[str, Any]], str, bool]:
         parts.append(f"The advisor's advice was: “{_first_line(advice[1], 160)}”")
     if ran is not None:
         parts.append(f"The command printed: {_first_line(ran[1], 120)}")
-    parts.append("That is all this scripted demo model can do; point the middleware at a real gateway for real answers.")
+    parts.append(
+        "That is all this scripted demo model can do; point the middleware at a real gateway for real answers."
+    )
     return [{"type": "text", "text": " ".join(parts)}], "end_turn", False
 
 
@@ -218,11 +247,13 @@ def _latest_request(messages: list[Any]) -> str:
     for message in reversed(messages):
         if not isinstance(message, dict) or message.get("role") != "user":
             continue
-        text = _REMINDER.sub("", _text(message.get("content")))
+        text = _text(message.get("content"))
         if "=== Transcript ===" in text:
+            text = _REMINDER.sub("", text.split("=== Transcript ===", 1)[1])
             users = re.findall(r"\n\[User\]\n(.*?)(?=\n\[|\Z)", text, re.DOTALL)
             real = [u for u in users if u.strip() and not u.lstrip().startswith("(tool result")]
             return real[-1].strip() if real else ""
+        text = _REMINDER.sub("", text)
         if text.strip():
             return text.strip()
     return ""
@@ -243,7 +274,9 @@ def _current_turn(messages: list[Any]) -> list[tuple[str, str]]:
                 if b.get("type") == "tool_use":
                     names[str(b.get("id"))] = str(b.get("name"))
         elif message.get("role") == "user":
-            if any(b.get("type") == "text" and not str(b.get("text", "")).startswith("<system-reminder>") for b in blocks):
+            if any(
+                b.get("type") == "text" and not str(b.get("text", "")).startswith("<system-reminder>") for b in blocks
+            ):
                 results = []
             for b in blocks:
                 if b.get("type") == "tool_result":
@@ -282,7 +315,10 @@ async def _json(send: Send, status: int, data: Any) -> None:
         {
             "type": "http.response.start",
             "status": status,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())],
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+            ],
         }
     )
     await send({"type": "http.response.body", "body": payload, "more_body": False})

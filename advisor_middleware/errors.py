@@ -58,7 +58,12 @@ class UpstreamError(Exception):
     when they already are an Anthropic error, otherwise an Anthropic-shaped wrapper.
     """
 
-    def __init__(self, status: int, body: bytes | dict[str, Any] | str, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        body: bytes | dict[str, Any] | str,
+        headers: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
         self.status = status
         self.headers = headers or []
         self.body = _normalise_body(status, body)

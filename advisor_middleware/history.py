@@ -110,7 +110,11 @@ def render_history(messages: list[Any]) -> tuple[list[Any], HistoryInfo]:
 
     for message in messages:
         if not isinstance(message, dict) or not isinstance(message.get("content"), list):
-            if isinstance(message, dict) and message.get("role") == "system" and isinstance(message.get("content"), str):
+            if (
+                isinstance(message, dict)
+                and message.get("role") == "system"
+                and isinstance(message.get("content"), str)
+            ):
                 push("user", [_reminder(message["content"])])
                 continue
             out.append(dict(message) if isinstance(message, dict) else message)
@@ -169,7 +173,12 @@ def render_history(messages: list[Any]) -> tuple[list[Any], HistoryInfo]:
             current = [
                 b
                 for b in current
-                if not (isinstance(b, dict) and b.get("type") == "tool_use" and b.get("name") == ADVISOR_NAME and b.get("id") in dangling)
+                if not (
+                    isinstance(b, dict)
+                    and b.get("type") == "tool_use"
+                    and b.get("name") == ADVISOR_NAME
+                    and b.get("id") in dangling
+                )
             ]
         push("assistant", current)
     return out, info

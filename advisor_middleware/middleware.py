@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import zlib
 from collections.abc import Callable
-from contextlib import aclosing
 from typing import Any
 
 import anyio
@@ -18,7 +17,7 @@ from .config import AdvisorConfig
 from .errors import AdvisorRequestError, UpstreamError, error_body
 from .orchestrator import Orchestration
 from .routers.app import AppRouter
-from .routers.base import LEG_HEADER, MessagesRouter
+from .routers.base import LEG_HEADER, MessagesRouter, closing
 from .sse import encode_event, encode_json
 
 __all__ = ["AdvisorMiddleware"]
@@ -209,7 +208,7 @@ class AdvisorMiddleware:
     async def _write_json(self, orchestration: Orchestration, send: Send) -> None:
         acc = MessageAccumulator()
         try:
-            async with aclosing(orchestration.events()) as events:
+            async with closing(orchestration.events()) as events:
                 async for event in events:
                     acc.feed(event)
         except UpstreamError as exc:
@@ -224,7 +223,10 @@ class AdvisorMiddleware:
             {
                 "type": "http.response.start",
                 "status": 200,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())],
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(payload)).encode()),
+                ],
             }
         )
         await send({"type": "http.response.body", "body": payload, "more_body": False})
@@ -239,7 +241,7 @@ class AdvisorMiddleware:
         async def produce() -> None:
             async with to_writer:
                 try:
-                    async with aclosing(orchestration.events()) as events:
+                    async with closing(orchestration.events()) as events:
                         async for event in events:
                             await to_writer.send(("event", event))
                 except Exception as exc:
@@ -272,7 +274,9 @@ class AdvisorMiddleware:
                             await _send_error(send, value.status, value.body, value.headers)
                         else:
                             log.error("advisor loop failed", exc_info=value)
-                            await _send_error(send, 500, error_body("api_error", "internal error in the advisor middleware"))
+                            await _send_error(
+                                send, 500, error_body("api_error", "internal error in the advisor middleware")
+                            )
                         tg.cancel_scope.cancel()
                         return
             if started:

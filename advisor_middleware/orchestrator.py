@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +21,7 @@ from .config import AdvisorConfig
 from .errors import UpstreamError
 from .history import advice_tool_result, advisor_tool_use, render_history
 from .prompts import ADVISOR_SYSTEM_PROMPT, EXECUTOR_TOOL_DESCRIPTION, budget_note
-from .routers.base import Leg, MessagesRouter, leg_headers
+from .routers.base import Leg, MessagesRouter, closing, leg_headers
 from .transcript import render_transcript
 
 __all__ = ["Orchestration", "advisor_error_code"]
@@ -171,7 +170,7 @@ class Orchestration:
             held: list[list[dict[str, Any]]] = []
             calls: list[_Call] = []
             leg = Leg("executor", leg_body, self.exec_headers, self.scope)
-            async with aclosing(self.router.stream(leg)) as stream:
+            async with closing(self.router.stream(leg)) as stream:
                 async for event in stream:
                     acc.feed(event)
                     kind = event.get("type")
@@ -199,7 +198,11 @@ class Orchestration:
                             index = self._index()
                             index_map[upstream_index] = ("advisor", index)
                             self._open.add(index)
-                            yield {"type": "content_block_start", "index": index, "content_block": server_tool_use_block(call.srv_id)}
+                            yield {
+                                "type": "content_block_start",
+                                "index": index,
+                                "content_block": server_tool_use_block(call.srv_id),
+                            }
                             # Real advisor streams carry one empty input_json_delta (§4).
                             yield {
                                 "type": "content_block_delta",
@@ -281,7 +284,7 @@ class Orchestration:
 
     def _record_leg(self, usage: dict[str, Any]) -> None:
         self.leg_usages.append(usage)
-        entry = {"type": "message"}
+        entry: dict[str, Any] = {"type": "message"}
         for key in _USAGE_SUMS:
             entry[key] = _int(usage.get(key))
         self.iterations.append(entry)
@@ -335,7 +338,7 @@ class Orchestration:
         leg = Leg("advisor", body, self.advisor_headers, self.scope)
         try:
             with anyio.fail_after(self.config.advisor_timeout):
-                async with aclosing(self.router.stream(leg)) as stream:
+                async with closing(self.router.stream(leg)) as stream:
                     async for event in stream:
                         acc.feed(event)
         except Exception as exc:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
 
-__all__ = ["LEG_HEADER", "Leg", "MessagesRouter", "leg_headers"]
+T = TypeVar("T")
+
+__all__ = ["LEG_HEADER", "Leg", "MessagesRouter", "closing", "leg_headers"]
 
 LEG_HEADER = b"x-advisor-leg"
 """Marks requests the middleware makes itself; the middleware passes them through untouched,
@@ -78,3 +81,15 @@ def leg_headers(headers: list[tuple[bytes, bytes]] | Any, role: str) -> list[tup
         out.append((key, value))
     out.append((LEG_HEADER, role.encode()))
     return out
+
+
+@asynccontextmanager
+async def closing(events: AsyncIterator[T]) -> AsyncIterator[AsyncIterator[T]]:
+    """Like ``contextlib.aclosing``, for any async iterator: a router may return a plain async
+    iterator, and one that has ``aclose`` gets it called even when the consumer stops early."""
+    try:
+        yield events
+    finally:
+        aclose = getattr(events, "aclose", None)
+        if aclose is not None:
+            await aclose()

@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import anthropic
+import httpx2
+import pytest
+from starlette.applications import Starlette
+
+from advisor_middleware import AdvisorMiddleware
+
+from .upstream import Script, scripted_host
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def script() -> Script:
+    return Script()
+
+
+@pytest.fixture
+def make_app(script: Script) -> Callable[..., Starlette]:
+    """The scripted Starlette host with ``AdvisorMiddleware`` added the usual way."""
+
+    def build(**options: Any) -> Starlette:
+        app = scripted_host(script)
+        app.add_middleware(AdvisorMiddleware, **options)
+        return app
+
+    return build
+
+
+@pytest.fixture
+async def client(make_app: Callable[..., Starlette]) -> AsyncIterator[anthropic.AsyncAnthropic]:
+    """The official SDK, in-process, as the oracle for the wire format (asgi-ecosystem §3.6)."""
+    http = httpx2.AsyncClient(transport=httpx2.ASGITransport(app=make_app()))
+    async with anthropic.AsyncAnthropic(api_key="sk-test", base_url="http://testserver", http_client=http) as sdk:
+        yield sdk

@@ -1,0 +1,283 @@
+"""The one fake in the test suite: a scripted model behind a real Starlette host.
+
+``scripted_host(script)`` is a Starlette app serving ``POST /v1/messages`` the way an
+Anthropic-compatible gateway does (SSE for ``stream: true``, JSON otherwise). Which scripted turn
+answers a request is decided by its ``x-advisor-leg`` header (``executor``/``advisor``; none
+counts as ``direct``). Every request is recorded, so tests can assert on the exact legs the host
+received.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections import defaultdict, deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+
+def text(value: str) -> dict[str, Any]:
+    return {"type": "text", "text": value}
+
+
+def tool_use(name: str, input: dict[str, Any] | None = None, id: str | None = None) -> dict[str, Any]:
+    return {
+        "type": "tool_use",
+        "id": id or "toolu_" + uuid.uuid4().hex[:16],
+        "name": name,
+        "input": input or {},
+    }
+
+
+def thinking(value: str, signature: str = "sig-abc") -> dict[str, Any]:
+    return {"type": "thinking", "thinking": value, "signature": signature}
+
+
+@dataclass
+class Reply:
+    """One model turn: these blocks, streamed as an Anthropic stream."""
+
+    blocks: list[dict[str, Any]]
+    stop_reason: str = "end_turn"
+    input_tokens: int = 10
+    output_tokens: int = 5
+    cache_read: int = 0
+    cache_creation: int = 0
+    delay: float = 0.0
+    """Seconds before the response starts."""
+    gap: float = 0.0
+    """Seconds between events."""
+    hang_after: int | None = None
+    """Stop sending (without ending the response) after this many events, for `hang` seconds."""
+    hang: float = 0.0
+    drop_after: int | None = None
+    """End the response after this many events, without message_stop."""
+
+
+@dataclass
+class Fail:
+    """A non-200 answer."""
+
+    status: int
+    error_type: str = "api_error"
+    message: str = "scripted failure"
+    raw: bytes | None = None
+    delay: float = 0.0
+
+
+@dataclass
+class ErrorEvent:
+    """A 200 stream that sends ``after`` events of ``reply`` and then an ``error`` event."""
+
+    reply: Reply
+    after: int
+    error_type: str = "overloaded_error"
+    message: str = "Overloaded"
+
+
+Turn = Reply | Fail | ErrorEvent
+
+
+@dataclass
+class Recorded:
+    role: str
+    headers: dict[str, str]
+    body: dict[str, Any]
+    raw: bytes
+
+
+@dataclass
+class Script:
+    turns: dict[str, deque[Turn]] = field(default_factory=lambda: defaultdict(deque))
+    requests: list[Recorded] = field(default_factory=list)
+    finished: list[str] = field(default_factory=list)
+    """Roles of legs whose handler ran to the end (not cancelled)."""
+    cancelled: list[str] = field(default_factory=list)
+
+    def executor(self, *turns: Turn) -> Script:
+        self.turns["executor"].extend(turns)
+        return self
+
+    def advisor(self, *turns: Turn) -> Script:
+        self.turns["advisor"].extend(turns)
+        return self
+
+    def direct(self, *turns: Turn) -> Script:
+        self.turns["direct"].extend(turns)
+        return self
+
+    def of(self, role: str) -> list[Recorded]:
+        return [r for r in self.requests if r.role == role]
+
+
+def sse(event: dict[str, Any]) -> bytes:
+    return f"event: {event['type']}\ndata: {json.dumps(event, separators=(',', ':'))}\n\n".encode()
+
+
+def reply_events(reply: Reply, model: str) -> list[dict[str, Any]]:
+    usage = {
+        "input_tokens": reply.input_tokens,
+        "cache_creation_input_tokens": reply.cache_creation,
+        "cache_read_input_tokens": reply.cache_read,
+        "output_tokens": 1,
+    }
+    events: list[dict[str, Any]] = [
+        {
+            "type": "message_start",
+            "message": {
+                "id": "msg_" + uuid.uuid4().hex[:20],
+                "type": "message",
+                "role": "assistant",
+                "model": model,
+                "content": [],
+                "stop_reason": None,
+                "stop_sequence": None,
+                "usage": usage,
+            },
+        }
+    ]
+    for i, block in enumerate(reply.blocks):
+        kind = block["type"]
+        if kind == "text":
+            events.append({"type": "content_block_start", "index": i, "content_block": {"type": "text", "text": ""}})
+            events.append(
+                {
+                    "type": "content_block_delta",
+                    "index": i,
+                    "delta": {"type": "text_delta", "text": block["text"]},
+                }
+            )
+        elif kind == "thinking":
+            events.append(
+                {
+                    "type": "content_block_start",
+                    "index": i,
+                    "content_block": {"type": "thinking", "thinking": "", "signature": ""},
+                }
+            )
+            events.append(
+                {
+                    "type": "content_block_delta",
+                    "index": i,
+                    "delta": {"type": "thinking_delta", "thinking": block["thinking"]},
+                }
+            )
+            events.append(
+                {
+                    "type": "content_block_delta",
+                    "index": i,
+                    "delta": {"type": "signature_delta", "signature": block["signature"]},
+                }
+            )
+        elif kind == "tool_use":
+            events.append({"type": "content_block_start", "index": i, "content_block": {**block, "input": {}}})
+            raw = json.dumps(block["input"])
+            events.append(
+                {
+                    "type": "content_block_delta",
+                    "index": i,
+                    "delta": {"type": "input_json_delta", "partial_json": raw[:3]},
+                }
+            )
+            events.append(
+                {
+                    "type": "content_block_delta",
+                    "index": i,
+                    "delta": {"type": "input_json_delta", "partial_json": raw[3:]},
+                }
+            )
+        else:
+            events.append({"type": "content_block_start", "index": i, "content_block": block})
+        events.append({"type": "content_block_stop", "index": i})
+    events.append(
+        {
+            "type": "message_delta",
+            "delta": {"stop_reason": reply.stop_reason, "stop_sequence": None},
+            "usage": {"output_tokens": reply.output_tokens},
+        }
+    )
+    events.append({"type": "message_stop"})
+    return events
+
+
+def reply_message(reply: Reply, model: str) -> dict[str, Any]:
+    return {
+        "id": "msg_" + uuid.uuid4().hex[:20],
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": reply.blocks,
+        "stop_reason": reply.stop_reason,
+        "stop_sequence": None,
+        "usage": {
+            "input_tokens": reply.input_tokens,
+            "cache_creation_input_tokens": reply.cache_creation,
+            "cache_read_input_tokens": reply.cache_read,
+            "output_tokens": reply.output_tokens,
+        },
+    }
+
+
+def scripted_host(script: Script) -> Starlette:
+    async def messages(request: Request) -> Response:
+        raw = await request.body()
+        body = json.loads(raw)
+        role = request.headers.get("x-advisor-leg", "direct")
+        script.requests.append(Recorded(role, dict(request.headers), body, raw))
+        queue = script.turns[role]
+        if not queue:
+            return JSONResponse(
+                {"type": "error", "error": {"type": "api_error", "message": f"no scripted {role} turn left"}},
+                status_code=500,
+            )
+        turn = queue.popleft()
+        model = str(body.get("model"))
+        if isinstance(turn, Fail):
+            await anyio.sleep(turn.delay)
+            if turn.raw is not None:
+                return Response(turn.raw, status_code=turn.status)
+            return JSONResponse(
+                {"type": "error", "error": {"type": turn.error_type, "message": turn.message}},
+                status_code=turn.status,
+            )
+        reply = turn.reply if isinstance(turn, ErrorEvent) else turn
+        if not body.get("stream"):
+            await anyio.sleep(reply.delay)
+            script.finished.append(role)
+            return JSONResponse(reply_message(reply, model))
+        events = reply_events(reply, model)
+        if isinstance(turn, ErrorEvent):
+            events = [
+                *events[: turn.after],
+                {"type": "error", "error": {"type": turn.error_type, "message": turn.message}},
+            ]
+
+        async def stream() -> AsyncIterator[bytes]:
+            try:
+                await anyio.sleep(reply.delay)
+                for n, event in enumerate(events):
+                    if reply.drop_after is not None and n >= reply.drop_after:
+                        break
+                    if reply.hang_after is not None and n == reply.hang_after:
+                        await anyio.sleep(reply.hang)
+                    if reply.gap:
+                        await anyio.sleep(reply.gap)
+                    yield sse(event)
+                script.finished.append(role)
+            except BaseException:
+                script.cancelled.append(role)
+                raise
+
+        return StreamingResponse(stream(), media_type="text/event-stream")
+
+    return Starlette(routes=[Route("/v1/messages", messages, methods=["POST"])])
+
+
+ADVISOR_TOOL = {"type": "advisor_20260301", "name": "advisor", "model": "adv-model"}
