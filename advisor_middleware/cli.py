@@ -3,20 +3,28 @@
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 from typing import Any
 
-__all__ = ["main"]
+__all__ = ["app_from_env", "build_app", "main"]
+
+_ENV = "ADVISOR_MIDDLEWARE_SERVE"
 
 _TRY = """\
 advisor-middleware demo gateway on http://{host}:{port}  (scripted executor and advisor, offline)
 
 Try it with curl:
-  curl -sN http://{host}:{port}/v1/messages -H 'content-type: application/json' -d '{{"model":"demo-executor","max_tokens":1024,"stream":true,"messages":[{{"role":"user","content":"Plan a birthday party"}}],"tools":[{{"type":"advisor_20260301","name":"advisor","model":"demo-advisor"}}]}}'
+  curl -sN http://{host}:{port}/v1/messages -H 'content-type: application/json' -d '{{
+    "model": "demo-executor", "max_tokens": 1024, "stream": true,
+    "messages": [{{"role": "user", "content": "Plan a birthday party"}}],
+    "tools": [{{"type": "advisor_20260301", "name": "advisor", "model": "demo-advisor"}}]}}'
 
 Or with Claude Code (npm install -g @anthropic-ai/claude-code@2.1.331):
-  ANTHROPIC_BASE_URL=http://{host}:{port} ANTHROPIC_API_KEY=sk-demo CLAUDE_CODE_ENABLE_EXPERIMENTAL_ADVISOR_TOOL=1 \\
-    DISABLE_TELEMETRY=1 CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1 claude --advisor opus -p "Consult the advisor, then say hi"
+  ANTHROPIC_BASE_URL=http://{host}:{port} ANTHROPIC_API_KEY=sk-demo \\
+    CLAUDE_CODE_ENABLE_EXPERIMENTAL_ADVISOR_TOOL=1 DISABLE_TELEMETRY=1 CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1 \\
+    claude --advisor opus -p "Consult the advisor, then run: echo hello"
 """
 
 
@@ -76,14 +84,27 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import uvicorn
 
-    app = build_app(args.app, demo_delay=args.demo_delay, ping_interval=args.ping_interval)
+    options = {"app_path": args.app, "demo_delay": args.demo_delay, "ping_interval": args.ping_interval}
     if args.app is None:
         print(_TRY.format(host=args.host, port=args.port), file=sys.stderr, flush=True)
-    uvicorn.run(
-        app,
-        host=args.host,
-        port=args.port,
-        log_level=args.log_level,
-        workers=args.workers if args.workers > 1 else None,
-    )
+    if args.workers > 1:
+        # Worker processes import the app themselves: hand them the options through the env.
+        os.environ[_ENV] = json.dumps(options)
+        uvicorn.run(
+            "advisor_middleware.cli:app_from_env",
+            factory=True,
+            host=args.host,
+            port=args.port,
+            log_level=args.log_level,
+            workers=args.workers,
+        )
+    else:
+        app = build_app(args.app, demo_delay=args.demo_delay, ping_interval=args.ping_interval)
+        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0
+
+
+def app_from_env() -> Any:
+    """The app ``serve --workers N`` gives each worker process."""
+    options = json.loads(os.environ[_ENV])
+    return build_app(options["app_path"], demo_delay=options["demo_delay"], ping_interval=options["ping_interval"])
