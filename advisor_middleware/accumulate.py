@@ -18,11 +18,14 @@ __all__ = ["MessageAccumulator", "message_to_events"]
 
 
 class MessageAccumulator:
-    __slots__ = ("_json", "message")
+    __slots__ = ("_json", "finished", "message")
 
     def __init__(self) -> None:
         self.message: dict[str, Any] = {}
         self._json: dict[int, list[str]] = {}
+        self.finished = False
+        """A ``message_delta`` arrived: the stream told us how it ended (``message_start``
+        already carries ``stop_reason: null``, so the key alone proves nothing)."""
 
     @property
     def content(self) -> list[dict[str, Any]]:
@@ -76,6 +79,7 @@ class MessageAccumulator:
                         # Keep what the model sent; the host will judge it on the next request.
                         self.content[index]["input"] = {"_raw": raw}
         elif kind == "message_delta":
+            self.finished = True
             delta = event.get("delta") or {}
             for key in ("stop_reason", "stop_sequence", "stop_details"):
                 if key in delta:

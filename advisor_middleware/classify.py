@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from .blocks import ADVISOR_TOOL_TYPE, AdvisorTool
+from .blocks import ADVISOR_NAME, ADVISOR_TOOL_TYPE, AdvisorTool
 from .errors import AdvisorRequestError
 from .history import has_advisor_history, render_history
 
@@ -63,6 +63,10 @@ def classify(data: dict[str, Any]) -> Plan:
         remaining = [t for i, t in enumerate(tools or []) if i != index]
         if remaining:
             body["tools"] = remaining
+            choice = body.get("tool_choice")
+            if isinstance(choice, dict) and choice.get("type") == "tool" and choice.get("name") == ADVISOR_NAME:
+                # The advisor is off on this turn: forcing it would make the host answer 400.
+                body["tool_choice"] = {k: v for k, v in choice.items() if k != "name"} | {"type": "auto"}
         else:
             body.pop("tools", None)
             if isinstance(body.get("tool_choice"), dict):

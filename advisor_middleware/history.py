@@ -21,6 +21,8 @@ __all__ = ["HistoryInfo", "advice_tool_result", "advisor_tool_use", "has_advisor
 
 log = logging.getLogger("advisor_middleware")
 
+_RESULT_TYPES = ("advisor_result", "advisor_redacted_result", "advisor_tool_result_error")
+
 REDACTED_PLACEHOLDER = "[The advisor's advice for this step is encrypted and cannot be shown here.]"
 
 
@@ -36,7 +38,9 @@ def advice_tool_result(exec_id: str, content: Any) -> dict[str, Any]:
     The loop and later turns both build it here, so the two are byte-identical."""
     if isinstance(content, list):
         parts = [c for c in content if isinstance(c, dict)]
-        content = parts[0] if len(parts) == 1 else {"type": "advisor_result", "text": _join_texts(parts)}
+        # One advisor object in a list is that object; anything else (e.g. text blocks) is advice text.
+        single = len(parts) == 1 and parts[0].get("type") in _RESULT_TYPES
+        content = parts[0] if single else {"type": "advisor_result", "text": _join_texts(parts)}
     if isinstance(content, str):
         content = {"type": "advisor_result", "text": content}
     if not isinstance(content, dict):

@@ -135,8 +135,9 @@ class Orchestration:
         raises, so the caller can answer with the upstream's own status; once streaming has
         started it ends the stream instead: open blocks closed, then one ``error`` event."""
         try:
-            async for event in self._loop():
-                yield event
+            async with closing(self._loop()) as loop:
+                async for event in loop:
+                    yield event
         except Exception as exc:
             if not self.streaming or not self._started:
                 raise
@@ -225,7 +226,7 @@ class Orchestration:
                             message["content"] = []
                             self._started = True
                             yield {"type": "message_start", "message": message}
-            if "stop_reason" not in acc.message:
+            if not acc.finished:
                 raise UpstreamError(502, "the executor's stream ended before its message_delta")
             self._record_leg(acc.message.get("usage") or {})
             stop_reason = acc.message.get("stop_reason")
@@ -350,7 +351,7 @@ class Orchestration:
             self._record_advisor(acc)
             return {"error_code": code}
         self._record_advisor(acc)
-        if "stop_reason" not in acc.message:
+        if not acc.finished:
             log.warning("advisor stream ended before its message_delta")
             return {"error_code": "unavailable"}
         text = "".join(str(b.get("text", "")) for b in acc.content if b.get("type") == "text")

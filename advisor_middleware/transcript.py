@@ -30,8 +30,9 @@ def render_transcript(body: dict[str, Any], messages: list[Any], *, max_block_ch
         parts.append(f"\n=== Executor's system prompt ===\n{_cap(system, max_block_chars * 2)}\n")
     tools = body.get("tools")
     if isinstance(tools, list) and tools:
-        lines = [_tool_line(t) for t in tools if isinstance(t, dict)]
-        parts.append("\n=== Executor's tools ===\n" + "\n".join(line for line in lines if line) + "\n")
+        lines = [line for line in (_tool_line(t) for t in tools if isinstance(t, dict)) if line]
+        if lines:
+            parts.append("\n=== Executor's tools ===\n" + "\n".join(lines) + "\n")
     parts.append("\n=== Transcript ===\n")
     advisor_ids: set[str] = set()
     for message in messages:

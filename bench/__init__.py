@@ -1,0 +1,1 @@
+"""In-process benchmarks of ``AdvisorMiddleware`` (``python -m bench``; see ``bench/run.py``)."""

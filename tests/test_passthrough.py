@@ -1,0 +1,460 @@
+"""Everything that is not an advisor request reaches the wrapped app untouched."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable, MutableMapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.testclient import TestClient
+from starlette.websockets import WebSocket
+
+from advisor_middleware import AdvisorMiddleware
+
+from .upstream import ADVISOR_TOOL, Reply, Script, reply_events, scripted_host, sse, text, tool_use
+
+pytestmark = pytest.mark.anyio
+
+MakeApp = Callable[..., Starlette]
+Scope = MutableMapping[str, Any]
+
+
+@dataclass
+class Call:
+    scope: Scope
+    body: bytes
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {k.decode(): v.decode() for k, v in self.scope["headers"]}
+
+
+class Echo:
+    """A bare ASGI app that records each request (scope and exact body) and answers 200."""
+
+    def __init__(self) -> None:
+        self.calls: list[Call] = []
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        assert scope["type"] == "http"
+        body = b""
+        while True:
+            message = await receive()
+            assert message["type"] == "http.request"
+            body += message.get("body", b"")
+            if not message.get("more_body", False):
+                break
+        self.calls.append(Call(dict(scope), body))
+        payload = json.dumps({"echo": scope["path"], "method": scope["method"]}).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"application/json"), (b"x-echo", b"1")],
+            }
+        )
+        await send({"type": "http.response.body", "body": payload})
+
+
+class PathLog:
+    """ASGI middleware noting the path, root_path and query of every http request."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.seen: list[tuple[str, str, bytes, str]] = []
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            leg = dict(scope["headers"]).get(b"x-advisor-leg", b"direct").decode()
+            self.seen.append((scope["path"], scope.get("root_path", ""), scope.get("query_string", b""), leg))
+        await self.app(scope, receive, send)
+
+
+def advisor_body(**overrides: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "model": "exec",
+        "max_tokens": 1024,
+        "messages": [{"role": "user", "content": "hi"}],
+        "tools": [ADVISOR_TOOL],
+    }
+    body.update(overrides)
+    return body
+
+
+def consult(script: Script) -> None:
+    script.executor(
+        Reply([text("Asking."), tool_use("advisor", id="toolu_1")], stop_reason="tool_use"),
+        Reply([text("Done.")]),
+    ).advisor(Reply([text("Advice.")]))
+
+
+@asynccontextmanager
+async def http_for(app: Any) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver") as http:
+        yield http
+
+
+ODD_BYTES = (
+    b'{ "stream" :false,\n\t"messages":[ {"content":"hi  there","role":"user"} ],'
+    b'"model":"exec" ,  "max_tokens":5,"metadata":{"user_id":"\\u00e9t\\u00e9"}}  \n'
+)
+
+
+# --- byte-for-byte pass-through ---------------------------------------------------------------
+
+
+async def test_plain_request_reaches_the_host_byte_for_byte(make_app: MakeApp, script: Script) -> None:
+    script.direct(Reply([text("hello")], input_tokens=3, output_tokens=2))
+    async with http_for(make_app()) as http:
+        response = await http.post(
+            "/v1/messages",
+            content=ODD_BYTES,
+            headers={
+                "content-type": "application/json",
+                "x-api-key": "sk-x",
+                "anthropic-beta": "advisor-tool-2026-03-01,foo-beta",
+            },
+        )
+    assert response.status_code == 200
+    (recorded,) = script.requests
+    assert recorded.role == "direct"
+    assert recorded.raw == ODD_BYTES
+    # Headers are the caller's own: the advisor beta is not filtered on a pass-through.
+    assert recorded.headers["anthropic-beta"] == "advisor-tool-2026-03-01,foo-beta"
+    assert recorded.headers["x-api-key"] == "sk-x"
+    assert recorded.headers["content-length"] == str(len(ODD_BYTES))
+    message = response.json()
+    assert message["content"] == [{"type": "text", "text": "hello"}]
+    assert message["usage"] == {
+        "input_tokens": 3,
+        "cache_creation_input_tokens": 0,
+        "cache_read_input_tokens": 0,
+        "output_tokens": 2,
+    }
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        pytest.param(ODD_BYTES, id="no-advisor-word"),
+        pytest.param(
+            b'{"model":"exec","max_tokens":5,  "messages":[{"role":"user","content":"ask my advisor"}]}',
+            id="advisor-word-in-text",
+        ),
+        pytest.param(
+            b'{"model":"exec","max_tokens":5,"messages":[{"role":"user","content":"x"}],'
+            b'"tools":[{"name":"advisor","input_schema":{"type":"object"}}]}',
+            id="client-tool-named-advisor",
+        ),
+        pytest.param(
+            b'{"model":"exec","max_tokens":5,"messages":[{"role":"user","content":"x"}],'
+            b'"tools":{"type":"advisor_20260301"}}',
+            id="tools-not-a-list",
+        ),
+        pytest.param(b'{"model": "advisor", "messages": [', id="invalid-json"),
+        pytest.param(b'["advisor_20260301"]', id="json-array"),
+        pytest.param(b"advisor", id="not-json"),
+        pytest.param(b"", id="empty"),
+    ],
+)
+async def test_bodies_replayed_untouched(raw: bytes) -> None:
+    echo = Echo()
+    async with http_for(AdvisorMiddleware(echo)) as http:
+        response = await http.post("/v1/messages", content=raw, headers={"content-type": "application/json"})
+    assert response.status_code == 200
+    assert response.headers["x-echo"] == "1"
+    (call,) = echo.calls
+    assert call.body == raw
+    assert call.scope["path"] == "/v1/messages"
+    assert "x-advisor-leg" not in call.headers
+
+
+async def test_streaming_pass_through_is_the_hosts_own_stream(make_app: MakeApp, script: Script) -> None:
+    reply = Reply([text("streamed")])
+    script.direct(reply)
+    body = {"model": "exec", "max_tokens": 5, "stream": True, "messages": [{"role": "user", "content": "x"}]}
+    async with http_for(make_app()) as http:
+        response = await http.post("/v1/messages", json=body)
+    expected = reply_events(reply, "exec")
+    received = [json.loads(chunk.split(b"\ndata: ", 1)[1]) for chunk in response.content.split(b"\n\n") if chunk]
+    message_id = received[0]["message"]["id"]
+    expected[0]["message"]["id"] = message_id
+    assert response.content == b"".join(sse(e) for e in expected)
+
+
+@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE", "PATCH"])
+async def test_other_methods_untouched(method: str) -> None:
+    echo = Echo()
+    raw = json.dumps(advisor_body()).encode()
+    async with http_for(AdvisorMiddleware(echo)) as http:
+        response = await http.request(method, "/v1/messages", content=raw)
+    assert response.json() == {"echo": "/v1/messages", "method": method}
+    (call,) = echo.calls
+    assert call.body == raw
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/v1/messages/count_tokens", "/v1/messagesx", "/v2/messages", "/api/v1/messages", "/", "/v1/complete"],
+)
+async def test_other_paths_untouched(path: str) -> None:
+    echo = Echo()
+    raw = json.dumps(advisor_body()).encode()
+    async with http_for(AdvisorMiddleware(echo)) as http:
+        response = await http.post(path, content=raw, headers={"content-type": "application/json"})
+    assert response.json() == {"echo": path, "method": "POST"}
+    (call,) = echo.calls
+    assert call.body == raw
+    assert "x-advisor-leg" not in call.headers
+
+
+async def test_a_leg_request_passes_through_untouched() -> None:
+    echo = Echo()
+    raw = json.dumps(advisor_body()).encode()
+    async with http_for(AdvisorMiddleware(echo)) as http:
+        await http.post("/v1/messages", content=raw, headers={"x-advisor-leg": "executor"})
+    (call,) = echo.calls
+    assert call.body == raw
+    assert call.headers["x-advisor-leg"] == "executor"
+
+
+@pytest.mark.parametrize("model", ["claude-opus-4-8", "claude-sonnet-5"])
+async def test_native_executor_passes_through(make_app: MakeApp, script: Script, model: str) -> None:
+    script.direct(Reply([text("native")]))
+    raw = json.dumps(advisor_body(model=model)).encode()
+    app = make_app(native_executor=lambda m: m.startswith("claude-"))
+    async with http_for(app) as http:
+        response = await http.post("/v1/messages", content=raw, headers={"anthropic-beta": "advisor-tool-2026-03-01"})
+    assert response.status_code == 200
+    (recorded,) = script.requests
+    assert recorded.role == "direct"
+    assert recorded.raw == raw
+    assert recorded.headers["anthropic-beta"] == "advisor-tool-2026-03-01"
+    assert response.json()["content"] == [{"type": "text", "text": "native"}]
+
+
+async def test_non_native_executor_is_orchestrated(make_app: MakeApp, script: Script) -> None:
+    consult(script)
+    app = make_app(native_executor=lambda m: m.startswith("claude-"))
+    async with http_for(app) as http:
+        response = await http.post("/v1/messages", json=advisor_body(model="gpt-5"))
+    assert [r.role for r in script.requests] == ["executor", "advisor", "executor"]
+    assert [b["type"] for b in response.json()["content"]] == [
+        "text",
+        "server_tool_use",
+        "advisor_tool_result",
+        "text",
+    ]
+
+
+# --- paths: trailing slash, query, root_path, mounts ------------------------------------------
+
+
+def host_with_slash_route(script: Script) -> Starlette:
+    app = scripted_host(script)
+    endpoint = app.routes[0].endpoint  # type: ignore[attr-defined]
+    app.router.routes.append(Route("/v1/messages/", endpoint, methods=["POST"]))
+    return app
+
+
+@pytest.mark.parametrize(
+    ("url", "path", "query"),
+    [
+        ("/v1/messages/", "/v1/messages/", b""),
+        ("/v1/messages?beta=true", "/v1/messages", b"beta=true"),
+        ("/v1/messages/?beta=true", "/v1/messages/", b"beta=true"),
+    ],
+)
+async def test_trailing_slash_and_query(script: Script, url: str, path: str, query: bytes) -> None:
+    consult(script)
+    host = host_with_slash_route(script)
+    logged = PathLog(AdvisorMiddleware(PathLog(host)))
+    inner = logged.app.app
+    async with http_for(logged) as http:
+        response = await http.post(url, json=advisor_body())
+    assert response.status_code == 200
+    assert [b["type"] for b in response.json()["content"]] == [
+        "text",
+        "server_tool_use",
+        "advisor_tool_result",
+        "text",
+    ]
+    assert logged.seen == [(path, "", query, "direct")]
+    # Every leg re-enters the app on the caller's path and query.
+    assert inner.seen == [(path, "", query, "executor"), (path, "", query, "advisor"), (path, "", query, "executor")]
+
+
+async def test_app_mounted_under_a_prefix(script: Script) -> None:
+    consult(script)
+    inner = scripted_host(script)
+    inner.add_middleware(AdvisorMiddleware)
+    outer = Starlette(routes=[Mount("/api", app=inner)])
+    async with http_for(outer) as http:
+        response = await http.post("/api/v1/messages", json=advisor_body())
+    assert response.status_code == 200
+    assert [b["type"] for b in response.json()["content"]] == [
+        "text",
+        "server_tool_use",
+        "advisor_tool_result",
+        "text",
+    ]
+    assert [r.role for r in script.requests] == ["executor", "advisor", "executor"]
+
+
+async def test_root_path_from_the_server(script: Script) -> None:
+    consult(script)
+    host = scripted_host(script)
+    app = AdvisorMiddleware(host)
+
+    async def with_root(scope: Scope, receive: Any, send: Any) -> None:
+        # What uvicorn --root-path /api does: the full path, with root_path set.
+        if scope["type"] == "http":
+            scope = {**scope, "root_path": "/api", "path": "/api" + scope["path"]}
+        await app(scope, receive, send)
+
+    async with http_for(with_root) as http:
+        response = await http.post("/v1/messages", json=advisor_body())
+    assert response.status_code == 200
+    assert [r.role for r in script.requests] == ["executor", "advisor", "executor"]
+
+
+async def test_root_path_only_strips_at_a_slash_boundary() -> None:
+    echo = Echo()
+    app = AdvisorMiddleware(echo)
+
+    async def with_root(scope: Scope, receive: Any, send: Any) -> None:
+        await app({**scope, "root_path": "/ap", "path": "/api/v1/messages"}, receive, send)
+
+    raw = json.dumps(advisor_body()).encode()
+    async with http_for(with_root) as http:
+        await http.post("/v1/messages", content=raw)
+    (call,) = echo.calls
+    assert call.body == raw
+
+
+async def test_middleware_on_the_outer_app_with_paths(script: Script) -> None:
+    consult(script)
+    outer = Starlette(routes=[Mount("/api", app=scripted_host(script))])
+    outer.add_middleware(AdvisorMiddleware, paths={"/api/v1/messages"})
+    async with http_for(outer) as http:
+        response = await http.post("/api/v1/messages", json=advisor_body())
+    assert response.status_code == 200
+    assert [b["type"] for b in response.json()["content"]] == [
+        "text",
+        "server_tool_use",
+        "advisor_tool_result",
+        "text",
+    ]
+    assert [r.role for r in script.requests] == ["executor", "advisor", "executor"]
+
+
+async def test_outer_app_with_default_paths_passes_through(script: Script) -> None:
+    script.direct(Reply([text("direct")]))
+    outer = Starlette(routes=[Mount("/api", app=scripted_host(script))])
+    outer.add_middleware(AdvisorMiddleware)
+    raw = json.dumps(advisor_body()).encode()
+    async with http_for(outer) as http:
+        response = await http.post("/api/v1/messages", content=raw)
+    assert response.json()["content"] == [{"type": "text", "text": "direct"}]
+    (recorded,) = script.requests
+    assert recorded.role == "direct"
+    assert recorded.raw == raw
+
+
+# --- lifespan and websockets ------------------------------------------------------------------
+
+
+async def test_lifespan_reaches_the_app_and_its_state_reaches_the_legs() -> None:
+    events: list[str] = []
+    leg_states: list[tuple[str, str]] = []
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
+        events.append("startup")
+        yield {"db": "connected"}
+        events.append("shutdown")
+
+    async def ready(request: Request) -> Response:
+        return PlainTextResponse(request.state.db)
+
+    async def messages(request: Request) -> Response:
+        body = await request.json()
+        leg = request.headers.get("x-advisor-leg", "direct")
+        leg_states.append((leg, request.state.db))
+        if leg == "advisor":
+            reply = Reply([text("Advice.")])
+        elif len(body["messages"]) == 1:
+            reply = Reply([tool_use("advisor", id="toolu_1")], stop_reason="tool_use")
+        else:
+            reply = Reply([text("Done.")])
+
+        async def stream() -> AsyncIterator[bytes]:
+            for event in reply_events(reply, str(body["model"])):
+                yield sse(event)
+
+        return StreamingResponse(stream(), media_type="text/event-stream")
+
+    app = Starlette(
+        routes=[Route("/ready", ready), Route("/v1/messages", messages, methods=["POST"])], lifespan=lifespan
+    )
+    app.add_middleware(AdvisorMiddleware)
+    async with LifespanManager(app) as manager:
+        assert events == ["startup"]
+        async with http_for(manager.app) as http:
+            assert (await http.get("/ready")).text == "connected"
+            response = await http.post("/v1/messages", json=advisor_body())
+    assert events == ["startup", "shutdown"]
+    assert [b["type"] for b in response.json()["content"]] == ["server_tool_use", "advisor_tool_result", "text"]
+    assert leg_states == [("executor", "connected"), ("advisor", "connected"), ("executor", "connected")]
+
+
+async def test_lifespan_scope_reaches_a_bare_app() -> None:
+    seen: list[Scope] = []
+
+    async def app(scope: Scope, receive: Any, send: Any) -> None:
+        seen.append(scope)
+        assert scope["type"] == "lifespan"
+        message = await receive()
+        assert message["type"] == "lifespan.startup"
+        await send({"type": "lifespan.startup.complete"})
+        message = await receive()
+        assert message["type"] == "lifespan.shutdown"
+        await send({"type": "lifespan.shutdown.complete"})
+
+    async with LifespanManager(AdvisorMiddleware(app)):
+        pass
+    assert [s["type"] for s in seen] == ["lifespan"]
+
+
+def test_websocket_untouched() -> None:
+    async def echo_ws(websocket: WebSocket) -> None:
+        await websocket.accept()
+        message = await websocket.receive_text()
+        await websocket.send_text(f"{websocket.url.path}:{message}")
+        await websocket.close()
+
+    async def never(request: Request) -> Response:
+        return JSONResponse({"never": True})
+
+    app = Starlette(
+        routes=[
+            WebSocketRoute("/ws", echo_ws),
+            WebSocketRoute("/v1/messages", echo_ws),
+            Route("/v1/never", never),
+        ]
+    )
+    app.add_middleware(AdvisorMiddleware)
+    with TestClient(app) as client:
+        for path in ("/ws", "/v1/messages"):
+            with client.websocket_connect(path) as ws:
+                ws.send_text(json.dumps(advisor_body()))
+                assert ws.receive_text() == f"{path}:{json.dumps(advisor_body())}"
