@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 
+from .helpers import ONE_CONSULT, block_types
 from .servers import serving
 
 SCRIPT = Path(sys.executable).with_name("advisor-middleware")
@@ -77,7 +78,7 @@ def test_serve_answers_an_advisor_request(tmp_path: Path) -> None:
         assert proc.wait(timeout=15) == 0, log.read_text()
 
     starts = [e["content_block"] for e in events if e["type"] == "content_block_start"]
-    assert [b["type"] for b in starts] == ["text", "server_tool_use", "advisor_tool_result", "text"]
+    assert block_types(starts) == ONE_CONSULT
     call, result = starts[1], starts[2]
     assert call["name"] == "advisor" and call["id"].startswith("srvtoolu_")
     assert result["tool_use_id"] == call["id"]

@@ -6,20 +6,19 @@ import glob
 import gzip
 import itertools
 import json
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import anthropic
 import httpx
 import pytest
-from anthropic.types.beta import BetaMessage
 from starlette.applications import Starlette
 
 from advisor_middleware.history import REDACTED_PLACEHOLDER, advice_tool_result, render_history
 
-from .upstream import ADVISOR_TOOL, Fail, Reply, Script, reply_events, sse, text, thinking, tool_use
+from .helpers import ONE_CONSULT, assert_host_stream, block_types, call, http_for, plain_usage, post
+from .upstream import ADVISOR_TOOL, Fail, Reply, Script, text, thinking, tool_use
 
 pytestmark = pytest.mark.anyio
 
@@ -30,6 +29,23 @@ DEFERRED_ADVISOR = {**ADVISOR_TOOL, "defer_loading": True}
 ADDITION = {"type": "tool_addition", "tool": {"type": "tool_reference", "name": "advisor"}}
 REMOVAL = {"type": "tool_removal", "tool": {"type": "tool_reference", "name": "advisor"}}
 SECRET = "EqQBCkYIBRgCIiQ5ZjE0SECRETBLOB"
+REDACTED = {"type": "advisor_redacted_result", "encrypted_content": SECRET}
+
+
+def user(content: Any) -> dict[str, Any]:
+    return {"role": "user", "content": content}
+
+
+def assistant(content: Any) -> dict[str, Any]:
+    return {"role": "assistant", "content": content}
+
+
+def system(content: Any) -> dict[str, Any]:
+    return {"role": "system", "content": content}
+
+
+def tool_result(tool_use_id: str, content: str) -> dict[str, Any]:
+    return {"type": "tool_result", "tool_use_id": tool_use_id, "content": content}
 
 
 def reminder(value: str) -> dict[str, Any]:
@@ -44,6 +60,11 @@ def result(srv_id: str, content: Any) -> dict[str, Any]:
     return {"type": "advisor_tool_result", "tool_use_id": srv_id, "content": content}
 
 
+def advisor_pair(srv_id: str, content: Any) -> list[dict[str, Any]]:
+    """An advisor call and its result, as a client replays them."""
+    return [srv(srv_id), result(srv_id, content)]
+
+
 def advice(value: str) -> dict[str, Any]:
     return {"type": "advisor_result", "text": value}
 
@@ -54,20 +75,12 @@ def body_of(messages: list[Any], **overrides: Any) -> dict[str, Any]:
     return body
 
 
-@asynccontextmanager
-async def http_for(app: Any) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver") as http:
-        yield http
-
-
-async def final(client: anthropic.AsyncAnthropic, streaming: bool, **kwargs: Any) -> BetaMessage:
-    client = client.with_options(max_retries=0)
-    if streaming:
-        async with client.beta.messages.stream(**kwargs) as stream:
-            return await stream.get_final_message()
-    message = await client.beta.messages.create(**kwargs)
-    assert isinstance(message, BetaMessage)
-    return message
+def ask_at_once(script: Script, call_id: str, advice_text: str) -> None:
+    """The executor calls the advisor straight away (``call_id``), then answers "ok"."""
+    script.executor(
+        Reply([tool_use("advisor", id=call_id)], stop_reason="tool_use"),
+        Reply([text("ok")]),
+    ).advisor(Reply([text(advice_text)]))
 
 
 # --- turn 2 after a turn through the middleware ----------------------------------------------
@@ -85,41 +98,31 @@ async def test_second_turn_extends_the_first_turns_executor_view(
         Reply([text("Done: 4.")]),
         Reply([text("6.")]),
     ).advisor(Reply([text("Check the arithmetic.")]))
-    question = [{"role": "user", "content": "What is 2+2?"}]
-    turn1 = await final(client, streaming, model="exec", max_tokens=1024, messages=question, tools=[ADVISOR_TOOL])
+    question = [user("What is 2+2?")]
+    turn1 = await call(client, streaming, model="exec", max_tokens=1024, messages=question, tools=[ADVISOR_TOOL])
     # What a client (Claude Code) sends back: the content blocks as it received them.
     replayed = [b.model_dump(exclude_none=True) for b in turn1.content]
-    assert [b["type"] for b in replayed] == [
-        "thinking",
-        "text",
-        "server_tool_use",
-        "advisor_tool_result",
-        "text",
-    ]
+    assert block_types(replayed) == ["thinking", *ONE_CONSULT]
     last_leg_turn1 = script.of("executor")[1].body["messages"]
 
-    followup = {"role": "user", "content": [{"type": "text", "text": "And 3+3?"}]}
-    messages = [*question, {"role": "assistant", "content": replayed}, followup]
-    turn2 = await final(client, streaming, model="exec", max_tokens=1024, messages=messages, tools=[ADVISOR_TOOL])
-    assert [b.model_dump(exclude_none=True) for b in turn2.content] == [{"type": "text", "text": "6."}]
+    followup = user([text("And 3+3?")])
+    messages = [*question, assistant(replayed), followup]
+    turn2 = await call(client, streaming, model="exec", max_tokens=1024, messages=messages, tools=[ADVISOR_TOOL])
+    assert [b.model_dump(exclude_none=True) for b in turn2.content] == [text("6.")]
 
     first_leg_turn2 = script.of("executor")[2].body["messages"]
     assert first_leg_turn2[: len(last_leg_turn1)] == last_leg_turn1
     assert first_leg_turn2 == [
-        {"role": "user", "content": "What is 2+2?"},
-        {
-            "role": "assistant",
-            "content": [
+        user("What is 2+2?"),
+        assistant(
+            [
                 {"type": "thinking", "thinking": "plan", "signature": "sig-9"},
-                {"type": "text", "text": "Let me ask."},
-                {"type": "tool_use", "id": "toolu_A1", "name": "advisor", "input": {}},
-            ],
-        },
-        {
-            "role": "user",
-            "content": [{"type": "tool_result", "tool_use_id": "toolu_A1", "content": "Check the arithmetic."}],
-        },
-        {"role": "assistant", "content": [{"type": "text", "text": "Done: 4."}]},
+                text("Let me ask."),
+                tool_use("advisor", id="toolu_A1"),
+            ]
+        ),
+        user([tool_result("toolu_A1", "Check the arithmetic.")]),
+        assistant([text("Done: 4.")]),
         followup,
     ]
 
@@ -170,21 +173,14 @@ async def test_second_turn_bytes_start_with_the_first_turns_last_leg(
         Reply([text("Done: 4."), tool_use("clock", id="toolu_C")], stop_reason="tool_use"),
         Reply([text("It is noon.")]),
     ).advisor(Reply([text("Check the arithmetic.")]))
-    question: list[Any] = [{"role": "user", "content": [{"type": "text", "text": "What is 2+2?"}]}]
+    question: list[Any] = [user([text("What is 2+2?")])]
     app = make_app()
     async with http_for(app) as http:
         first = await http.post("/v1/messages", json=body_of(question, stream=streaming))
         replayed = wire_content(first, streaming)
-        assert [b["type"] for b in replayed] == [
-            "thinking",
-            "text",
-            "server_tool_use",
-            "advisor_tool_result",
-            "text",
-            "tool_use",
-        ]
-        tool_result = {"type": "tool_result", "tool_use_id": "toolu_C", "content": "12:00"}
-        messages = [*question, {"role": "assistant", "content": replayed}, {"role": "user", "content": [tool_result]}]
+        assert block_types(replayed) == ["thinking", *ONE_CONSULT, "tool_use"]
+        clock_result = tool_result("toolu_C", "12:00")
+        messages = [*question, assistant(replayed), user([clock_result])]
         second = await http.post("/v1/messages", json=body_of(messages, stream=streaming))
     assert second.status_code == 200
     legs = script.of("executor")
@@ -194,34 +190,21 @@ async def test_second_turn_bytes_start_with_the_first_turns_last_leg(
     # Turn 1's last leg ended with its own reply; turn 2 sends that reply and the tool result after it.
     assert turn2.startswith(turn1[:-1] + ",")
     assert json.loads(turn2)[len(json.loads(turn1)) :] == [
-        {
-            "role": "assistant",
-            "content": [
-                {"type": "text", "text": "Done: 4."},
-                {"type": "tool_use", "id": "toolu_C", "name": "clock", "input": {}},
-            ],
-        },
-        {"role": "user", "content": [tool_result]},
+        assistant([text("Done: 4."), tool_use("clock", id="toolu_C")]),
+        user([clock_result]),
     ]
 
 
 async def test_an_executor_id_already_in_history_gets_a_fresh_one(make_app: MakeApp, script: Script) -> None:
     # Servers that number calls per response reuse ids across turns: the new call must not
     # collide with the one the history already pairs with its advice.
-    script.executor(
-        Reply([tool_use("advisor", id="toolu_A1")], stop_reason="tool_use"),
-        Reply([text("ok")]),
-    ).advisor(Reply([text("new advice")]))
+    ask_at_once(script, "toolu_A1", "new advice")
     messages = [
-        {"role": "user", "content": "q1"},
-        {
-            "role": "assistant",
-            "content": [srv("srvtoolu_toolu__A1"), result("srvtoolu_toolu__A1", advice("old advice"))],
-        },
-        {"role": "user", "content": "q2"},
+        user("q1"),
+        assistant(advisor_pair("srvtoolu_toolu__A1", advice("old advice"))),
+        user("q2"),
     ]
-    async with http_for(make_app()) as http:
-        response = await http.post("/v1/messages", json=body_of(messages))
+    response = await post(make_app(), json=body_of(messages))
     content = response.json()["content"]
     new_id = content[0]["id"]
     assert content[0]["type"] == "server_tool_use"
@@ -248,16 +231,14 @@ async def test_error_results_render_the_same_in_the_loop_and_in_history(
         Reply([text("Alone.")]),
         Reply([text("Next.")]),
     ).advisor(Fail(529, "overloaded_error"))
-    turn1 = await final(
-        client, True, model="exec", max_tokens=1024, messages=[{"role": "user", "content": "q"}], tools=[ADVISOR_TOOL]
-    )
+    turn1 = await call(client, True, model="exec", max_tokens=1024, messages=[user("q")], tools=[ADVISOR_TOOL])
     replayed = [b.model_dump(exclude_none=True) for b in turn1.content]
     messages = [
-        {"role": "user", "content": "q"},
-        {"role": "assistant", "content": replayed},
-        {"role": "user", "content": "again"},
+        user("q"),
+        assistant(replayed),
+        user("again"),
     ]
-    await final(client, True, model="exec", max_tokens=1024, messages=messages, tools=[ADVISOR_TOOL])
+    await call(client, True, model="exec", max_tokens=1024, messages=messages, tools=[ADVISOR_TOOL])
     legs = script.of("executor")
     assert len(legs[1].body["messages"]) == 3
     assert legs[2].body["messages"][:3] == legs[1].body["messages"]
@@ -271,63 +252,37 @@ async def test_error_results_render_the_same_in_the_loop_and_in_history(
 
 def test_replayed_content_renders_as_the_executor_saw_it() -> None:
     messages = [
-        {"role": "user", "content": "q"},
-        {
-            "role": "assistant",
-            "content": [
-                {"type": "text", "text": "Let me ask."},
-                srv("srvtoolu_toolu__01x"),
-                result("srvtoolu_toolu__01x", advice("Do X.")),
-                {"type": "text", "text": "Done."},
-            ],
-        },
+        user("q"),
+        assistant([text("Let me ask."), *advisor_pair("srvtoolu_toolu__01x", advice("Do X.")), text("Done.")]),
     ]
     rendered, info = render_history(messages)
     assert rendered == [
-        {"role": "user", "content": "q"},
-        {
-            "role": "assistant",
-            "content": [
-                {"type": "text", "text": "Let me ask."},
-                {"type": "tool_use", "id": "toolu_01x", "name": "advisor", "input": {}},
-            ],
-        },
-        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_01x", "content": "Do X."}]},
-        {"role": "assistant", "content": [{"type": "text", "text": "Done."}]},
+        user("q"),
+        assistant([text("Let me ask."), tool_use("advisor", id="toolu_01x")]),
+        user([tool_result("toolu_01x", "Do X.")]),
+        assistant([text("Done.")]),
     ]
     assert info.had_advisor_blocks is True
     assert info.advisor_removed is None
     # The input is not modified.
-    assert messages[1]["content"][1] == srv("srvtoolu_toolu__01x")  # type: ignore[index]
+    assert messages[1]["content"][1] == srv("srvtoolu_toolu__01x")
 
 
 def test_replayed_client_tool_after_the_advisor_pair() -> None:
     messages = [
-        {"role": "user", "content": "q"},
-        {
-            "role": "assistant",
-            "content": [
-                srv("srvtoolu_a"),
-                result("srvtoolu_a", advice("Use the clock.")),
-                {"type": "text", "text": "Checking."},
-                {"type": "tool_use", "id": "toolu_C", "name": "clock", "input": {}},
-            ],
-        },
-        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_C", "content": "12:00"}]},
+        user("q"),
+        assistant(
+            [*advisor_pair("srvtoolu_a", advice("Use the clock.")), text("Checking."), tool_use("clock", id="toolu_C")]
+        ),
+        user([tool_result("toolu_C", "12:00")]),
     ]
     rendered, _ = render_history(messages)
     assert rendered == [
-        {"role": "user", "content": "q"},
-        {"role": "assistant", "content": [{"type": "tool_use", "id": "a", "name": "advisor", "input": {}}]},
-        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "a", "content": "Use the clock."}]},
-        {
-            "role": "assistant",
-            "content": [
-                {"type": "text", "text": "Checking."},
-                {"type": "tool_use", "id": "toolu_C", "name": "clock", "input": {}},
-            ],
-        },
-        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_C", "content": "12:00"}]},
+        user("q"),
+        assistant([tool_use("advisor", id="a")]),
+        user([tool_result("a", "Use the clock.")]),
+        assistant([text("Checking."), tool_use("clock", id="toolu_C")]),
+        user([tool_result("toolu_C", "12:00")]),
     ]
 
 
@@ -335,17 +290,13 @@ def test_replayed_client_tool_after_the_advisor_pair() -> None:
 
 
 async def test_deferred_shape_never_reaches_the_host(make_app: MakeApp, script: Script) -> None:
-    script.executor(
-        Reply([tool_use("advisor", id="toolu_D")], stop_reason="tool_use"),
-        Reply([text("ok")]),
-    ).advisor(Reply([text("advice")]))
+    ask_at_once(script, "toolu_D", "advice")
     messages = [
-        {"role": "user", "content": [{"type": "text", "text": "hi"}]},
-        {"role": "system", "content": [{"type": "text", "text": "The advisor is available."}, ADDITION]},
+        user([text("hi")]),
+        system([text("The advisor is available."), ADDITION]),
     ]
     body = body_of(messages, tools=[CLOCK, DEFERRED_ADVISOR], stream=True)
-    async with http_for(make_app()) as http:
-        response = await http.post("/v1/messages", json=body)
+    response = await post(make_app(), json=body)
     assert response.status_code == 200
     legs = script.requests
     assert [leg.role for leg in legs] == ["executor", "advisor", "executor"]
@@ -355,31 +306,23 @@ async def test_deferred_shape_never_reaches_the_host(make_app: MakeApp, script: 
         assert b"defer_loading" not in leg.raw
         assert b"advisor_20260301" not in leg.raw
         assert all(m["role"] != "system" for m in leg.body["messages"])
-    assert legs[0].body["messages"] == [
-        {"role": "user", "content": [{"type": "text", "text": "hi"}, reminder("The advisor is available.")]}
-    ]
+    assert legs[0].body["messages"] == [user([text("hi"), reminder("The advisor is available.")])]
     assert [t["name"] for t in legs[0].body["tools"]] == ["clock", "advisor"]
     assert "defer_loading" not in legs[0].body["tools"][1]
 
 
 def test_system_messages_become_user_reminders() -> None:
     messages = [
-        {"role": "user", "content": "hi"},
-        {"role": "system", "content": "plain string system"},
-        {"role": "assistant", "content": "hello"},
-        {
-            "role": "system",
-            "content": [
-                {"type": "text", "text": "Tools changed."},
-                {**ADDITION, "cache_control": {"type": "ephemeral"}},
-            ],
-        },
+        user("hi"),
+        system("plain string system"),
+        assistant("hello"),
+        system([text("Tools changed."), {**ADDITION, "cache_control": {"type": "ephemeral"}}]),
     ]
     rendered, info = render_history(messages)
     assert rendered == [
-        {"role": "user", "content": [{"type": "text", "text": "hi"}, reminder("plain string system")]},
-        {"role": "assistant", "content": "hello"},
-        {"role": "user", "content": [{**reminder("Tools changed."), "cache_control": {"type": "ephemeral"}}]},
+        user([text("hi"), reminder("plain string system")]),
+        assistant("hello"),
+        user([{**reminder("Tools changed."), "cache_control": {"type": "ephemeral"}}]),
     ]
     assert info.advisor_removed is False
 
@@ -389,23 +332,14 @@ async def test_tool_removal_turns_the_advisor_off(make_app: MakeApp, script: Scr
     reply = Reply([text("plain answer")], input_tokens=9, output_tokens=4)
     script.direct(reply)
     messages = [
-        {"role": "user", "content": "q1"},
-        {"role": "system", "content": [{"type": "text", "text": "Advisor on."}, ADDITION]},
-        {
-            "role": "assistant",
-            "content": [
-                {"type": "text", "text": "A"},
-                srv("srvtoolu_toolu__1"),
-                result("srvtoolu_toolu__1", advice("adv")),
-                {"type": "text", "text": "B"},
-            ],
-        },
-        {"role": "user", "content": "q2"},
-        {"role": "system", "content": [{"type": "text", "text": "Advisor off."}, REMOVAL]},
+        user("q1"),
+        system([text("Advisor on."), ADDITION]),
+        assistant([text("A"), *advisor_pair("srvtoolu_toolu__1", advice("adv")), text("B")]),
+        user("q2"),
+        system([text("Advisor off."), REMOVAL]),
     ]
     body = body_of(messages, tools=[CLOCK, DEFERRED_ADVISOR], tool_choice={"type": "auto"}, stream=streaming)
-    async with http_for(make_app()) as http:
-        response = await http.post("/v1/messages", json=body, headers={"anthropic-beta": "advisor-tool-2026-03-01"})
+    response = await post(make_app(), json=body, headers={"anthropic-beta": "advisor-tool-2026-03-01"})
     assert response.status_code == 200
     (recorded,) = script.requests
     assert recorded.role == "direct"
@@ -416,48 +350,33 @@ async def test_tool_removal_turns_the_advisor_off(make_app: MakeApp, script: Scr
         "tools": [CLOCK],
         "tool_choice": {"type": "auto"},
         "messages": [
-            {"role": "user", "content": [{"type": "text", "text": "q1"}, reminder("Advisor on.")]},
-            {
-                "role": "assistant",
-                "content": [
-                    {"type": "text", "text": "A"},
-                    {"type": "tool_use", "id": "toolu_1", "name": "advisor", "input": {}},
-                ],
-            },
-            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "adv"}]},
-            {"role": "assistant", "content": [{"type": "text", "text": "B"}]},
-            {"role": "user", "content": [{"type": "text", "text": "q2"}, reminder("Advisor off.")]},
+            user([text("q1"), reminder("Advisor on.")]),
+            assistant([text("A"), tool_use("advisor", id="toolu_1")]),
+            user([tool_result("toolu_1", "adv")]),
+            assistant([text("B")]),
+            user([text("q2"), reminder("Advisor off.")]),
         ],
     }
     assert recorded.headers["content-length"] == str(len(recorded.raw))
     if streaming:
-        events = [json.loads(c.split(b"\ndata: ", 1)[1]) for c in response.content.split(b"\n\n") if c]
-        expected = reply_events(reply, "exec")
-        expected[0]["message"]["id"] = events[0]["message"]["id"]
-        assert response.content == b"".join(sse(e) for e in expected)
+        assert_host_stream(response.content, reply)
     else:
         message = response.json()
-        assert message["content"] == [{"type": "text", "text": "plain answer"}]
-        assert message["usage"] == {
-            "input_tokens": 9,
-            "cache_creation_input_tokens": 0,
-            "cache_read_input_tokens": 0,
-            "output_tokens": 4,
-        }
+        assert message["content"] == [text("plain answer")]
+        assert message["usage"] == plain_usage(9, 4)
 
 
 async def test_tool_removal_then_addition_turns_it_back_on(make_app: MakeApp, script: Script) -> None:
     script.executor(Reply([text("on again")]))
     messages = [
-        {"role": "user", "content": "q1"},
-        {"role": "system", "content": [{"type": "text", "text": "off"}, REMOVAL]},
-        {"role": "assistant", "content": "a1"},
-        {"role": "user", "content": "q2"},
-        {"role": "system", "content": [{"type": "text", "text": "on"}, ADDITION]},
+        user("q1"),
+        system([text("off"), REMOVAL]),
+        assistant("a1"),
+        user("q2"),
+        system([text("on"), ADDITION]),
     ]
-    async with http_for(make_app()) as http:
-        response = await http.post("/v1/messages", json=body_of(messages, tools=[DEFERRED_ADVISOR]))
-    assert response.json()["content"] == [{"type": "text", "text": "on again"}]
+    response = await post(make_app(), json=body_of(messages, tools=[DEFERRED_ADVISOR]))
+    assert response.json()["content"] == [text("on again")]
     assert [r.role for r in script.requests] == ["executor"]
     assert "iterations" in response.json()["usage"]
 
@@ -465,27 +384,25 @@ async def test_tool_removal_then_addition_turns_it_back_on(make_app: MakeApp, sc
 async def test_only_advisor_tool_removed_drops_tools_and_tool_choice(make_app: MakeApp, script: Script) -> None:
     script.direct(Reply([text("ok")]))
     messages = [
-        {"role": "user", "content": "q"},
-        {"role": "system", "content": [{"type": "text", "text": "off"}, REMOVAL]},
+        user("q"),
+        system([text("off"), REMOVAL]),
     ]
     body = body_of(messages, tools=[DEFERRED_ADVISOR], tool_choice={"type": "auto"})
-    async with http_for(make_app()) as http:
-        await http.post("/v1/messages", json=body)
+    await post(make_app(), json=body)
     (recorded,) = script.requests
     assert "tools" not in recorded.body
     assert "tool_choice" not in recorded.body
-    assert recorded.body["messages"] == [{"role": "user", "content": [{"type": "text", "text": "q"}, reminder("off")]}]
+    assert recorded.body["messages"] == [user([text("q"), reminder("off")])]
 
 
 async def test_removed_advisor_is_not_forced(make_app: MakeApp, script: Script) -> None:
     script.direct(Reply([text("ok")]))
     messages = [
-        {"role": "user", "content": "q"},
-        {"role": "system", "content": [{"type": "text", "text": "off"}, REMOVAL]},
+        user("q"),
+        system([text("off"), REMOVAL]),
     ]
     body = body_of(messages, tools=[CLOCK, DEFERRED_ADVISOR], tool_choice={"type": "tool", "name": "advisor"})
-    async with http_for(make_app()) as http:
-        await http.post("/v1/messages", json=body)
+    await post(make_app(), json=body)
     (recorded,) = script.requests
     assert recorded.body["tools"] == [CLOCK]
     # Forcing a tool the request no longer has would make the host answer 400.
@@ -496,30 +413,16 @@ async def test_removed_advisor_is_not_forced(make_app: MakeApp, script: Script) 
 
 
 HISTORY = [
-    {"role": "user", "content": "q1"},
-    {
-        "role": "assistant",
-        "content": [
-            {"type": "text", "text": "Let me ask."},
-            srv("srvtoolu_toolu__H"),
-            result("srvtoolu_toolu__H", advice("Be careful.")),
-            {"type": "text", "text": "Answer 1."},
-        ],
-    },
-    {"role": "user", "content": "q2"},
+    user("q1"),
+    assistant([text("Let me ask."), *advisor_pair("srvtoolu_toolu__H", advice("Be careful.")), text("Answer 1.")]),
+    user("q2"),
 ]
 RENDERED_HISTORY = [
-    {"role": "user", "content": "q1"},
-    {
-        "role": "assistant",
-        "content": [
-            {"type": "text", "text": "Let me ask."},
-            {"type": "tool_use", "id": "toolu_H", "name": "advisor", "input": {}},
-        ],
-    },
-    {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_H", "content": "Be careful."}]},
-    {"role": "assistant", "content": [{"type": "text", "text": "Answer 1."}]},
-    {"role": "user", "content": "q2"},
+    user("q1"),
+    assistant([text("Let me ask."), tool_use("advisor", id="toolu_H")]),
+    user([tool_result("toolu_H", "Be careful.")]),
+    assistant([text("Answer 1.")]),
+    user("q2"),
 ]
 
 
@@ -528,13 +431,13 @@ async def test_history_without_the_tool_is_rendered_and_answered_by_the_host(
     client: anthropic.AsyncAnthropic, script: Script, streaming: bool
 ) -> None:
     script.direct(Reply([text("Answer 2.")], input_tokens=21, output_tokens=3))
-    message = await final(client, streaming, model="exec", max_tokens=1024, messages=HISTORY, tools=[CLOCK])
+    message = await call(client, streaming, model="exec", max_tokens=1024, messages=HISTORY, tools=[CLOCK])
     (recorded,) = script.requests
     assert recorded.role == "direct"
     assert recorded.body["messages"] == RENDERED_HISTORY
     assert recorded.body["tools"] == [CLOCK]
     assert recorded.body.get("stream", False) is streaming
-    assert [b.model_dump(exclude_none=True) for b in message.content] == [{"type": "text", "text": "Answer 2."}]
+    assert [b.model_dump(exclude_none=True) for b in message.content] == [text("Answer 2.")]
     assert message.usage.model_dump(exclude_none=True) == {
         "input_tokens": 21,
         "output_tokens": 3,
@@ -546,12 +449,7 @@ async def test_history_without_the_tool_is_rendered_and_answered_by_the_host(
 async def test_history_rewrite_of_a_gzip_body(make_app: MakeApp, script: Script) -> None:
     script.direct(Reply([text("ok")]))
     raw = gzip.compress(json.dumps({"model": "exec", "max_tokens": 5, "messages": HISTORY}).encode())
-    async with http_for(make_app()) as http:
-        response = await http.post(
-            "/v1/messages",
-            content=raw,
-            headers={"content-type": "application/json", "content-encoding": "gzip"},
-        )
+    response = await post(make_app(), raw, {"content-type": "application/json", "content-encoding": "gzip"})
     assert response.status_code == 200
     (recorded,) = script.requests
     assert "content-encoding" not in recorded.headers
@@ -564,41 +462,26 @@ async def test_history_rewrite_of_a_gzip_body(make_app: MakeApp, script: Script)
 
 def test_orphan_result_becomes_text() -> None:
     messages = [
-        {"role": "user", "content": "q"},
-        {
-            "role": "assistant",
-            "content": [result("srvtoolu_01nomatch", advice("Old advice.")), {"type": "text", "text": "ok"}],
-        },
-        {"role": "user", "content": "next"},
+        user("q"),
+        assistant([result("srvtoolu_01nomatch", advice("Old advice.")), text("ok")]),
+        user("next"),
     ]
     rendered, _ = render_history(messages)
     assert rendered == [
-        {"role": "user", "content": "q"},
-        {
-            "role": "assistant",
-            "content": [
-                {"type": "text", "text": "[Earlier advisor response]\nOld advice."},
-                {"type": "text", "text": "ok"},
-            ],
-        },
-        {"role": "user", "content": "next"},
+        user("q"),
+        assistant([text("[Earlier advisor response]\nOld advice."), text("ok")]),
+        user("next"),
     ]
 
 
 def test_dangling_call_is_dropped_and_its_neighbours_kept() -> None:
     messages = [
-        {"role": "user", "content": "q"},
-        {
-            "role": "assistant",
-            "content": [{"type": "text", "text": "a"}, srv("srvtoolu_x"), {"type": "text", "text": "b"}],
-        },
-        {"role": "user", "content": "next"},
+        user("q"),
+        assistant([text("a"), srv("srvtoolu_x"), text("b")]),
+        user("next"),
     ]
     rendered, _ = render_history(messages)
-    assert rendered[1] == {
-        "role": "assistant",
-        "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}],
-    }
+    assert rendered[1] == assistant([text("a"), text("b")])
 
 
 @pytest.mark.parametrize(
@@ -607,8 +490,8 @@ def test_dangling_call_is_dropped_and_its_neighbours_kept() -> None:
         (advice("plain"), {"content": "plain"}),
         ([advice("listed")], {"content": "listed"}),
         ("a string", {"content": "a string"}),
-        ([{"type": "text", "text": "one"}], {"content": "one"}),
-        ([{"type": "text", "text": "one"}, {"type": "text", "text": "two"}], {"content": "one\n\ntwo"}),
+        ([text("one")], {"content": "one"}),
+        ([text("one"), text("two")], {"content": "one\n\ntwo"}),
         (
             {"type": "advisor_result", "text": "cut", "stop_reason": "max_tokens"},
             {"content": "cut"},
@@ -618,7 +501,7 @@ def test_dangling_call_is_dropped_and_its_neighbours_kept() -> None:
             {"content": "The advisor is unavailable (overloaded). Continue without its advice.", "is_error": True},
         ),
         (
-            {"type": "advisor_redacted_result", "encrypted_content": SECRET},
+            REDACTED,
             {"content": REDACTED_PLACEHOLDER},
         ),
         (
@@ -632,51 +515,32 @@ def test_result_content_shapes(content: Any, expected: dict[str, Any]) -> None:
 
 
 async def test_redacted_result_never_forwards_the_blob(make_app: MakeApp, script: Script) -> None:
-    script.executor(
-        Reply([tool_use("advisor", id="toolu_N")], stop_reason="tool_use"),
-        Reply([text("ok")]),
-    ).advisor(Reply([text("fresh advice")]))
+    ask_at_once(script, "toolu_N", "fresh advice")
     messages = [
-        {"role": "user", "content": "q1"},
-        {
-            "role": "assistant",
-            "content": [
-                srv("srvtoolu_toolu__R"),
-                result("srvtoolu_toolu__R", {"type": "advisor_redacted_result", "encrypted_content": SECRET}),
-                {"type": "text", "text": "first answer"},
-            ],
-        },
-        {"role": "user", "content": "q2"},
+        user("q1"),
+        assistant([*advisor_pair("srvtoolu_toolu__R", REDACTED), text("first answer")]),
+        user("q2"),
     ]
-    async with http_for(make_app()) as http:
-        response = await http.post("/v1/messages", json=body_of(messages))
+    response = await post(make_app(), json=body_of(messages))
     assert response.status_code == 200
     assert [r.role for r in script.requests] == ["executor", "advisor", "executor"]
     for leg in script.requests:
         assert SECRET.encode() not in leg.raw
         assert b"encrypted_content" not in leg.raw
-    assert script.of("executor")[0].body["messages"][2] == {
-        "role": "user",
-        "content": [{"type": "tool_result", "tool_use_id": "toolu_R", "content": REDACTED_PLACEHOLDER}],
-    }
+    assert script.of("executor")[0].body["messages"][2] == user(
+        [{"type": "tool_result", "tool_use_id": "toolu_R", "content": REDACTED_PLACEHOLDER}]
+    )
     assert REDACTED_PLACEHOLDER in script.of("advisor")[0].body["messages"][0]["content"]
 
 
 async def test_redacted_result_without_the_tool_never_forwards_the_blob(make_app: MakeApp, script: Script) -> None:
     script.direct(Reply([text("ok")]))
     messages = [
-        {"role": "user", "content": "q1"},
-        {
-            "role": "assistant",
-            "content": [
-                srv("srvtoolu_toolu__R"),
-                result("srvtoolu_toolu__R", {"type": "advisor_redacted_result", "encrypted_content": SECRET}),
-            ],
-        },
-        {"role": "user", "content": "q2"},
+        user("q1"),
+        assistant([*advisor_pair("srvtoolu_toolu__R", REDACTED)]),
+        user("q2"),
     ]
-    async with http_for(make_app()) as http:
-        await http.post("/v1/messages", json={"model": "exec", "max_tokens": 5, "messages": messages})
+    await post(make_app(), json={"model": "exec", "max_tokens": 5, "messages": messages})
     (recorded,) = script.requests
     assert SECRET.encode() not in recorded.raw
 
@@ -818,8 +682,7 @@ async def test_captured_request_through_the_middleware(make_app: MakeApp, script
         k: v for k, v in record["headers"].items() if k.lower() in ("anthropic-beta", "x-api-key", "anthropic-version")
     }
     script.executor(Reply([text("hi again")]))
-    async with http_for(make_app()) as http:
-        response = await http.post(record["path"], json=body, headers=headers)
+    response = await post(make_app(), json=body, headers=headers, path=record["path"])
     assert response.status_code == 200
     (leg,) = script.requests
     assert leg.role == "executor"
@@ -840,15 +703,14 @@ async def test_captured_request_through_the_middleware(make_app: MakeApp, script
     assert leg.body["messages"] == render_history(body["messages"])[0]
     events = [json.loads(c.split(b"\ndata: ", 1)[1]) for c in response.content.split(b"\n\n") if c]
     assert events[-1] == {"type": "message_stop"}
-    assert [e["content_block"] for e in events if e["type"] == "content_block_start"] == [{"type": "text", "text": ""}]
+    assert [e["content_block"] for e in events if e["type"] == "content_block_start"] == [text("")]
 
 
 async def test_captured_tool_removal_request_is_forwarded_once(make_app: MakeApp, script: Script) -> None:
     record = json.loads((CAPTURES / "22_continue_no_flags.requests.jsonl").read_text().splitlines()[0])
     body = record["body"]
     script.direct(Reply([text("no advisor today")]))
-    async with http_for(make_app()) as http:
-        response = await http.post(record["path"], json=body)
+    response = await post(make_app(), json=body, path=record["path"])
     assert response.status_code == 200
     (recorded,) = script.requests
     assert recorded.role == "direct"

@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator, Callable, MutableMapping
-from contextlib import asynccontextmanager
+from collections.abc import Callable, MutableMapping
 from typing import Any
 
 import anthropic
 import httpx
-import httpx2
 import pytest
 from anthropic.types.beta import BetaMessage
 from starlette.applications import Starlette
@@ -22,6 +20,7 @@ from starlette.applications import Starlette
 from advisor_middleware import AdvisorMiddleware
 from advisor_middleware.prompts import ADVISOR_SYSTEM_PROMPT, EXECUTOR_TOOL_DESCRIPTION, budget_note
 
+from .helpers import ONE_CONSULT, block_types, call, parse_sse, post, read_body, sdk_for
 from .upstream import ADVISOR_TOOL, ErrorEvent, Fail, Reply, Script, scripted_host, text, thinking, tool_use
 
 pytestmark = pytest.mark.anyio
@@ -54,46 +53,8 @@ def params(**overrides: Any) -> dict[str, Any]:
     return base
 
 
-@asynccontextmanager
-async def sdk_for(app: Starlette) -> AsyncIterator[anthropic.AsyncAnthropic]:
-    http = httpx2.AsyncClient(transport=httpx2.ASGITransport(app=app))
-    async with anthropic.AsyncAnthropic(
-        api_key="sk-test", base_url="http://testserver", http_client=http, max_retries=0
-    ) as sdk:
-        yield sdk
-
-
-async def call(client: anthropic.AsyncAnthropic, streaming: bool, **kwargs: Any) -> BetaMessage:
-    client = client.with_options(max_retries=0)
-    if streaming:
-        async with client.beta.messages.stream(**kwargs) as stream:
-            return await stream.get_final_message()
-    message = await client.beta.messages.create(**kwargs)
-    assert isinstance(message, BetaMessage)
-    return message
-
-
-def parse_sse(raw: bytes) -> list[tuple[str, dict[str, Any]]]:
-    events: list[tuple[str, dict[str, Any]]] = []
-    for chunk in raw.decode().split("\n\n"):
-        if not chunk.strip():
-            continue
-        name = ""
-        data = ""
-        for line in chunk.split("\n"):
-            if line.startswith("event: "):
-                name = line[len("event: ") :]
-            elif line.startswith("data: "):
-                data += line[len("data: ") :]
-        payload = json.loads(data)
-        assert payload["type"] == name
-        events.append((name, payload))
-    return events
-
-
-async def post_raw(app: Starlette, body: dict[str, Any], headers: dict[str, str] | None = None) -> httpx.Response:
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver") as http:
-        return await http.post("/v1/messages", json=body, headers={"x-api-key": "sk-raw", **(headers or {})})
+async def post_raw(app: Starlette, body: dict[str, Any]) -> httpx.Response:
+    return await post(app, json=body, headers={"x-api-key": "sk-raw"})
 
 
 def assert_well_formed_stream(events: list[tuple[str, dict[str, Any]]]) -> None:
@@ -114,6 +75,10 @@ def assert_well_formed_stream(events: list[tuple[str, dict[str, Any]]]) -> None:
             open_blocks.remove(event["index"])
         elif name in ("message_delta", "message_stop", "error"):
             assert open_blocks == set()
+
+
+def input_tokens_by_iteration(message: BetaMessage) -> list[tuple[str, int]]:
+    return [(it["type"], it["input_tokens"]) for it in message.usage.model_dump()["iterations"]]
 
 
 def one_consult(script: Script, advice: str = "Do X.") -> None:
@@ -244,7 +209,7 @@ async def test_raw_stream_events(make_app: MakeApp, script: Script) -> None:
     assert start["content"] == []
     assert start["model"] == "exec"
     starts = [e["content_block"] for n, e in events if n == "content_block_start"]
-    assert [b["type"] for b in starts] == ["thinking", "text", "server_tool_use", "advisor_tool_result", "text"]
+    assert block_types(starts) == ["thinking", *ONE_CONSULT]
     assert starts[2] == {"type": "server_tool_use", "id": "srvtoolu_toolu__A1", "name": "advisor", "input": {}}
     # The result arrives whole in its content_block_start, with no deltas.
     assert starts[3] == {
@@ -548,8 +513,7 @@ async def test_max_uses_exceeded(client: anthropic.AsyncAnthropic, script: Scrip
         {"type": "text", "text": "Finished."},
     ]
     assert len(script.of("advisor")) == 1
-    iterations = message.usage.model_dump()["iterations"]
-    assert [(it["type"], it["input_tokens"]) for it in iterations] == [
+    assert input_tokens_by_iteration(message) == [
         ("message", 11),
         ("advisor_message", 400),
         ("message", 12),
@@ -822,22 +786,13 @@ async def test_two_consults_in_sequence(client: anthropic.AsyncAnthropic, script
     ).advisor(Reply([text("Advice 1.")], input_tokens=401), Reply([text("Advice 2.")], input_tokens=402))
     message = await call(client, streaming, **params())
     dumped = [b.model_dump(exclude_none=True) for b in message.content]
-    assert [b["type"] for b in dumped] == [
-        "text",
-        "server_tool_use",
-        "advisor_tool_result",
-        "text",
-        "server_tool_use",
-        "advisor_tool_result",
-        "text",
-    ]
+    assert block_types(dumped) == [*ONE_CONSULT, "server_tool_use", "advisor_tool_result", "text"]
     assert [b.get("text") for b in dumped if b["type"] == "text"] == ["One.", "Two.", "Three."]
     assert dumped[2]["tool_use_id"] == dumped[1]["id"] == "srvtoolu_toolu__1"
     assert dumped[5]["tool_use_id"] == dumped[4]["id"] == "srvtoolu_toolu__2"
     assert dumped[2]["content"] == {"type": "advisor_result", "text": "Advice 1."}
     assert dumped[5]["content"] == {"type": "advisor_result", "text": "Advice 2."}
-    iterations = message.usage.model_dump()["iterations"]
-    assert [(it["type"], it["input_tokens"]) for it in iterations] == [
+    assert input_tokens_by_iteration(message) == [
         ("message", 1),
         ("advisor_message", 401),
         ("message", 2),
@@ -925,12 +880,7 @@ class IgnoresStream:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        raw = b""
-        while True:
-            message = await receive()
-            raw += message.get("body", b"")
-            if not message.get("more_body", False):
-                break
+        raw = await read_body(receive)
         body = json.dumps({**json.loads(raw), "stream": False}).encode()
         headers = [(k, v) for k, v in scope["headers"] if k != b"content-length"]
         headers.append((b"content-length", str(len(body)).encode()))
@@ -950,8 +900,7 @@ class IgnoresStream:
 async def test_host_answering_json_to_streaming_legs(script: Script, streaming: bool) -> None:
     one_consult(script)
     app = AdvisorMiddleware(IgnoresStream(scripted_host(script)))
-    http = httpx2.AsyncClient(transport=httpx2.ASGITransport(app=app))
-    async with anthropic.AsyncAnthropic(api_key="sk-test", base_url="http://testserver", http_client=http) as sdk:
+    async with sdk_for(app) as sdk:
         message = await call(sdk, streaming, **params())
     assert [b.model_dump(exclude_none=True) for b in message.content] == [
         {"type": "thinking", "thinking": "hmm", "signature": "sig-1"},

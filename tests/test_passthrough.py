@@ -8,7 +8,6 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 from starlette.applications import Starlette
@@ -20,6 +19,7 @@ from starlette.websockets import WebSocket
 
 from advisor_middleware import AdvisorMiddleware
 
+from .helpers import ONE_CONSULT, assert_host_stream, block_types, consult, http_for, plain_usage, post, read_body
 from .upstream import ADVISOR_TOOL, Reply, Script, reply_events, scripted_host, sse, text, tool_use
 
 pytestmark = pytest.mark.anyio
@@ -46,13 +46,7 @@ class Echo:
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         assert scope["type"] == "http"
-        body = b""
-        while True:
-            message = await receive()
-            assert message["type"] == "http.request"
-            body += message.get("body", b"")
-            if not message.get("more_body", False):
-                break
+        body = await read_body(receive)
         self.calls.append(Call(dict(scope), body))
         payload = json.dumps({"echo": scope["path"], "method": scope["method"]}).encode()
         await send(
@@ -90,19 +84,6 @@ def advisor_body(**overrides: Any) -> dict[str, Any]:
     return body
 
 
-def consult(script: Script) -> None:
-    script.executor(
-        Reply([text("Asking."), tool_use("advisor", id="toolu_1")], stop_reason="tool_use"),
-        Reply([text("Done.")]),
-    ).advisor(Reply([text("Advice.")]))
-
-
-@asynccontextmanager
-async def http_for(app: Any) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver") as http:
-        yield http
-
-
 ODD_BYTES = (
     b'{ "stream" :false,\n\t"messages":[ {"content":"hi  there","role":"user"} ],'
     b'"model":"exec" ,  "max_tokens":5,"metadata":{"user_id":"\\u00e9t\\u00e9"}}  \n'
@@ -114,16 +95,12 @@ ODD_BYTES = (
 
 async def test_plain_request_reaches_the_host_byte_for_byte(make_app: MakeApp, script: Script) -> None:
     script.direct(Reply([text("hello")], input_tokens=3, output_tokens=2))
-    async with http_for(make_app()) as http:
-        response = await http.post(
-            "/v1/messages",
-            content=ODD_BYTES,
-            headers={
-                "content-type": "application/json",
-                "x-api-key": "sk-x",
-                "anthropic-beta": "advisor-tool-2026-03-01,foo-beta",
-            },
-        )
+    headers = {
+        "content-type": "application/json",
+        "x-api-key": "sk-x",
+        "anthropic-beta": "advisor-tool-2026-03-01,foo-beta",
+    }
+    response = await post(make_app(), ODD_BYTES, headers)
     assert response.status_code == 200
     (recorded,) = script.requests
     assert recorded.role == "direct"
@@ -134,12 +111,7 @@ async def test_plain_request_reaches_the_host_byte_for_byte(make_app: MakeApp, s
     assert recorded.headers["content-length"] == str(len(ODD_BYTES))
     message = response.json()
     assert message["content"] == [{"type": "text", "text": "hello"}]
-    assert message["usage"] == {
-        "input_tokens": 3,
-        "cache_creation_input_tokens": 0,
-        "cache_read_input_tokens": 0,
-        "output_tokens": 2,
-    }
+    assert message["usage"] == plain_usage(3, 2)
 
 
 @pytest.mark.parametrize(
@@ -168,8 +140,7 @@ async def test_plain_request_reaches_the_host_byte_for_byte(make_app: MakeApp, s
 )
 async def test_bodies_replayed_untouched(raw: bytes) -> None:
     echo = Echo()
-    async with http_for(AdvisorMiddleware(echo)) as http:
-        response = await http.post("/v1/messages", content=raw, headers={"content-type": "application/json"})
+    response = await post(AdvisorMiddleware(echo), raw, {"content-type": "application/json"})
     assert response.status_code == 200
     assert response.headers["x-echo"] == "1"
     (call,) = echo.calls
@@ -182,13 +153,8 @@ async def test_streaming_pass_through_is_the_hosts_own_stream(make_app: MakeApp,
     reply = Reply([text("streamed")])
     script.direct(reply)
     body = {"model": "exec", "max_tokens": 5, "stream": True, "messages": [{"role": "user", "content": "x"}]}
-    async with http_for(make_app()) as http:
-        response = await http.post("/v1/messages", json=body)
-    expected = reply_events(reply, "exec")
-    received = [json.loads(chunk.split(b"\ndata: ", 1)[1]) for chunk in response.content.split(b"\n\n") if chunk]
-    message_id = received[0]["message"]["id"]
-    expected[0]["message"]["id"] = message_id
-    assert response.content == b"".join(sse(e) for e in expected)
+    response = await post(make_app(), json=body)
+    assert_host_stream(response.content, reply)
 
 
 @pytest.mark.parametrize("method", ["GET", "PUT", "DELETE", "PATCH"])
@@ -209,8 +175,7 @@ async def test_other_methods_untouched(method: str) -> None:
 async def test_other_paths_untouched(path: str) -> None:
     echo = Echo()
     raw = json.dumps(advisor_body()).encode()
-    async with http_for(AdvisorMiddleware(echo)) as http:
-        response = await http.post(path, content=raw, headers={"content-type": "application/json"})
+    response = await post(AdvisorMiddleware(echo), raw, {"content-type": "application/json"}, path=path)
     assert response.json() == {"echo": path, "method": "POST"}
     (call,) = echo.calls
     assert call.body == raw
@@ -220,8 +185,7 @@ async def test_other_paths_untouched(path: str) -> None:
 async def test_a_leg_request_passes_through_untouched() -> None:
     echo = Echo()
     raw = json.dumps(advisor_body()).encode()
-    async with http_for(AdvisorMiddleware(echo)) as http:
-        await http.post("/v1/messages", content=raw, headers={"x-advisor-leg": "executor"})
+    await post(AdvisorMiddleware(echo), raw, {"x-advisor-leg": "executor"})
     (call,) = echo.calls
     assert call.body == raw
     assert call.headers["x-advisor-leg"] == "executor"
@@ -232,8 +196,7 @@ async def test_native_executor_passes_through(make_app: MakeApp, script: Script,
     script.direct(Reply([text("native")]))
     raw = json.dumps(advisor_body(model=model)).encode()
     app = make_app(native_executor=lambda m: m.startswith("claude-"))
-    async with http_for(app) as http:
-        response = await http.post("/v1/messages", content=raw, headers={"anthropic-beta": "advisor-tool-2026-03-01"})
+    response = await post(app, raw, {"anthropic-beta": "advisor-tool-2026-03-01"})
     assert response.status_code == 200
     (recorded,) = script.requests
     assert recorded.role == "direct"
@@ -245,15 +208,9 @@ async def test_native_executor_passes_through(make_app: MakeApp, script: Script,
 async def test_non_native_executor_is_orchestrated(make_app: MakeApp, script: Script) -> None:
     consult(script)
     app = make_app(native_executor=lambda m: m.startswith("claude-"))
-    async with http_for(app) as http:
-        response = await http.post("/v1/messages", json=advisor_body(model="gpt-5"))
+    response = await post(app, json=advisor_body(model="gpt-5"))
     assert [r.role for r in script.requests] == ["executor", "advisor", "executor"]
-    assert [b["type"] for b in response.json()["content"]] == [
-        "text",
-        "server_tool_use",
-        "advisor_tool_result",
-        "text",
-    ]
+    assert block_types(response.json()["content"]) == ONE_CONSULT
 
 
 # --- paths: trailing slash, query, root_path, mounts ------------------------------------------
@@ -279,34 +236,38 @@ async def test_trailing_slash_and_query(script: Script, url: str, path: str, que
     host = host_with_slash_route(script)
     logged = PathLog(AdvisorMiddleware(PathLog(host)))
     inner = logged.app.app
-    async with http_for(logged) as http:
-        response = await http.post(url, json=advisor_body())
+    response = await post(logged, json=advisor_body(), path=url)
     assert response.status_code == 200
-    assert [b["type"] for b in response.json()["content"]] == [
-        "text",
-        "server_tool_use",
-        "advisor_tool_result",
-        "text",
-    ]
+    assert block_types(response.json()["content"]) == ONE_CONSULT
     assert logged.seen == [(path, "", query, "direct")]
     # Every leg re-enters the app on the caller's path and query.
     assert inner.seen == [(path, "", query, "executor"), (path, "", query, "advisor"), (path, "", query, "executor")]
 
 
-async def test_app_mounted_under_a_prefix(script: Script) -> None:
-    consult(script)
+def mounted_with_inner_middleware(script: Script) -> Starlette:
     inner = scripted_host(script)
     inner.add_middleware(AdvisorMiddleware)
-    outer = Starlette(routes=[Mount("/api", app=inner)])
-    async with http_for(outer) as http:
-        response = await http.post("/api/v1/messages", json=advisor_body())
+    return Starlette(routes=[Mount("/api", app=inner)])
+
+
+def mounted_with_outer_middleware(script: Script) -> Starlette:
+    outer = Starlette(routes=[Mount("/api", app=scripted_host(script))])
+    outer.add_middleware(AdvisorMiddleware, paths={"/api/v1/messages"})
+    return outer
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        pytest.param(mounted_with_inner_middleware, id="app-mounted-under-a-prefix"),
+        pytest.param(mounted_with_outer_middleware, id="middleware-on-the-outer-app-with-paths"),
+    ],
+)
+async def test_mounted_app(script: Script, build: Callable[[Script], Starlette]) -> None:
+    consult(script)
+    response = await post(build(script), json=advisor_body(), path="/api/v1/messages")
     assert response.status_code == 200
-    assert [b["type"] for b in response.json()["content"]] == [
-        "text",
-        "server_tool_use",
-        "advisor_tool_result",
-        "text",
-    ]
+    assert block_types(response.json()["content"]) == ONE_CONSULT
     assert [r.role for r in script.requests] == ["executor", "advisor", "executor"]
 
 
@@ -321,8 +282,7 @@ async def test_root_path_from_the_server(script: Script) -> None:
             scope = {**scope, "root_path": "/api", "path": "/api" + scope["path"]}
         await app(scope, receive, send)
 
-    async with http_for(with_root) as http:
-        response = await http.post("/v1/messages", json=advisor_body())
+    response = await post(with_root, json=advisor_body())
     assert response.status_code == 200
     assert [r.role for r in script.requests] == ["executor", "advisor", "executor"]
 
@@ -335,26 +295,9 @@ async def test_root_path_only_strips_at_a_slash_boundary() -> None:
         await app({**scope, "root_path": "/ap", "path": "/api/v1/messages"}, receive, send)
 
     raw = json.dumps(advisor_body()).encode()
-    async with http_for(with_root) as http:
-        await http.post("/v1/messages", content=raw)
+    await post(with_root, raw)
     (call,) = echo.calls
     assert call.body == raw
-
-
-async def test_middleware_on_the_outer_app_with_paths(script: Script) -> None:
-    consult(script)
-    outer = Starlette(routes=[Mount("/api", app=scripted_host(script))])
-    outer.add_middleware(AdvisorMiddleware, paths={"/api/v1/messages"})
-    async with http_for(outer) as http:
-        response = await http.post("/api/v1/messages", json=advisor_body())
-    assert response.status_code == 200
-    assert [b["type"] for b in response.json()["content"]] == [
-        "text",
-        "server_tool_use",
-        "advisor_tool_result",
-        "text",
-    ]
-    assert [r.role for r in script.requests] == ["executor", "advisor", "executor"]
 
 
 async def test_outer_app_with_default_paths_passes_through(script: Script) -> None:
@@ -362,8 +305,7 @@ async def test_outer_app_with_default_paths_passes_through(script: Script) -> No
     outer = Starlette(routes=[Mount("/api", app=scripted_host(script))])
     outer.add_middleware(AdvisorMiddleware)
     raw = json.dumps(advisor_body()).encode()
-    async with http_for(outer) as http:
-        response = await http.post("/api/v1/messages", content=raw)
+    response = await post(outer, raw, path="/api/v1/messages")
     assert response.json()["content"] == [{"type": "text", "text": "direct"}]
     (recorded,) = script.requests
     assert recorded.role == "direct"

@@ -22,6 +22,7 @@ import pytest
 from httpx_sse import EventSource, aconnect_sse
 from starlette.applications import Starlette
 
+from .helpers import ONE_CONSULT, block_types
 from .servers import SERVERS, uvicorn_server
 from .upstream import ADVISOR_TOOL, Reply, Script, text, tool_use
 
@@ -132,12 +133,7 @@ async def test_executor_text_reaches_the_client_before_a_slow_advisor_finishes(
     assert first_text.at < 0.5, timings
     assert result.at - first_text.at >= 0.8, timings
     assert result.at - call.at >= 0.8, timings
-    assert [e.event["content_block"]["type"] for e in events if e.type == "content_block_start"] == [
-        "text",
-        "server_tool_use",
-        "advisor_tool_result",
-        "text",
-    ]
+    assert block_types(e.event["content_block"] for e in events if e.type == "content_block_start") == ONE_CONSULT
     assert events[-1].type == "message_stop"
     assert script.finished == ["executor", "advisor", "executor"]
 
@@ -244,7 +240,7 @@ async def test_sdk_round_trip_over_a_real_socket(server: str, make_app: MakeApp,
                 message = await stream.get_final_message()
 
     assert deltas == ["Let me ask the advisor.", "Following the advice: done."]
-    assert [b.type for b in message.content] == ["text", "server_tool_use", "advisor_tool_result", "text"]
+    assert block_types(message.content) == ONE_CONSULT
     call, result = message.content[1], message.content[2]
     assert call.type == "server_tool_use" and result.type == "advisor_tool_result"
     assert call.name == "advisor" and call.input == {} and call.id.startswith("srvtoolu_")

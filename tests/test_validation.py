@@ -14,7 +14,9 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 
-from .upstream import ADVISOR_TOOL, Reply, Script, text, tool_use
+from . import helpers
+from .helpers import ONE_CONSULT, block_types, consult
+from .upstream import ADVISOR_TOOL, Script
 
 pytestmark = pytest.mark.anyio
 
@@ -37,18 +39,9 @@ def invalid(message: str) -> dict[str, Any]:
     return {"type": "error", "error": {"type": "invalid_request_error", "message": message}}
 
 
-async def post(
-    app: Starlette, content: bytes, headers: dict[str, str] | None = None, path: str = "/v1/messages"
-) -> httpx.Response:
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver") as http:
-        return await http.post(path, content=content, headers={"content-type": "application/json", **(headers or {})})
-
-
-def consult(script: Script) -> None:
-    script.executor(
-        Reply([text("Asking."), tool_use("advisor", id="toolu_1")], stop_reason="tool_use"),
-        Reply([text("Done.")]),
-    ).advisor(Reply([text("Advice.")]))
+async def post(app: Starlette, content: bytes, headers: dict[str, str] | None = None) -> httpx.Response:
+    """A JSON POST of exactly ``content``."""
+    return await helpers.post(app, content, {"content-type": "application/json", **(headers or {})})
 
 
 INVALID_TOOLS = [
@@ -205,12 +198,7 @@ async def test_body_at_the_limit_is_accepted(make_app: MakeApp, script: Script) 
     assert len(body) == 1000
     response = await post(make_app(max_body_bytes=1000), body)
     assert response.status_code == 200
-    assert [b["type"] for b in response.json()["content"]] == [
-        "text",
-        "server_tool_use",
-        "advisor_tool_result",
-        "text",
-    ]
+    assert block_types(response.json()["content"]) == ONE_CONSULT
 
 
 async def test_plain_body_over_the_limit_is_refused_too(make_app: MakeApp, script: Script) -> None:
@@ -298,7 +286,7 @@ async def test_chunked_body_under_the_limit_is_reassembled(make_app: MakeApp, sc
     await driver.run(make_app(max_body_bytes=2000))
     assert driver.status == 200
     message = json.loads(driver.body)
-    assert [b["type"] for b in message["content"]] == ["text", "server_tool_use", "advisor_tool_result", "text"]
+    assert block_types(message["content"]) == ONE_CONSULT
     assert script.of("executor")[0].body["system"] == json.loads(body)["system"]
 
 
@@ -342,7 +330,7 @@ async def test_encoded_body_with_the_advisor_is_handled(
     response = await post(make_app(), compress(plain), {"content-encoding": encoding})
     assert response.status_code == 200
     message = response.json()
-    assert [b["type"] for b in message["content"]] == ["text", "server_tool_use", "advisor_tool_result", "text"]
+    assert block_types(message["content"]) == ONE_CONSULT
     assert message["content"][2]["content"] == {"type": "advisor_result", "text": "Advice."}
     first = script.of("executor")[0]
     assert "content-encoding" not in first.headers
