@@ -28,6 +28,8 @@ class AdvisorConfig(BaseModel):
     """Hard stop for an executor that keeps calling the advisor."""
     max_transcript_block_chars: int = Field(default=50_000, ge=100)
     """Longer blocks are truncated, with a marker, in the advisor's transcript."""
+    max_transcript_chars: int = Field(default=400_000, ge=1000)
+    """Budget for the advisor's whole transcript (about 100k tokens); see ``render_transcript``."""
     advisor_system_prompt: str | None = None
     """Replaces the built-in advisor system prompt."""
     native_executor: Callable[[str], bool] | None = None

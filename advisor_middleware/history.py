@@ -12,7 +12,7 @@ claude-code-client §3) become user-side text, with the advisor's ``tool_additio
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .blocks import ADVISOR_NAME, executor_id
@@ -71,6 +71,10 @@ class HistoryInfo:
     advisor_removed: bool | None = None
     """Last ``tool_addition``/``tool_removal`` of the advisor in system messages: True after a
     removal (no advisor on this turn), False after an addition, None if neither appears."""
+    pending: list[tuple[str, str]] = field(default_factory=list)
+    """``(executor id, srvtoolu id)`` of advisor calls left unanswered at the end of the
+    conversation: a resumed ``pause_turn`` (advisor-wire-spec §2.3). The rendered messages keep
+    their ``tool_use``; the loop runs them first and adds the ``tool_result``."""
 
 
 def _is_advisor_ref(block: Any) -> bool:
@@ -101,31 +105,42 @@ def has_advisor_history(messages: list[Any]) -> bool:
 def render_history(messages: list[Any]) -> tuple[list[Any], HistoryInfo]:
     """The executor's view of ``messages``; the input is not modified."""
     info = HistoryInfo()
-    out: list[dict[str, Any]] = []
+    out: list[Any] = []
+    results, resumable = _scan(messages)
+    owed: list[dict[str, Any]] = []  # tool_results for calls answered in a later message
+    consumed: set[int] = set()  # id() of result blocks already placed
 
-    def push(role: str, content: list[Any]) -> None:
+    def push(role: str, content: list[Any] | str) -> None:
         if not content:
             return
-        if out and out[-1].get("role") == role and set(out[-1]) <= {"role", "content"}:
-            prev = out[-1]
-            prev["content"] = _as_blocks(prev["content"]) + content
+        prev = out[-1] if out else None
+        if isinstance(prev, dict) and prev.get("role") == role and set(prev) <= {"role", "content"}:
+            prev["content"] = _as_blocks(prev["content"]) + _as_blocks(content)
         else:
-            out.append({"role": role, "content": list(content)})
+            out.append({"role": role, "content": content if isinstance(content, str) else list(content)})
 
-    for message in messages:
-        if not isinstance(message, dict) or not isinstance(message.get("content"), list):
-            if (
-                isinstance(message, dict)
-                and message.get("role") == "system"
-                and isinstance(message.get("content"), str)
-            ):
-                push("user", [_reminder(message["content"])])
-                continue
-            out.append(dict(message) if isinstance(message, dict) else message)
+    def pay() -> None:
+        # Answer calls whose result came in a later message at the head of the next user turn.
+        nonlocal owed
+        if owed:
+            push("user", owed)
+            owed = []
+
+    for position, message in enumerate(messages):
+        if not isinstance(message, dict):
+            pay()
+            out.append(message)
             continue
         role = message.get("role")
-        content: list[Any] = message["content"]
+        content = message.get("content")
         if role == "system":
+            pay()
+            if isinstance(content, str):
+                push("user", [_reminder(content)])
+                continue
+            if not isinstance(content, list):
+                out.append(dict(message))
+                continue
             texts: list[Any] = []
             rest: list[Any] = []
             for block in content:
@@ -141,27 +156,47 @@ def render_history(messages: list[Any]) -> tuple[list[Any], HistoryInfo]:
             if rest:
                 out.append({**message, "content": rest})
             continue
-        if role != "assistant" or not _has_advisor_blocks(content):
-            if set(message) <= {"role", "content"} and isinstance(role, str):
-                push(role, list(content))
+        if role == "user" and owed:
+            blocks = owed + _as_blocks(content) if isinstance(content, (list, str)) else owed
+            owed = []
+            push("user", blocks)
+            continue
+        if role != "assistant" or not isinstance(content, list) or not _has_advisor_blocks(content):
+            pay()
+            if set(message) <= {"role", "content"} and isinstance(role, str) and isinstance(content, (list, str)):
+                push(role, content)
             else:
                 out.append(dict(message))
             continue
+        pay()
         info.had_advisor_blocks = True
         current: list[Any] = []
-        pending: dict[str, str] = {}
+        local: dict[str, str] = {}
         for block in content:
             kind = block.get("type") if isinstance(block, dict) else None
             if kind == "server_tool_use" and block.get("name") == ADVISOR_NAME:
                 srv_id = str(block.get("id", ""))
-                pending[srv_id] = executor_id(srv_id)
-                current.append(advisor_tool_use(pending[srv_id]))
+                exec_id = executor_id(srv_id)
+                answer = results.get(srv_id)
+                if answer is not None and answer[0] == position:
+                    local[srv_id] = exec_id
+                elif answer is not None:
+                    consumed.add(id(answer[1]))
+                    owed.append(advice_tool_result(exec_id, answer[1].get("content")))
+                elif srv_id in resumable and position == resumable[srv_id]:
+                    info.pending.append((exec_id, srv_id))
+                else:
+                    # A call with no result cannot be shown to the executor (it would demand a
+                    # tool_result): drop it, keeping its neighbours, as Claude Code does.
+                    continue
+                current.append(advisor_tool_use(exec_id))
             elif kind == "advisor_tool_result":
                 srv_id = str(block.get("tool_use_id", ""))
-                if srv_id in pending:
-                    result = advice_tool_result(pending.pop(srv_id), block.get("content"))
+                if id(block) in consumed:
+                    continue
+                if srv_id in local:
                     push("assistant", current)
-                    push("user", [result])
+                    push("user", [advice_tool_result(local.pop(srv_id), block.get("content"))])
                     current = []
                 else:
                     # An orphan (its call is gone, e.g. after /compact): keep the advice as text
@@ -170,22 +205,49 @@ def render_history(messages: list[Any]) -> tuple[list[Any], HistoryInfo]:
                     current.append({"type": "text", "text": f"[Earlier advisor response]\n{advice}"})
             else:
                 current.append(block)
-        if pending:
-            # A call with no result cannot be shown to the executor (it would demand a
-            # tool_result): drop it, keeping its neighbours, as Claude Code itself does.
-            dangling = set(pending.values())
-            current = [
-                b
-                for b in current
-                if not (
-                    isinstance(b, dict)
-                    and b.get("type") == "tool_use"
-                    and b.get("name") == ADVISOR_NAME
-                    and b.get("id") in dangling
-                )
-            ]
         push("assistant", current)
+    pay()
     return out, info
+
+
+def _scan(messages: list[Any]) -> tuple[dict[str, tuple[int, dict[str, Any]]], dict[str, int]]:
+    """First pass: for each advisor call, where its result is (message index, block), and which
+    unanswered calls are resumable: in the last assistant message, followed by nothing or by one
+    user message of tool results only (the mixed-turn shape, advisor-wire-spec §2.3)."""
+    calls: dict[str, int] = {}
+    results: dict[str, tuple[int, dict[str, Any]]] = {}
+    last_assistant = -1
+    for position, message in enumerate(messages):
+        if not isinstance(message, dict) or not isinstance(message.get("content"), list):
+            continue
+        if message.get("role") == "assistant":
+            last_assistant = position
+        for block in message["content"]:
+            if not isinstance(block, dict):
+                continue
+            kind = block.get("type")
+            if kind == "server_tool_use" and block.get("name") == ADVISOR_NAME:
+                calls.setdefault(str(block.get("id", "")), position)
+            elif kind == "advisor_tool_result":
+                srv_id = str(block.get("tool_use_id", ""))
+                if srv_id in calls and srv_id not in results:
+                    results[srv_id] = (position, block)
+    resumable: dict[str, int] = {}
+    tail = messages[last_assistant + 1 :] if last_assistant >= 0 else [None]
+    if last_assistant >= 0 and (not tail or (len(tail) == 1 and _only_tool_results(tail[0]))):
+        resumable = {srv: pos for srv, pos in calls.items() if pos == last_assistant and srv not in results}
+    return results, resumable
+
+
+def _only_tool_results(message: Any) -> bool:
+    if not isinstance(message, dict) or message.get("role") != "user":
+        return False
+    content = message.get("content")
+    return (
+        isinstance(content, list)
+        and bool(content)
+        and all(isinstance(b, dict) and b.get("type") == "tool_result" for b in content)
+    )
 
 
 def _has_advisor_blocks(content: list[Any]) -> bool:

@@ -62,6 +62,7 @@ class AdvisorMiddleware:
         max_consults: int | None = None,
         max_executor_legs: int = 25,
         max_transcript_block_chars: int = 50_000,
+        max_transcript_chars: int = 400_000,
         advisor_system_prompt: str | None = None,
         native_executor: Callable[[str], bool] | None = None,
     ) -> None:
@@ -75,6 +76,7 @@ class AdvisorMiddleware:
             max_consults=max_consults,
             max_executor_legs=max_executor_legs,
             max_transcript_block_chars=max_transcript_block_chars,
+            max_transcript_chars=max_transcript_chars,
             advisor_system_prompt=advisor_system_prompt,
             native_executor=native_executor,
         )

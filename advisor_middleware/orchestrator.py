@@ -153,8 +153,31 @@ class Orchestration:
             yield {"type": "error", "error": error}
 
     async def _loop(self) -> AsyncIterator[dict[str, Any]]:
-        messages, _ = render_history(self.body.get("messages") or [])
+        messages, info = render_history(self.body.get("messages") or [])
         self._collect_ids(messages)
+        if info.pending:
+            # A resumed pause_turn: the pending consults run first and the response begins with
+            # their results (advisor-wire-spec §2.3). No executor leg has started yet, so the
+            # message_start is ours; the legs' usage arrives in message_delta as usual.
+            self._started = True
+            yield {
+                "type": "message_start",
+                "message": {
+                    "id": f"msg_{uuid.uuid4().hex[:24]}",
+                    "type": "message",
+                    "role": "assistant",
+                    "model": self.body.get("model"),
+                    "content": [],
+                    "stop_reason": None,
+                    "stop_sequence": None,
+                    "usage": {"input_tokens": 0, "output_tokens": 0},
+                },
+            }
+            results: list[dict[str, Any]] = []
+            for exec_id, srv_id in info.pending:
+                async for event in self._consult_blocks(messages, srv_id, exec_id, results):
+                    yield event
+            messages = _answer(messages, results)
         stop_reason: Any = None
         stop_sequence: Any = None
         legs = 0
@@ -236,12 +259,8 @@ class Orchestration:
                 messages = _append_assistant(messages, content)
                 results = []
                 for call in calls:
-                    result = await self._consult(messages)
-                    block = advisor_result_block(call.srv_id, **result)
-                    index = self._index()
-                    yield {"type": "content_block_start", "index": index, "content_block": block}
-                    yield {"type": "content_block_stop", "index": index}
-                    results.append(advice_tool_result(call.exec_id, block["content"]))
+                    async for event in self._consult_blocks(messages, call.srv_id, call.exec_id, results):
+                        yield event
             client_tools = False
             for events in held:
                 index = self._index()
@@ -254,13 +273,25 @@ class Orchestration:
                 log.warning("executor kept calling the advisor; stopping after %d legs", legs)
                 stop_reason = "end_turn"
                 break
-            messages = [*messages, {"role": "user", "content": results}]
+            messages = _answer(messages, results)
         yield {
             "type": "message_delta",
             "delta": {"stop_reason": stop_reason, "stop_sequence": stop_sequence},
             "usage": self._usage(),
         }
         yield {"type": "message_stop"}
+
+    async def _consult_blocks(
+        self, messages: list[Any], srv_id: str, exec_id: str, results: list[dict[str, Any]]
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Run one consult; yield its ``advisor_tool_result`` (whole, in one start event, §4)
+        and add the executor's ``tool_result`` to ``results``."""
+        result = await self._consult(messages)
+        block = advisor_result_block(srv_id, **result)
+        index = self._index()
+        yield {"type": "content_block_start", "index": index, "content_block": block}
+        yield {"type": "content_block_stop", "index": index}
+        results.append(advice_tool_result(exec_id, block["content"]))
 
     def _collect_ids(self, messages: list[Any]) -> None:
         for message in messages:
@@ -324,7 +355,12 @@ class Orchestration:
         system = self.config.advisor_system_prompt or ADVISOR_SYSTEM_PROMPT
         if self.tool.max_tokens:
             system += budget_note(max_tokens)
-        transcript = render_transcript(self.body, messages, max_block_chars=self.config.max_transcript_block_chars)
+        transcript = render_transcript(
+            self.body,
+            messages,
+            max_block_chars=self.config.max_transcript_block_chars,
+            max_chars=self.config.max_transcript_chars,
+        )
         body: dict[str, Any] = {
             "model": self.tool.model,
             "max_tokens": max_tokens,
@@ -387,6 +423,15 @@ def _append_assistant(messages: list[Any], content: list[dict[str, Any]]) -> lis
         prior_blocks = prior if isinstance(prior, list) else [{"type": "text", "text": str(prior)}] if prior else []
         return [*messages[:-1], {**last, "content": [*prior_blocks, *content]}]
     return [*messages, {"role": "assistant", "content": content}]
+
+
+def _answer(messages: list[Any], results: list[dict[str, Any]]) -> list[Any]:
+    # The advice answers the executor's calls in the next user turn. When that turn already holds
+    # the client's tool results (a resumed mixed turn), the advice goes first, in call order.
+    last = messages[-1] if messages else None
+    if isinstance(last, dict) and last.get("role") == "user" and isinstance(last.get("content"), list):
+        return [*messages[:-1], {**last, "content": [*results, *last["content"]]}]
+    return [*messages, {"role": "user", "content": results}]
 
 
 def _int(value: Any) -> int:

@@ -23,7 +23,33 @@ _PREAMBLE = (
 )
 
 
-def render_transcript(body: dict[str, Any], messages: list[Any], *, max_block_chars: int = 50_000) -> str:
+def render_transcript(
+    body: dict[str, Any], messages: list[Any], *, max_block_chars: int = 50_000, max_chars: int | None = None
+) -> str:
+    """The advisor's user message. Blocks longer than ``max_block_chars`` are cut with a marker
+    (append-only safe: a block renders the same in every consult). Over the ``max_chars``
+    budget, blocks are cut harder, then the oldest part of the transcript is left out, so the
+    advisor leg fails with ``prompt_too_long`` only when even that cannot help."""
+    text = _render(body, messages, max_block_chars)
+    if max_chars is None or len(text) <= max_chars:
+        return text
+    cap = max_block_chars
+    while cap > 1000:
+        cap //= 4
+        text = _render(body, messages, cap)
+        if len(text) <= max_chars:
+            return text
+    head, marker, rest = text.partition(_TRANSCRIPT)
+    room = max_chars - len(head) - len(marker) - 80
+    if room <= 0:
+        return text[:max_chars]
+    return f"{head}{marker}[... {len(rest) - room} characters of the earlier transcript left out ...]\n{rest[-room:]}"
+
+
+_TRANSCRIPT = "\n=== Transcript ===\n"
+
+
+def _render(body: dict[str, Any], messages: list[Any], max_block_chars: int) -> str:
     parts = [_PREAMBLE]
     system = _system_text(body.get("system"))
     if system:
@@ -33,7 +59,7 @@ def render_transcript(body: dict[str, Any], messages: list[Any], *, max_block_ch
         lines = [line for line in (_tool_line(t) for t in tools if isinstance(t, dict)) if line]
         if lines:
             parts.append("\n=== Executor's tools ===\n" + "\n".join(lines) + "\n")
-    parts.append("\n=== Transcript ===\n")
+    parts.append(_TRANSCRIPT)
     advisor_ids: set[str] = set()
     for message in messages:
         if isinstance(message, dict):
