@@ -57,6 +57,8 @@ def classify(data: dict[str, Any]) -> Plan:
         return Plan("orchestrate", data, index, tool)
     # No advisor on this turn (absent, or switched off by a tool_removal): forward with the
     # history rendered and the tool entry gone; the host answers as usual.
+    if isinstance(messages, list) and info is not None and info.pending:
+        rendered, _ = render_history(messages, resume=False)  # nothing can answer a pending call
     body = dict(data)
     body["messages"] = rendered
     if entries:

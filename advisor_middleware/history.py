@@ -102,13 +102,18 @@ def has_advisor_history(messages: list[Any]) -> bool:
     return False
 
 
-def render_history(messages: list[Any]) -> tuple[list[Any], HistoryInfo]:
-    """The executor's view of ``messages``; the input is not modified."""
+def render_history(messages: list[Any], *, resume: bool = True) -> tuple[list[Any], HistoryInfo]:
+    """The executor's view of ``messages``; the input is not modified. With ``resume=False`` (no
+    advisor on this turn to answer them) pending calls are dropped like any dangling one."""
     info = HistoryInfo()
     out: list[Any] = []
     results, resumable = _scan(messages)
+    if not resume:
+        resumable = {}
     owed: list[dict[str, Any]] = []  # tool_results for calls answered in a later message
     consumed: set[int] = set()  # id() of result blocks already placed
+    called: set[str] = set()  # ids of the calls rendered so far
+    waiting: dict[str, str] = {}  # rendered calls with a result still to place: srvtoolu id -> executor id
 
     def push(role: str, content: list[Any] | str) -> None:
         if not content:
@@ -118,6 +123,16 @@ def render_history(messages: list[Any]) -> tuple[list[Any], HistoryInfo]:
             prev["content"] = _as_blocks(prev["content"]) + _as_blocks(content)
         else:
             out.append({"role": role, "content": content if isinstance(content, str) else list(content)})
+
+    def answers() -> list[dict[str, Any]]:
+        # The results of the waiting calls, in call order, wherever they sit in the history.
+        placed = []
+        for srv_id, exec_id in waiting.items():
+            answer = results[srv_id][1]
+            consumed.add(id(answer))
+            placed.append(advice_tool_result(exec_id, answer.get("content")))
+        waiting.clear()
+        return placed
 
     def pay() -> None:
         # Answer calls whose result came in a later message at the head of the next user turn.
@@ -171,18 +186,16 @@ def render_history(messages: list[Any]) -> tuple[list[Any], HistoryInfo]:
         pay()
         info.had_advisor_blocks = True
         current: list[Any] = []
-        local: dict[str, str] = {}
         for block in content:
             kind = block.get("type") if isinstance(block, dict) else None
             if kind == "server_tool_use" and block.get("name") == ADVISOR_NAME:
                 srv_id = str(block.get("id", ""))
                 exec_id = executor_id(srv_id)
-                answer = results.get(srv_id)
-                if answer is not None and answer[0] == position:
-                    local[srv_id] = exec_id
-                elif answer is not None:
-                    consumed.add(id(answer[1]))
-                    owed.append(advice_tool_result(exec_id, answer[1].get("content")))
+                if srv_id in called:
+                    continue  # a call id used twice: its result is already placed, or never comes
+                called.add(srv_id)
+                if srv_id in results:
+                    waiting[srv_id] = exec_id
                 elif srv_id in resumable and position == resumable[srv_id]:
                     info.pending.append((exec_id, srv_id))
                 else:
@@ -194,9 +207,11 @@ def render_history(messages: list[Any]) -> tuple[list[Any], HistoryInfo]:
                 srv_id = str(block.get("tool_use_id", ""))
                 if id(block) in consumed:
                     continue
-                if srv_id in local:
+                if srv_id in waiting and results[srv_id][1] is block:
+                    # A consult splits the executor's turn here. Every call before this point is
+                    # answered now: a tool_use needs its tool_result in the very next message.
                     push("assistant", current)
-                    push("user", [advice_tool_result(local.pop(srv_id), block.get("content"))])
+                    push("user", answers())
                     current = []
                 else:
                     # An orphan (its call is gone, e.g. after /compact): keep the advice as text
@@ -205,6 +220,9 @@ def render_history(messages: list[Any]) -> tuple[list[Any], HistoryInfo]:
                     current.append({"type": "text", "text": f"[Earlier advisor response]\n{advice}"})
             else:
                 current.append(block)
+        # Calls answered only in a later message (a pause, then its resumption): their results
+        # open the next user turn.
+        owed = answers()
         push("assistant", current)
     pay()
     return out, info
@@ -212,8 +230,9 @@ def render_history(messages: list[Any]) -> tuple[list[Any], HistoryInfo]:
 
 def _scan(messages: list[Any]) -> tuple[dict[str, tuple[int, dict[str, Any]]], dict[str, int]]:
     """First pass: for each advisor call, where its result is (message index, block), and which
-    unanswered calls are resumable: in the last assistant message, followed by nothing or by one
-    user message of tool results only (the mixed-turn shape, advisor-wire-spec §2.3)."""
+    unanswered calls are resumable: in the last assistant message after its last consult (an
+    answered call there would split them off from the end), followed by nothing or by one user
+    message of tool results only (the mixed-turn shape, advisor-wire-spec §2.3)."""
     calls: dict[str, int] = {}
     results: dict[str, tuple[int, dict[str, Any]]] = {}
     last_assistant = -1
@@ -235,7 +254,16 @@ def _scan(messages: list[Any]) -> tuple[dict[str, tuple[int, dict[str, Any]]], d
     resumable: dict[str, int] = {}
     tail = messages[last_assistant + 1 :] if last_assistant >= 0 else [None]
     if last_assistant >= 0 and (not tail or (len(tail) == 1 and _only_tool_results(tail[0]))):
-        resumable = {srv: pos for srv, pos in calls.items() if pos == last_assistant and srv not in results}
+        for block in messages[last_assistant]["content"]:
+            kind = block.get("type") if isinstance(block, dict) else None
+            if kind == "server_tool_use" and block.get("name") == ADVISOR_NAME:
+                srv_id = str(block.get("id", ""))
+                if srv_id not in results and calls[srv_id] == last_assistant:
+                    resumable[srv_id] = last_assistant
+            elif kind == "advisor_tool_result":
+                srv_id = str(block.get("tool_use_id", ""))
+                if calls.get(srv_id) == last_assistant and results.get(srv_id, (0, None))[1] is block:
+                    resumable = {}  # a consult of this message ends after them
     return results, resumable
 
 

@@ -173,9 +173,13 @@ class Orchestration:
                     "usage": {"input_tokens": 0, "output_tokens": 0},
                 },
             }
+            # The advisor reads up to the call, as in the loop: the client's tool results come
+            # after the advice, so the next consult's transcript extends this one (design §5).
+            last = messages[-1] if messages else None
+            upto = messages[:-1] if isinstance(last, dict) and last.get("role") == "user" else messages
             results: list[dict[str, Any]] = []
             for exec_id, srv_id in info.pending:
-                async for event in self._consult_blocks(messages, srv_id, exec_id, results):
+                async for event in self._consult_blocks(upto, srv_id, exec_id, results):
                     yield event
             messages = _answer(messages, results)
         stop_reason: Any = None

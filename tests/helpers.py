@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
 
 import anthropic
+import anyio
 import httpx
 import httpx2
+import pytest
 from anthropic.types.beta import BetaMessage
 
-from .upstream import Reply, Script, reply_events, sse, text, tool_use
+from .upstream import ADVISOR_TOOL, Reply, Script, reply_events, sse, text, tool_use
 
 ONE_CONSULT = ["text", "server_tool_use", "advisor_tool_result", "text"]
 """The block types of a reply with one consult: words, the call, its result, the answer."""
@@ -39,6 +42,127 @@ def plain_usage(input_tokens: int, output_tokens: int) -> dict[str, int]:
         "cache_read_input_tokens": 0,
         "output_tokens": output_tokens,
     }
+
+
+# --- message and block shapes as clients send them ----------------------------------------------
+
+
+def user(content: Any) -> dict[str, Any]:
+    return {"role": "user", "content": content}
+
+
+def assistant(content: Any) -> dict[str, Any]:
+    return {"role": "assistant", "content": content}
+
+
+def system(content: Any) -> dict[str, Any]:
+    return {"role": "system", "content": content}
+
+
+def tool_result(tool_use_id: str, content: Any) -> dict[str, Any]:
+    return {"type": "tool_result", "tool_use_id": tool_use_id, "content": content}
+
+
+def srv(srv_id: str) -> dict[str, Any]:
+    """An advisor call as the client replays it."""
+    return {"type": "server_tool_use", "id": srv_id, "name": "advisor", "input": {}}
+
+
+def result(srv_id: str, content: Any) -> dict[str, Any]:
+    return {"type": "advisor_tool_result", "tool_use_id": srv_id, "content": content}
+
+
+def advice(value: str) -> dict[str, Any]:
+    return {"type": "advisor_result", "text": value}
+
+
+ADDITION = {"type": "tool_addition", "tool": {"type": "tool_reference", "name": "advisor"}}
+REMOVAL = {"type": "tool_removal", "tool": {"type": "tool_reference", "name": "advisor"}}
+SECRET = "EqQBCkYIBRgCIiQ5ZjE0SECRETBLOB"
+"""The ``encrypted_content`` of a redacted result: no model may ever be sent it."""
+REDACTED = {"type": "advisor_redacted_result", "encrypted_content": SECRET}
+BASH = {
+    "name": "Bash",
+    "description": "Run a command.",
+    "input_schema": {"type": "object", "properties": {"command": {"type": "string"}}},
+}
+
+
+def request_body(messages: list[Any], **overrides: Any) -> dict[str, Any]:
+    """A Messages request with a client tool (``Bash``) and the advisor tool."""
+    return {"model": "exec", "max_tokens": 1024, "messages": messages, "tools": [BASH, ADVISOR_TOOL], **overrides}
+
+
+def reminder(value: str) -> dict[str, Any]:
+    return {"type": "text", "text": f"<system-reminder>\n{value}\n</system-reminder>"}
+
+
+def advisor_pair(srv_id: str, content: Any) -> list[dict[str, Any]]:
+    """An advisor call and its result, as a client replays them."""
+    return [srv(srv_id), result(srv_id, content)]
+
+
+def is_advisor_block(block: Any) -> bool:
+    if not isinstance(block, dict):
+        return False
+    kind = block.get("type")
+    if kind in ("tool_addition", "tool_removal"):
+        return (block.get("tool") or {}).get("name") == "advisor"
+    return kind == "advisor_tool_result" or (kind == "server_tool_use" and block.get("name") == "advisor")
+
+
+def expected_blocks(messages: list[Any]) -> list[Any]:
+    """The client's non-advisor blocks in order, as the executor should get them."""
+    out: list[Any] = []
+    for message in messages:
+        content = message["content"]
+        if isinstance(content, str):
+            out.append(reminder(content) if message["role"] == "system" else {"type": "text", "text": content})
+            continue
+        for block in content:
+            if is_advisor_block(block):
+                continue
+            if message["role"] == "system" and block.get("type") == "text":
+                out.append(reminder(block["text"]))
+            else:
+                out.append(block)
+    return out
+
+
+def rendered_blocks(messages: list[Any]) -> list[Any]:
+    """The blocks of rendered messages that came from the client: the synthesised advisor calls,
+    their results and orphaned advice (as text) left out."""
+    advisor_ids = {
+        b["id"]
+        for m in messages
+        if isinstance(m["content"], list)
+        for b in m["content"]
+        if b.get("type") == "tool_use" and b.get("name") == "advisor"
+    }
+    out: list[Any] = []
+    for message in messages:
+        content = message["content"]
+        if isinstance(content, str):
+            out.append({"type": "text", "text": content})
+            continue
+        for block in content:
+            if block.get("type") == "tool_use" and block.get("id") in advisor_ids:
+                continue
+            if block.get("type") == "tool_result" and block.get("tool_use_id") in advisor_ids:
+                continue
+            if block.get("type") == "text" and block["text"].startswith("[Earlier advisor response]\n"):
+                continue
+            out.append(block)
+    return out
+
+
+def strip_cache_control(blocks: list[Any]) -> list[Any]:
+    return [{k: v for k, v in b.items() if k != "cache_control"} for b in blocks]
+
+
+def messages_bytes(raw: bytes) -> str:
+    """The ``messages`` array of a recorded leg, serialised compactly in the order it was sent."""
+    return json.dumps(json.loads(raw)["messages"], separators=(",", ":"), ensure_ascii=False)
 
 
 # --- clients ------------------------------------------------------------------------------------
@@ -127,3 +251,16 @@ async def read_body(receive: Callable[[], Awaitable[Any]]) -> bytes:
         body += chunk
         if not message.get("more_body", False):
             return body
+
+
+# --- waiting ------------------------------------------------------------------------------------
+
+
+async def wait_until(condition: Callable[[], bool], within: float, what: str) -> float:
+    """Poll ``condition``; return the seconds it took, or fail after ``within`` seconds."""
+    start = time.monotonic()
+    while not condition():
+        if time.monotonic() - start > within:
+            pytest.fail(f"{what}: not within {within} s")
+        await anyio.sleep(0.005)
+    return time.monotonic() - start

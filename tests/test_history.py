@@ -17,7 +17,33 @@ from starlette.applications import Starlette
 
 from advisor_middleware.history import REDACTED_PLACEHOLDER, advice_tool_result, render_history
 
-from .helpers import ONE_CONSULT, assert_host_stream, block_types, call, http_for, plain_usage, post
+from .helpers import (
+    ADDITION,
+    ONE_CONSULT,
+    REDACTED,
+    REMOVAL,
+    SECRET,
+    advice,
+    advisor_pair,
+    assert_host_stream,
+    assistant,
+    block_types,
+    call,
+    expected_blocks,
+    http_for,
+    is_advisor_block,
+    messages_bytes,
+    plain_usage,
+    post,
+    reminder,
+    rendered_blocks,
+    result,
+    srv,
+    strip_cache_control,
+    system,
+    tool_result,
+    user,
+)
 from .upstream import ADVISOR_TOOL, Fail, Reply, Script, text, thinking, tool_use
 
 pytestmark = pytest.mark.anyio
@@ -26,47 +52,6 @@ MakeApp = Callable[..., Starlette]
 CAPTURES = Path("/work/shared/claude-code/captures/runs-2.1.331")
 CLOCK = {"name": "clock", "description": "The time.", "input_schema": {"type": "object", "properties": {}}}
 DEFERRED_ADVISOR = {**ADVISOR_TOOL, "defer_loading": True}
-ADDITION = {"type": "tool_addition", "tool": {"type": "tool_reference", "name": "advisor"}}
-REMOVAL = {"type": "tool_removal", "tool": {"type": "tool_reference", "name": "advisor"}}
-SECRET = "EqQBCkYIBRgCIiQ5ZjE0SECRETBLOB"
-REDACTED = {"type": "advisor_redacted_result", "encrypted_content": SECRET}
-
-
-def user(content: Any) -> dict[str, Any]:
-    return {"role": "user", "content": content}
-
-
-def assistant(content: Any) -> dict[str, Any]:
-    return {"role": "assistant", "content": content}
-
-
-def system(content: Any) -> dict[str, Any]:
-    return {"role": "system", "content": content}
-
-
-def tool_result(tool_use_id: str, content: str) -> dict[str, Any]:
-    return {"type": "tool_result", "tool_use_id": tool_use_id, "content": content}
-
-
-def reminder(value: str) -> dict[str, Any]:
-    return {"type": "text", "text": f"<system-reminder>\n{value}\n</system-reminder>"}
-
-
-def srv(srv_id: str) -> dict[str, Any]:
-    return {"type": "server_tool_use", "id": srv_id, "name": "advisor", "input": {}}
-
-
-def result(srv_id: str, content: Any) -> dict[str, Any]:
-    return {"type": "advisor_tool_result", "tool_use_id": srv_id, "content": content}
-
-
-def advisor_pair(srv_id: str, content: Any) -> list[dict[str, Any]]:
-    """An advisor call and its result, as a client replays them."""
-    return [srv(srv_id), result(srv_id, content)]
-
-
-def advice(value: str) -> dict[str, Any]:
-    return {"type": "advisor_result", "text": value}
 
 
 def body_of(messages: list[Any], **overrides: Any) -> dict[str, Any]:
@@ -154,11 +139,6 @@ def wire_content(response: httpx.Response, streaming: bool) -> list[dict[str, An
         elif event["type"] == "content_block_stop" and partial.get(event["index"]):
             blocks[event["index"]]["input"] = json.loads(partial[event["index"]])
     return [blocks[i] for i in sorted(blocks)]
-
-
-def messages_bytes(raw: bytes) -> str:
-    """The ``messages`` array of a recorded leg, serialised compactly in the order it was sent."""
-    return json.dumps(json.loads(raw)["messages"], separators=(",", ":"), ensure_ascii=False)
 
 
 @pytest.mark.parametrize("streaming", [True, False])
@@ -557,15 +537,6 @@ def captured_bodies() -> Iterator[tuple[str, dict[str, Any]]]:
             yield f"{Path(path).name}:{n}", record["body"]
 
 
-def is_advisor_block(block: Any) -> bool:
-    if not isinstance(block, dict):
-        return False
-    kind = block.get("type")
-    if kind in ("tool_addition", "tool_removal"):
-        return (block.get("tool") or {}).get("name") == "advisor"
-    return kind == "advisor_tool_result" or (kind == "server_tool_use" and block.get("name") == "advisor")
-
-
 def has_advisor_blocks(body: dict[str, Any]) -> bool:
     return any(
         isinstance(m.get("content"), list) and any(is_advisor_block(b) for b in m["content"]) for m in body["messages"]
@@ -589,53 +560,6 @@ def test_the_captures_have_advisor_history() -> None:
         "42_id_mismatch_continue.requests.jsonl:0",
     ]
     assert len(CAPTURED) >= len(with_results)
-
-
-def expected_blocks(messages: list[Any]) -> list[Any]:
-    """The client's non-advisor blocks in order, as the executor should get them."""
-    out: list[Any] = []
-    for message in messages:
-        content = message["content"]
-        if isinstance(content, str):
-            out.append(reminder(content) if message["role"] == "system" else {"type": "text", "text": content})
-            continue
-        for block in content:
-            if is_advisor_block(block):
-                continue
-            if message["role"] == "system" and block.get("type") == "text":
-                out.append(reminder(block["text"]))
-            else:
-                out.append(block)
-    return out
-
-
-def rendered_blocks(messages: list[Any]) -> list[Any]:
-    advisor_ids = {
-        b["id"]
-        for m in messages
-        if isinstance(m["content"], list)
-        for b in m["content"]
-        if b.get("type") == "tool_use" and b.get("name") == "advisor"
-    }
-    out: list[Any] = []
-    for message in messages:
-        content = message["content"]
-        if isinstance(content, str):
-            out.append({"type": "text", "text": content})
-            continue
-        for block in content:
-            if block.get("type") == "tool_use" and block.get("id") in advisor_ids:
-                continue
-            if block.get("type") == "tool_result" and block.get("tool_use_id") in advisor_ids:
-                continue
-            if block.get("type") == "text" and block["text"].startswith("[Earlier advisor response]\n"):
-                continue
-            out.append(block)
-    return out
-
-
-def strip_cache_control(blocks: list[Any]) -> list[Any]:
-    return [{k: v for k, v in b.items() if k != "cache_control"} for b in blocks]
 
 
 @pytest.mark.parametrize("body", CAPTURED)
