@@ -4,7 +4,7 @@ from .blocks import AdvisorTool
 from .config import AdvisorConfig
 from .errors import AdvisorRequestError, UpstreamError
 from .middleware import AdvisorMiddleware
-from .routers import AppRouter, Leg, MessagesRouter
+from .routers import AppRouter, HTTPRouter, Leg, LiteLLMRouter, MessagesRouter
 
 __version__ = "0.1.0"
 
@@ -14,7 +14,9 @@ __all__ = [
     "AdvisorRequestError",
     "AdvisorTool",
     "AppRouter",
+    "HTTPRouter",
     "Leg",
+    "LiteLLMRouter",
     "MessagesRouter",
     "UpstreamError",
     "__version__",

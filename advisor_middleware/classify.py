@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from .blocks import ADVISOR_NAME, ADVISOR_TOOL_TYPE, AdvisorTool
 from .errors import AdvisorRequestError
-from .history import has_advisor_history, render_history
+from .history import HistoryInfo, has_advisor_history, render_history
 
 __all__ = ["Plan", "classify"]
 
@@ -22,6 +22,8 @@ class Plan:
     body: dict[str, Any]
     tool_index: int = -1
     tool: AdvisorTool | None = None
+    history: tuple[list[Any], HistoryInfo] | None = None
+    """For ``"orchestrate"``: ``render_history`` of the messages, so the loop need not redo it."""
 
 
 def classify(data: dict[str, Any]) -> Plan:
@@ -32,8 +34,7 @@ def classify(data: dict[str, Any]) -> Plan:
         else []
     )
     messages = data.get("messages")
-    history = isinstance(messages, list) and has_advisor_history(messages)
-    if not entries and not history:
+    if not entries and not (isinstance(messages, list) and has_advisor_history(messages)):
         return Plan("pass", data)
     if entries and not isinstance(messages, list):
         raise AdvisorRequestError("messages: Input should be a valid list")
@@ -53,8 +54,8 @@ def classify(data: dict[str, Any]) -> Plan:
         if not isinstance(data.get("model"), str):
             raise AdvisorRequestError("model: Field required")
     rendered, info = render_history(messages) if isinstance(messages, list) else (messages, None)
-    if tool is not None and not (info is not None and info.advisor_removed):
-        return Plan("orchestrate", data, index, tool)
+    if tool is not None and info is not None and not info.advisor_removed:
+        return Plan("orchestrate", data, index, tool, (rendered, info))
     # No advisor on this turn (absent, or switched off by a tool_removal): forward with the
     # history rendered and the tool entry gone; the host answers as usual.
     if isinstance(messages, list) and info is not None and info.pending:

@@ -16,15 +16,17 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
 import pydantic_core
 
 from ._types import Receive, Scope, Send
+from .accumulate import message_to_events
 from .sse import encode_event, encode_json
 
-__all__ = ["DemoGateway", "demo_app"]
+__all__ = ["DemoGateway", "demo_app", "paced_events", "scripted_reply"]
 
 _REMINDER = re.compile(r"<system-reminder>.*?</system-reminder>", re.DOTALL)
 _RUN = re.compile(r"\brun:\s*(.+?)\s*$", re.IGNORECASE | re.MULTILINE)
@@ -73,34 +75,12 @@ class DemoGateway:
         if not isinstance(body, dict) or not isinstance(body.get("messages"), list) or not body.get("model"):
             await _json(send, 400, _error("invalid_request_error", "model and messages are required"))
             return
-        input_tokens = max(1, len(raw) // 4)
         if path.endswith("count_tokens"):
-            await _json(send, 200, {"input_tokens": input_tokens})
+            await _json(send, 200, {"input_tokens": max(1, len(raw) // 4)})
             return
-        blocks, stop_reason, is_advisor = _script(body)
-        message_id = "msg_demo_" + uuid.uuid4().hex[:24]
-        output_tokens = sum(max(1, len(pydantic_core.to_json(b)) // 4) for b in blocks)
-        usage = {
-            "input_tokens": input_tokens,
-            "cache_creation_input_tokens": 0,
-            "cache_read_input_tokens": 0,
-            "output_tokens": output_tokens,
-        }
+        message = scripted_reply(body)
         if not body.get("stream"):
-            await _json(
-                send,
-                200,
-                {
-                    "id": message_id,
-                    "type": "message",
-                    "role": "assistant",
-                    "model": body["model"],
-                    "content": blocks,
-                    "stop_reason": stop_reason,
-                    "stop_sequence": None,
-                    "usage": usage,
-                },
-            )
+            await _json(send, 200, message)
             return
         await send(
             {
@@ -109,70 +89,46 @@ class DemoGateway:
                 "headers": [(b"content-type", b"text/event-stream")],
             }
         )
-        delay = self.advisor_delay / 8 if is_advisor else self.delay
-
-        async def emit(event: dict[str, Any], pause: float = 0.0) -> None:
-            if pause:
-                await anyio.sleep(pause)
+        delay = self.advisor_delay / 8 if _is_advisor(body) else self.delay
+        async for event in paced_events(message, delay):
             await send({"type": "http.response.body", "body": encode_event(event), "more_body": True})
-
-        start_usage = {**usage, "output_tokens": 1}
-        await emit(
-            {
-                "type": "message_start",
-                "message": {
-                    "id": message_id,
-                    "type": "message",
-                    "role": "assistant",
-                    "model": body["model"],
-                    "content": [],
-                    "stop_reason": None,
-                    "stop_sequence": None,
-                    "usage": start_usage,
-                },
-            }
-        )
-        for index, block in enumerate(blocks):
-            if block["type"] == "text":
-                await emit(
-                    {
-                        "type": "content_block_start",
-                        "index": index,
-                        "content_block": {"type": "text", "text": ""},
-                    }
-                )
-                for piece in _pieces(block["text"]):
-                    await emit(
-                        {
-                            "type": "content_block_delta",
-                            "index": index,
-                            "delta": {"type": "text_delta", "text": piece},
-                        },
-                        delay,
-                    )
-            else:
-                await emit({"type": "content_block_start", "index": index, "content_block": {**block, "input": {}}})
-                await emit(
-                    {
-                        "type": "content_block_delta",
-                        "index": index,
-                        "delta": {
-                            "type": "input_json_delta",
-                            "partial_json": pydantic_core.to_json(block["input"]).decode(),
-                        },
-                    },
-                    delay,
-                )
-            await emit({"type": "content_block_stop", "index": index})
-        await emit(
-            {
-                "type": "message_delta",
-                "delta": {"stop_reason": stop_reason, "stop_sequence": None},
-                "usage": {"output_tokens": output_tokens},
-            }
-        )
-        await emit({"type": "message_stop"})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def scripted_reply(body: dict[str, Any]) -> dict[str, Any]:
+    """The demo model's answer to a Messages request ``body`` (any model name), as one Message."""
+    blocks, stop_reason = _script(body)
+    usage = {
+        "input_tokens": max(1, len(encode_json(body)) // 4),
+        "cache_creation_input_tokens": 0,
+        "cache_read_input_tokens": 0,
+        "output_tokens": sum(max(1, len(pydantic_core.to_json(b)) // 4) for b in blocks),
+    }
+    return {
+        "id": "msg_demo_" + uuid.uuid4().hex[:24],
+        "type": "message",
+        "role": "assistant",
+        "model": body["model"],
+        "content": blocks,
+        "stop_reason": stop_reason,
+        "stop_sequence": None,
+        "usage": usage,
+    }
+
+
+async def paced_events(message: dict[str, Any], delay: float = 0.0) -> AsyncIterator[dict[str, Any]]:
+    """The stream events of ``message``, text in four-word pieces, ``delay`` seconds before each
+    delta (so a person watching sees it stream)."""
+    for event in message_to_events(message):
+        delta = event.get("delta") or {}
+        if delta.get("type") == "text_delta":
+            for piece in _pieces(delta["text"]):
+                await anyio.sleep(delay)
+                yield {**event, "delta": {"type": "text_delta", "text": piece}}
+            continue
+        if event["type"] == "content_block_delta":
+            await anyio.sleep(delay)
+        yield event
 
 
 def demo_app(*, delay: float = 0.04, advisor_delay: float = 1.5) -> Any:
@@ -182,13 +138,18 @@ def demo_app(*, delay: float = 0.04, advisor_delay: float = 1.5) -> Any:
     return AdvisorMiddleware(DemoGateway(delay=delay, advisor_delay=advisor_delay), ping_interval=2.0)
 
 
-def _script(body: dict[str, Any]) -> tuple[list[dict[str, Any]], str, bool]:
+def _is_advisor(body: dict[str, Any]) -> bool:
+    """Offered no tools and given an advisor's system prompt: this is an advisor leg."""
+    return not body.get("tools") and "advisor" in _text(body.get("system")).lower()
+
+
+def _script(body: dict[str, Any]) -> tuple[list[dict[str, Any]], str]:
     tools = [t for t in body.get("tools") or [] if isinstance(t, dict)]
     names = {str(t.get("name")) for t in tools}
     messages = body["messages"]
     request = _latest_request(messages)
-    if not tools and "advisor" in _text(body.get("system")).lower():
-        return [{"type": "text", "text": _advice(request)}], "end_turn", True
+    if _is_advisor(body):
+        return [{"type": "text", "text": _advice(request)}], "end_turn"
     turn = _current_turn(messages)
     advice = next((r for r in turn if r[0] == "advisor"), None)
     if "advisor" in names and advice is None:
@@ -203,7 +164,6 @@ def _script(body: dict[str, Any]) -> tuple[list[dict[str, Any]], str, bool]:
                 },
             ],
             "tool_use",
-            False,
         )
     command = _RUN.search(request)
     ran = next((r for r in turn if r[0] == "Bash"), None)
@@ -219,7 +179,6 @@ def _script(body: dict[str, Any]) -> tuple[list[dict[str, Any]], str, bool]:
                 },
             ],
             "tool_use",
-            False,
         )
     parts = [f"You asked: “{_first_line(request, 120)}”."]
     if advice is not None:
@@ -229,7 +188,7 @@ def _script(body: dict[str, Any]) -> tuple[list[dict[str, Any]], str, bool]:
     parts.append(
         "That is all this scripted demo model can do; point the middleware at a real gateway for real answers."
     )
-    return [{"type": "text", "text": " ".join(parts)}], "end_turn", False
+    return [{"type": "text", "text": " ".join(parts)}], "end_turn"
 
 
 def _advice(request: str) -> str:

@@ -6,7 +6,7 @@ from typing import Any
 
 import pydantic_core
 
-__all__ = ["AdvisorRequestError", "UpstreamError", "error_body", "error_type_for_status"]
+__all__ = ["ERROR_TYPES", "AdvisorRequestError", "UpstreamError", "error_body", "error_type_for_status"]
 
 # https://docs.anthropic.com/en/api/errors
 _STATUS_TYPES = {
@@ -25,6 +25,9 @@ _STATUS_TYPES = {
     504: "timeout_error",
     529: "overloaded_error",
 }
+
+ERROR_TYPES = frozenset(_STATUS_TYPES.values())
+"""Every ``error.type`` Anthropic's API answers with."""
 
 
 def error_type_for_status(status: int) -> str:

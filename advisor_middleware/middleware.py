@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import time
 import zlib
 from collections.abc import Callable
 from typing import Any
 
 import anyio
 import pydantic_core
+from anyio.abc import TaskGroup
 
 from ._types import ASGIApp, Message, Receive, Scope, Send
 from .accumulate import MessageAccumulator
@@ -146,6 +148,7 @@ class AdvisorMiddleware:
             headers=list(headers),
             scope=scope,
             streaming=bool(plan.body.get("stream")),
+            history=plan.history,
         )
         await self._respond(orchestration, receive, send)
 
@@ -199,7 +202,7 @@ class AdvisorMiddleware:
             tg.start_soon(watch)
             try:
                 if orchestration.streaming:
-                    await self._write_stream(orchestration, send)
+                    await self._write_stream(orchestration, _StreamWriter(send, self.config.ping_interval, tg))
                 else:
                     await self._write_json(orchestration, send)
             except OSError:
@@ -233,56 +236,77 @@ class AdvisorMiddleware:
         )
         await send({"type": "http.response.body", "body": payload, "more_body": False})
 
-    async def _write_stream(self, orchestration: Orchestration, send: Send) -> None:
-        # A producer task runs the loop; this task writes, and pings whenever nothing was
-        # written for ping_interval seconds (a slow advisor; Claude Code's idle timeout,
-        # claude-code-client §4.3). http.response.start waits for the first event, so a failure
-        # of the first executor leg keeps its own status and body.
-        to_writer, from_loop = anyio.create_memory_object_stream[tuple[str, Any]](0)
+    async def _write_stream(self, orchestration: Orchestration, writer: _StreamWriter) -> None:
+        # The loop runs in this task and every event is sent as it comes. http.response.start
+        # waits for the first event, so a failure of the first executor leg keeps its own status
+        # and body; once started, the loop reports failures as an error event itself.
+        try:
+            async with closing(orchestration.events()) as events:
+                async for event in events:
+                    await writer.write(encode_event(event))
+        except OSError:
+            raise
+        except Exception as exc:
+            if writer.started:
+                log.error("advisor loop failed after the response started", exc_info=exc)
+            elif isinstance(exc, UpstreamError):
+                await _send_error(writer.send, exc.status, exc.body, exc.headers)
+                return
+            else:
+                log.error("advisor loop failed", exc_info=exc)
+                await _send_error(writer.send, 500, error_body("api_error", "internal error in the advisor middleware"))
+                return
+        if writer.started:
+            await writer.write(b"", more_body=False)
 
-        async def produce() -> None:
-            async with to_writer:
-                try:
-                    async with closing(orchestration.events()) as events:
-                        async for event in events:
-                            await to_writer.send(("event", event))
-                except Exception as exc:
-                    await to_writer.send(("error", exc))
 
-        started = False
-        interval = self.config.ping_interval
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(produce)
-            async with from_loop:
-                while True:
-                    try:
-                        if started:
-                            with anyio.move_on_after(interval) as timer:
-                                kind, value = await from_loop.receive()
-                            if timer.cancelled_caught:
-                                await send({"type": "http.response.body", "body": _PING, "more_body": True})
-                                continue
-                        else:
-                            kind, value = await from_loop.receive()
-                    except anyio.EndOfStream:
-                        break
-                    if kind == "event":
-                        if not started:
-                            started = True
-                            await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
-                        await send({"type": "http.response.body", "body": encode_event(value), "more_body": True})
-                    elif not started:
-                        if isinstance(value, UpstreamError):
-                            await _send_error(send, value.status, value.body, value.headers)
-                        else:
-                            log.error("advisor loop failed", exc_info=value)
-                            await _send_error(
-                                send, 500, error_body("api_error", "internal error in the advisor middleware")
-                            )
-                        tg.cancel_scope.cancel()
-                        return
-            if started:
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
+class _StreamWriter:
+    """The one writer of a streaming response. The first body starts the response and a
+    keep-alive task that pings whenever nothing was written for ``interval`` seconds (a slow
+    advisor; Claude Code's idle timeout, claude-code-client §4.3). Events and pings share the
+    ASGI ``send``, never two sends at once: a ping is skipped while an event is being sent, and
+    an event waits for a ping that is on its way out. This replaces a producer task, a memory
+    stream and a timer per event (~0.4 ms per streamed consult, docs/performance.md)."""
+
+    __slots__ = ("_last", "_pinging", "_sending", "_tg", "interval", "send", "started")
+
+    def __init__(self, send: Send, interval: float, tg: TaskGroup) -> None:
+        self.send = send
+        self.interval = interval
+        self.started = False
+        self._tg = tg
+        self._last = 0.0  # time.monotonic() of the last write
+        self._sending = False
+        self._pinging: anyio.Event | None = None
+
+    async def write(self, body: bytes, *, more_body: bool = True) -> None:
+        if self._pinging is not None:
+            await self._pinging.wait()
+        self._sending = True
+        try:
+            if not self.started:
+                self.started = True
+                await self.send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
+                if more_body:
+                    self._tg.start_soon(self._keep_alive)
+            await self.send({"type": "http.response.body", "body": body, "more_body": more_body})
+        finally:
+            self._sending = False
+        self._last = time.monotonic()
+
+    async def _keep_alive(self) -> None:
+        while True:
+            quiet = time.monotonic() - self._last
+            if quiet < self.interval or self._sending:
+                await anyio.sleep(self.interval - quiet if quiet < self.interval else self.interval)
+                continue
+            self._pinging = pinging = anyio.Event()
+            try:
+                await self.send({"type": "http.response.body", "body": _PING, "more_body": True})
+            finally:
+                self._pinging = None
+                pinging.set()
+            self._last = time.monotonic()
 
 
 def _too_large(cap: int) -> AdvisorRequestError:

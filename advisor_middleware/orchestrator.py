@@ -19,7 +19,7 @@ from .accumulate import MessageAccumulator
 from .blocks import ADVISOR_NAME, AdvisorTool, advisor_result_block, server_tool_use_block, server_tool_use_id
 from .config import AdvisorConfig
 from .errors import UpstreamError
-from .history import advice_tool_result, advisor_tool_use, render_history
+from .history import HistoryInfo, advice_tool_result, advisor_tool_use, render_history
 from .prompts import ADVISOR_SYSTEM_PROMPT, EXECUTOR_TOOL_DESCRIPTION, budget_note
 from .routers.base import Leg, MessagesRouter, closing, leg_headers
 from .transcript import render_transcript
@@ -42,7 +42,9 @@ def advisor_error_code(exc: BaseException) -> str:
     message = str(info.get("message") or "").lower()
     if exc.status == 429 or kind == "rate_limit_error":
         return "too_many_requests"
-    if exc.status == 529 or kind == "overloaded_error":
+    # Gateways re-wrap upstream errors: LiteLLM turns Anthropic's 529 into a 500 whose message
+    # quotes "overloaded_error" (issue 5 notes), so the message is read too.
+    if exc.status == 529 or kind == "overloaded_error" or (exc.status >= 500 and "overloaded" in message):
         return "overloaded"
     if exc.status in (408, 504) or kind == "timeout_error":
         return "execution_time_exceeded"
@@ -78,8 +80,10 @@ class Orchestration:
         headers: list[tuple[bytes, bytes]],
         scope: Any,
         streaming: bool,
+        history: tuple[list[Any], HistoryInfo] | None = None,
     ) -> None:
         self.router = router
+        self._history = history  # render_history of body's messages, when classify already ran it
         self.config = config
         self.body = body
         self.tool = tool
@@ -153,7 +157,7 @@ class Orchestration:
             yield {"type": "error", "error": error}
 
     async def _loop(self) -> AsyncIterator[dict[str, Any]]:
-        messages, info = render_history(self.body.get("messages") or [])
+        messages, info = self._history or render_history(self.body.get("messages") or [])
         self._collect_ids(messages)
         if info.pending:
             # A resumed pause_turn: the pending consults run first and the response begins with

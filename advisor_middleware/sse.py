@@ -9,14 +9,20 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 import pydantic_core
 
 __all__ = ["SSEDecoder", "encode_event", "encode_json"]
 
 
 def encode_json(data: Any) -> bytes:
-    """Compact JSON (no spaces); ``to_json`` escapes newlines, so it fits on one ``data:`` line."""
-    return pydantic_core.to_json(data)
+    """Compact JSON (no spaces, newlines escaped, so it fits on one ``data:`` line). ``orjson``
+    encodes a 1 MB conversation in ~0.5 ms against ~1.2 ms for ``pydantic_core.to_json``
+    (docs/performance.md); the latter takes what orjson refuses (integers over 64 bits)."""
+    try:
+        return orjson.dumps(data)
+    except TypeError:
+        return pydantic_core.to_json(data)
 
 
 def encode_event(data: dict[str, Any]) -> bytes:
@@ -47,28 +53,21 @@ class SSEDecoder:
             chunk = chunk[1:]
         self._pending_cr = False
         buf = self._buf + chunk if self._buf else chunk
-        start = 0
-        n = len(buf)
-        while start < n:
-            cr = buf.find(b"\r", start)
-            lf = buf.find(b"\n", start)
-            if cr == -1 and lf == -1:
-                break
-            if cr == -1 or (lf != -1 and lf < cr):
-                end, nxt = lf, lf + 1
-            else:
-                end = cr
-                if cr + 1 < n:
-                    nxt = cr + 2 if buf[cr + 1] == 0x0A else cr + 1
-                else:
-                    nxt = cr + 1
-                    self._pending_cr = True
-            self._line(buf[start:end], out)
-            start = nxt
-        self._buf = buf[start:]
+        if b"\r" in buf:
+            # Rare (Anthropic and most servers use "\n"): make every line end one "\n". A "\r"
+            # at the very end may be the first half of a CRLF split between two chunks.
+            self._pending_cr = buf.endswith(b"\r")
+            buf = buf.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        lines = buf.split(b"\n")
+        self._buf = lines.pop()  # the partial line after the last "\n", if any
+        for line in lines:
+            self._line(line, out)
         return out
 
     def _line(self, line: bytes, out: list[tuple[str, str]]) -> None:
+        if line.startswith(b"data: "):  # the usual case first
+            self._data.append(line[6:])
+            return
         if not line:
             if self._data:
                 out.append((self._event or "message", b"\n".join(self._data).decode("utf-8", "replace")))

@@ -30,13 +30,19 @@ def render_transcript(
     (append-only safe: a block renders the same in every consult). Over the ``max_chars``
     budget, blocks are cut harder, then the oldest part of the transcript is left out, so the
     advisor leg fails with ``prompt_too_long`` only when even that cannot help."""
-    text = _render(body, messages, max_block_chars)
+    parts = _render(body, messages, max_block_chars)
+    text = "".join(parts)
     if max_chars is None or len(text) <= max_chars:
         return text
     cap = max_block_chars
     while cap > 1000:
         cap //= 4
-        text = _render(body, messages, cap)
+        # A cut leaves each part at least min(its length, cap) long: skip a render (a walk of the
+        # whole conversation, ~1 ms per MB) that cannot fit the budget. The last one always runs.
+        if cap > 1000 and sum(min(len(part), cap) for part in parts) > max_chars:
+            continue
+        parts = _render(body, messages, cap)
+        text = "".join(parts)
         if len(text) <= max_chars:
             return text
     head, marker, rest = text.partition(_TRANSCRIPT)
@@ -49,7 +55,7 @@ def render_transcript(
 _TRANSCRIPT = "\n=== Transcript ===\n"
 
 
-def _render(body: dict[str, Any], messages: list[Any], max_block_chars: int) -> str:
+def _render(body: dict[str, Any], messages: list[Any], max_block_chars: int) -> list[str]:
     parts = [_PREAMBLE]
     system = _system_text(body.get("system"))
     if system:
@@ -64,7 +70,7 @@ def _render(body: dict[str, Any], messages: list[Any], max_block_chars: int) -> 
     for message in messages:
         if isinstance(message, dict):
             parts.append(_message(message, advisor_ids, max_block_chars))
-    return "".join(parts)
+    return parts
 
 
 def _system_text(system: Any) -> str:

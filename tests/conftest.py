@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -11,6 +12,10 @@ from starlette.applications import Starlette
 from advisor_middleware import AdvisorMiddleware
 
 from .upstream import Script, scripted_host
+
+# LiteLLM (tests/test_litellm*.py) fetches its model price map from the network at import unless
+# told to use the copy it ships; the same variable reaches the proxies those tests start.
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ import anyio
 import httpx
 import httpx2
 import pytest
+from anthropic.lib.streaming._beta_messages import accumulate_event
 from anthropic.types.beta import BetaMessage
 
 from .upstream import ADVISOR_TOOL, Reply, Script, reply_events, sse, text, tool_use
@@ -264,3 +265,52 @@ async def wait_until(condition: Callable[[], bool], within: float, what: str) ->
             pytest.fail(f"{what}: not within {within} s")
         await anyio.sleep(0.005)
     return time.monotonic() - start
+
+
+# --- the stream protocol ------------------------------------------------------------------------
+
+
+def check_stream(raw: bytes) -> tuple[list[tuple[str, dict[str, Any]]], BetaMessage | None]:
+    """Assert that ``raw`` (a whole SSE response body) keeps Anthropic's stream protocol; return
+    its events and, when no ``error`` event ended it, the message the SDK's accumulator built.
+
+    Exactly one ``message_start``, first; block indices start at 0 and rise by one; every
+    ``content_block_start`` is closed by one ``content_block_stop`` and deltas and stops name an
+    open block; nothing follows ``message_stop`` (which must be last) or ``error`` (which may end
+    the stream instead, with every block closed); pings may come anywhere after the start.
+    """
+    events = parse_sse(raw)
+    assert events, "empty stream"
+    names = [name for name, _ in events]
+    assert names[0] == "message_start", names[:3]
+    assert names.count("message_start") == 1, names
+    open_blocks: set[int] = set()
+    next_index = 0
+    for position, (name, event) in enumerate(events):
+        last = position == len(events) - 1
+        if name == "content_block_start":
+            assert event["index"] == next_index, (event["index"], next_index)
+            open_blocks.add(next_index)
+            next_index += 1
+        elif name in ("content_block_delta", "content_block_stop"):
+            assert event["index"] in open_blocks, f"{name} for block {event['index']}, open: {open_blocks}"
+            if name == "content_block_stop":
+                open_blocks.remove(event["index"])
+        elif name in ("message_delta", "message_stop", "error"):
+            assert open_blocks == set(), f"{name} with blocks {open_blocks} still open"
+        if name in ("message_stop", "error"):
+            assert last, f"{names[position + 1 :]} after {name}"
+    assert names[-1] in ("message_stop", "error"), f"the stream ends with {names[-1]}"
+    if names[-1] == "error":
+        return events, None
+    assert names.count("message_delta") == 1, names
+    snapshot: Any = None
+    json_bufs: dict[int, bytes] = {}
+    for _, event in events:
+        snapshot = accumulate_event(
+            event=event,  # type: ignore[arg-type]
+            current_snapshot=snapshot,
+            json_bufs=json_bufs,
+            request_headers=httpx2.Headers(),
+        )
+    return events, BetaMessage.model_validate(snapshot.to_dict())

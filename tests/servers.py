@@ -6,7 +6,10 @@ test's own event loop, on a listening socket bound here to port 0 (the port is k
 server starts, and nothing races for it), and yield the base URL. On exit the server shuts down
 gracefully and its task is awaited: no task outlives the ``async with``.
 
-``serving`` runs the ``advisor-middleware serve`` command itself, as a subprocess.
+``serving`` runs the ``advisor-middleware serve`` command itself, as a subprocess, and
+``server_process`` any other server command, ``example_server`` an app (the examples) under
+uvicorn, hypercorn or granian; ``threaded`` runs an
+in-process server in a thread of its own, for tests that block while a subprocess calls it.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
@@ -29,7 +33,17 @@ import uvicorn
 from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.config import Config as HypercornConfig
 
-__all__ = ["SERVERS", "free_port", "hypercorn_server", "serving", "uvicorn_server"]
+__all__ = [
+    "SERVERS",
+    "SERVER_COMMANDS",
+    "example_server",
+    "free_port",
+    "hypercorn_server",
+    "server_process",
+    "serving",
+    "threaded",
+    "uvicorn_server",
+]
 
 _STARTUP_TIMEOUT = 10.0
 _GRACE = 2.0
@@ -130,18 +144,51 @@ SERVERS: dict[str, Callable[[Any], AbstractAsyncContextManager[str]]] = {
 
 
 @contextmanager
-def serving(*args: str, log: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """Run ``python -m advisor_middleware serve --port N ARGS`` (output to ``log``) as a subprocess;
-    yield its URL and process once it answers HTTP, and stop it with SIGINT (Ctrl+C) on exit."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
+def threaded(server: Callable[[Any], AbstractAsyncContextManager[str]], app: Any) -> Iterator[str]:
+    """Run ``server(app)`` (e.g. :func:`uvicorn_server`) in its own thread and event loop, for
+    tests whose own thread blocks (a subprocess under test calling back into this server)."""
+    ready = threading.Event()
+    state: dict[str, Any] = {}
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        state["stop"], state["loop"] = stop, asyncio.get_running_loop()
+        async with server(app) as url:
+            state["url"] = url
+            ready.set()
+            await stop.wait()
+
+    def run() -> None:
+        try:
+            asyncio.run(main())
+        except BaseException as exc:
+            state["error"] = exc
+        finally:
+            ready.set()
+
+    thread = threading.Thread(target=run, name="test-server", daemon=True)
+    thread.start()
+    ready.wait(_STARTUP_TIMEOUT)
+    try:
+        if "url" not in state:
+            raise RuntimeError("the threaded server did not start") from state.get("error")
+        yield state["url"]
+    finally:
+        if "stop" in state:
+            state["loop"].call_soon_threadsafe(state["stop"].set)
+        thread.join(_STARTUP_TIMEOUT)
+        if "error" in state:
+            raise state["error"]
+
+
+@contextmanager
+def server_process(
+    argv: list[str], url: str, *, log: Path, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Run ``argv`` (a server listening at ``url``; output to ``log``) as a subprocess; yield the
+    process once ``url`` answers HTTP, and stop it with SIGINT (Ctrl+C) on exit."""
     with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "advisor_middleware", "serve", "--port", str(port), *args],
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, cwd=cwd, env=env)
     try:
         deadline = time.monotonic() + 20
         while True:
@@ -151,9 +198,9 @@ def serving(*args: str, log: Path) -> Iterator[tuple[str, subprocess.Popen[bytes
             except httpx.TransportError:
                 pass
             if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"serve did not come up (exit {proc.returncode}):\n{log.read_text()}")
+                pytest.fail(f"{argv[:3]} did not come up (exit {proc.returncode}):\n{log.read_text()}")
             time.sleep(0.05)
-        yield url, proc
+        yield proc
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGINT)
@@ -162,3 +209,41 @@ def serving(*args: str, log: Path) -> Iterator[tuple[str, subprocess.Popen[bytes
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+@contextmanager
+def serving(*args: str, log: Path, port: int | None = None) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """Run ``python -m advisor_middleware serve --port N ARGS`` (output to ``log``) as a subprocess;
+    yield its URL and process once it answers HTTP, and stop it with SIGINT (Ctrl+C) on exit."""
+    port = port or free_port()
+    url = f"http://127.0.0.1:{port}"
+    argv = [sys.executable, "-m", "advisor_middleware", "serve", "--port", str(port), *args]
+    with server_process(argv, url, log=log) as proc:
+        yield url, proc
+
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVER_COMMANDS = {
+    "uvicorn": [sys.executable, "-m", "uvicorn", "{app}", "--host", "127.0.0.1", "--port", "{port}"],
+    "hypercorn": [sys.executable, "-m", "hypercorn", "{app}", "--bind", "127.0.0.1:{port}"],
+    "granian": [
+        str(Path(sys.executable).with_name("granian")),
+        *("--interface", "asgi", "--host", "127.0.0.1", "--port", "{port}", "{app}"),
+    ],
+}
+
+
+@contextmanager
+def example_server(server: str, app: str, *, log: Path) -> Iterator[str]:
+    """Serve ``app`` (``module:attribute``, imported from the repository root, e.g. an example) with
+    ``server`` (a key of ``SERVER_COMMANDS``) in a subprocess, the demo model unpaced; yield its URL.
+    The server's log must show no traceback."""
+    argv = SERVER_COMMANDS[server]
+    assert Path(argv[0]).exists(), f"{argv[0]} missing: pip install -e '.[test]'"
+    port = free_port()
+    argv = [arg.format(app=app, port=port) for arg in argv]
+    env = {**os.environ, "DEMO_DELAY": "0"}
+    with server_process(argv, f"http://127.0.0.1:{port}", log=log, cwd=ROOT, env=env):
+        yield f"http://127.0.0.1:{port}"
+    text = log.read_text()
+    assert "Traceback" not in text, text

@@ -44,16 +44,47 @@ def load_jsonl(path: Path) -> list[dict[str, Any]]:
     return out
 
 
-@pytest.mark.claude_code
-def test_claude_code_acceptance(tmp_path: Path) -> None:
+def require_acceptance_tools() -> None:
+    """Fail (never skip) without npm or the acceptance script."""
     if shutil.which("npm") is None:
         pytest.fail("npm is not on PATH: the Claude Code acceptance test needs npm (and node) to install the CLI")
     if not ACCEPTANCE.is_file():
         pytest.fail(f"{ACCEPTANCE} not found: CI must check out shared/ beside the repository")
+
+
+def acceptance_runs() -> Path:
+    """The acceptance script's run dir, without a previous turn 1 (see require_acceptance_tools)."""
+    require_acceptance_tools()
     runs = run_dir()
     runs.mkdir(parents=True, exist_ok=True)
+    (runs / "turn1.jsonl").unlink(missing_ok=True)
+    return runs
+
+
+def assert_acceptance_passed(stdout: str, returncode: int, report: str) -> None:
+    """``ci_acceptance.sh`` printed ``N passed, 0 failed`` (N >= 7) and exited 0."""
+    verdict = re.search(r"^(\d+) passed, (\d+) failed$", stdout, re.MULTILINE)
+    assert verdict is not None, report
+    passed, failed = int(verdict[1]), int(verdict[2])
+    assert failed == 0 and passed >= 7, report
+    assert returncode == 0, report
+
+
+def advisor_blocks(events: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], ...]:
+    """All content blocks of a stream-json run, its advisor calls and their results (each call
+    answered by one result)."""
+    blocks = [b for e in events if e.get("type") == "assistant" for b in e["message"]["content"]]
+    calls = [b for b in blocks if b.get("type") == "server_tool_use" and b.get("name") == "advisor"]
+    results = [b for b in blocks if b.get("type") == "advisor_tool_result"]
+    assert calls and results, [b.get("type") for b in blocks]
+    assert {r["tool_use_id"] for r in results} == {c["id"] for c in calls}
+    return blocks, calls, results
+
+
+@pytest.mark.claude_code
+def test_claude_code_acceptance(tmp_path: Path) -> None:
+    runs = acceptance_runs()
     turn1 = runs / "turn1.jsonl"
-    turn1.unlink(missing_ok=True)
 
     log = tmp_path / "serve.log"
     with serving("--demo-delay", "0", log=log) as (url, _):
@@ -70,19 +101,11 @@ def test_claude_code_acceptance(tmp_path: Path) -> None:
     report += log.read_text()[-4000:]
     sys.stdout.write(done.stdout)  # shown with -s or on failure
 
-    verdict = re.search(r"^(\d+) passed, (\d+) failed$", done.stdout, re.MULTILINE)
-    assert verdict is not None, report
-    passed, failed = int(verdict[1]), int(verdict[2])
-    assert failed == 0 and passed >= 7, report
-    assert done.returncode == 0, report
+    assert_acceptance_passed(done.stdout, done.returncode, report)
 
     # Turn 1 as Claude Code itself reported it.
     events = load_jsonl(turn1)
-    blocks = [b for e in events if e.get("type") == "assistant" for b in e["message"]["content"]]
-    calls = [b for b in blocks if b.get("type") == "server_tool_use" and b.get("name") == "advisor"]
-    results = [b for b in blocks if b.get("type") == "advisor_tool_result"]
-    assert calls and results, [b.get("type") for b in blocks]
-    assert {r["tool_use_id"] for r in results} == {c["id"] for c in calls}
+    blocks, _, results = advisor_blocks(events)
     assert all(r["content"]["type"] == "advisor_result" and r["content"]["text"] for r in results), results
     result = next(e for e in events if e.get("type") == "result")
     assert result["is_error"] is False, result

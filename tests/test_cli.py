@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
+import anthropic
 import httpx
+import pytest
 
-from .helpers import ONE_CONSULT, block_types
-from .servers import serving
+from advisor_middleware import AdvisorMiddleware, HTTPRouter
+from advisor_middleware.cli import app_from_env, build_app, main
+from advisor_middleware.proxy import UpstreamProxy
+
+from .helpers import ONE_CONSULT, block_types, consult, parse_sse
+from .servers import free_port, server_process, serving, threaded, uvicorn_server
+from .upstream import ADVISOR_TOOL, Reply, Script, scripted_host, text
 
 SCRIPT = Path(sys.executable).with_name("advisor-middleware")
 
@@ -95,3 +104,141 @@ def test_serve_answers_an_advisor_request(tmp_path: Path) -> None:
     assert "POST /v1/messages HTTP/1.1" in text and "200" in text
     assert "Finished server process" in text
     assert "Traceback" not in text
+
+
+ADVISOR_REQUEST: dict[str, Any] = {
+    "model": "exec",
+    "max_tokens": 1024,
+    "messages": [{"role": "user", "content": "Plan the migration."}],
+    "tools": [ADVISOR_TOOL],
+}
+
+
+def test_serve_help_explains_the_three_ways_to_serve(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["serve", "--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    for text_ in ("APP", "--upstream URL", "--upstream-timeout", "--app-dir", "mutually exclusive", "examples:"):
+        assert text_ in out, text_
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["mod:app", "--upstream", "http://127.0.0.1:9"], "argument --upstream: not allowed with argument APP"),
+        (["--upstream", "127.0.0.1:4000"], "'127.0.0.1:4000' is not an http:// or https:// URL"),
+    ],
+)
+def test_serve_refuses(capsys: pytest.CaptureFixture[str], args: list[str], message: str) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["serve", *args])
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_build_app_refuses_app_and_upstream_together() -> None:
+    with pytest.raises(ValueError, match="mutually exclusive"):
+        build_app("mod:app", upstream="http://127.0.0.1:9")
+
+
+def test_serve_upstream_is_a_proxy_that_runs_the_advisor_loop(tmp_path: Path) -> None:
+    script = Script()
+    consult(script)
+    script.executor(*script.turns["executor"]).advisor(*script.turns["advisor"])  # a second round
+    script.direct(Reply([text("plain")]))
+    with threaded(uvicorn_server, scripted_host(script)) as upstream:
+        with (
+            serving("--upstream", upstream, log=tmp_path / "serve.log") as (url, _),
+            anthropic.Anthropic(base_url=url, api_key="sk-caller", max_retries=0) as sdk,
+        ):
+            with sdk.beta.messages.stream(**ADVISOR_REQUEST) as stream:
+                streamed = stream.get_final_message()
+            created = sdk.beta.messages.create(**ADVISOR_REQUEST)
+            plain = sdk.messages.create(model="exec", max_tokens=5, messages=[{"role": "user", "content": "x"}])
+            health = httpx.get(url + "/v1/messages")  # forwarded too: the host's own 405
+
+    for message in (streamed, created):
+        assert block_types(message.content) == ONE_CONSULT
+        assert message.content[2].content.text == "Advice."  # type: ignore[union-attr]
+    assert plain.content[0].text == "plain"  # type: ignore[union-attr]
+    assert health.status_code == 405
+    roles = [r.role for r in script.requests]
+    assert roles == ["executor", "advisor", "executor"] * 2 + ["direct"]
+    assert {r.headers["authorization"] for r in script.requests} == {"Bearer sk-caller"}
+    assert "Traceback" not in (tmp_path / "serve.log").read_text()
+
+
+def test_serve_upstream_pointed_at_itself_ends_instead_of_looping(tmp_path: Path) -> None:
+    port = free_port()
+    log = tmp_path / "serve.log"
+    with (
+        serving("--upstream", f"http://127.0.0.1:{port}", port=port, log=log) as (url, _),
+        anthropic.Anthropic(base_url=url, api_key="sk-caller", max_retries=0) as sdk,
+    ):
+        start = time.monotonic()
+        for streaming in (True, False):
+            with pytest.raises(anthropic.APIStatusError) as info:
+                if streaming:
+                    with sdk.beta.messages.stream(**ADVISOR_REQUEST) as stream:
+                        stream.get_final_message()
+                else:
+                    sdk.beta.messages.create(**ADVISOR_REQUEST)
+            assert info.value.status_code == 508
+            assert "loop" in info.value.message
+        elapsed = time.monotonic() - start
+    # executor leg -> this proxy -> itself: the second pass is refused, nothing recurses.
+    assert elapsed < 2.0
+    requests = [line for line in log.read_text().splitlines() if "POST /v1/messages" in line]
+    assert len(requests) == 2 * 3, requests  # per call: the client's, the leg's, the leg forwarded once
+
+
+def test_the_console_script_imports_app_from_the_current_directory(tmp_path: Path) -> None:
+    (tmp_path / "hostapp.py").write_text(
+        "from advisor_middleware.demo import DemoGateway\napp = DemoGateway(delay=0, advisor_delay=0)\n"
+    )
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    argv = [str(SCRIPT), "serve", "hostapp:app", "--port", str(port)]
+    with server_process(argv, url, log=tmp_path / "serve.log", cwd=tmp_path):
+        events = stream_events(url, {**ADVISOR_REQUEST, "stream": True})
+    starts = [e["content_block"] for e in events if e["type"] == "content_block_start"]
+    assert block_types(starts) == ONE_CONSULT
+
+
+def test_workers_build_the_upstream_proxy_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    options = {
+        "app_path": None,
+        "upstream": "http://127.0.0.1:4000",
+        "upstream_timeout": 42.0,
+        "demo_delay": 0.04,
+        "ping_interval": 3.0,
+    }
+    monkeypatch.setenv("ADVISOR_MIDDLEWARE_SERVE", json.dumps(options))
+    app = app_from_env()
+    assert isinstance(app, AdvisorMiddleware)
+    assert isinstance(app.app, UpstreamProxy) and app.app.base_url == "http://127.0.0.1:4000"
+    assert isinstance(app.router, HTTPRouter) and app.router.url == "http://127.0.0.1:4000/v1/messages"
+    assert app.router.client is app.app.client
+    assert app.app.client.timeout.read == 42.0
+    assert app.config.ping_interval == 3.0
+
+
+def test_the_upstream_proxy_example_runs() -> None:
+    env = {
+        **os.environ,
+        "PYTHON": sys.executable,
+        "GATEWAY_PORT": str(free_port()),
+        "PROXY_PORT": str(free_port()),
+        "DEMO_DELAY": "0",
+    }
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        ["bash", "examples/upstream_proxy.sh"], cwd=root, env=env, capture_output=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    events = [event for _, event in parse_sse(done.stdout)]
+    starts = [e["content_block"] for e in events if e["type"] == "content_block_start"]
+    assert block_types(starts) == ONE_CONSULT
+    assert starts[2]["content"]["text"].startswith("1. Restate the goal")
+    assert events[-1] == {"type": "message_stop"}

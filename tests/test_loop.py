@@ -411,6 +411,14 @@ ADVISOR_FAILURES = [
         id="prompt-too-long",
     ),
     pytest.param(Fail(500, "api_error"), "unavailable", id="500"),
+    pytest.param(
+        Fail(500, "api_error", 'litellm.InternalServerError: {"type":"overloaded_error","message":"Overloaded"}'),
+        "overloaded",
+        id="gateway-rewrapped-529",
+    ),
+    pytest.param(
+        Fail(400, "invalid_request_error", "model is overloaded with requests"), "unavailable", id="400-overloaded-text"
+    ),
     pytest.param(Fail(401, "authentication_error"), "unavailable", id="401"),
     pytest.param(Fail(504, "timeout_error"), "execution_time_exceeded", id="504"),
     pytest.param(Fail(502, raw=b"<html>bad gateway</html>"), "unavailable", id="html-502"),

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from asgi_lifespan import LifespanManager
+from fastapi import FastAPI
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
@@ -256,14 +257,31 @@ def mounted_with_outer_middleware(script: Script) -> Starlette:
     return outer
 
 
+def fastapi_mounted_with_inner_middleware(script: Script) -> FastAPI:
+    inner = FastAPI(routes=scripted_host(script).routes)
+    inner.add_middleware(AdvisorMiddleware)
+    outer = FastAPI()
+    outer.mount("/api", inner)
+    return outer
+
+
+def fastapi_mounted_with_outer_middleware(script: Script) -> FastAPI:
+    outer = FastAPI()
+    outer.mount("/api", FastAPI(routes=scripted_host(script).routes))
+    outer.add_middleware(AdvisorMiddleware, paths={"/api/v1/messages"})
+    return outer
+
+
 @pytest.mark.parametrize(
     "build",
     [
         pytest.param(mounted_with_inner_middleware, id="app-mounted-under-a-prefix"),
         pytest.param(mounted_with_outer_middleware, id="middleware-on-the-outer-app-with-paths"),
+        pytest.param(fastapi_mounted_with_inner_middleware, id="fastapi-app-mounted-under-a-prefix"),
+        pytest.param(fastapi_mounted_with_outer_middleware, id="fastapi-middleware-on-the-outer-app-with-paths"),
     ],
 )
-async def test_mounted_app(script: Script, build: Callable[[Script], Starlette]) -> None:
+async def test_mounted_app(script: Script, build: Callable[[Script], Starlette | FastAPI]) -> None:
     consult(script)
     response = await post(build(script), json=advisor_body(), path="/api/v1/messages")
     assert response.status_code == 200

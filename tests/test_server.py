@@ -22,7 +22,7 @@ import pytest
 from httpx_sse import EventSource, aconnect_sse
 from starlette.applications import Starlette
 
-from .helpers import ONE_CONSULT, block_types
+from .helpers import ONE_CONSULT, block_types, wait_until
 from .servers import SERVERS, uvicorn_server
 from .upstream import ADVISOR_TOOL, Reply, Script, text, tool_use
 
@@ -89,16 +89,6 @@ def is_text_delta(event: dict[str, Any]) -> bool:
 
 def starts(kind: str) -> Callable[[dict[str, Any]], bool]:
     return lambda e: e.get("type") == "content_block_start" and e["content_block"]["type"] == kind
-
-
-async def wait_until(condition: Callable[[], bool], within: float, what: str) -> float:
-    """Poll ``condition``; return the seconds it took, or fail after ``within`` seconds."""
-    start = time.monotonic()
-    while not condition():
-        if time.monotonic() - start > within:
-            pytest.fail(f"{what}: not within {within} s")
-        await anyio.sleep(0.005)
-    return time.monotonic() - start
 
 
 @pytest.mark.parametrize("server", list(SERVERS))

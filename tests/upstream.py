@@ -59,6 +59,8 @@ class Reply:
     hang: float = 0.0
     drop_after: int | None = None
     """End the response after this many events, without message_stop."""
+    json_only: bool = False
+    """Answer with one JSON Message even when asked to stream (some gateways do)."""
 
 
 @dataclass
@@ -70,6 +72,7 @@ class Fail:
     message: str = "scripted failure"
     raw: bytes | None = None
     delay: float = 0.0
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -91,6 +94,7 @@ class Recorded:
     headers: dict[str, str]
     body: dict[str, Any]
     raw: bytes
+    query: str = ""
 
 
 @dataclass
@@ -230,7 +234,7 @@ def scripted_host(script: Script) -> Starlette:
         raw = await request.body()
         body = json.loads(raw)
         role = request.headers.get("x-advisor-leg", "direct")
-        script.requests.append(Recorded(role, dict(request.headers), body, raw))
+        script.requests.append(Recorded(role, dict(request.headers), body, raw, request.url.query))
         queue = script.turns[role]
         if not queue:
             return JSONResponse(
@@ -242,13 +246,14 @@ def scripted_host(script: Script) -> Starlette:
         if isinstance(turn, Fail):
             await anyio.sleep(turn.delay)
             if turn.raw is not None:
-                return Response(turn.raw, status_code=turn.status)
+                return Response(turn.raw, status_code=turn.status, headers=turn.headers)
             return JSONResponse(
                 {"type": "error", "error": {"type": turn.error_type, "message": turn.message}},
                 status_code=turn.status,
+                headers=turn.headers,
             )
         reply = turn.reply if isinstance(turn, ErrorEvent) else turn
-        if not body.get("stream"):
+        if not body.get("stream") or reply.json_only:
             await anyio.sleep(reply.delay)
             script.finished.append(role)
             return JSONResponse(reply_message(reply, model))

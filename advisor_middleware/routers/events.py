@@ -1,9 +1,13 @@
-"""Helpers shared by routers."""
+"""Helpers shared by routers: reading a leg's answer (SSE events or one JSON Message)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
+import pydantic_core
+
+from ..accumulate import message_to_events
 from ..errors import UpstreamError
 
 # Anthropic error types -> the HTTP status they come with (https://docs.anthropic.com/en/api/errors).
@@ -20,6 +24,9 @@ _TYPE_STATUS = {
     "overloaded_error": 529,
 }
 
+MAX_BUFFERED = 32 * 1024 * 1024
+"""The most bytes of a leg's non-streamed answer (JSON or an error body) a router buffers."""
+
 
 def event_error(event: dict[str, Any]) -> UpstreamError:
     """An ``error`` stream event as an :class:`UpstreamError` with the status its type implies."""
@@ -28,3 +35,29 @@ def event_error(event: dict[str, Any]) -> UpstreamError:
         inner = {"type": "api_error", "message": str(inner)}
     status = _TYPE_STATUS.get(str(inner.get("type")), 500)
     return UpstreamError(status, {"type": "error", "error": inner})
+
+
+def parse_event(name: str, data: str) -> dict[str, Any] | UpstreamError:
+    """One decoded SSE event (``name``, ``data``) as a stream event dict, or why it is unusable."""
+    try:
+        event = pydantic_core.from_json(data)
+    except ValueError:
+        if name == "error":
+            return {"type": "error", "error": {"type": "api_error", "message": data[:2000]}}
+        return UpstreamError(502, f"leg sent an SSE event whose data is not JSON: {data[:200]!r}")
+    if not isinstance(event, dict):
+        return UpstreamError(502, "leg sent an SSE event whose data is not a JSON object")
+    if "type" not in event:
+        event["type"] = name
+    return event
+
+
+def json_message_events(raw: bytes) -> Iterator[dict[str, Any]]:
+    """The host ignored ``stream: true`` and answered one JSON Message: its events, replayed."""
+    try:
+        message = pydantic_core.from_json(raw)
+    except ValueError:
+        raise UpstreamError(502, "leg answered 200 with a body that is neither SSE nor JSON") from None
+    if not isinstance(message, dict) or message.get("type") != "message":
+        raise UpstreamError(502, "leg answered 200 with JSON that is not a Message")
+    return message_to_events(message)

@@ -1,0 +1,143 @@
+"""``LiteLLMRouter``: run each leg through a ``litellm.Router`` held in-process.
+
+Nothing here imports LiteLLM: the router is used through ``aanthropic_messages`` and its
+exceptions through their ``status_code``, so ``import advisor_middleware`` never pays LiteLLM's
+start-up (seconds) and installs without it. Install the extra with
+``pip install 'advisor-middleware[litellm]'``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from typing import Any
+
+from ..accumulate import message_to_events
+from ..errors import ERROR_TYPES, UpstreamError, error_type_for_status
+from ..sse import SSEDecoder
+from .base import Leg, closing
+from .events import event_error, parse_event
+
+__all__ = ["LiteLLMRouter"]
+
+_KEPT = ("retry-after", "x-should-retry")
+
+
+class LiteLLMRouter:
+    """Answers legs with ``await router.aanthropic_messages(**leg.body, stream=True)``.
+
+    ``router`` is a ``litellm.Router`` (LiteLLM 1.109): its model groups, load balancing,
+    retries, fallbacks, cooldowns and callbacks apply to every leg, and each deployment's own
+    translation (Anthropic→OpenAI for ``hosted_vllm/…``, ``openai/…`` and the like) runs as for
+    any Messages call. Executor legs carry the advisor as a plain custom tool named ``advisor``,
+    never ``advisor_20260301``, so LiteLLM's own advisor interceptor does not take them over.
+
+    The answer is read as it streams: LiteLLM yields SSE bytes (or event dicts); a deployment that
+    answers one JSON Message is replayed as events. A LiteLLM exception becomes
+    :class:`~advisor_middleware.UpstreamError` with its ``status_code`` (``litellm.RateLimitError``
+    429, ``litellm.Timeout`` 408, ``litellm.BadRequestError`` 400 for an unknown model group...),
+    its message, and the provider's ``retry-after``. Exceptions without a status code are bugs and
+    propagate unchanged.
+
+    The caller's headers are not used: an app holding a Router authenticates its callers itself.
+    ``call_kwargs(leg)`` may add keyword arguments per leg (``metadata``, ``extra_headers``,
+    ``user``...); they override the body's fields of the same name.
+    """
+
+    def __init__(self, router: Any, *, call_kwargs: Callable[[Leg], Mapping[str, Any]] | None = None) -> None:
+        self.router = router
+        self.call_kwargs = call_kwargs
+
+    async def stream(self, leg: Leg) -> AsyncIterator[dict[str, Any]]:
+        kwargs = dict(leg.body)
+        if self.call_kwargs is not None:
+            kwargs.update(self.call_kwargs(leg))
+        kwargs["stream"] = True
+        try:
+            response = await self.router.aanthropic_messages(**kwargs)
+        except Exception as exc:
+            raise _upstream_error(exc) from exc
+        if isinstance(response, Mapping):
+            for event in _message_events(response):
+                yield event
+            return
+        decoder = SSEDecoder()
+        async with closing(aiter(response)) as items:
+            while True:
+                try:
+                    item = await anext(items)
+                except StopAsyncIteration:
+                    return
+                except Exception as exc:
+                    raise _upstream_error(exc) from exc
+                for event in _item_events(item, decoder):
+                    yield event
+
+
+def _item_events(item: object, decoder: SSEDecoder) -> Iterator[dict[str, Any]]:
+    """The stream events in one item of LiteLLM's stream: SSE bytes (any chunking) or a dict."""
+    if isinstance(item, Mapping):
+        events: list[dict[str, Any] | UpstreamError] = [dict(item)]
+    elif isinstance(item, bytes | bytearray | str):
+        chunk = item.encode() if isinstance(item, str) else bytes(item)
+        events = [parse_event(name, data) for name, data in decoder.feed(chunk)]
+    else:
+        raise UpstreamError(502, f"LiteLLM streamed a {type(item).__name__}, not SSE bytes or an event")
+    for event in events:
+        if isinstance(event, UpstreamError):
+            raise event
+        if event.get("type") == "error":
+            raise event_error(event)
+        yield event
+
+
+def _message_events(response: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
+    """A whole Message (the deployment ignored ``stream``) as its stream events."""
+    message = {k: v for k, v in response.items() if not k.startswith("_")}  # LiteLLM's _hidden_params
+    if message.get("type") != "message":
+        raise UpstreamError(502, "LiteLLM answered with something that is not a Message")
+    return message_to_events(message)
+
+
+def _upstream_error(exc: Exception) -> UpstreamError:
+    """A LiteLLM (or OpenAI SDK) exception as the leg's failure; anything else is re-raised."""
+    if isinstance(exc, UpstreamError):
+        return exc
+    status = getattr(exc, "status_code", None)
+    if not isinstance(status, int) or not 400 <= status <= 599:
+        raise exc
+    message = str(getattr(exc, "message", None) or exc)
+    error_type = _embedded_type(message) or error_type_for_status(status)
+    headers: list[tuple[bytes, bytes]] = []
+    # The provider's headers: LiteLLM keeps them on the exception; its ``response`` is often a
+    # stand-in without them.
+    provider = getattr(exc, "litellm_response_headers", None)
+    if not isinstance(provider, Mapping):
+        provider = getattr(getattr(exc, "response", None), "headers", None)
+    if isinstance(provider, Mapping):
+        for name in _KEPT:
+            value = provider.get(name)
+            if isinstance(value, str):
+                headers.append((name.encode(), value.encode("latin-1", "replace")))
+    return UpstreamError(status, {"type": error_type, "message": message}, headers)
+
+
+def _embedded_type(message: str) -> str | None:
+    """The provider's Anthropic error type quoted in a LiteLLM message, if any.
+
+    LiteLLM keeps the provider's status only for the classes it knows: an Anthropic 529 becomes
+    ``InternalServerError`` (500) whose message quotes ``{"type":"error","error":{"type":
+    "overloaded_error",...}}``. The quoted type says what happened (``overloaded``, not just
+    ``unavailable``, for an advisor leg)."""
+    decoder = json.JSONDecoder()
+    start = message.find("{")
+    while start != -1:
+        try:
+            value, _ = decoder.raw_decode(message, start)
+        except ValueError:
+            start = message.find("{", start + 1)
+            continue
+        inner = value.get("error") if isinstance(value, dict) else None
+        kind = inner.get("type") if isinstance(inner, dict) else None
+        return kind if kind in ERROR_TYPES else None
+    return None

@@ -1,0 +1,260 @@
+"""Side-by-side rows driven in-process: ``await app(scope, receive, send)``, no server.
+
+Each row calls the same host twice, alone and behind ``AdvisorMiddleware``, alternating request by
+request (the order flips every round, so drift hits both sides alike), and keeps the medians of
+``time.process_time`` (this process's CPU) and ``time.perf_counter`` (wall).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import statistics
+import time
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+
+from advisor_middleware import AdvisorMiddleware
+
+from .hosts import EchoHost, read_body
+
+__all__ = [
+    "CHUNK",
+    "Recorder",
+    "Row",
+    "Scenario",
+    "check_consult",
+    "consult_scenario",
+    "exchange",
+    "measure",
+    "passthrough_scenario",
+    "request_scope",
+    "split",
+]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+Call = Callable[[], Awaitable[None]]
+
+CHUNK = 64 * 1024  # what uvicorn hands an app per http.request message for a large body
+EXPECTED_BLOCKS = ["text", "server_tool_use", "advisor_tool_result", "text"]
+
+
+class Recorder:
+    """Wraps a host and keeps each request's scope and body (to replay the legs directly)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.requests: list[tuple[Scope, bytes]] = []
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        body = await read_body(receive)
+        self.requests.append((dict(scope), body))
+        await self.app(scope, _receiver([body]), send)
+
+
+def _receiver(chunks: Sequence[bytes]) -> Receive:
+    position = 0
+    last = len(chunks) - 1
+
+    async def receive() -> Message:
+        nonlocal position
+        if position <= last:
+            i = position
+            position += 1
+            return {"type": "http.request", "body": chunks[i], "more_body": i < last}
+        await anyio.sleep_forever()  # a live client: no disconnect while the response is going
+        raise AssertionError("unreachable")
+
+    return receive
+
+
+async def exchange(app: ASGIApp, scope: Scope, chunks: Sequence[bytes]) -> tuple[int, bytes]:
+    """One request: ``app`` gets a fresh copy of ``scope`` and ``chunks`` as the body; returns the
+    status and the body the client received."""
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    await app(dict(scope), _receiver(chunks), send)
+    status = next(int(m["status"]) for m in sent if m["type"] == "http.response.start")
+    return status, b"".join(bytes(m.get("body", b"")) for m in sent if m["type"] == "http.response.body")
+
+
+def request_scope(body: bytes, *, stream: bool, beta: bool, path: str = "/v1/messages") -> Scope:
+    """The scope uvicorn gives an app for Claude Code's ``POST /v1/messages``."""
+    headers = [
+        (b"host", b"127.0.0.1:8000"),
+        (b"user-agent", b"claude-cli/2.1.0 (external, cli)"),
+        (b"accept", b"text/event-stream" if stream else b"application/json"),
+        (b"accept-encoding", b"gzip, deflate"),
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"x-api-key", b"sk-bench-0123456789"),
+        (b"anthropic-version", b"2023-06-01"),
+        (b"x-stainless-lang", b"js"),
+        (b"x-stainless-retry-count", b"0"),
+    ]
+    if beta:
+        headers.append((b"anthropic-beta", b"claude-code-20250219,advisor-tool-2026-03-01"))
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.4"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": headers,
+        "client": ("127.0.0.1", 50123),
+        "server": ("127.0.0.1", 8000),
+        "state": {},
+    }
+
+
+def split(body: bytes) -> list[bytes]:
+    return [body[i : i + CHUNK] for i in range(0, len(body), CHUNK)] or [b""]
+
+
+def sse_events(raw: bytes) -> list[dict[str, Any]]:
+    return [json.loads(line[6:]) for line in raw.split(b"\n") if line.startswith(b"data: ")]
+
+
+def check_consult(status: int, raw: bytes, stream: bool) -> None:
+    if status != 200:
+        raise RuntimeError(f"consult answered {status}: {raw[:300]!r}")
+    if stream:
+        events = sse_events(raw)
+        blocks = [e["content_block"] for e in events if e["type"] == "content_block_start"]
+        if events[-1]["type"] != "message_stop":
+            raise RuntimeError(f"stream did not end with message_stop: {events[-1]}")
+    else:
+        blocks = json.loads(raw)["content"]
+    if [b["type"] for b in blocks] != EXPECTED_BLOCKS or blocks[2]["content"]["type"] != "advisor_result":
+        raise RuntimeError(f"unexpected consult content: {blocks}")
+
+
+@dataclass
+class Scenario:
+    key: str
+    label: str
+    base: Call
+    through: Call
+    n: int
+
+
+@dataclass
+class Row:
+    key: str
+    label: str
+    n: int
+    base_cpu_us: float
+    base_wall_us: float
+    through_cpu_us: float
+    through_wall_us: float
+
+    @property
+    def added_cpu_us(self) -> float:
+        return self.through_cpu_us - self.base_cpu_us
+
+    @property
+    def added_wall_us(self) -> float:
+        return self.through_wall_us - self.base_wall_us
+
+
+async def record_legs(host: ASGIApp, body: bytes, *, stream: bool) -> list[tuple[Scope, bytes]]:
+    """Run one consult through the middleware (checking what the client gets); return the three
+    leg requests it made of ``host``."""
+    recorder = Recorder(host)
+    scope = request_scope(body, stream=stream, beta=True)
+    check_consult(*await exchange(AdvisorMiddleware(recorder), scope, split(body)), stream)
+    roles = [dict(s["headers"]).get(b"x-advisor-leg") for s, _ in recorder.requests]
+    if roles != [b"executor", b"advisor", b"executor"]:
+        raise RuntimeError(f"expected executor, advisor, executor legs; got {roles}")
+    return recorder.requests
+
+
+async def consult_scenario(key: str, label: str, host: ASGIApp, body: bytes, *, stream: bool, n: int) -> Scenario:
+    """Through the middleware: one client request, three legs. Alone: the host answers the three
+    leg requests the middleware sent (recorded in a first, untimed run), one after the other."""
+    legs = [(scope, [leg_body]) for scope, leg_body in await record_legs(host, body, stream=stream)]
+    for leg_scope, leg_chunks in legs:
+        status, _ = await exchange(host, leg_scope, leg_chunks)
+        if status != 200:
+            raise RuntimeError(f"host alone answered a leg with {status}")
+    middleware = AdvisorMiddleware(host)
+    scope = request_scope(body, stream=stream, beta=True)
+    chunks = split(body)
+
+    async def base() -> None:
+        for leg_scope, leg_chunks in legs:
+            await exchange(host, leg_scope, leg_chunks)
+
+    async def through() -> None:
+        await exchange(middleware, scope, chunks)
+
+    return Scenario(key, label, base, through, n)
+
+
+async def passthrough_scenario(key: str, label: str, body: bytes, *, n: int) -> Scenario:
+    host = EchoHost()
+    middleware = AdvisorMiddleware(host)
+    scope = request_scope(body, stream=False, beta=False)
+    chunks = split(body)
+    answers = set()
+    for app in (host, middleware):
+        status, answer = await exchange(app, scope, chunks)
+        answers.add(answer)
+        if status != 200 or host.last_body != body:
+            raise RuntimeError(f"pass-through changed the request or failed ({status})")
+    if len(answers) != 1:
+        raise RuntimeError("pass-through changed the response")
+
+    async def base() -> None:
+        await exchange(host, scope, chunks)
+
+    async def through() -> None:
+        await exchange(middleware, scope, chunks)
+
+    return Scenario(key, label, base, through, n)
+
+
+async def measure(scenario: Scenario, warmup: int) -> Row:
+    """Warm up, then alternate host-alone and through-middleware requests; medians."""
+    for _ in range(warmup):
+        await scenario.base()
+        await scenario.through()
+    gc.collect()
+    samples: dict[str, tuple[list[int], list[int]]] = {"base": ([], []), "through": ([], [])}
+    pairs = [("base", scenario.base), ("through", scenario.through)]
+    cpu_clock, wall_clock = time.process_time_ns, time.perf_counter_ns
+    for i in range(scenario.n):
+        for name, call in pairs if i % 2 == 0 else pairs[::-1]:
+            cpu, wall = samples[name]
+            c0, w0 = cpu_clock(), wall_clock()
+            await call()
+            w1, c1 = wall_clock(), cpu_clock()
+            cpu.append(c1 - c0)
+            wall.append(w1 - w0)
+
+    def median_us(values: list[int]) -> float:
+        return statistics.median(values) / 1000
+
+    return Row(
+        scenario.key,
+        scenario.label,
+        scenario.n,
+        median_us(samples["base"][0]),
+        median_us(samples["base"][1]),
+        median_us(samples["through"][0]),
+        median_us(samples["through"][1]),
+    )

@@ -1,0 +1,358 @@
+"""Rows over real sockets: the server (uvicorn, h11, one process) in a subprocess, the client
+(a minimal HTTP/1.1 client) here, both on 127.0.0.1. Also the start-up probes, LiteLLM's included."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from importlib.util import find_spec
+from typing import Any
+
+import anyio
+
+from .backend import ROOT, serve_in_subprocess
+from .hosts import FINAL_DELTAS_HEADER, ModelHost, small_consult_body
+from .inproc import record_legs
+
+__all__ = [
+    "Concurrency",
+    "LiteLLMRun",
+    "Relay",
+    "Startup",
+    "litellm_installed",
+    "measure_concurrency",
+    "measure_litellm",
+    "measure_relay",
+    "measure_startup",
+]
+
+_CONSULT_HEADERS = {
+    "content-type": "application/json",
+    "x-api-key": "sk-bench",
+    "anthropic-version": "2023-06-01",
+    "anthropic-beta": "advisor-tool-2026-03-01",
+}
+_LEG_HEADERS = {"content-type": "application/json", "x-api-key": "sk-bench", "anthropic-version": "2023-06-01"}
+
+
+def litellm_installed() -> bool:
+    return find_spec("litellm") is not None
+
+
+async def _leg_bodies() -> list[bytes]:
+    """The three leg bodies the middleware sends for the short streaming consult."""
+    legs = await record_legs(ModelHost(), small_consult_body(True), stream=True)
+    return [body for _, body in legs]
+
+
+async def _post(port: int, body: bytes, headers: dict[str, str]) -> tuple[float, bytes]:
+    """``POST /v1/messages`` on a new connection (``connection: close``) and read the whole answer;
+    returns (seconds to the first response byte, the raw response). A hand-written HTTP/1.1
+    client: ``httpx``'s connection pool costs more CPU than the server at a thousand connections."""
+    head = f"POST /v1/messages HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\ncontent-length: {len(body)}\r\n"
+    head += "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    request = (head + "connection: close\r\n\r\n").encode() + body
+    t0 = time.perf_counter()
+    first = 0.0
+    chunks = []
+    async with await anyio.connect_tcp("127.0.0.1", port) as stream:
+        await stream.send(request)
+        while True:
+            try:
+                chunk = await stream.receive(1 << 16)
+            except (anyio.EndOfStream, anyio.BrokenResourceError):
+                break
+            if not first:
+                first = time.perf_counter() - t0
+            chunks.append(chunk)
+    raw = b"".join(chunks)
+    if not raw.startswith(b"HTTP/1.1 200 "):
+        raise RuntimeError(f"answered {raw[:200]!r}")
+    return first, raw
+
+
+# --------------------------------------------------------------------------------------------
+# Streaming relay: time to first byte and events/s.
+
+
+@dataclass
+class Relay:
+    ttfb_n: int
+    alone_ttfb_us: float
+    through_ttfb_us: float
+    events: int
+    rounds: int
+    alone_events_s: float
+    through_events_s: float
+
+    @property
+    def added_ttfb_us(self) -> float:
+        return self.through_ttfb_us - self.alone_ttfb_us
+
+    @property
+    def throughput_ratio(self) -> float:
+        return self.through_events_s / self.alone_events_s
+
+
+async def measure_relay(ttfb_n: int, events: int, rounds: int) -> Relay:
+    """Two uvicorn servers of the same ``ModelHost``, one behind the middleware. TTFB: the
+    client's first byte of a streaming consult vs of its first leg sent directly. Throughput:
+    a consult whose last leg streams ``events`` text deltas vs the same three legs sent directly,
+    events received per second of wall time."""
+    legs = await _leg_bodies()
+    consult = small_consult_body(True)
+    many = {FINAL_DELTAS_HEADER.decode(): str(events)}
+    with serve_in_subprocess() as (alone, _), serve_in_subprocess("--middleware") as (through, _):
+
+        async def alone_first() -> float:
+            return (await _post(alone, legs[0], _LEG_HEADERS))[0]
+
+        async def through_first() -> float:
+            return (await _post(through, consult, _CONSULT_HEADERS))[0]
+
+        async def alone_stream() -> float:
+            t0 = time.perf_counter()
+            count = 0
+            for body in legs:
+                count += (await _post(alone, body, _LEG_HEADERS | many))[1].count(b"\n\n")
+            return count / (time.perf_counter() - t0)
+
+        async def through_stream() -> float:
+            t0 = time.perf_counter()
+            count = (await _post(through, consult, _CONSULT_HEADERS | many))[1].count(b"\n\n")
+            return count / (time.perf_counter() - t0)
+
+        ttfb = await _alternate(alone_first, through_first, ttfb_n, warmup=10)
+        rates = await _alternate(alone_stream, through_stream, rounds, warmup=1)
+    return Relay(
+        ttfb_n,
+        statistics.median(ttfb[0]) * 1e6,
+        statistics.median(ttfb[1]) * 1e6,
+        events,
+        rounds,
+        statistics.median(rates[0]),
+        statistics.median(rates[1]),
+    )
+
+
+async def _alternate(
+    a: Callable[[], Awaitable[float]], b: Callable[[], Awaitable[float]], n: int, warmup: int
+) -> tuple[list[float], list[float]]:
+    for _ in range(warmup):
+        await a()
+        await b()
+    out: tuple[list[float], list[float]] = ([], [])
+    for i in range(n):
+        if i % 2:
+            out[1].append(await b())
+            out[0].append(await a())
+        else:
+            out[0].append(await a())
+            out[1].append(await b())
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Concurrency.
+
+
+@dataclass
+class Side:
+    completed: int
+    failed: int
+    p50_s: float
+    p99_s: float
+    idle_rss_mb: float
+    peak_rss_mb: float
+    wall_s: float
+
+
+@dataclass
+class Concurrency:
+    clients: int
+    advisor_delay: float
+    alone: Side
+    through: Side
+
+    @property
+    def added_p99_ms(self) -> float:
+        return (self.through.p99_s - self.alone.p99_s) * 1000
+
+    def kb_per_request(self, side: Side) -> float:
+        return (side.peak_rss_mb - side.idle_rss_mb) * 1024 / self.clients
+
+
+def _rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def _swarm(clients: int, pid: int, one: Callable[[], Awaitable[None]]) -> Side:
+    """``clients`` concurrent calls of ``one``; latencies, and the server's RSS before and at peak."""
+    idle = _rss_mb(pid)
+    peak = idle
+    latencies: list[float] = []
+    failed = 0
+    done = anyio.Event()
+
+    async def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, _rss_mb(pid))
+            await anyio.sleep(0.01)
+
+    async def client() -> None:
+        nonlocal failed
+        t0 = time.perf_counter()
+        try:
+            await one()
+        except (OSError, RuntimeError):
+            failed += 1
+            return
+        latencies.append(time.perf_counter() - t0)
+
+    t0 = time.perf_counter()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(sample)
+        async with anyio.create_task_group() as clients_tg:
+            for _ in range(clients):
+                clients_tg.start_soon(client)
+        done.set()
+    wall = time.perf_counter() - t0
+    ordered = sorted(latencies) or [float("nan")]
+    p99 = ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
+    return Side(len(latencies), failed, statistics.median(ordered), p99, idle, peak, wall)
+
+
+async def measure_concurrency(clients: int, advisor_delay: float) -> Concurrency:
+    """``clients`` streaming consults at once against uvicorn + middleware, the advisor taking
+    ``advisor_delay`` s; side by side with the same number of clients each sending the three
+    legs directly to the host alone (the advisor leg waits just as long)."""
+    legs = await _leg_bodies()
+    consult = small_consult_body(True)
+    delay = str(advisor_delay)
+    with (
+        serve_in_subprocess("--advisor-delay", delay) as (alone, alone_pid),
+        serve_in_subprocess("--middleware", "--advisor-delay", delay) as (through, through_pid),
+    ):
+
+        async def alone_one() -> None:
+            for body in legs:
+                await _post(alone, body, _LEG_HEADERS)
+
+        async def through_one() -> None:
+            raw = (await _post(through, consult, _CONSULT_HEADERS))[1]
+            if b'{"type":"message_stop"}' not in raw[-100:]:
+                raise RuntimeError("incomplete stream")
+
+        await alone_one()
+        await through_one()
+        alone_side = await _swarm(clients, alone_pid, alone_one)
+        through_side = await _swarm(clients, through_pid, through_one)
+    return Concurrency(clients, advisor_delay, alone_side, through_side)
+
+
+# --------------------------------------------------------------------------------------------
+# LiteLLM's loop on the same backend.
+
+
+@dataclass
+class LiteLLMRun:
+    status: str
+    """``"measured"``, or why not (``"not installed"``, an error)."""
+    version: str = ""
+    n: int = 0
+    raw3_cpu_us: float = 0.0
+    raw3_wall_us: float = 0.0
+    json_cpu_us: float = 0.0
+    json_wall_us: float = 0.0
+    stream_cpu_us: float = 0.0
+    stream_wall_us: float = 0.0
+    first_ms: float = 0.0
+
+
+def measure_litellm(base_url: str, n: int, warmup: int) -> LiteLLMRun:
+    if not litellm_installed():
+        return LiteLLMRun("not installed")
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.litellm_probe", base_url, str(n), str(warmup)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    try:
+        data: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        return LiteLLMRun(f"failed: {out.stderr.strip().splitlines()[-1:]}")
+    if "error" in data:
+        return LiteLLMRun(str(data["error"]))
+    return LiteLLMRun(
+        "measured",
+        data["version"],
+        n,
+        data["raw3"]["cpu_us"],
+        data["raw3"]["wall_us"],
+        data["json"]["cpu_us"],
+        data["json"]["wall_us"],
+        data["stream"]["cpu_us"],
+        data["stream"]["wall_us"],
+        data["first_ms"],
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Start-up.
+
+
+@dataclass
+class Startup:
+    import_ms: float
+    rss_before_mb: float
+    rss_after_mb: float
+    runs: int
+    status: str = "measured"
+
+    @property
+    def rss_added_mb(self) -> float:
+        return self.rss_after_mb - self.rss_before_mb
+
+
+_IMPORT_PROBE = """
+import sys, time
+def rss():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+before = rss()
+t = time.perf_counter()
+__import__(sys.argv[1])
+print(time.perf_counter() - t, before, rss())
+"""
+
+
+def measure_startup(module: str, runs: int) -> Startup:
+    """``import MODULE`` in fresh interpreters: time and resident memory."""
+    env = dict(os.environ, LITELLM_LOCAL_MODEL_COST_MAP="True")
+    results = []
+    for _ in range(runs):
+        out = subprocess.run(
+            [sys.executable, "-c", _IMPORT_PROBE, module], capture_output=True, text=True, check=True, cwd=ROOT, env=env
+        ).stdout
+        results.append([float(x) for x in out.strip().splitlines()[-1].split()])
+    return Startup(
+        import_ms=statistics.median(r[0] for r in results) * 1000,
+        rss_before_mb=statistics.median(r[1] for r in results),
+        rss_after_mb=statistics.median(r[2] for r in results),
+        runs=runs,
+    )

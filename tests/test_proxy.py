@@ -1,0 +1,287 @@
+"""``UpstreamProxy`` (what ``serve --upstream`` forwards with): any request, as it came, to the
+upstream gateway on 127.0.0.1, and its answer back as it streams."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+from starlette.applications import Starlette
+from starlette.middleware.gzip import GZipMiddleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.testclient import TestClient
+from starlette.websockets import WebSocketDisconnect
+
+from advisor_middleware.cli import build_app
+from advisor_middleware.proxy import UpstreamProxy
+
+from .helpers import http_for, wait_until
+from .servers import free_port, uvicorn_server
+from .upstream import Reply, Script, scripted_host, text
+
+pytestmark = pytest.mark.anyio
+
+
+class Mirror:
+    """An upstream that records each request and answers with what it saw (status from the
+    request's ``x-status`` header)."""
+
+    def __init__(self) -> None:
+        self.seen: list[dict[str, Any]] = []
+        self.aborted = 0
+        """Requests whose body never arrived whole."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        body = b""
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                self.aborted += 1
+                return
+            body += message.get("body", b"")
+            if not message.get("more_body", False):
+                break
+        headers = {k.decode(): v.decode() for k, v in scope["headers"]}
+        seen = {
+            "method": scope["method"],
+            "raw_path": scope["raw_path"].decode(),
+            "query": scope["query_string"].decode(),
+            "headers": headers,
+            "body": body,
+        }
+        self.seen.append(seen)
+        payload = json.dumps({**seen, "body": body.decode("latin-1")}).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": int(headers.get("x-status", "200")),
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(payload)).encode()),
+                    (b"X-Mirror", b"yes"),
+                    (b"connection", b"keep-alive"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else payload})
+
+
+@asynccontextmanager
+async def proxied(upstream: str, **options: Any) -> AsyncIterator[httpx.AsyncClient]:
+    """An in-process client of an ``UpstreamProxy`` to ``upstream``; the proxy's pool is closed after."""
+    proxy = UpstreamProxy(upstream, **options)
+    try:
+        async with http_for(proxy) as http:
+            yield http
+    finally:
+        await proxy.aclose()
+
+
+@pytest.fixture
+async def mirror() -> AsyncIterator[tuple[str, Mirror]]:
+    app = Mirror()
+    async with uvicorn_server(app) as url:
+        yield url, app
+
+
+@pytest.mark.parametrize(
+    ("method", "target", "raw_path", "query", "status"),
+    [
+        ("GET", "/v1/models?limit=2", "/v1/models", "limit=2", 200),
+        ("POST", "/v1/messages/count_tokens", "/v1/messages/count_tokens", "", 200),
+        ("PUT", "/some/%20odd%2Fpath?a=1&a=2", "/some/%20odd%2Fpath", "a=1&a=2", 201),
+        ("DELETE", "/v1/files/f_1", "/v1/files/f_1", "", 418),
+        ("POST", "/v1/messages?beta=true", "/v1/messages", "beta=true", 429),
+    ],
+)
+async def test_any_request_is_forwarded_as_it_came(
+    mirror: tuple[str, Mirror], method: str, target: str, raw_path: str, query: str, status: int
+) -> None:
+    url, upstream = mirror
+    body = b'{"model":"m","messages":[]}' if method in ("POST", "PUT") else b""
+    headers = {"x-api-key": "sk-caller", "x-status": str(status), "connection": "keep-alive, x-drop", "x-drop": "1"}
+    app = build_app(None, upstream=url)
+    async with http_for(app) as http:
+        response = await http.request(method, target, content=body, headers=headers)
+    await app.app.aclose()
+
+    assert response.status_code == status
+    assert response.headers["x-mirror"] == "yes"
+    assert "connection" not in response.headers  # hop-by-hop, not forwarded
+    (seen,) = upstream.seen
+    assert (seen["method"], seen["raw_path"], seen["query"], seen["body"]) == (method, raw_path, query, body)
+    assert seen["headers"]["x-api-key"] == "sk-caller"
+    assert seen["headers"]["host"] == url.removeprefix("http://")
+    assert seen["headers"]["via"].startswith("1.1 advisor-middleware-")
+    assert seen["headers"]["accept-encoding"] == "gzip, deflate"  # the caller's (httpx's default)
+    assert "x-drop" not in seen["headers"]  # named in the caller's connection header
+    assert "x-advisor-leg" not in seen["headers"]
+    assert response.json()["raw_path"] == raw_path
+
+
+async def test_head_is_answered_without_a_body(mirror: tuple[str, Mirror]) -> None:
+    url, upstream = mirror
+    async with proxied(url) as http:
+        response = await http.head("/")
+    assert response.status_code == 200
+    assert response.content == b""
+    assert upstream.seen[0]["method"] == "HEAD"
+
+
+async def test_a_chunked_request_body_streams_to_the_upstream(mirror: tuple[str, Mirror]) -> None:
+    url, upstream = mirror
+    parts = [b'{"a":', b'"' + b"x" * 100_000 + b'"', b"}"]
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for part in parts:
+            yield part
+            await anyio.sleep(0.01)
+
+    async with uvicorn_server(UpstreamProxy(url)) as proxy, httpx.AsyncClient(base_url=proxy) as http:
+        response = await http.post("/upload", content=chunks())
+    assert response.status_code == 200
+    (seen,) = upstream.seen
+    assert seen["body"] == b"".join(parts)
+    assert seen["headers"]["transfer-encoding"] == "chunked"
+
+
+async def test_a_client_that_leaves_mid_body_aborts_the_upstream_request(
+    mirror: tuple[str, Mirror], caplog: pytest.LogCaptureFixture
+) -> None:
+    url, upstream = mirror
+    async with uvicorn_server(UpstreamProxy(url)) as proxy:
+        host, port = proxy.removeprefix("http://").split(":")
+        client = await anyio.connect_tcp(host, int(port))
+        await client.send(b"POST /upload HTTP/1.1\r\nhost: x\r\ncontent-length: 1000\r\n\r\n0123456789")
+        await anyio.sleep(0.2)  # the proxy has started forwarding the body
+        await client.aclose()
+        await wait_until(lambda: upstream.aborted == 1, 1.0, "upstream request aborted")
+    assert upstream.seen == []
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == []
+
+
+async def test_the_answer_streams_as_the_upstream_sends_it(script: Script) -> None:
+    script.direct(Reply([text("first"), text("second")], hang_after=3, hang=0.6))
+    body = {"model": "m", "max_tokens": 5, "stream": True, "messages": [{"role": "user", "content": "x"}]}
+    async with (
+        uvicorn_server(scripted_host(script)) as upstream,
+        uvicorn_server(build_app(None, upstream=upstream)) as proxy,
+        httpx.AsyncClient(base_url=proxy) as http,
+    ):
+        start = time.monotonic()
+        arrivals: list[float] = []
+        async with http.stream("POST", "/v1/messages", json=body) as response:
+            async for line in response.aiter_lines():
+                if line.startswith("data:"):
+                    arrivals.append(time.monotonic() - start)
+    assert len(arrivals) == 9
+    assert arrivals[2] < 0.45, arrivals  # buffered, it would be >= 0.6
+    assert arrivals[-1] >= 0.55, arrivals
+
+
+async def test_a_client_disconnect_cancels_the_upstream_request(script: Script) -> None:
+    script.direct(Reply([text("words")], hang_after=2, hang=5.0))
+    body = {"model": "m", "max_tokens": 5, "stream": True, "messages": [{"role": "user", "content": "x"}]}
+    async with (
+        uvicorn_server(scripted_host(script)) as upstream,
+        uvicorn_server(build_app(None, upstream=upstream)) as proxy,
+    ):
+        async with httpx.AsyncClient(base_url=proxy) as http, http.stream("POST", "/v1/messages", json=body) as r:
+            async for line in r.aiter_lines():
+                if line.startswith("data:"):
+                    break
+        await wait_until(lambda: script.cancelled == ["direct"], 1.0, "upstream request cancelled")
+    assert script.finished == []
+
+
+async def test_compressed_answers_pass_through_compressed() -> None:
+    payload = {"data": ["same words again and again"] * 200}
+
+    async def big(request: Request) -> Response:
+        return JSONResponse(payload)
+
+    upstream_app = Starlette(routes=[Route("/v1/models", big)])
+    upstream_app.add_middleware(GZipMiddleware, minimum_size=100)
+    async with (
+        uvicorn_server(upstream_app) as upstream,
+        uvicorn_server(UpstreamProxy(upstream)) as proxy,
+        httpx.AsyncClient(base_url=proxy) as http,
+    ):
+        async with http.stream("GET", "/v1/models", headers={"accept-encoding": "gzip"}) as response:
+            raw = b"".join([chunk async for chunk in response.aiter_raw()])
+        assert response.headers["content-encoding"] == "gzip"
+        assert int(response.headers["content-length"]) == len(raw)
+        assert json.loads(gzip.decompress(raw)) == payload
+        # A client that asked for no compression gets none.
+        async with http.stream("GET", "/v1/models", headers={"accept-encoding": "identity"}) as response:
+            raw = b"".join([chunk async for chunk in response.aiter_raw()])
+        assert "content-encoding" not in response.headers
+        assert json.loads(raw) == payload
+
+
+async def test_an_unreachable_upstream_is_a_502_in_anthropic_shape() -> None:
+    async with proxied(f"http://127.0.0.1:{free_port()}") as http:
+        response = await http.post("/v1/messages", json={})
+    assert response.status_code == 502
+    error = response.json()
+    assert error["type"] == "error" and error["error"]["type"] == "api_error"
+    assert "ConnectError" in error["error"]["message"]
+
+
+async def test_a_silent_upstream_is_a_504_timeout_error() -> None:
+    release = anyio.Event()
+
+    async def slow(request: Request) -> Response:
+        await release.wait()
+        return Response("late")
+
+    async with uvicorn_server(Starlette(routes=[Route("/", slow)])) as upstream:
+        async with proxied(upstream, timeout=httpx.Timeout(5.0, read=0.2)) as http:
+            response = await http.get("/")
+        release.set()
+    assert response.status_code == 504
+    assert response.json()["error"]["type"] == "timeout_error"
+
+
+async def test_a_request_that_already_passed_through_this_proxy_is_a_508(mirror: tuple[str, Mirror]) -> None:
+    url, upstream = mirror
+    proxy = UpstreamProxy(url)
+    async with http_for(proxy) as http:
+        looped = await http.get("/", headers={"via": "1.1 elsewhere, " + proxy.via.decode()})
+        other = await http.get("/", headers={"via": "1.1 advisor-middleware-0123456789abcdef"})
+    await proxy.aclose()
+    assert looped.status_code == 508
+    assert "loop" in looped.json()["error"]["message"]
+    assert other.status_code == 200  # another proxy in the chain is fine
+    assert len(upstream.seen) == 1
+    assert upstream.seen[0]["headers"]["via"] == "1.1 advisor-middleware-0123456789abcdef, " + proxy.via.decode()
+
+
+async def test_lifespan_is_answered_and_shutdown_closes_the_pool(mirror: tuple[str, Mirror]) -> None:
+    url, _ = mirror
+    app = build_app(None, upstream=url)
+    client = app.app.client
+    async with LifespanManager(app) as manager, http_for(manager.app) as http:
+        assert (await http.get("/v1/models")).status_code == 200
+        assert not client.is_closed
+    assert client.is_closed
+    # The router shares the proxy's pool: one client for forwarded requests and legs.
+    assert app.router.client is client
+
+
+def test_websockets_are_refused() -> None:
+    with TestClient(UpstreamProxy("http://127.0.0.1:9")) as client, pytest.raises(WebSocketDisconnect):
+        with client.websocket_connect("/ws"):
+            pass
