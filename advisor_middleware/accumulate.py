@@ -18,20 +18,32 @@ __all__ = ["MessageAccumulator", "message_to_events"]
 
 
 class MessageAccumulator:
-    __slots__ = ("_json", "finished", "message")
+    __slots__ = ("_json", "_text", "finished", "message")
 
     def __init__(self) -> None:
         self.message: dict[str, Any] = {}
         self._json: dict[int, list[str]] = {}
+        self._text: dict[tuple[int, str], list[str]] = {}
+        """Text and thinking deltas by (index, field), joined at ``content_block_stop``: adding
+        each delta to the block's string would copy it every time (quadratic in a long answer)."""
         self.finished = False
         """A ``message_delta`` arrived: the stream told us how it ended (``message_start``
         already carries ``stop_reason: null``, so the key alone proves nothing)."""
 
     @property
     def content(self) -> list[dict[str, Any]]:
+        self._join_text()
+        return self._content()
+
+    def _content(self) -> list[dict[str, Any]]:
         content = self.message.setdefault("content", [])
         assert isinstance(content, list)
         return content
+
+    def _join_text(self, index: int | None = None) -> None:
+        for key in [k for k in self._text if index is None or k[0] == index]:
+            block_index, field = key
+            self._content()[block_index][field] = "".join(self._text.pop(key))
 
     def feed(self, event: dict[str, Any]) -> None:
         kind = event.get("type")
@@ -40,10 +52,13 @@ class MessageAccumulator:
             message["content"] = [dict(b) for b in message.get("content") or []]
             message["usage"] = dict(message.get("usage") or {})
             self.message = message
+            self._text.clear()
         elif kind == "content_block_start":
             block = dict(event.get("content_block") or {})
-            index = event.get("index", len(self.content))
-            content = self.content
+            content = self._content()
+            index = event.get("index", len(content))
+            self._text.pop((index, "text"), None)
+            self._text.pop((index, "thinking"), None)
             while len(content) <= index:
                 content.append({})
             content[index] = block
@@ -51,16 +66,18 @@ class MessageAccumulator:
                 self._json[index] = []
         elif kind == "content_block_delta":
             index = event.get("index", -1)
-            content = self.content
+            content = self._content()
             if not 0 <= index < len(content):
                 return
             block = content[index]
             delta = event.get("delta") or {}
             dtype = delta.get("type")
-            if dtype == "text_delta":
-                block["text"] = block.get("text", "") + delta.get("text", "")
-            elif dtype == "thinking_delta":
-                block["thinking"] = block.get("thinking", "") + delta.get("thinking", "")
+            if dtype == "text_delta" or dtype == "thinking_delta":
+                field = "text" if dtype == "text_delta" else "thinking"
+                parts = self._text.get((index, field))
+                if parts is None:
+                    parts = self._text[(index, field)] = [block.get(field, "")]
+                parts.append(delta.get(field, ""))
             elif dtype == "signature_delta":
                 block["signature"] = delta.get("signature", "")
             elif dtype == "input_json_delta":
@@ -69,17 +86,19 @@ class MessageAccumulator:
                 block.setdefault("citations", []).append(delta.get("citation"))
         elif kind == "content_block_stop":
             index = event.get("index", -1)
+            self._join_text(index)
             parts = self._json.pop(index, None)
             if parts:
                 raw = "".join(parts)
                 if raw.strip():
                     try:
-                        self.content[index]["input"] = pydantic_core.from_json(raw)
+                        self._content()[index]["input"] = pydantic_core.from_json(raw)
                     except ValueError:
                         # Keep what the model sent; the host will judge it on the next request.
-                        self.content[index]["input"] = {"_raw": raw}
+                        self._content()[index]["input"] = {"_raw": raw}
         elif kind == "message_delta":
             self.finished = True
+            self._join_text()
             delta = event.get("delta") or {}
             for key in ("stop_reason", "stop_sequence", "stop_details"):
                 if key in delta:

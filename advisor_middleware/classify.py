@@ -55,6 +55,7 @@ def classify(data: dict[str, Any]) -> Plan:
             raise AdvisorRequestError("model: Field required")
     rendered, info = render_history(messages) if isinstance(messages, list) else (messages, None)
     if tool is not None and info is not None and not info.advisor_removed:
+        assert isinstance(rendered, list)
         return Plan("orchestrate", data, index, tool, (rendered, info))
     # No advisor on this turn (absent, or switched off by a tool_removal): forward with the
     # history rendered and the tool entry gone; the host answers as usual.

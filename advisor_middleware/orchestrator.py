@@ -204,13 +204,19 @@ class Orchestration:
             leg = Leg("executor", leg_body, self.exec_headers, self.scope)
             async with closing(self.router.stream(leg)) as stream:
                 async for event in stream:
-                    acc.feed(event)
                     kind = event.get("type")
+                    try:
+                        acc.feed(event)
+                        upstream_index = event.get("index", -1)
+                        target = index_map.get(upstream_index)
+                    except (TypeError, ValueError, AttributeError, IndexError, KeyError):
+                        raise _malformed(kind) from None
                     if kind == "content_block_delta" or kind == "content_block_stop":
-                        target = index_map.get(event.get("index", -1))
                         if target is None:
-                            continue
+                            continue  # a block never started, or already stopped: not relayed
                         mode, ref = target
+                        if kind == "content_block_stop":
+                            del index_map[upstream_index]
                         if mode == "live":
                             if kind == "content_block_stop":
                                 self._open.discard(ref)
@@ -222,7 +228,12 @@ class Orchestration:
                             yield {"type": "content_block_stop", "index": ref}
                     elif kind == "content_block_start":
                         block = event.get("content_block") or {}
-                        upstream_index = event.get("index", -1)
+                        if not isinstance(block, dict):
+                            raise _malformed(kind)
+                        if not self._started or target is not None:
+                            # Relayed, this would break the client's stream (advisor-wire-spec §4).
+                            problem = "before message_start" if not self._started else "twice"
+                            raise UpstreamError(502, f"the executor's stream started block {upstream_index} {problem}")
                         if block.get("type") == "tool_use" and block.get("name") == ADVISOR_NAME:
                             exec_id = self._exec_id(block.get("id"))
                             call = _Call(upstream_index, exec_id, server_tool_use_id(exec_id))
@@ -259,6 +270,11 @@ class Orchestration:
                             yield {"type": "message_start", "message": message}
             if not acc.finished:
                 raise UpstreamError(502, "the executor's stream ended before its message_delta")
+            if not self._started:
+                raise UpstreamError(502, "the executor's stream had no message_start")
+            for index in sorted(self._open):  # blocks the leg never stopped
+                yield {"type": "content_block_stop", "index": index}
+            self._open.clear()
             self._record_leg(acc.message.get("usage") or {})
             stop_reason = acc.message.get("stop_reason")
             stop_sequence = acc.message.get("stop_sequence")
@@ -275,6 +291,8 @@ class Orchestration:
                 client_tools = client_tools or (events[0].get("content_block") or {}).get("type") == "tool_use"
                 for event in events:
                     yield {**event, "index": index}
+                if events[-1].get("type") != "content_block_stop":
+                    yield {"type": "content_block_stop", "index": index}
             if not calls or client_tools:
                 break
             if legs >= self.config.max_executor_legs:
@@ -417,6 +435,12 @@ class Orchestration:
         for key in _USAGE_SUMS:
             entry[key] = _int(usage.get(key))
         self.iterations.append(entry)
+
+
+def _malformed(kind: Any) -> UpstreamError:
+    # A field of the wrong type (an index that is not a number, a block that is not an object):
+    # the leg's answer is broken, not the middleware.
+    return UpstreamError(502, f"the executor's stream sent a malformed {kind} event")
 
 
 def _forces_advisor(choice: Any) -> bool:

@@ -47,6 +47,8 @@ class SSEDecoder:
         self._pending_cr = False
 
     def feed(self, chunk: bytes) -> list[tuple[str, str]]:
+        if not chunk:
+            return []  # changes nothing, and must not forget a "\r" that ended the last chunk
         out: list[tuple[str, str]] = []
         if self._pending_cr and chunk.startswith(b"\n"):
             # The previous chunk ended in "\r" and this one starts with "\n": one CRLF.
@@ -60,20 +62,24 @@ class SSEDecoder:
             buf = buf.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         lines = buf.split(b"\n")
         self._buf = lines.pop()  # the partial line after the last "\n", if any
+        data = self._data
         for line in lines:
-            self._line(line, out)
+            # Anthropic's two kinds of line first, inline (a method call per line costs more
+            # than the rest of the decoding); _line() has the general field rules.
+            if line.startswith(b"data: "):
+                data.append(line[6:])
+            elif not line:
+                if data:
+                    out.append((self._event or "message", b"\n".join(data).decode("utf-8", "replace")))
+                    data = self._data = []
+                self._event = ""
+            elif line.startswith(b"event: "):
+                self._event = line[7:].decode("utf-8", "replace")
+            else:
+                self._line(line)
         return out
 
-    def _line(self, line: bytes, out: list[tuple[str, str]]) -> None:
-        if line.startswith(b"data: "):  # the usual case first
-            self._data.append(line[6:])
-            return
-        if not line:
-            if self._data:
-                out.append((self._event or "message", b"\n".join(self._data).decode("utf-8", "replace")))
-            self._event = ""
-            self._data = []
-            return
+    def _line(self, line: bytes) -> None:
         if line[0] == 0x3A:  # ":" comment
             return
         field, sep, value = line.partition(b":")

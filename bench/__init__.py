@@ -1,1 +1,2 @@
-"""In-process benchmarks of ``AdvisorMiddleware`` (``python -m bench``; see ``bench/run.py``)."""
+"""Benchmarks of ``AdvisorMiddleware`` against the host alone and LiteLLM (``python -m bench``; see
+``bench/run.py`` and docs/performance.md)."""

@@ -43,7 +43,7 @@ async def _serve(app: Any) -> None:
     config.backlog = 4096
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
-    while not server.started:
+    while not server.started:  # noqa: ASYNC110 (uvicorn.Server has no event to wait on)
         await asyncio.sleep(0.01)
     print(sock.getsockname()[1], flush=True)
     await task
@@ -63,11 +63,9 @@ def main() -> None:
 
 
 @contextmanager
-def serve_in_subprocess(*args: str) -> Iterator[tuple[int, int]]:
-    """Start ``python -m bench.backend ARGS``; yield its port and pid; stop it on exit."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "bench.backend", *args], stdout=subprocess.PIPE, text=True, cwd=ROOT
-    )
+def serve_in_subprocess(*args: str, module: str = "bench.backend") -> Iterator[tuple[int, int]]:
+    """Start ``python -m MODULE ARGS``; yield its port and pid; stop it on exit."""
+    process = subprocess.Popen([sys.executable, "-m", module, *args], stdout=subprocess.PIPE, text=True, cwd=ROOT)
     try:
         assert process.stdout is not None
         line = process.stdout.readline().strip()

@@ -19,9 +19,9 @@ import pydantic_core
 
 __all__ = [
     "ADVISOR_MODEL",
-    "FINAL_DELTAS_HEADER",
     "ADVISOR_TOOL",
     "EXEC_MODEL",
+    "FINAL_DELTAS_HEADER",
     "EchoHost",
     "ForwardingHost",
     "ModelHost",
@@ -72,7 +72,12 @@ def _message(model: str, blocks: list[dict[str, Any]], stop_reason: str) -> dict
         "content": blocks,
         "stop_reason": stop_reason,
         "stop_sequence": None,
-        "usage": {"input_tokens": 50, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0, "output_tokens": 40},
+        "usage": {
+            "input_tokens": 50,
+            "cache_creation_input_tokens": 0,
+            "cache_read_input_tokens": 0,
+            "output_tokens": 40,
+        },
     }
 
 
@@ -86,7 +91,9 @@ def _stream(model: str, blocks: list[dict[str, Any]], stop_reason: str, text_del
         if block["type"] == "text":
             events.append({"type": "content_block_start", "index": i, "content_block": {"type": "text", "text": ""}})
             words = block["text"].split(" ")
-            pieces = [" ".join(words[k::text_deltas]) for k in range(text_deltas)] if text_deltas > 1 else [block["text"]]
+            pieces = (
+                [" ".join(words[k::text_deltas]) for k in range(text_deltas)] if text_deltas > 1 else [block["text"]]
+            )
             for piece in pieces:
                 delta = {"type": "text_delta", "text": piece + " "}
                 events.append({"type": "content_block_delta", "index": i, "delta": delta})
@@ -161,8 +168,8 @@ class ModelHost:
         self.final_deltas = final_deltas
         self._finals: dict[int, _Turn] = {}
         self.advice = _Turn(ADVISOR_MODEL, [{"type": "text", "text": _ADVICE}], "end_turn")
-        call = {"id": "call_bench", "type": "function", "function": {"name": "advisor", "arguments": ""}}
-        call["function"]["arguments"] = _dumps({"question": _QUESTION})
+        arguments = _dumps({"question": _QUESTION})
+        call = {"id": "call_bench", "type": "function", "function": {"name": "advisor", "arguments": arguments}}
         self.chat_call = _chat({"role": "assistant", "content": None, "tool_calls": [call]}, "tool_calls")
         self.chat_final = _chat({"role": "assistant", "content": _FINAL}, "stop")
 

@@ -31,6 +31,7 @@ __all__ = [
     "exchange",
     "measure",
     "passthrough_scenario",
+    "receiver",
     "request_scope",
     "split",
 ]
@@ -56,10 +57,11 @@ class Recorder:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         body = await read_body(receive)
         self.requests.append((dict(scope), body))
-        await self.app(scope, _receiver([body]), send)
+        await self.app(scope, receiver([body]), send)
 
 
-def _receiver(chunks: Sequence[bytes]) -> Receive:
+def receiver(chunks: Sequence[bytes]) -> Receive:
+    """A client's ``receive``: ``chunks`` as the body, then no disconnect while the answer goes."""
     position = 0
     last = len(chunks) - 1
 
@@ -83,7 +85,7 @@ async def exchange(app: ASGIApp, scope: Scope, chunks: Sequence[bytes]) -> tuple
     async def send(message: Message) -> None:
         sent.append(message)
 
-    await app(dict(scope), _receiver(chunks), send)
+    await app(dict(scope), receiver(chunks), send)
     status = next(int(m["status"]) for m in sent if m["type"] == "http.response.start")
     return status, b"".join(bytes(m.get("body", b"")) for m in sent if m["type"] == "http.response.body")
 

@@ -37,7 +37,9 @@ _FUNCTION = {
 
 async def _raw3(client: httpx.AsyncClient, base: str) -> None:
     chat = f"{base}/v1/chat/completions"
-    first = await client.post(chat, json={"model": EXEC_MODEL, "messages": USER, "max_tokens": 1024, "tools": [_FUNCTION]})
+    first = await client.post(
+        chat, json={"model": EXEC_MODEL, "messages": USER, "max_tokens": 1024, "tools": [_FUNCTION]}
+    )
     call = first.json()["choices"][0]["message"]["tool_calls"][0]
     question = json.loads(call["function"]["arguments"])["question"]
     advice = await client.post(
@@ -50,7 +52,9 @@ async def _raw3(client: httpx.AsyncClient, base: str) -> None:
         {"role": "assistant", "tool_calls": [call]},
         {"role": "tool", "tool_call_id": call["id"], "content": advice.json()["content"][0]["text"]},
     ]
-    final = await client.post(chat, json={"model": EXEC_MODEL, "max_tokens": 1024, "tools": [_FUNCTION], "messages": messages})
+    final = await client.post(
+        chat, json={"model": EXEC_MODEL, "max_tokens": 1024, "tools": [_FUNCTION], "messages": messages}
+    )
     final.raise_for_status()
 
 

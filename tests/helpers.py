@@ -270,9 +270,10 @@ async def wait_until(condition: Callable[[], bool], within: float, what: str) ->
 # --- the stream protocol ------------------------------------------------------------------------
 
 
-def check_stream(raw: bytes) -> tuple[list[tuple[str, dict[str, Any]]], BetaMessage | None]:
+def check_stream(raw: bytes, *, sdk: bool = True) -> tuple[list[tuple[str, dict[str, Any]]], BetaMessage | None]:
     """Assert that ``raw`` (a whole SSE response body) keeps Anthropic's stream protocol; return
-    its events and, when no ``error`` event ended it, the message the SDK's accumulator built.
+    its events and, when no ``error`` event ended it (and ``sdk``), the message the SDK's
+    accumulator built.
 
     Exactly one ``message_start``, first; block indices start at 0 and rise by one; every
     ``content_block_start`` is closed by one ``content_block_stop`` and deltas and stops name an
@@ -304,6 +305,8 @@ def check_stream(raw: bytes) -> tuple[list[tuple[str, dict[str, Any]]], BetaMess
     if names[-1] == "error":
         return events, None
     assert names.count("message_delta") == 1, names
+    if not sdk:
+        return events, None
     snapshot: Any = None
     json_bufs: dict[int, bytes] = {}
     for _, event in events:
@@ -314,3 +317,45 @@ def check_stream(raw: bytes) -> tuple[list[tuple[str, dict[str, Any]]], BetaMess
             request_headers=httpx2.Headers(),
         )
     return events, BetaMessage.model_validate(snapshot.to_dict())
+
+
+# --- raw ASGI requests and shared servers ---------------------------------------------------------
+
+ADVISOR_PARAMS: dict[str, Any] = {
+    "model": "exec",
+    "max_tokens": 1024,
+    "messages": [{"role": "user", "content": "Plan the migration."}],
+    "tools": [ADVISOR_TOOL],
+}
+"""A minimal advisor request: one user turn, the advisor tool alone."""
+
+
+def http_scope(headers: list[tuple[bytes, bytes]], **overrides: Any) -> dict[str, Any]:
+    """The scope a server gives ``POST /v1/messages`` with these headers (``overrides`` win)."""
+    scope: dict[str, Any] = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/messages",
+        "raw_path": b"/v1/messages",
+        "root_path": "",
+        "query_string": b"",
+        "headers": headers,
+        "client": ("127.0.0.1", 1234),
+        "server": ("testserver", 80),
+    }
+    scope.update(overrides)
+    return scope
+
+
+class Slot:
+    """An ASGI app that hands HTTP requests to whatever app the current test put in ``app``: one
+    server for a whole module instead of one per test (uvicorn takes ~0.15 s to stop)."""
+
+    app: Any = None
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            await self.app(scope, receive, send)

@@ -55,7 +55,14 @@ def test_quick_bench_measures_every_row(capsys: pytest.CaptureFixture[str], monk
     assert report.machine["CPU"] and report.machine["Python"]
 
     out = capsys.readouterr().out
-    for heading in ("### Summary", "### Side by side", "### LiteLLM", "### Streaming relay", "concurrent", "### Start-up"):
+    for heading in (
+        "### Summary",
+        "### Side by side",
+        "### LiteLLM",
+        "### Streaming relay",
+        "concurrent",
+        "### Start-up",
+    ):
         assert heading in out
     assert "LiteLLM: not installed." in out
     for row in report.rows:

@@ -236,20 +236,7 @@ class Driver:
             self.done.set()
 
     async def run(self, app: Any, headers: list[tuple[bytes, bytes]] | None = None) -> None:
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0"},
-            "http_version": "1.1",
-            "method": "POST",
-            "scheme": "http",
-            "path": "/v1/messages",
-            "raw_path": b"/v1/messages",
-            "root_path": "",
-            "query_string": b"",
-            "headers": [(b"host", b"testserver"), (b"content-type", b"application/json"), *(headers or [])],
-            "client": ("127.0.0.1", 1234),
-            "server": ("testserver", 80),
-        }
+        scope = helpers.http_scope([(b"host", b"testserver"), (b"content-type", b"application/json"), *(headers or [])])
         with anyio.fail_after(5):
             await app(scope, self.receive, self.send)
 

@@ -1,0 +1,62 @@
+"""The streaming writer: events and keep-alive pings share one ASGI ``send``, one call at a time,
+and a client gone during a ping ends the response quietly (docs/performance.md, step 1)."""
+
+from __future__ import annotations
+
+from collections.abc import MutableMapping
+from typing import Any
+
+import anyio
+import pytest
+
+from advisor_middleware import AdvisorMiddleware
+from bench.hosts import ModelHost, small_consult_body
+from bench.inproc import receiver, request_scope
+
+pytestmark = pytest.mark.anyio
+
+BODY = small_consult_body(True)
+
+
+async def test_pings_and_events_never_send_at_once() -> None:
+    # Every send takes a while (a slow client), pings are due all the time, the advisor thinks.
+    app = AdvisorMiddleware(ModelHost(advisor_delay=0.3), ping_interval=0.01)
+    in_flight = 0
+    most = 0
+    bodies: list[bytes] = []
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        nonlocal in_flight, most
+        in_flight += 1
+        most = max(most, in_flight)
+        await anyio.sleep(0.005)
+        in_flight -= 1
+        if message["type"] == "http.response.body":
+            bodies.append(message["body"])
+
+    with anyio.fail_after(5):
+        await app(request_scope(BODY, stream=True, beta=True), receiver([BODY]), send)
+
+    assert most == 1
+    names = [b.split(b"\n", 1)[0] for b in bodies if b]
+    assert names.count(b"event: ping") >= 3
+    events = [n for n in names if n != b"event: ping"]
+    assert events[0] == b"event: message_start" and events[-1] == b"event: message_stop"
+    assert bodies[-1] == b""
+
+
+async def test_a_client_gone_during_a_ping_ends_the_response_quietly() -> None:
+    host = ModelHost(advisor_delay=10.0)
+    app = AdvisorMiddleware(host, ping_interval=0.02)
+    sent: list[bytes] = []
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        if message["type"] == "http.response.body" and message["body"].startswith(b"event: ping"):
+            raise OSError("the client is gone")
+        sent.append(message.get("body", b""))
+
+    with anyio.fail_after(2):  # the advisor leg (10 s) is cancelled, not awaited
+        await app(request_scope(BODY, stream=True, beta=True), receiver([BODY]), send)
+
+    assert host.calls == 2  # executor leg 1, then the advisor leg that was cancelled
+    assert not any(b.startswith(b"event: message_stop") for b in sent)
