@@ -2,9 +2,24 @@
 ``HTTPRouter`` sends legs to a remote Anthropic-compatible gateway; ``LiteLLMRouter`` to a
 ``litellm.Router`` held in-process (without importing LiteLLM itself)."""
 
+from typing import TYPE_CHECKING, Any
+
 from .app import AppRouter
 from .base import LEG_HEADER, Leg, MessagesRouter, leg_headers
-from .http import HTTPRouter
 from .litellm import LiteLLMRouter
+
+if TYPE_CHECKING:
+    from .http import HTTPRouter
+
+
+def __getattr__(name: str) -> Any:
+    # HTTPRouter imports httpx (~40 ms, ~13 MB, docs/performance.md row 5); apps that only use
+    # the in-process default should not pay for it at import.
+    if name == "HTTPRouter":
+        from .http import HTTPRouter
+
+        return HTTPRouter
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["LEG_HEADER", "AppRouter", "HTTPRouter", "Leg", "LiteLLMRouter", "MessagesRouter", "leg_headers"]
