@@ -96,7 +96,9 @@ class Orchestration:
         self.iterations: list[dict[str, Any]] = []
         self.leg_usages: list[dict[str, Any]] = []
         self._next_index = 0
-        self._open: set[int] = set()
+        # Upstream block index -> ("live" | "advisor" | "held", client index) for the leg in
+        # flight; an entry lives from its content_block_start to its content_block_stop.
+        self._blocks: dict[int, tuple[str, int]] = {}
         self._ids: set[str] = set()
         self._started = False
 
@@ -151,9 +153,9 @@ class Orchestration:
             else:
                 log.exception("advisor loop failed after the response started")
                 error = {"type": "api_error", "message": "internal error in the advisor middleware"}
-            for index in sorted(self._open):
+            for index in self._open_blocks():
                 yield {"type": "content_block_stop", "index": index}
-            self._open.clear()
+            self._blocks = {}
             yield {"type": "error", "error": error}
 
     async def _loop(self) -> AsyncIterator[dict[str, Any]]:
@@ -198,7 +200,7 @@ class Orchestration:
                 leg_body["tool_choice"] = {**leg_body["tool_choice"], "type": "auto"}
                 leg_body["tool_choice"].pop("name", None)
             acc = MessageAccumulator()
-            index_map: dict[int, tuple[str, int]] = {}
+            index_map = self._blocks = {}
             held: list[list[dict[str, Any]]] = []
             calls: list[_Call] = []
             leg = Leg("executor", leg_body, self.exec_headers, self.scope)
@@ -218,13 +220,10 @@ class Orchestration:
                         if kind == "content_block_stop":
                             del index_map[upstream_index]
                         if mode == "live":
-                            if kind == "content_block_stop":
-                                self._open.discard(ref)
                             yield {**event, "index": ref}
                         elif mode == "held":
                             held[ref].append(event)
                         elif kind == "content_block_stop":
-                            self._open.discard(ref)
                             yield {"type": "content_block_stop", "index": ref}
                     elif kind == "content_block_start":
                         block = event.get("content_block") or {}
@@ -240,7 +239,6 @@ class Orchestration:
                             calls.append(call)
                             index = self._index()
                             index_map[upstream_index] = ("advisor", index)
-                            self._open.add(index)
                             yield {
                                 "type": "content_block_start",
                                 "index": index,
@@ -260,7 +258,6 @@ class Orchestration:
                         else:
                             index = self._index()
                             index_map[upstream_index] = ("live", index)
-                            self._open.add(index)
                             yield {**event, "index": index}
                     elif kind == "message_start":
                         if not self._started:
@@ -272,9 +269,9 @@ class Orchestration:
                 raise UpstreamError(502, "the executor's stream ended before its message_delta")
             if not self._started:
                 raise UpstreamError(502, "the executor's stream had no message_start")
-            for index in sorted(self._open):  # blocks the leg never stopped
+            for index in self._open_blocks():  # blocks the leg never stopped
                 yield {"type": "content_block_stop", "index": index}
-            self._open.clear()
+            self._blocks = {}
             self._record_leg(acc.message.get("usage") or {})
             stop_reason = acc.message.get("stop_reason")
             stop_sequence = acc.message.get("stop_sequence")
@@ -306,6 +303,10 @@ class Orchestration:
             "usage": self._usage(),
         }
         yield {"type": "message_stop"}
+
+    def _open_blocks(self) -> list[int]:
+        """Client indexes of blocks started and not yet stopped (held blocks are not sent yet)."""
+        return sorted(ref for mode, ref in self._blocks.values() if mode != "held")
 
     async def _consult_blocks(
         self, messages: list[Any], srv_id: str, exec_id: str, results: list[dict[str, Any]]

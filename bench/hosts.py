@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 import anyio
@@ -31,10 +30,7 @@ __all__ = [
     "small_plain_body",
 ]
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
+from advisor_middleware._types import Receive, Scope, Send
 
 EXEC_MODEL = "exec-model"
 # A name LiteLLM's provider inference maps to Anthropic, so its advisor leg comes to our backend.

@@ -11,13 +11,14 @@ import gc
 import json
 import statistics
 import time
-from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import anyio
 
 from advisor_middleware import AdvisorMiddleware
+from advisor_middleware._types import ASGIApp, Message, Receive, Scope, Send
 
 from .hosts import EchoHost, read_body
 
@@ -36,11 +37,6 @@ __all__ = [
     "split",
 ]
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 Call = Callable[[], Awaitable[None]]
 
 CHUNK = 64 * 1024  # what uvicorn hands an app per http.request message for a large body

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable, MutableMapping
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +19,7 @@ from starlette.testclient import TestClient
 from starlette.websockets import WebSocket
 
 from advisor_middleware import AdvisorMiddleware
+from advisor_middleware._types import Scope
 
 from .helpers import ONE_CONSULT, assert_host_stream, block_types, consult, http_for, plain_usage, post, read_body
 from .upstream import ADVISOR_TOOL, Reply, Script, reply_events, scripted_host, sse, text, tool_use
@@ -26,7 +27,6 @@ from .upstream import ADVISOR_TOOL, Reply, Script, reply_events, scripted_host, 
 pytestmark = pytest.mark.anyio
 
 MakeApp = Callable[..., Starlette]
-Scope = MutableMapping[str, Any]
 
 
 @dataclass
