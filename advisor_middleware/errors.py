@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pydantic_core
 
-__all__ = ["ERROR_TYPES", "AdvisorRequestError", "UpstreamError", "error_body", "error_type_for_status"]
+__all__ = [
+    "ERROR_TYPES",
+    "AdvisorRequestError",
+    "UpstreamError",
+    "error_body",
+    "error_type_for_status",
+    "quoted_error_type",
+]
 
 # https://docs.anthropic.com/en/api/errors
 _STATUS_TYPES = {
@@ -38,6 +46,27 @@ def error_type_for_status(status: int) -> str:
 
 def error_body(error_type: str, message: str) -> bytes:
     return pydantic_core.to_json({"type": "error", "error": {"type": error_type, "message": message}})
+
+
+def quoted_error_type(message: str) -> str | None:
+    """The Anthropic error type quoted in an error message, if any.
+
+    Gateways re-wrap provider errors: LiteLLM keeps the provider's status only for the classes it
+    knows, so an Anthropic 529 becomes a 500 ``api_error`` whose message quotes
+    ``{"type":"error","error":{"type":"overloaded_error",...}}``. The quoted type says what
+    happened (an advisor leg is then ``overloaded``, not just ``unavailable``)."""
+    decoder = json.JSONDecoder()
+    start = message.find("{")
+    while start != -1:
+        try:
+            value, _ = decoder.raw_decode(message, start)
+        except ValueError:
+            start = message.find("{", start + 1)
+            continue
+        inner = value.get("error") if isinstance(value, dict) else None
+        kind = inner.get("type") if isinstance(inner, dict) else None
+        return kind if kind in ERROR_TYPES else None
+    return None
 
 
 class AdvisorRequestError(Exception):
@@ -82,6 +111,16 @@ class UpstreamError(Exception):
             return {}
         inner = parsed.get("error") if isinstance(parsed, dict) else None
         return inner if isinstance(inner, dict) else {}
+
+    @property
+    def kind(self) -> str:
+        """The error's type; for a generic ``api_error`` whose message quotes a more precise
+        Anthropic error (a re-wrapped provider error), the quoted type."""
+        info = self.error
+        kind = str(info.get("type") or "")
+        if kind in ("", "api_error"):
+            kind = quoted_error_type(str(info.get("message") or "")) or kind
+        return kind
 
 
 def _normalise_body(status: int, body: bytes | dict[str, Any] | str) -> bytes:

@@ -37,14 +37,11 @@ def advisor_error_code(exc: BaseException) -> str:
         return "execution_time_exceeded"
     if not isinstance(exc, UpstreamError):
         return "unavailable"
-    info = exc.error
-    kind = str(info.get("type") or "")
-    message = str(info.get("message") or "").lower()
+    kind = exc.kind
+    message = str(exc.error.get("message") or "").lower()
     if exc.status == 429 or kind == "rate_limit_error":
         return "too_many_requests"
-    # Gateways re-wrap upstream errors: LiteLLM turns Anthropic's 529 into a 500 whose message
-    # quotes "overloaded_error" (issue 5 notes), so the message is read too.
-    if exc.status == 529 or kind == "overloaded_error" or (exc.status >= 500 and "overloaded" in message):
+    if exc.status == 529 or kind == "overloaded_error":
         return "overloaded"
     if exc.status in (408, 504) or kind == "timeout_error":
         return "execution_time_exceeded"

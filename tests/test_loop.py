@@ -412,7 +412,12 @@ ADVISOR_FAILURES = [
     ),
     pytest.param(Fail(500, "api_error"), "unavailable", id="500"),
     pytest.param(
-        Fail(500, "api_error", 'litellm.InternalServerError: {"type":"overloaded_error","message":"Overloaded"}'),
+        Fail(
+            500,
+            "api_error",
+            "litellm.InternalServerError: AnthropicException - "
+            '{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}',
+        ),
         "overloaded",
         id="gateway-rewrapped-529",
     ),
@@ -927,3 +932,36 @@ async def test_host_answering_json_to_streaming_legs(script: Script, streaming: 
         {"type": "text", "text": "Let me ask."},
         {"type": "tool_use", "id": "toolu_A1", "name": "advisor", "input": {}},
     ]
+
+
+@pytest.mark.parametrize("role", ["advisor", "executor"])
+async def test_a_host_that_crashes_on_a_leg(script: Script, role: str, caplog: pytest.LogCaptureFixture) -> None:
+    # The host raises instead of answering: an advisor leg becomes an error result and the
+    # executor goes on; an executor leg is the request's 500. Either way the traceback is logged.
+    host = scripted_host(script)
+
+    async def crashing(scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
+        if dict(scope.get("headers") or []).get(b"x-advisor-leg") == role.encode():
+            raise RuntimeError(f"host bug on the {role} leg")
+        await host(scope, receive, send)
+
+    one_consult(script)
+    async with sdk_for(AdvisorMiddleware(crashing)) as sdk:
+        if role == "executor":
+            with pytest.raises(anthropic.InternalServerError):
+                await call(sdk, True, **params())
+        else:
+            message = await call(sdk, True, **params())
+            results = [
+                b for b in message.model_dump(exclude_none=True)["content"] if b["type"] == "advisor_tool_result"
+            ]
+            assert [r["content"] for r in results] == [
+                {
+                    "type": "advisor_tool_result_error",
+                    "error_code": "unavailable",
+                }
+            ]
+            assert block_types(message.content)[-1] == "text"
+    logged = [r for r in caplog.records if r.getMessage() == f"the host app raised on a {role} leg"]
+    assert len(logged) == 1 and logged[0].exc_info is not None
+    assert str(logged[0].exc_info[1]) == f"host bug on the {role} leg"

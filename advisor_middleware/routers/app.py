@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import suppress
 from typing import Any
@@ -16,6 +17,8 @@ from .base import Leg
 from .events import MAX_BUFFERED, event_error, json_message_events, parse_event
 
 __all__ = ["AppRouter"]
+
+log = logging.getLogger("advisor_middleware")
 
 
 class AppRouter:
@@ -69,6 +72,8 @@ class AppRouter:
                 try:
                     await self.app(scope, receive, send)
                 except Exception as exc:  # the host crashed: that is this leg's answer
+                    # A server would log the traceback; the client only sees a 500 for the leg.
+                    log.exception("the host app raised on a %s leg", leg.role)
                     await send({"type": "advisor.app_error", "error": exc})
 
         status = 0

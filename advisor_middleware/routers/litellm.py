@@ -8,12 +8,11 @@ start-up (seconds) and installs without it. Install the extra with
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any
 
 from ..accumulate import message_to_events
-from ..errors import ERROR_TYPES, UpstreamError, error_type_for_status
+from ..errors import UpstreamError, error_type_for_status, quoted_error_type
 from ..sse import SSEDecoder
 from .base import Leg, closing
 from .events import event_error, parse_event
@@ -107,7 +106,7 @@ def _upstream_error(exc: Exception) -> UpstreamError:
     if not isinstance(status, int) or not 400 <= status <= 599:
         raise exc
     message = str(getattr(exc, "message", None) or exc)
-    error_type = _embedded_type(message) or error_type_for_status(status)
+    error_type = quoted_error_type(message) or error_type_for_status(status)
     headers: list[tuple[bytes, bytes]] = []
     # The provider's headers: LiteLLM keeps them on the exception; its ``response`` is often a
     # stand-in without them.
@@ -120,24 +119,3 @@ def _upstream_error(exc: Exception) -> UpstreamError:
             if isinstance(value, str):
                 headers.append((name.encode(), value.encode("latin-1", "replace")))
     return UpstreamError(status, {"type": error_type, "message": message}, headers)
-
-
-def _embedded_type(message: str) -> str | None:
-    """The provider's Anthropic error type quoted in a LiteLLM message, if any.
-
-    LiteLLM keeps the provider's status only for the classes it knows: an Anthropic 529 becomes
-    ``InternalServerError`` (500) whose message quotes ``{"type":"error","error":{"type":
-    "overloaded_error",...}}``. The quoted type says what happened (``overloaded``, not just
-    ``unavailable``, for an advisor leg)."""
-    decoder = json.JSONDecoder()
-    start = message.find("{")
-    while start != -1:
-        try:
-            value, _ = decoder.raw_decode(message, start)
-        except ValueError:
-            start = message.find("{", start + 1)
-            continue
-        inner = value.get("error") if isinstance(value, dict) else None
-        kind = inner.get("type") if isinstance(inner, dict) else None
-        return kind if kind in ERROR_TYPES else None
-    return None
