@@ -98,28 +98,33 @@ class AdvisorMiddleware:
             if name == b"content-encoding":
                 encoding = value.strip().lower()
         try:
-            raw = await self._read_body(headers, receive)
+            chunks = await self._read_body(headers, receive)
         except AdvisorRequestError as exc:
             await _send_error(send, exc.status, exc.body)
             return
-        if raw is None:
+        if chunks is None:
             return  # the client left while sending its body
+        if encoding in (b"", b"identity") and not _mentions_advisor(chunks):
+            # Cheap byte scan first: with no "advisor" anywhere there is nothing to do, and the
+            # original chunks go to the app as they came, without a parse or even a join (issue
+            # 3; design §2.3; issue 7: one scan of the bytes is the whole cost).
+            await self.app(scope, _replay(chunks, receive), send)
+            return
+        raw = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         try:
             body = _decode(raw, encoding, self.config.max_body_bytes)
         except AdvisorRequestError as exc:
             await _send_error(send, exc.status, exc.body)
             return
-        # Cheap byte scan first: with no "advisor" anywhere there is nothing to do, and the
-        # original bytes go to the app without a parse (issue 3; design §2.3).
-        if b"advisor" not in body:
-            await self.app(scope, _replay(raw, receive), send)
+        if b"advisor" not in body:  # a compressed body, scanned once decoded
+            await self.app(scope, _replay([raw], receive), send)
             return
         try:
             data = pydantic_core.from_json(body)
         except ValueError:
             data = None
         if not isinstance(data, dict):
-            await self.app(scope, _replay(raw, receive), send)  # the host answers bad JSON its way
+            await self.app(scope, _replay([raw], receive), send)  # the host answers bad JSON its way
             return
         try:
             plan = classify(data)
@@ -130,13 +135,13 @@ class AdvisorMiddleware:
         if plan.action == "pass" or (
             plan.action == "orchestrate" and native is not None and native(str(data.get("model")))
         ):
-            await self.app(scope, _replay(raw, receive), send)
+            await self.app(scope, _replay([raw], receive), send)
             return
         if plan.action == "rewrite":
             new_body = encode_json(plan.body)
             new_scope = dict(scope)
             new_scope["headers"] = _with_length(headers, len(new_body))
-            await self.app(new_scope, _replay(new_body, receive), send)
+            await self.app(new_scope, _replay([new_body], receive), send)
             return
         assert plan.tool is not None
         orchestration = Orchestration(
@@ -160,7 +165,9 @@ class AdvisorMiddleware:
             path = path[len(root_path) :]
         return (path.rstrip("/") or "/") in self.config.paths
 
-    async def _read_body(self, headers: Any, receive: Receive) -> bytes | None:
+    async def _read_body(self, headers: Any, receive: Receive) -> list[bytes] | None:
+        """The body's chunks as they came (never empty: an empty body is ``[b""]``), or None
+        if the client left first."""
         cap = self.config.max_body_bytes
         for name, value in headers:
             if name == b"content-length":
@@ -185,24 +192,15 @@ class AdvisorMiddleware:
                     raise _too_large(cap)
                 chunks.append(chunk)
             if not message.get("more_body", False):
-                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                return chunks or [b""]
 
     async def _respond(self, orchestration: Orchestration, receive: Receive, send: Send) -> None:
-        # One reader of the real receive (asgi-ecosystem §2.2): a disconnect cancels every leg in
-        # flight. uvicorn's send() stays silent after a disconnect, so receive is the only signal.
         async with anyio.create_task_group() as tg:
-
-            async def watch() -> None:
-                while True:
-                    message = await receive()
-                    if message["type"] == "http.disconnect":
-                        tg.cancel_scope.cancel()
-                        return
-
-            tg.start_soon(watch)
+            writer = _StreamWriter(send, self.config.ping_interval, tg) if orchestration.streaming else None
+            tg.start_soon(_watch, receive, tg, writer)
             try:
-                if orchestration.streaming:
-                    await self._write_stream(orchestration, _StreamWriter(send, self.config.ping_interval, tg))
+                if writer is not None:
+                    await self._write_stream(orchestration, writer)
                 else:
                     await self._write_json(orchestration, send)
             except OSError:
@@ -213,9 +211,10 @@ class AdvisorMiddleware:
     async def _write_json(self, orchestration: Orchestration, send: Send) -> None:
         acc = MessageAccumulator()
         try:
-            async with closing(orchestration.events()) as events:
-                async for event in events:
-                    acc.feed(event)
+            async with closing(orchestration.events()) as groups:
+                async for group in groups:
+                    for event in group:
+                        acc.feed(event)
         except UpstreamError as exc:
             await _send_error(send, exc.status, exc.body, exc.headers)
             return
@@ -237,13 +236,16 @@ class AdvisorMiddleware:
         await send({"type": "http.response.body", "body": payload, "more_body": False})
 
     async def _write_stream(self, orchestration: Orchestration, writer: _StreamWriter) -> None:
-        # The loop runs in this task and every event is sent as it comes. http.response.start
-        # waits for the first event, so a failure of the first executor leg keeps its own status
-        # and body; once started, the loop reports failures as an error event itself.
+        # The loop runs in this task and every group of events is sent as it comes, in one
+        # send: what one read of a leg produced (issue 7: one write per group instead of one per
+        # event took the relay from 53 % to over 100 % of the host's events/s under uvicorn).
+        # http.response.start waits for the first event, so a failure of the first executor leg
+        # keeps its own status and body; once started, the loop reports failures as an error
+        # event itself.
         try:
-            async with closing(orchestration.events()) as events:
-                async for event in events:
-                    await writer.write(encode_event(event))
+            async with closing(orchestration.events()) as groups:
+                async for group in groups:
+                    await writer.write(b"".join([encode_event(event) for event in group]))
         except OSError:
             raise
         except Exception as exc:
@@ -260,15 +262,36 @@ class AdvisorMiddleware:
             await writer.write(b"", more_body=False)
 
 
+async def _watch(receive: Receive, tg: TaskGroup, writer: _StreamWriter | None) -> None:
+    """The one reader of the real ``receive`` (asgi-ecosystem §2.2): a disconnect cancels every
+    leg in flight (uvicorn's send() stays silent after a disconnect, so receive is the only
+    signal). While streaming it is also the keep-alive clock: it stops listening every
+    ``ping_interval`` to ping if nothing was written meanwhile. One task for both instead of a
+    second keep-alive task: each anyio task costs ~20 µs to start (docs/performance.md)."""
+    while True:
+        message: Message | None = None
+        if writer is None:
+            message = await receive()
+        else:
+            with anyio.move_on_after(writer.next_check()):
+                message = await receive()
+            if message is None:
+                await writer.ping_if_quiet()
+                continue
+        if message["type"] == "http.disconnect":
+            tg.cancel_scope.cancel()
+            return
+
+
 class _StreamWriter:
-    """The one writer of a streaming response. The first body starts the response and a
-    keep-alive task that pings whenever nothing was written for ``interval`` seconds (a slow
-    advisor; Claude Code's idle timeout, claude-code-client §4.3). Events and pings share the
-    ASGI ``send``, never two sends at once: a ping is skipped while an event is being sent, and
-    an event waits for a ping that is on its way out. This replaces a producer task, a memory
+    """The one writer of a streaming response. The first body starts the response; after that
+    the watcher pings whenever nothing was written for ``interval`` seconds (a slow advisor;
+    Claude Code's idle timeout, claude-code-client §4.3). Events and pings share the ASGI
+    ``send``, never two sends at once: a ping is skipped while an event is being sent, and an
+    event waits for a ping that is on its way out. This replaces a producer task, a memory
     stream and a timer per event (~0.34 ms per streamed consult, docs/performance.md)."""
 
-    __slots__ = ("_last", "_pinging", "_sending", "_tg", "interval", "send", "started")
+    __slots__ = ("_done", "_last", "_pinging", "_sending", "_tg", "interval", "send", "started")
 
     def __init__(self, send: Send, interval: float, tg: TaskGroup) -> None:
         self.send = send
@@ -277,6 +300,7 @@ class _StreamWriter:
         self._tg = tg
         self._last = 0.0  # time.monotonic() of the last write
         self._sending = False
+        self._done = False  # the last body went out: no ping may follow it
         self._pinging: anyio.Event | None = None
 
     async def write(self, body: bytes, *, more_body: bool = True) -> None:
@@ -287,29 +311,31 @@ class _StreamWriter:
             if not self.started:
                 self.started = True
                 await self.send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
-                if more_body:
-                    self._tg.start_soon(self._keep_alive)
+            self._done = not more_body
             await self.send({"type": "http.response.body", "body": body, "more_body": more_body})
         finally:
             self._sending = False
         self._last = time.monotonic()
 
-    async def _keep_alive(self) -> None:
-        while True:
-            quiet = time.monotonic() - self._last
-            if quiet < self.interval or self._sending:
-                await anyio.sleep(self.interval - quiet if quiet < self.interval else self.interval)
-                continue
-            self._pinging = pinging = anyio.Event()
-            try:
-                await self.send({"type": "http.response.body", "body": _PING, "more_body": True})
-            except OSError:  # ASGI 2.4 servers raise from send once the client is gone
-                self._tg.cancel_scope.cancel()
-                return
-            finally:
-                self._pinging = None
-                pinging.set()
-            self._last = time.monotonic()
+    def next_check(self) -> float:
+        """Seconds until a ping may be due."""
+        if not self.started:
+            return self.interval
+        return max(0.0, self.interval - (time.monotonic() - self._last))
+
+    async def ping_if_quiet(self) -> None:
+        if not self.started or self._sending or self._done or time.monotonic() - self._last < self.interval:
+            return
+        self._pinging = pinging = anyio.Event()
+        try:
+            await self.send({"type": "http.response.body", "body": _PING, "more_body": True})
+        except OSError:  # ASGI 2.4 servers raise from send once the client is gone
+            self._tg.cancel_scope.cancel()
+            return
+        finally:
+            self._pinging = None
+            pinging.set()
+        self._last = time.monotonic()
 
 
 def _too_large(cap: int) -> AdvisorRequestError:
@@ -332,17 +358,36 @@ def _decode(raw: bytes, encoding: bytes, cap: int) -> bytes:
     return out
 
 
-def _replay(body: bytes, receive: Receive) -> Receive:
-    """Hand the buffered body over once, then wait on the real ``receive``: answering at once
-    with a disconnect makes Django cancel the view, and a second ``http.request`` trips its
-    assertion (asgi-ecosystem §2.2; nginx/unit#1561)."""
-    sent = False
+_NEEDLE = b"advisor"
+
+
+def _mentions_advisor(chunks: list[bytes]) -> bool:
+    """Whether ``advisor`` occurs in the body, checked chunk by chunk (a spelling split across
+    two chunks included) so that a pass-through never copies the body to join it."""
+    if len(chunks) == 1:
+        return _NEEDLE in chunks[0]
+    keep = len(_NEEDLE) - 1
+    tail = b""
+    for chunk in chunks:
+        if _NEEDLE in chunk or (tail and _NEEDLE in tail + chunk[:keep]):
+            return True
+        tail = chunk[-keep:] if len(chunk) >= keep else (tail + chunk)[-keep:]
+    return False
+
+
+def _replay(chunks: list[bytes], receive: Receive) -> Receive:
+    """Hand the buffered body over (in the chunks it came in), then wait on the real
+    ``receive``: answering at once with a disconnect makes Django cancel the view, and a second
+    ``http.request`` after the last trips its assertion (asgi-ecosystem §2.2; nginx/unit#1561)."""
+    position = 0
+    last = len(chunks) - 1
 
     async def replay() -> Message:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
+        nonlocal position
+        if position <= last:
+            i = position
+            position += 1
+            return {"type": "http.request", "body": chunks[i], "more_body": i < last}
         return await receive()
 
     return replay

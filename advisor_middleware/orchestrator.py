@@ -21,7 +21,7 @@ from .config import AdvisorConfig
 from .errors import UpstreamError
 from .history import HistoryInfo, advice_tool_result, advisor_tool_use, render_history
 from .prompts import ADVISOR_SYSTEM_PROMPT, EXECUTOR_TOOL_DESCRIPTION, budget_note
-from .routers.base import Leg, MessagesRouter, closing, leg_headers
+from .routers.base import Leg, MessagesRouter, closing, leg_batches, leg_headers
 from .transcript import render_transcript
 
 __all__ = ["Orchestration", "advisor_error_code"]
@@ -133,14 +133,16 @@ class Orchestration:
         self._ids.add(fresh)
         return fresh
 
-    async def events(self) -> AsyncIterator[dict[str, Any]]:
-        """The client's events. Before anything was yielded (and always in JSON mode) a failure
-        raises, so the caller can answer with the upstream's own status; once streaming has
-        started it ends the stream instead: open blocks closed, then one ``error`` event."""
+    async def events(self) -> AsyncIterator[list[dict[str, Any]]]:
+        """The client's events, in groups that are ready together (a group is what one read of
+        a leg produced; the streaming writer sends each group in one ``send``). Before anything
+        was yielded (and always in JSON mode) a failure raises, so the caller can answer with
+        the upstream's own status; once streaming has started it ends the stream instead: open
+        blocks closed, then one ``error`` event."""
         try:
             async with closing(self._loop()) as loop:
-                async for event in loop:
-                    yield event
+                async for group in loop:
+                    yield group
         except Exception as exc:
             if not self.streaming or not self._started:
                 raise
@@ -150,12 +152,13 @@ class Orchestration:
             else:
                 log.exception("advisor loop failed after the response started")
                 error = {"type": "api_error", "message": "internal error in the advisor middleware"}
-            for index in self._open_blocks():
-                yield {"type": "content_block_stop", "index": index}
+            closing_events: list[dict[str, Any]] = [
+                {"type": "content_block_stop", "index": index} for index in self._open_blocks()
+            ]
             self._blocks = {}
-            yield {"type": "error", "error": error}
+            yield [*closing_events, {"type": "error", "error": error}]
 
-    async def _loop(self) -> AsyncIterator[dict[str, Any]]:
+    async def _loop(self) -> AsyncIterator[list[dict[str, Any]]]:
         messages, info = self._history or render_history(self.body.get("messages") or [])
         self._collect_ids(messages)
         if info.pending:
@@ -163,27 +166,28 @@ class Orchestration:
             # their results (advisor-wire-spec §2.3). No executor leg has started yet, so the
             # message_start is ours; the legs' usage arrives in message_delta as usual.
             self._started = True
-            yield {
-                "type": "message_start",
-                "message": {
-                    "id": f"msg_{uuid.uuid4().hex[:24]}",
-                    "type": "message",
-                    "role": "assistant",
-                    "model": self.body.get("model"),
-                    "content": [],
-                    "stop_reason": None,
-                    "stop_sequence": None,
-                    "usage": {"input_tokens": 0, "output_tokens": 0},
-                },
-            }
+            yield [
+                {
+                    "type": "message_start",
+                    "message": {
+                        "id": f"msg_{uuid.uuid4().hex[:24]}",
+                        "type": "message",
+                        "role": "assistant",
+                        "model": self.body.get("model"),
+                        "content": [],
+                        "stop_reason": None,
+                        "stop_sequence": None,
+                        "usage": {"input_tokens": 0, "output_tokens": 0},
+                    },
+                }
+            ]
             # The advisor reads up to the call, as in the loop: the client's tool results come
             # after the advice, so the next consult's transcript extends this one (design §5).
             last = messages[-1] if messages else None
             upto = messages[:-1] if isinstance(last, dict) and last.get("role") == "user" else messages
             results: list[dict[str, Any]] = []
             for exec_id, srv_id in info.pending:
-                async for event in self._consult_blocks(upto, srv_id, exec_id, results):
-                    yield event
+                yield await self._consult_events(upto, srv_id, exec_id, results)
             messages = _answer(messages, results)
         stop_reason: Any = None
         stop_sequence: Any = None
@@ -197,77 +201,27 @@ class Orchestration:
                 leg_body["tool_choice"] = {**leg_body["tool_choice"], "type": "auto"}
                 leg_body["tool_choice"].pop("name", None)
             acc = MessageAccumulator()
-            index_map = self._blocks = {}
+            self._blocks = {}
             held: list[list[dict[str, Any]]] = []
             calls: list[_Call] = []
             leg = Leg("executor", leg_body, self.exec_headers, self.scope)
-            async with closing(self.router.stream(leg)) as stream:
-                async for event in stream:
-                    kind = event.get("type")
+            async with closing(leg_batches(self.router, leg)) as batches:
+                async for batch in batches:
+                    out: list[dict[str, Any]] = []
                     try:
-                        acc.feed(event)
-                        upstream_index = event.get("index", -1)
-                        target = index_map.get(upstream_index)
-                    except (TypeError, ValueError, AttributeError, IndexError, KeyError):
-                        raise _malformed(kind) from None
-                    if kind == "content_block_delta" or kind == "content_block_stop":
-                        if target is None:
-                            continue  # a block never started, or already stopped: not relayed
-                        mode, ref = target
-                        if kind == "content_block_stop":
-                            del index_map[upstream_index]
-                        if mode == "live":
-                            yield {**event, "index": ref}
-                        elif mode == "held":
-                            held[ref].append(event)
-                        elif kind == "content_block_stop":
-                            yield {"type": "content_block_stop", "index": ref}
-                    elif kind == "content_block_start":
-                        block = event.get("content_block") or {}
-                        if not isinstance(block, dict):
-                            raise _malformed(kind)
-                        if not self._started or target is not None:
-                            # Relayed, this would break the client's stream (advisor-wire-spec §4).
-                            problem = "before message_start" if not self._started else "twice"
-                            raise UpstreamError(502, f"the executor's stream started block {upstream_index} {problem}")
-                        if block.get("type") == "tool_use" and block.get("name") == ADVISOR_NAME:
-                            exec_id = self._exec_id(block.get("id"))
-                            call = _Call(upstream_index, exec_id, server_tool_use_id(exec_id))
-                            calls.append(call)
-                            index = self._index()
-                            index_map[upstream_index] = ("advisor", index)
-                            yield {
-                                "type": "content_block_start",
-                                "index": index,
-                                "content_block": server_tool_use_block(call.srv_id),
-                            }
-                            # Real advisor streams carry one empty input_json_delta (§4).
-                            yield {
-                                "type": "content_block_delta",
-                                "index": index,
-                                "delta": {"type": "input_json_delta", "partial_json": ""},
-                            }
-                        elif block.get("type") == "tool_use" or calls:
-                            # Client tools wait for the consults of this leg (§2.3 order:
-                            # advisor pair first, then the client's tool_use blocks).
-                            index_map[upstream_index] = ("held", len(held))
-                            held.append([event])
-                        else:
-                            index = self._index()
-                            index_map[upstream_index] = ("live", index)
-                            yield {**event, "index": index}
-                    elif kind == "message_start":
-                        if not self._started:
-                            message = dict(event.get("message") or {})
-                            message["content"] = []
-                            self._started = True
-                            yield {"type": "message_start", "message": message}
+                        self._relay(batch, out, acc, held, calls)
+                    except Exception:
+                        if out:  # sent first, so the blocks they open can be closed
+                            yield out
+                        raise
+                    if out:
+                        yield out
             if not acc.finished:
                 raise UpstreamError(502, "the executor's stream ended before its message_delta")
             if not self._started:
                 raise UpstreamError(502, "the executor's stream had no message_start")
-            for index in self._open_blocks():  # blocks the leg never stopped
-                yield {"type": "content_block_stop", "index": index}
+            # Blocks the leg never stopped.
+            tail: list[dict[str, Any]] = [{"type": "content_block_stop", "index": i} for i in self._open_blocks()]
             self._blocks = {}
             self._record_leg(acc.message.get("usage") or {})
             stop_reason = acc.message.get("stop_reason")
@@ -277,45 +231,130 @@ class Orchestration:
                 messages = _append_assistant(messages, content)
                 results = []
                 for call in calls:
-                    async for event in self._consult_blocks(messages, call.srv_id, call.exec_id, results):
-                        yield event
+                    if tail:  # sent before the consult, which takes a while
+                        yield tail
+                        tail = []
+                    yield await self._consult_events(messages, call.srv_id, call.exec_id, results)
             client_tools = False
             for events in held:
                 index = self._index()
                 client_tools = client_tools or (events[0].get("content_block") or {}).get("type") == "tool_use"
-                for event in events:
-                    yield {**event, "index": index}
+                tail.extend({**event, "index": index} for event in events)
                 if events[-1].get("type") != "content_block_stop":
-                    yield {"type": "content_block_stop", "index": index}
+                    tail.append({"type": "content_block_stop", "index": index})
             if not calls or client_tools:
                 break
+            if tail:
+                yield tail
             if legs >= self.config.max_executor_legs:
                 log.warning("executor kept calling the advisor; stopping after %d legs", legs)
                 stop_reason = "end_turn"
                 break
             messages = _answer(messages, results)
-        yield {
-            "type": "message_delta",
-            "delta": {"stop_reason": stop_reason, "stop_sequence": stop_sequence},
-            "usage": self._usage(),
-        }
-        yield {"type": "message_stop"}
+        tail.append(
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": stop_reason, "stop_sequence": stop_sequence},
+                "usage": self._usage(),
+            }
+        )
+        tail.append({"type": "message_stop"})
+        yield tail
+
+    def _relay(
+        self,
+        batch: list[dict[str, Any]],
+        out: list[dict[str, Any]],
+        acc: MessageAccumulator,
+        held: list[list[dict[str, Any]]],
+        calls: list[_Call],
+    ) -> None:
+        """Map one group of the executor's events onto the client's message: relay text and
+        thinking live (re-indexed), turn advisor calls into ``server_tool_use``, hold client
+        tools. Client events go to ``out``; a malformed stream raises."""
+        index_map = self._blocks
+        for event in batch:
+            kind = event.get("type")
+            try:
+                acc.feed(event)
+                upstream_index = event.get("index", -1)
+                target = index_map.get(upstream_index)
+            except (TypeError, ValueError, AttributeError, IndexError, KeyError):
+                raise _malformed(kind) from None
+            if kind == "content_block_delta" or kind == "content_block_stop":
+                if target is None:
+                    continue  # a block never started, or already stopped: not relayed
+                mode, ref = target
+                if kind == "content_block_stop":
+                    del index_map[upstream_index]
+                if mode == "live":
+                    out.append({**event, "index": ref})
+                elif mode == "held":
+                    held[ref].append(event)
+                elif kind == "content_block_stop":
+                    out.append({"type": "content_block_stop", "index": ref})
+            elif kind == "content_block_start":
+                block = event.get("content_block") or {}
+                if not isinstance(block, dict):
+                    raise _malformed(kind)
+                if not self._started or target is not None:
+                    # Relayed, this would break the client's stream (advisor-wire-spec §4).
+                    problem = "before message_start" if not self._started else "twice"
+                    raise UpstreamError(502, f"the executor's stream started block {upstream_index} {problem}")
+                if block.get("type") == "tool_use" and block.get("name") == ADVISOR_NAME:
+                    exec_id = self._exec_id(block.get("id"))
+                    call = _Call(upstream_index, exec_id, server_tool_use_id(exec_id))
+                    calls.append(call)
+                    index = self._index()
+                    index_map[upstream_index] = ("advisor", index)
+                    out.append(
+                        {
+                            "type": "content_block_start",
+                            "index": index,
+                            "content_block": server_tool_use_block(call.srv_id),
+                        }
+                    )
+                    # Real advisor streams carry one empty input_json_delta (§4).
+                    out.append(
+                        {
+                            "type": "content_block_delta",
+                            "index": index,
+                            "delta": {"type": "input_json_delta", "partial_json": ""},
+                        }
+                    )
+                elif block.get("type") == "tool_use" or calls:
+                    # Client tools wait for the consults of this leg (§2.3 order:
+                    # advisor pair first, then the client's tool_use blocks).
+                    index_map[upstream_index] = ("held", len(held))
+                    held.append([event])
+                else:
+                    index = self._index()
+                    index_map[upstream_index] = ("live", index)
+                    out.append({**event, "index": index})
+            elif kind == "message_start":
+                if not self._started:
+                    message = dict(event.get("message") or {})
+                    message["content"] = []
+                    self._started = True
+                    out.append({"type": "message_start", "message": message})
 
     def _open_blocks(self) -> list[int]:
         """Client indexes of blocks started and not yet stopped (held blocks are not sent yet)."""
         return sorted(ref for mode, ref in self._blocks.values() if mode != "held")
 
-    async def _consult_blocks(
+    async def _consult_events(
         self, messages: list[Any], srv_id: str, exec_id: str, results: list[dict[str, Any]]
-    ) -> AsyncIterator[dict[str, Any]]:
-        """Run one consult; yield its ``advisor_tool_result`` (whole, in one start event, §4)
-        and add the executor's ``tool_result`` to ``results``."""
+    ) -> list[dict[str, Any]]:
+        """Run one consult; return its ``advisor_tool_result`` events (whole, in one start
+        event, §4) and add the executor's ``tool_result`` to ``results``."""
         result = await self._consult(messages)
         block = advisor_result_block(srv_id, **result)
         index = self._index()
-        yield {"type": "content_block_start", "index": index, "content_block": block}
-        yield {"type": "content_block_stop", "index": index}
         results.append(advice_tool_result(exec_id, block["content"]))
+        return [
+            {"type": "content_block_start", "index": index, "content_block": block},
+            {"type": "content_block_stop", "index": index},
+        ]
 
     def _collect_ids(self, messages: list[Any]) -> None:
         for message in messages:
@@ -398,10 +437,15 @@ class Orchestration:
         acc = MessageAccumulator()
         leg = Leg("advisor", body, self.advisor_headers, self.scope)
         try:
-            with anyio.fail_after(self.config.advisor_timeout):
-                async with closing(self.router.stream(leg)) as stream:
-                    async for event in stream:
-                        acc.feed(event)
+            # A bare deadline scope, not anyio.fail_after: same effect, a third of the cost
+            # (fail_after is a generator-based context manager; ~6 µs per consult).
+            with anyio.CancelScope(deadline=anyio.current_time() + self.config.advisor_timeout) as deadline:
+                async with closing(leg_batches(self.router, leg)) as batches:
+                    async for batch in batches:
+                        for event in batch:
+                            acc.feed(event)
+            if deadline.cancelled_caught:
+                raise TimeoutError(f"the advisor took longer than {self.config.advisor_timeout} s")
         except Exception as exc:
             code = advisor_error_code(exc)
             if isinstance(exc, UpstreamError | TimeoutError):

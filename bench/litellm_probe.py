@@ -24,6 +24,9 @@ import httpx
 
 from .hosts import ADVISOR_MODEL, ADVISOR_TOOL, EXEC_MODEL
 
+BLOCK = 10
+"""Requests per timed block (see the measuring loop)."""
+
 USER = [{"role": "user", "content": "Write a Go worker pool with graceful shutdown."}]
 _FUNCTION = {
     "type": "function",
@@ -104,14 +107,20 @@ async def _main(base: str, n: int, warmup: int) -> dict[str, Any]:
         for _ in range(warmup):
             for _, call in sides:
                 await call()
-        for i in range(n):
+        # Blocks of BLOCK requests per side, the sides alternating block by block: LiteLLM
+        # finishes each call in background tasks and threads (logging, cost tracking) after it
+        # returns, and per-request alternation would bill that work to the next sample (often
+        # raw3, which is subtracted): measured that way LiteLLM looked ~40 % cheaper.
+        rounds = max(1, n // BLOCK)
+        for i in range(rounds):
             for name, call in sides if i % 2 == 0 else sides[::-1]:
                 cpu, wall = samples.setdefault(name, ([], []))
                 c0, w0 = time.process_time_ns(), time.perf_counter_ns()
-                await call()
+                for _ in range(BLOCK):
+                    await call()
                 w1, c1 = time.perf_counter_ns(), time.process_time_ns()
-                cpu.append(c1 - c0)
-                wall.append(w1 - w0)
+                cpu.append((c1 - c0) // BLOCK)
+                wall.append((w1 - w0) // BLOCK)
     out: dict[str, Any] = {"version": metadata.version("litellm"), "first_ms": first_ms}
     for name, (cpu, wall) in samples.items():
         out[name] = {"cpu_us": statistics.median(cpu) / 1000, "wall_us": statistics.median(wall) / 1000}

@@ -334,6 +334,8 @@ def rss():
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     return float("nan")
+for name in filter(None, sys.argv[2].split(",")):  # what the host process has loaded already
+    __import__(name)
 before = rss()
 t = time.perf_counter()
 __import__(sys.argv[1])
@@ -341,13 +343,19 @@ print(time.perf_counter() - t, before, rss())
 """
 
 
-def measure_startup(module: str, runs: int) -> Startup:
-    """``import MODULE`` in fresh interpreters: time and resident memory."""
+def measure_startup(module: str, runs: int, preload: tuple[str, ...] = ()) -> Startup:
+    """``import MODULE`` in fresh interpreters that first import ``preload`` (a host's own
+    modules, untimed): time and resident memory added."""
     env = dict(os.environ, LITELLM_LOCAL_MODEL_COST_MAP="True")
     results = []
     for _ in range(runs):
         out = subprocess.run(
-            [sys.executable, "-c", _IMPORT_PROBE, module], capture_output=True, text=True, check=True, cwd=ROOT, env=env
+            [sys.executable, "-c", _IMPORT_PROBE, module, ",".join(preload)],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=ROOT,
+            env=env,
         ).stdout
         results.append([float(x) for x in out.strip().splitlines()[-1].split()])
     return Startup(

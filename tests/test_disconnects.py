@@ -53,7 +53,7 @@ PHASES: dict[str, Phase] = {
     "before-the-body": (lambda s: None, lambda s, c: True, None),
     "first-executor-leg": (
         lambda s: s.executor(hanging()),
-        lambda s, c: len(s.of("executor")) == 1 and c.bodies >= 3,
+        lambda s, c: len(s.of("executor")) == 1 and c.events >= 3,
         "executor",
     ),
     "advisor-leg": (
@@ -63,10 +63,10 @@ PHASES: dict[str, Phase] = {
     ),
     "later-executor-leg": (
         lambda s: s.executor(asking(), hanging()).advisor(Reply([text("Advice.")])),
-        lambda s, c: len(s.of("executor")) == 2 and c.bodies >= 9,
+        lambda s, c: len(s.of("executor")) == 2 and c.events >= 9,
         "executor",
     ),
-    # The client stops reading: send() is stuck on the 4th chunk while the executor still streams.
+    # The client stops reading: send() is stuck once 4 events went out, the executor still streaming.
     "while-writing": (
         lambda s: s.executor(Reply([text(f"part {i}") for i in range(200)])),
         lambda s, c: c.stuck,
@@ -108,7 +108,8 @@ class Client:
         self.gone = gone
         self.stuck_at = stuck_at
         self.stuck: bool = False
-        self.bodies: int = 0
+        self.events: int = 0
+        """Events received so far (one send may carry several)."""
         self.left_at: float = 0.0
         self.reads: int = 0
 
@@ -123,8 +124,8 @@ class Client:
 
     async def send(self, message: dict[str, Any]) -> None:
         if message["type"] == "http.response.body":
-            self.bodies += 1
-            if self.bodies == self.stuck_at:
+            self.events += bytes(message.get("body", b"")).count(b"event: ")
+            if self.stuck_at is not None and self.events >= self.stuck_at:
                 self.stuck = True
                 await anyio.sleep_forever()
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
 import pytest
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
@@ -418,3 +420,70 @@ def test_websocket_untouched() -> None:
             with client.websocket_connect(path) as ws:
                 ws.send_text(json.dumps(advisor_body()))
                 assert ws.receive_text() == f"{path}:{json.dumps(advisor_body())}"
+
+
+class ChunkEcho:
+    """Records the ``http.request`` chunks exactly as the app receives them."""
+
+    def __init__(self) -> None:
+        self.chunks: list[tuple[bytes, bool]] = []
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        while True:
+            message = await receive()
+            self.chunks.append((message["body"], message.get("more_body", False)))
+            if not message.get("more_body", False):
+                break
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+
+async def send_chunks(app: Any, chunks: list[bytes]) -> list[dict[str, Any]]:
+    messages = [{"type": "http.request", "body": c, "more_body": i < len(chunks) - 1} for i, c in enumerate(chunks)]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        if messages:
+            return messages.pop(0)
+        await anyio.sleep_forever()  # a client that stays for the answer
+        raise AssertionError("unreachable")
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/v1/messages",
+        "root_path": "",
+        "headers": [(b"content-type", b"application/json")],
+    }
+    await app(scope, receive, send)
+    return sent
+
+
+async def test_a_plain_body_reaches_the_app_in_the_chunks_it_came_in() -> None:
+    raw = json.dumps({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "x" * 300}]})
+    chunks = [raw[i : i + 64].encode() for i in range(0, len(raw), 64)]
+    echo = ChunkEcho()
+    await send_chunks(AdvisorMiddleware(echo), chunks)
+    assert echo.chunks == [(c, i < len(chunks) - 1) for i, c in enumerate(chunks)]
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 5, 64])
+@pytest.mark.parametrize("offset", [0, 1, 3, 6])
+async def test_the_word_advisor_split_across_chunks_is_found(size: int, offset: int) -> None:
+    # The tool entry is cut into chunks of `size` bytes, shifted by `offset`, so "advisor" is
+    # split between chunks at every position: the request must still be orchestrated.
+    raw = json.dumps({**advisor_body(), "stream": False}).encode()
+    cuts = [0, *range(offset or size, len(raw), size), len(raw)]
+    chunks = [raw[a:b] for a, b in itertools.pairwise(cuts) if b > a]
+    assert b"".join(chunks) == raw
+    echo = ChunkEcho()
+    sent = await send_chunks(AdvisorMiddleware(echo), chunks)
+    # Orchestrated: the echo got leg requests (one chunk each, with the function tool), not the
+    # client's chunks, and could not answer them as a model would (a 502 for the leg).
+    assert echo.chunks, "the host saw no leg"
+    assert all(not more for _, more in echo.chunks)
+    assert b"advisor_20260301" not in b"".join(c for c, _ in echo.chunks)
+    assert sent[0]["type"] == "http.response.start"

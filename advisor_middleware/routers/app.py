@@ -13,7 +13,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from .._types import ASGIApp, Message
 from ..errors import UpstreamError
 from ..sse import SSEDecoder, encode_json
-from .base import Leg
+from .base import Leg, closing
 from .events import MAX_BUFFERED, event_error, json_message_events, parse_event
 
 __all__ = ["AppRouter"]
@@ -33,6 +33,15 @@ class AppRouter:
         self.app = app
 
     async def stream(self, leg: Leg) -> AsyncIterator[dict[str, Any]]:
+        """The leg's events one by one (the :class:`MessagesRouter` protocol)."""
+        async with closing(self.batches(leg)) as batches:
+            async for batch in batches:
+                for event in batch:
+                    yield event
+
+    async def batches(self, leg: Leg) -> AsyncIterator[list[dict[str, Any]]]:
+        """The leg's events in the groups the app produced them: everything it sent before it
+        had to wait comes out as one list, which the middleware writes in one ``send``."""
         body = encode_json(leg.body)
         headers = [(k, v) for k, v in leg.headers if k != b"content-type"]
         headers += [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
@@ -89,51 +98,61 @@ class AppRouter:
             tg.start_soon(run)
             try:
                 async with from_app:
-                    while (message := await _next(from_app)) is not None:
-                        kind = message["type"]
-                        if kind == "http.response.start":
-                            status = int(message["status"])
-                            for name, value in message.get("headers") or []:
-                                key = bytes(name).lower()
-                                if key == b"content-type":
-                                    is_sse = bytes(value).lower().startswith(b"text/event-stream")
-                                elif key == b"content-encoding":
-                                    encoding = bytes(value).lower().strip()
-                                elif key in (b"retry-after", b"x-should-retry"):
-                                    response_headers.append((key, bytes(value)))
-                        elif kind == "http.response.body":
-                            chunk = bytes(message.get("body", b""))
-                            if status == 200 and is_sse and encoding in (b"", b"identity"):
-                                for name, data in decoder.feed(chunk):
-                                    event = parse_event(name, data)
-                                    if isinstance(event, UpstreamError):
-                                        error = event
-                                        break
-                                    if event.get("type") == "error":
-                                        error = event_error(event)
-                                        break
-                                    try:
-                                        yield event
-                                    except GeneratorExit:
-                                        # Closed early by the consumer. Leave the task group
-                                        # normally: a GeneratorExit crossing it would come out
-                                        # wrapped in an ExceptionGroup.
-                                        closed = True
-                                        break
-                                if error is not None or closed:
-                                    break
-                            else:
-                                size += len(chunk)
-                                if size > MAX_BUFFERED:
-                                    error = UpstreamError(502, "leg response too large to buffer")
-                                    break
-                                buffered.append(chunk)
-                            if not message.get("more_body", False):
-                                complete.set()
-                        elif kind == "advisor.app_error":
-                            exc = message["error"]
-                            error = UpstreamError(500, f"the host app raised {type(exc).__name__} on this leg")
+                    message = await _next(from_app)
+                    while message is not None:
+                        batch: list[dict[str, Any]] = []
+                        # Everything already buffered goes into one batch; the wait comes after.
+                        while True:
+                            kind = message["type"]
+                            if kind == "http.response.body":
+                                chunk = bytes(message.get("body", b""))
+                                if status == 200 and is_sse and encoding in (b"", b"identity"):
+                                    for name, data in decoder.feed(chunk):
+                                        event = parse_event(name, data)
+                                        if isinstance(event, UpstreamError):
+                                            error = event
+                                            break
+                                        if event.get("type") == "error":
+                                            error = event_error(event)
+                                            break
+                                        batch.append(event)
+                                else:
+                                    size += len(chunk)
+                                    if size > MAX_BUFFERED:
+                                        error = UpstreamError(502, "leg response too large to buffer")
+                                    buffered.append(chunk)
+                                if not message.get("more_body", False):
+                                    complete.set()
+                            elif kind == "http.response.start":
+                                status = int(message["status"])
+                                for name, value in message.get("headers") or []:
+                                    key = bytes(name).lower()
+                                    if key == b"content-type":
+                                        is_sse = bytes(value).lower().startswith(b"text/event-stream")
+                                    elif key == b"content-encoding":
+                                        encoding = bytes(value).lower().strip()
+                                    elif key in (b"retry-after", b"x-should-retry"):
+                                        response_headers.append((key, bytes(value)))
+                            elif kind == "advisor.app_error":
+                                exc = message["error"]
+                                error = UpstreamError(500, f"the host app raised {type(exc).__name__} on this leg")
+                            if error is not None:
+                                break
+                            message = _buffered(from_app)
+                            if message is None or message is _WAIT:
+                                break
+                        if batch:  # what came before an error is still the leg's output
+                            try:
+                                yield batch
+                            except GeneratorExit:
+                                # Closed early by the consumer. Leave the task group normally:
+                                # a GeneratorExit crossing it would come out wrapped in an
+                                # ExceptionGroup.
+                                closed = True
+                        if error is not None or closed:
                             break
+                        if message is _WAIT:
+                            message = await _next(from_app)
             finally:
                 if error is not None or closed or not complete.is_set():
                     tg.cancel_scope.cancel()
@@ -152,8 +171,21 @@ class AppRouter:
         if is_sse:
             return
         # The host ignored ``stream: true`` and answered one JSON Message: replay it as events.
-        for event in json_message_events(raw):
-            yield event
+        yield list(json_message_events(raw))
+
+
+_WAIT: Message = {"type": "advisor.wait"}
+"""Returned by :func:`_buffered` when nothing is buffered yet (the app is still working)."""
+
+
+def _buffered(stream: MemoryObjectReceiveStream[Message]) -> Message | None:
+    """The next message if one is already buffered, ``_WAIT`` if not, None at the end."""
+    try:
+        return stream.receive_nowait()
+    except anyio.WouldBlock:
+        return _WAIT
+    except anyio.EndOfStream:
+        return None
 
 
 async def _next(stream: MemoryObjectReceiveStream[Message]) -> Message | None:

@@ -10,7 +10,7 @@ import httpx
 
 from ..errors import UpstreamError
 from ..sse import SSEDecoder, encode_json
-from .base import Leg
+from .base import Leg, closing
 from .events import MAX_BUFFERED, event_error, json_message_events, parse_event
 
 __all__ = ["DEFAULT_TIMEOUT", "HTTPRouter", "PooledClient"]
@@ -86,6 +86,14 @@ class HTTPRouter(PooledClient):
         self.url = self.base_url + "/" + path.lstrip("/")
 
     async def stream(self, leg: Leg) -> AsyncIterator[dict[str, Any]]:
+        """The leg's events one by one (the :class:`MessagesRouter` protocol)."""
+        async with closing(self.batches(leg)) as batches:
+            async for batch in batches:
+                for event in batch:
+                    yield event
+
+    async def batches(self, leg: Leg) -> AsyncIterator[list[dict[str, Any]]]:
+        """The leg's events grouped as they arrived: one list per network read."""
         url = self.url
         query = leg.scope.get("query_string")
         if query:
@@ -110,13 +118,16 @@ class HTTPRouter(PooledClient):
                 else:
                     decoder = SSEDecoder()
                     async for chunk in response.aiter_bytes():
+                        batch: list[dict[str, Any]] = []
                         for name, data in decoder.feed(chunk):
                             event = parse_event(name, data)
-                            if isinstance(event, UpstreamError):
-                                raise event
-                            if event.get("type") == "error":
-                                raise event_error(event)
-                            yield event
+                            if isinstance(event, UpstreamError) or event.get("type") == "error":
+                                if batch:  # what came before the error is still the leg's output
+                                    yield batch
+                                raise event if isinstance(event, UpstreamError) else event_error(event)
+                            batch.append(event)
+                        if batch:
+                            yield batch
                     return
         except httpx.TimeoutException as exc:
             kind = type(exc).__name__
@@ -124,8 +135,7 @@ class HTTPRouter(PooledClient):
         except httpx.RequestError as exc:
             message = f"upstream {self.url} failed: {type(exc).__name__}: {exc}"
             raise UpstreamError(502, {"type": "api_error", "message": message}) from exc
-        for event in json_message_events(raw):
-            yield event
+        yield list(json_message_events(raw))
 
 
 async def _read(response: httpx.Response) -> bytes:
