@@ -3,13 +3,14 @@ and a client gone during a ping ends the response quietly (docs/performance.md, 
 
 from __future__ import annotations
 
-from collections.abc import MutableMapping
+import json
+from collections.abc import AsyncIterator, MutableMapping
 from typing import Any
 
 import anyio
 import pytest
 
-from advisor_middleware import AdvisorMiddleware
+from advisor_middleware import AdvisorMiddleware, AppRouter, Leg
 from bench.hosts import ModelHost, small_consult_body
 from bench.inproc import receiver, request_scope
 
@@ -61,3 +62,40 @@ async def test_a_client_gone_during_a_ping_ends_the_response_quietly() -> None:
 
     assert host.calls == 2  # executor leg 1, then the advisor leg that was cancelled
     assert not any(b.startswith(b"event: message_stop") for b in sent)
+
+
+class StreamOnly:
+    """A third-party router with the protocol's ``stream`` only (no ``batches``)."""
+
+    def __init__(self, app: Any) -> None:
+        self.inner = AppRouter(app)
+
+    def stream(self, leg: Leg) -> AsyncIterator[dict[str, Any]]:
+        return self.inner.stream(leg)
+
+
+async def relayed(app: Any) -> tuple[list[bytes], list[dict[str, Any]]]:
+    bodies: list[bytes] = []
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        if message["type"] == "http.response.body" and message["body"]:
+            bodies.append(message["body"])
+
+    with anyio.fail_after(5):
+        await app(request_scope(BODY, stream=True, beta=True), receiver([BODY]), send)
+    events = [json.loads(line[6:]) for b in bodies for line in b.split(b"\n") if line.startswith(b"data: ")]
+    return bodies, events
+
+
+async def test_events_ready_together_go_out_in_one_send() -> None:
+    # The scripted host sends its whole answer without waiting: each leg's events are one group.
+    host = ModelHost(final_deltas=50)
+    grouped, grouped_events = await relayed(AdvisorMiddleware(host))
+    single, single_events = await relayed(AdvisorMiddleware(host, router=StreamOnly(host)))
+    assert grouped_events == single_events  # the same stream, event for event
+    assert len(single_events) > 60
+    # A stream-only router: a send per upstream event (an advisor call or a consult result is
+    # two client events in one send), so at least the 50 final deltas one by one.
+    assert len(single) > 50
+    # Leg 1 (text + the call), the advisor's result, leg 2 with the message end: a few sends.
+    assert len(grouped) <= 8, [b[:60] for b in grouped]
