@@ -1,5 +1,6 @@
 """The streaming writer: events and keep-alive pings share one ASGI ``send``, one call at a time,
-and a client gone during a ping ends the response quietly (docs/performance.md, step 1)."""
+and a client gone during a ping ends the response quietly (docs/performance.md, step 1); events
+ready together go out in one send, and nothing waits to fill a group (step 7)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,9 @@ import pytest
 from advisor_middleware import AdvisorMiddleware, AppRouter, Leg
 from bench.hosts import ModelHost, small_consult_body
 from bench.inproc import receiver, request_scope
+
+from .helpers import ADVISOR_PARAMS, ONE_CONSULT, block_types, check_stream, http_scope
+from .upstream import Reply, Script, scripted_host, text, tool_use
 
 pytestmark = pytest.mark.anyio
 
@@ -99,3 +103,29 @@ async def test_events_ready_together_go_out_in_one_send() -> None:
     assert len(single) > 50
     # Leg 1 (text + the call), the advisor's result, leg 2 with the message end: a few sends.
     assert len(grouped) <= 8, [b[:60] for b in grouped]
+
+
+@pytest.mark.parametrize("gap", [0.0, 0.005])
+async def test_a_starlette_host_is_relayed_in_groups_and_never_held_back(script: Script, gap: float) -> None:
+    # gap 0: the host's events are all ready at once, and go out in a few sends. gap > 0: each
+    # event arrives on its own, and goes out on its own; nothing waits to fill a group.
+    many = Reply([text(f"part {i}") for i in range(20)], gap=gap)
+    script.executor(Reply([text("Asking."), tool_use("advisor", id="toolu_1")], stop_reason="tool_use"), many)
+    script.advisor(Reply([text("Advice.")]))
+    body = json.dumps({**ADVISOR_PARAMS, "stream": True}).encode()
+    bodies: list[bytes] = []
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        if message["type"] == "http.response.body" and message["body"]:
+            bodies.append(message["body"])
+
+    with anyio.fail_after(10):
+        await AdvisorMiddleware(scripted_host(script))(http_scope([]), receiver([body]), send)
+    events, message = check_stream(b"".join(bodies))
+    assert message is not None and block_types(message.content)[:3] == ONE_CONSULT[:3]
+    assert len(block_types(message.content)) == 23
+    if gap:
+        # The 60 events of the last leg's 20 blocks: at least one send each.
+        assert len(bodies) > 60
+    else:
+        assert len(bodies) < len(events) / 4, f"{len(bodies)} sends for {len(events)} events"

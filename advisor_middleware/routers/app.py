@@ -13,15 +13,15 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from .._types import ASGIApp, Message
 from ..errors import UpstreamError
 from ..sse import SSEDecoder, encode_json
-from .base import Leg, closing
-from .events import MAX_BUFFERED, event_error, json_message_events, parse_event
+from .base import BatchRouter, Leg
+from .events import MAX_BUFFERED, decode_events, json_message_events
 
 __all__ = ["AppRouter"]
 
 log = logging.getLogger("advisor_middleware")
 
 
-class AppRouter:
+class AppRouter(BatchRouter):
     """Answers legs by calling ``app`` in-process, the way a server would.
 
     Each leg is a new ``POST`` on the caller's path with the caller's headers (and so the caller's
@@ -31,13 +31,6 @@ class AppRouter:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
-
-    async def stream(self, leg: Leg) -> AsyncIterator[dict[str, Any]]:
-        """The leg's events one by one (the :class:`MessagesRouter` protocol)."""
-        async with closing(self.batches(leg)) as batches:
-            async for batch in batches:
-                for event in batch:
-                    yield event
 
     async def batches(self, leg: Leg) -> AsyncIterator[list[dict[str, Any]]]:
         """The leg's events in the groups the app produced them: everything it sent before it
@@ -85,62 +78,24 @@ class AppRouter:
                     log.exception("the host app raised on a %s leg", leg.role)
                     await send({"type": "advisor.app_error", "error": exc})
 
-        status = 0
-        is_sse = False
-        encoding = b""
-        response_headers: list[tuple[bytes, bytes]] = []
-        buffered: list[bytes] = []
-        size = 0
-        decoder = SSEDecoder()
+        response = _Response()
         error: UpstreamError | None = None
         closed = False
         async with anyio.create_task_group() as tg:
             tg.start_soon(run)
             try:
                 async with from_app:
-                    message = await _next(from_app)
+                    message = await _receive(from_app)
                     while message is not None:
+                        # Everything the app has sent already is one batch; the wait comes after.
                         batch: list[dict[str, Any]] = []
-                        # Everything already buffered goes into one batch; the wait comes after.
-                        while True:
-                            kind = message["type"]
-                            if kind == "http.response.body":
-                                chunk = bytes(message.get("body", b""))
-                                if status == 200 and is_sse and encoding in (b"", b"identity"):
-                                    for name, data in decoder.feed(chunk):
-                                        event = parse_event(name, data)
-                                        if isinstance(event, UpstreamError):
-                                            error = event
-                                            break
-                                        if event.get("type") == "error":
-                                            error = event_error(event)
-                                            break
-                                        batch.append(event)
-                                else:
-                                    size += len(chunk)
-                                    if size > MAX_BUFFERED:
-                                        error = UpstreamError(502, "leg response too large to buffer")
-                                    buffered.append(chunk)
-                                if not message.get("more_body", False):
-                                    complete.set()
-                            elif kind == "http.response.start":
-                                status = int(message["status"])
-                                for name, value in message.get("headers") or []:
-                                    key = bytes(name).lower()
-                                    if key == b"content-type":
-                                        is_sse = bytes(value).lower().startswith(b"text/event-stream")
-                                    elif key == b"content-encoding":
-                                        encoding = bytes(value).lower().strip()
-                                    elif key in (b"retry-after", b"x-should-retry"):
-                                        response_headers.append((key, bytes(value)))
-                            elif kind == "advisor.app_error":
-                                exc = message["error"]
-                                error = UpstreamError(500, f"the host app raised {type(exc).__name__} on this leg")
+                        while message is not None and message is not _WAIT:
+                            error = response.take(message, batch)
+                            if response.complete:
+                                complete.set()
                             if error is not None:
                                 break
                             message = _buffered(from_app)
-                            if message is None or message is _WAIT:
-                                break
                         if batch:  # what came before an error is still the leg's output
                             try:
                                 yield batch
@@ -152,7 +107,7 @@ class AppRouter:
                         if error is not None or closed:
                             break
                         if message is _WAIT:
-                            message = await _next(from_app)
+                            message = await _receive(from_app)
             finally:
                 if error is not None or closed or not complete.is_set():
                     tg.cancel_scope.cancel()
@@ -161,17 +116,65 @@ class AppRouter:
             return
         if error is not None:
             raise error
-        if status == 0:
+        if response.status == 0:
             raise UpstreamError(502, "the host app returned without answering this leg")
-        raw = b"".join(buffered)
-        if status != 200:
-            raise UpstreamError(status, raw, response_headers)
-        if encoding not in (b"", b"identity"):
-            raise UpstreamError(502, f"leg answered with content-encoding {encoding.decode()!r}, which cannot be read")
-        if is_sse:
+        raw = b"".join(response.buffered)
+        if response.status != 200:
+            raise UpstreamError(response.status, raw, response.headers)
+        if not response.readable:
+            encoding = response.encoding.decode()
+            raise UpstreamError(502, f"leg answered with content-encoding {encoding!r}, which cannot be read")
+        if response.is_sse:
             return
         # The host ignored ``stream: true`` and answered one JSON Message: replay it as events.
         yield list(json_message_events(raw))
+
+
+class _Response:
+    """What the app has answered on one leg so far."""
+
+    __slots__ = ("buffered", "complete", "decoder", "encoding", "headers", "is_sse", "size", "status")
+
+    def __init__(self) -> None:
+        self.status = 0
+        self.is_sse = False
+        self.encoding = b""
+        self.headers: list[tuple[bytes, bytes]] = []  # kept for an UpstreamError
+        self.buffered: list[bytes] = []  # a body that is not a readable stream
+        self.size = 0
+        self.complete = False
+        self.decoder = SSEDecoder()
+
+    @property
+    def readable(self) -> bool:
+        return self.encoding in (b"", b"identity")
+
+    def take(self, message: Message, batch: list[dict[str, Any]]) -> UpstreamError | None:
+        """Handle one message from the app: stream events go to ``batch``; returns the leg's
+        failure, if this message is one."""
+        kind = message["type"]
+        if kind == "http.response.body":
+            chunk = bytes(message.get("body", b""))
+            self.complete = not message.get("more_body", False)
+            if self.status == 200 and self.is_sse and self.readable:
+                return decode_events(self.decoder, chunk, batch)
+            self.size += len(chunk)
+            if self.size > MAX_BUFFERED:
+                return UpstreamError(502, "leg response too large to buffer")
+            self.buffered.append(chunk)
+        elif kind == "http.response.start":
+            self.status = int(message["status"])
+            for name, value in message.get("headers") or []:
+                key = bytes(name).lower()
+                if key == b"content-type":
+                    self.is_sse = bytes(value).lower().startswith(b"text/event-stream")
+                elif key == b"content-encoding":
+                    self.encoding = bytes(value).lower().strip()
+                elif key in (b"retry-after", b"x-should-retry"):
+                    self.headers.append((key, bytes(value)))
+        elif kind == "advisor.app_error":
+            return UpstreamError(500, f"the host app raised {type(message['error']).__name__} on this leg")
+        return None
 
 
 _WAIT: Message = {"type": "advisor.wait"}
@@ -179,7 +182,9 @@ _WAIT: Message = {"type": "advisor.wait"}
 
 
 def _buffered(stream: MemoryObjectReceiveStream[Message]) -> Message | None:
-    """The next message if one is already buffered, ``_WAIT`` if not, None at the end."""
+    """The next message if one is already buffered, ``_WAIT`` if not, None at the end. Without
+    a trip through the event loop (anyio's receive() always yields first: two loop turns per
+    message)."""
     try:
         return stream.receive_nowait()
     except anyio.WouldBlock:
@@ -188,15 +193,12 @@ def _buffered(stream: MemoryObjectReceiveStream[Message]) -> Message | None:
         return None
 
 
-async def _next(stream: MemoryObjectReceiveStream[Message]) -> Message | None:
-    """The next message, or None at the end; without a trip through the event loop when one is
-    already buffered (anyio's receive() always yields first: two loop turns per event)."""
+async def _receive(stream: MemoryObjectReceiveStream[Message]) -> Message | None:
+    """The next message, waiting for it if none is buffered; None at the end."""
+    message = _buffered(stream)
+    if message is not _WAIT:
+        return message
     try:
-        return stream.receive_nowait()
-    except anyio.WouldBlock:
-        try:
-            return await stream.receive()
-        except anyio.EndOfStream:
-            return None
+        return await stream.receive()
     except anyio.EndOfStream:
         return None

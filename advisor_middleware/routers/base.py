@@ -9,7 +9,7 @@ from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
 
 T = TypeVar("T")
 
-__all__ = ["LEG_HEADER", "Leg", "MessagesRouter", "closing", "leg_batches", "leg_headers"]
+__all__ = ["LEG_HEADER", "BatchRouter", "Leg", "MessagesRouter", "closing", "leg_batches", "leg_headers"]
 
 LEG_HEADER = b"x-advisor-leg"
 """Marks requests the middleware makes itself; the middleware passes them through untouched,
@@ -66,10 +66,26 @@ class MessagesRouter(Protocol):
     def stream(self, leg: Leg) -> AsyncIterator[dict[str, Any]]: ...
 
 
+class BatchRouter:
+    """Base of the shipped routers: they produce a leg's events in groups that arrived together
+    (``batches``), and ``stream``, the protocol's method, hands them out one by one. The
+    middleware prefers ``batches`` and relays each group in one ``send`` (docs/performance.md,
+    step 7)."""
+
+    def batches(self, leg: Leg) -> AsyncIterator[list[dict[str, Any]]]:
+        raise NotImplementedError
+
+    async def stream(self, leg: Leg) -> AsyncIterator[dict[str, Any]]:
+        """The leg's events one by one (the :class:`MessagesRouter` protocol)."""
+        async with closing(self.batches(leg)) as batches:
+            async for batch in batches:
+                for event in batch:
+                    yield event
+
+
 def leg_batches(router: MessagesRouter, leg: Leg) -> AsyncIterator[list[dict[str, Any]]]:
-    """The leg's events in groups that arrived together. A router may offer ``batches(leg)``
-    (the shipped ones do): the middleware then relays each group in one ``send`` instead of one
-    per event (docs/performance.md, row 4). Any other router's events come one per group."""
+    """The leg's events in groups: a router's own ``batches(leg)`` when it has one (any
+    :class:`BatchRouter`), else one group per event of its ``stream``."""
     batches = getattr(router, "batches", None)
     if batches is not None:
         return batches(leg)  # type: ignore[no-any-return]

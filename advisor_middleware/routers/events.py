@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Iterator
 from typing import Any
 
 import pydantic_core
 
 from ..accumulate import message_to_events
 from ..errors import UpstreamError
+from ..sse import SSEDecoder
 
 # Anthropic error types -> the HTTP status they come with (https://docs.anthropic.com/en/api/errors).
 _TYPE_STATUS = {
@@ -50,6 +51,33 @@ def parse_event(name: str, data: str) -> dict[str, Any] | UpstreamError:
     if "type" not in event:
         event["type"] = name
     return event
+
+
+def decode_events(decoder: SSEDecoder, chunk: bytes, into: list[dict[str, Any]]) -> UpstreamError | None:
+    """Decode one chunk of a leg's SSE answer, appending its events to ``into``. Returns the
+    leg's failure, if the chunk holds one (an event that is not JSON, or an ``error`` event):
+    the events before it are in ``into`` and still the leg's output; nothing after it is read."""
+    for name, data in decoder.feed(chunk):
+        event = parse_event(name, data)
+        if isinstance(event, UpstreamError):
+            return event
+        if event.get("type") == "error":
+            return event_error(event)
+        into.append(event)
+    return None
+
+
+async def sse_batches(chunks: AsyncIterable[bytes]) -> AsyncIterator[list[dict[str, Any]]]:
+    """A leg's SSE answer read chunk by chunk, as groups of events (one per chunk that holds
+    any). The leg's failure is raised after the events before it were handed out."""
+    decoder = SSEDecoder()
+    async for chunk in chunks:
+        batch: list[dict[str, Any]] = []
+        error = decode_events(decoder, chunk, batch)
+        if batch:
+            yield batch
+        if error is not None:
+            raise error
 
 
 def json_message_events(raw: bytes) -> Iterator[dict[str, Any]]:

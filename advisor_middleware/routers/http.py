@@ -9,9 +9,9 @@ from typing import Any
 import httpx
 
 from ..errors import UpstreamError
-from ..sse import SSEDecoder, encode_json
-from .base import Leg, closing
-from .events import MAX_BUFFERED, event_error, json_message_events, parse_event
+from ..sse import encode_json
+from .base import BatchRouter, Leg, closing
+from .events import MAX_BUFFERED, json_message_events, sse_batches
 
 __all__ = ["DEFAULT_TIMEOUT", "HTTPRouter", "PooledClient"]
 
@@ -53,7 +53,7 @@ class PooledClient:
             await client.aclose()
 
 
-class HTTPRouter(PooledClient):
+class HTTPRouter(PooledClient, BatchRouter):
     """Answers legs by POSTing them to ``base_url + path`` (default ``/v1/messages``).
 
     The caller's headers (their credentials included, plus the ``x-advisor-leg`` marker) go to
@@ -85,13 +85,6 @@ class HTTPRouter(PooledClient):
         self.base_url = base_url.rstrip("/")
         self.url = self.base_url + "/" + path.lstrip("/")
 
-    async def stream(self, leg: Leg) -> AsyncIterator[dict[str, Any]]:
-        """The leg's events one by one (the :class:`MessagesRouter` protocol)."""
-        async with closing(self.batches(leg)) as batches:
-            async for batch in batches:
-                for event in batch:
-                    yield event
-
     async def batches(self, leg: Leg) -> AsyncIterator[list[dict[str, Any]]]:
         """The leg's events grouped as they arrived: one list per network read."""
         url = self.url
@@ -116,17 +109,8 @@ class HTTPRouter(PooledClient):
                 if not response.headers.get("content-type", "").lower().startswith("text/event-stream"):
                     raw = await _read(response)
                 else:
-                    decoder = SSEDecoder()
-                    async for chunk in response.aiter_bytes():
-                        batch: list[dict[str, Any]] = []
-                        for name, data in decoder.feed(chunk):
-                            event = parse_event(name, data)
-                            if isinstance(event, UpstreamError) or event.get("type") == "error":
-                                if batch:  # what came before the error is still the leg's output
-                                    yield batch
-                                raise event if isinstance(event, UpstreamError) else event_error(event)
-                            batch.append(event)
-                        if batch:
+                    async with closing(sse_batches(response.aiter_bytes())) as batches:
+                        async for batch in batches:
                             yield batch
                     return
         except httpx.TimeoutException as exc:

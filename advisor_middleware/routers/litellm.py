@@ -14,15 +14,15 @@ from typing import Any
 from ..accumulate import message_to_events
 from ..errors import UpstreamError, error_type_for_status, quoted_error_type
 from ..sse import SSEDecoder
-from .base import Leg, closing
-from .events import event_error, parse_event
+from .base import BatchRouter, Leg, closing
+from .events import decode_events, event_error
 
 __all__ = ["LiteLLMRouter"]
 
 _KEPT = ("retry-after", "x-should-retry")
 
 
-class LiteLLMRouter:
+class LiteLLMRouter(BatchRouter):
     """Answers legs with ``await router.aanthropic_messages(**leg.body, stream=True)``.
 
     ``router`` is a ``litellm.Router`` (LiteLLM 1.109): its model groups, load balancing,
@@ -47,7 +47,8 @@ class LiteLLMRouter:
         self.router = router
         self.call_kwargs = call_kwargs
 
-    async def stream(self, leg: Leg) -> AsyncIterator[dict[str, Any]]:
+    async def batches(self, leg: Leg) -> AsyncIterator[list[dict[str, Any]]]:
+        """The leg's events grouped as LiteLLM hands them over: one list per item of its stream."""
         kwargs = dict(leg.body)
         if self.call_kwargs is not None:
             kwargs.update(self.call_kwargs(leg))
@@ -57,8 +58,7 @@ class LiteLLMRouter:
         except Exception as exc:
             raise _upstream_error(exc) from exc
         if isinstance(response, Mapping):
-            for event in _message_events(response):
-                yield event
+            yield list(_message_events(response))
             return
         decoder = SSEDecoder()
         async with closing(aiter(response)) as items:
@@ -69,25 +69,26 @@ class LiteLLMRouter:
                     return
                 except Exception as exc:
                     raise _upstream_error(exc) from exc
-                for event in _item_events(item, decoder):
-                    yield event
+                batch: list[dict[str, Any]] = []
+                error = _item_events(item, decoder, batch)
+                if batch:  # what came before an error is still the leg's output
+                    yield batch
+                if error is not None:
+                    raise error
 
 
-def _item_events(item: object, decoder: SSEDecoder) -> Iterator[dict[str, Any]]:
-    """The stream events in one item of LiteLLM's stream: SSE bytes (any chunking) or a dict."""
-    if isinstance(item, Mapping):
-        events: list[dict[str, Any] | UpstreamError] = [dict(item)]
-    elif isinstance(item, bytes | bytearray | str):
-        chunk = item.encode() if isinstance(item, str) else bytes(item)
-        events = [parse_event(name, data) for name, data in decoder.feed(chunk)]
-    else:
+def _item_events(item: object, decoder: SSEDecoder, into: list[dict[str, Any]]) -> UpstreamError | None:
+    """The stream events in one item of LiteLLM's stream (SSE bytes in any chunking, or a
+    dict), appended to ``into``; the leg's failure if the item holds one."""
+    if isinstance(item, bytes | bytearray | str):
+        return decode_events(decoder, item.encode() if isinstance(item, str) else bytes(item), into)
+    if not isinstance(item, Mapping):
         raise UpstreamError(502, f"LiteLLM streamed a {type(item).__name__}, not SSE bytes or an event")
-    for event in events:
-        if isinstance(event, UpstreamError):
-            raise event
-        if event.get("type") == "error":
-            raise event_error(event)
-        yield event
+    event = dict(item)
+    if event.get("type") == "error":
+        return event_error(event)
+    into.append(event)
+    return None
 
 
 def _message_events(response: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
