@@ -47,24 +47,8 @@ class MessageAccumulator:
 
     def feed(self, event: dict[str, Any]) -> None:
         kind = event.get("type")
-        if kind == "message_start":
-            message = dict(event.get("message") or {})
-            message["content"] = [dict(b) for b in message.get("content") or []]
-            message["usage"] = dict(message.get("usage") or {})
-            self.message = message
-            self._text.clear()
-        elif kind == "content_block_start":
-            block = dict(event.get("content_block") or {})
-            content = self._content()
-            index = event.get("index", len(content))
-            self._text.pop((index, "text"), None)
-            self._text.pop((index, "thinking"), None)
-            while len(content) <= index:
-                content.append({})
-            content[index] = block
-            if block.get("type") in ("tool_use", "server_tool_use", "mcp_tool_use"):
-                self._json[index] = []
-        elif kind == "content_block_delta":
+        # Deltas first: nearly every event is one.
+        if kind == "content_block_delta":
             index = event.get("index", -1)
             content = self._content()
             if not 0 <= index < len(content):
@@ -84,6 +68,23 @@ class MessageAccumulator:
                 self._json.setdefault(index, []).append(delta.get("partial_json", ""))
             elif dtype == "citations_delta":
                 block.setdefault("citations", []).append(delta.get("citation"))
+        elif kind == "message_start":
+            message = dict(event.get("message") or {})
+            message["content"] = [dict(b) for b in message.get("content") or []]
+            message["usage"] = dict(message.get("usage") or {})
+            self.message = message
+            self._text.clear()
+        elif kind == "content_block_start":
+            block = dict(event.get("content_block") or {})
+            content = self._content()
+            index = event.get("index", len(content))
+            self._text.pop((index, "text"), None)
+            self._text.pop((index, "thinking"), None)
+            while len(content) <= index:
+                content.append({})
+            content[index] = block
+            if block.get("type") in ("tool_use", "server_tool_use", "mcp_tool_use"):
+                self._json[index] = []
         elif kind == "content_block_stop":
             index = event.get("index", -1)
             self._join_text(index)

@@ -19,7 +19,7 @@ from .config import AdvisorConfig
 from .errors import AdvisorRequestError, UpstreamError, error_body
 from .orchestrator import Orchestration
 from .routers.app import AppRouter
-from .routers.base import LEG_HEADER, MessagesRouter, closing
+from .routers.base import LEG_HEADER, MessagesRouter
 from .sse import encode_event, encode_json
 
 __all__ = ["AdvisorMiddleware"]
@@ -213,11 +213,13 @@ class AdvisorMiddleware:
 
     async def _write_json(self, orchestration: Orchestration, send: Send) -> None:
         acc = MessageAccumulator()
+
+        async def feed(group: list[dict[str, Any]]) -> None:
+            for event in group:
+                acc.feed(event)
+
         try:
-            async with closing(orchestration.events()) as groups:
-                async for group in groups:
-                    for event in group:
-                        acc.feed(event)
+            await orchestration.run(feed)
         except UpstreamError as exc:
             await _send_error(send, exc.status, exc.body, exc.headers)
             return
@@ -239,16 +241,16 @@ class AdvisorMiddleware:
         await send({"type": "http.response.body", "body": payload, "more_body": False})
 
     async def _write_stream(self, orchestration: Orchestration, writer: _StreamWriter) -> None:
-        # The loop runs in this task and every group of events is sent as it comes, in one
-        # send: what one read of a leg produced (issue 7: one write per group instead of one per
-        # event took the relay from 53 % to over 100 % of the host's events/s under uvicorn).
-        # http.response.start waits for the first event, so a failure of the first executor leg
-        # keeps its own status and body; once started, the loop reports failures as an error
-        # event itself.
+        # The loop (and an AppRouter's host) runs in this task and every group of events is
+        # sent as it comes, in one send: what one send of the host or one network read carried
+        # (docs/performance.md steps 7 and 11). http.response.start waits for the first event,
+        # so a failure of the first executor leg keeps its own status and body; once started,
+        # the loop reports failures as an error event itself.
+        async def emit(group: list[dict[str, Any]]) -> None:
+            await writer.write(b"".join([encode_event(event) for event in group]))
+
         try:
-            async with closing(orchestration.events()) as groups:
-                async for group in groups:
-                    await writer.write(b"".join([encode_event(event) for event in group]))
+            await orchestration.run(emit)
         except OSError:
             raise
         except Exception as exc:

@@ -1,15 +1,15 @@
 """The advisor loop: executor legs and advisor consults merged into one client message.
 
-``Orchestration.events()`` is the single code path behind both response modes: the streaming
-writer sends its events as they come, the JSON writer accumulates them into one Message
-(design §2.4).
+``Orchestration.run(emit)`` is the single code path behind both response modes: the streaming
+writer's ``emit`` sends each group of events as it comes, the JSON writer's accumulates them into
+one Message (design §2.4).
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,12 +21,15 @@ from .config import AdvisorConfig
 from .errors import UpstreamError
 from .history import HistoryInfo, advice_tool_result, advisor_tool_use, render_history
 from .prompts import ADVISOR_SYSTEM_PROMPT, EXECUTOR_TOOL_DESCRIPTION, budget_note
-from .routers.base import Leg, MessagesRouter, closing, leg_batches, leg_headers
+from .routers.base import LEG_HEADER, Batch, Leg, MessagesRouter, leg_headers, run_leg
 from .transcript import render_transcript
 
 __all__ = ["Orchestration", "advisor_error_code"]
 
 log = logging.getLogger("advisor_middleware")
+
+Emit = Callable[[list[dict[str, Any]]], Awaitable[None]]
+"""Takes one group of the client's events (the streaming writer sends a group in one ``send``)."""
 
 _USAGE_SUMS = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens", "output_tokens")
 
@@ -64,7 +67,7 @@ class _Call:
 
 
 class Orchestration:
-    """One request's advisor loop. Build one per request; iterate ``events()`` once."""
+    """One request's advisor loop. Build one per request; ``run`` it once."""
 
     def __init__(
         self,
@@ -87,7 +90,8 @@ class Orchestration:
         self.scope = scope
         self.streaming = streaming
         self.exec_headers = leg_headers(headers, "executor")
-        self.advisor_headers = leg_headers(headers, "advisor")
+        # The same headers but the role marker, which leg_headers puts last.
+        self.advisor_headers = [*self.exec_headers[:-1], (LEG_HEADER, b"advisor")]
         self.base = self._executor_base(body, tool_index, tool)
         self.consults = 0
         self.iterations: list[dict[str, Any]] = []
@@ -98,6 +102,12 @@ class Orchestration:
         self._blocks: dict[int, tuple[str, int]] = {}
         self._ids: set[str] = set()
         self._started = False
+        # The executor leg in flight: what _on_batch feeds.
+        self._acc = MessageAccumulator()
+        self._held: list[list[dict[str, Any]]] = []
+        self._calls: list[_Call] = []
+        self._emit: Emit | None = None
+        self._emit_failed: BaseException | None = None
 
     @staticmethod
     def _executor_base(body: dict[str, Any], tool_index: int, tool: AdvisorTool) -> dict[str, Any]:
@@ -133,18 +143,20 @@ class Orchestration:
         self._ids.add(fresh)
         return fresh
 
-    async def events(self) -> AsyncIterator[list[dict[str, Any]]]:
-        """The client's events, in groups that are ready together (a group is what one read of
-        a leg produced; the streaming writer sends each group in one ``send``). Before anything
-        was yielded (and always in JSON mode) a failure raises, so the caller can answer with
-        the upstream's own status; once streaming has started it ends the stream instead: open
-        blocks closed, then one ``error`` event."""
+    async def run(self, emit: Emit) -> None:
+        """Run the loop, handing the client's events to ``emit`` in groups that are ready
+        together (what one ``send`` of the host or one network read carried), as soon as they
+        are. The loop, the host of an ``AppRouter`` leg and ``emit`` all run in the caller's
+        task. Before anything was
+        emitted (and always in JSON mode) a failure raises, so the caller can answer with the
+        upstream's own status; once streaming has started it ends the stream instead: open
+        blocks closed, then one ``error`` event. An exception from ``emit`` itself (the client
+        is gone) propagates unchanged."""
+        self._emit = emit
         try:
-            async with closing(self._loop()) as loop:
-                async for group in loop:
-                    yield group
+            await self._loop()
         except Exception as exc:
-            if not self.streaming or not self._started:
+            if exc is self._emit_failed or not self.streaming or not self._started:
                 raise
             if isinstance(exc, UpstreamError):
                 log.warning("executor leg failed after the response started: %s", exc)
@@ -156,9 +168,18 @@ class Orchestration:
                 {"type": "content_block_stop", "index": index} for index in self._open_blocks()
             ]
             self._blocks = {}
-            yield [*closing_events, {"type": "error", "error": error}]
+            await emit([*closing_events, {"type": "error", "error": error}])
 
-    async def _loop(self) -> AsyncIterator[list[dict[str, Any]]]:
+    async def _out(self, group: list[dict[str, Any]]) -> None:
+        assert self._emit is not None
+        try:
+            await self._emit(group)
+        except BaseException as exc:
+            self._emit_failed = exc
+            raise
+
+    async def _loop(self) -> None:
+        out = self._out
         messages, info = self._history or render_history(self.body.get("messages") or [])
         self._collect_ids(messages)
         if info.pending:
@@ -166,28 +187,30 @@ class Orchestration:
             # their results (advisor-wire-spec §2.3). No executor leg has started yet, so the
             # message_start is ours; the legs' usage arrives in message_delta as usual.
             self._started = True
-            yield [
-                {
-                    "type": "message_start",
-                    "message": {
-                        "id": f"msg_{uuid.uuid4().hex[:24]}",
-                        "type": "message",
-                        "role": "assistant",
-                        "model": self.body.get("model"),
-                        "content": [],
-                        "stop_reason": None,
-                        "stop_sequence": None,
-                        "usage": {"input_tokens": 0, "output_tokens": 0},
-                    },
-                }
-            ]
+            await out(
+                [
+                    {
+                        "type": "message_start",
+                        "message": {
+                            "id": f"msg_{uuid.uuid4().hex[:24]}",
+                            "type": "message",
+                            "role": "assistant",
+                            "model": self.body.get("model"),
+                            "content": [],
+                            "stop_reason": None,
+                            "stop_sequence": None,
+                            "usage": {"input_tokens": 0, "output_tokens": 0},
+                        },
+                    }
+                ]
+            )
             # The advisor reads up to the call, as in the loop: the client's tool results come
             # after the advice, so the next consult's transcript extends this one (design §5).
             last = messages[-1] if messages else None
             upto = messages[:-1] if isinstance(last, dict) and last.get("role") == "user" else messages
             results: list[dict[str, Any]] = []
             for exec_id, srv_id in info.pending:
-                yield await self._consult_events(upto, srv_id, exec_id, results)
+                await out(await self._consult_events(upto, srv_id, exec_id, results))
             messages = _answer(messages, results)
         stop_reason: Any = None
         stop_sequence: Any = None
@@ -200,22 +223,12 @@ class Orchestration:
                 # A forced consult is honoured once; forcing it again would loop forever.
                 leg_body["tool_choice"] = {**leg_body["tool_choice"], "type": "auto"}
                 leg_body["tool_choice"].pop("name", None)
-            acc = MessageAccumulator()
+            acc = self._acc = MessageAccumulator()
             self._blocks = {}
             held: list[list[dict[str, Any]]] = []
             calls: list[_Call] = []
-            leg = Leg("executor", leg_body, self.exec_headers, self.scope)
-            async with closing(leg_batches(self.router, leg)) as batches:
-                async for batch in batches:
-                    out: list[dict[str, Any]] = []
-                    try:
-                        self._relay(batch, out, acc, held, calls)
-                    except Exception:
-                        if out:  # sent first, so the blocks they open can be closed
-                            yield out
-                        raise
-                    if out:
-                        yield out
+            self._held, self._calls = held, calls
+            await run_leg(self.router, Leg("executor", leg_body, self.exec_headers, self.scope), self._on_batch)
             if not acc.finished:
                 raise UpstreamError(502, "the executor's stream ended before its message_delta")
             if not self._started:
@@ -232,9 +245,9 @@ class Orchestration:
                 results = []
                 for call in calls:
                     if tail:  # sent before the consult, which takes a while
-                        yield tail
+                        await out(tail)
                         tail = []
-                    yield await self._consult_events(messages, call.srv_id, call.exec_id, results)
+                    await out(await self._consult_events(messages, call.srv_id, call.exec_id, results))
             client_tools = False
             for events in held:
                 index = self._index()
@@ -245,7 +258,7 @@ class Orchestration:
             if not calls or client_tools:
                 break
             if tail:
-                yield tail
+                await out(tail)
             if legs >= self.config.max_executor_legs:
                 log.warning("executor kept calling the advisor; stopping after %d legs", legs)
                 stop_reason = "end_turn"
@@ -259,7 +272,18 @@ class Orchestration:
             }
         )
         tail.append({"type": "message_stop"})
-        yield tail
+        await out(tail)
+
+    async def _on_batch(self, batch: Batch) -> None:
+        group: list[dict[str, Any]] = []
+        try:
+            self._relay(batch, group, self._acc, self._held, self._calls)
+        except Exception:
+            if group:  # sent first, so the blocks they open can be closed
+                await self._out(group)
+            raise
+        if group:
+            await self._out(group)
 
     def _relay(
         self,
@@ -436,14 +460,16 @@ class Orchestration:
             body["metadata"] = metadata
         acc = MessageAccumulator()
         leg = Leg("advisor", body, self.advisor_headers, self.scope)
+
+        async def feed(batch: Batch) -> None:
+            for event in batch:
+                acc.feed(event)
+
         try:
             # A bare deadline scope, not anyio.fail_after: same effect, a third of the cost
             # (fail_after is a generator-based context manager; ~6 µs per consult).
             with anyio.CancelScope(deadline=anyio.current_time() + self.config.advisor_timeout) as deadline:
-                async with closing(leg_batches(self.router, leg)) as batches:
-                    async for batch in batches:
-                        for event in batch:
-                            acc.feed(event)
+                await run_leg(self.router, leg, feed)
             if deadline.cancelled_caught:
                 raise TimeoutError(f"the advisor took longer than {self.config.advisor_timeout} s")
         except Exception as exc:

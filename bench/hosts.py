@@ -13,6 +13,7 @@ import random
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import httpx
 import pydantic_core
 
@@ -21,6 +22,7 @@ __all__ = [
     "ADVISOR_TOOL",
     "EXEC_MODEL",
     "FINAL_DELTAS_HEADER",
+    "PACED_HEADER",
     "EchoHost",
     "ForwardingHost",
     "ModelHost",
@@ -39,6 +41,9 @@ ADVISOR_TOOL = {"type": "advisor_20260301", "name": "advisor", "model": ADVISOR_
 ADVISOR_CALL_ID = "toolu_01BenchAdvisorCallAbcdef"
 FINAL_DELTAS_HEADER = b"x-bench-final-deltas"
 """Overrides ``ModelHost(final_deltas=...)`` for one request (the middleware copies it onto legs)."""
+PACED_HEADER = b"x-bench-paced"
+"""With any value: the host yields to the event loop after each event it sends, as a host does
+that reads each event off the network (then no two events are ready at once)."""
 
 SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache")]
 _JSON_HEADERS = [(b"content-type", b"application/json")]
@@ -198,8 +203,11 @@ class ModelHost:
             await _send_json(send, turn.json)
             return
         await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
+        paced = PACED_HEADER in dict(scope["headers"])
         for chunk in turn.sse:
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            if paced:
+                await anyio.lowlevel.checkpoint()
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 

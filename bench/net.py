@@ -17,7 +17,7 @@ from typing import Any
 import anyio
 
 from .backend import ROOT, serve_in_subprocess
-from .hosts import FINAL_DELTAS_HEADER, ModelHost, small_consult_body
+from .hosts import FINAL_DELTAS_HEADER, PACED_HEADER, ModelHost, small_consult_body
 from .inproc import record_legs
 
 __all__ = [
@@ -90,6 +90,8 @@ class Relay:
     rounds: int
     alone_events_s: float
     through_events_s: float
+    paced_alone_events_s: float
+    paced_through_events_s: float
 
     @property
     def added_ttfb_us(self) -> float:
@@ -99,15 +101,22 @@ class Relay:
     def throughput_ratio(self) -> float:
         return self.through_events_s / self.alone_events_s
 
+    @property
+    def paced_ratio(self) -> float:
+        return self.paced_through_events_s / self.paced_alone_events_s
+
 
 async def measure_relay(ttfb_n: int, events: int, rounds: int) -> Relay:
     """Two uvicorn servers of the same ``ModelHost``, one behind the middleware. TTFB: the
     client's first byte of a streaming consult vs of its first leg sent directly. Throughput:
     a consult whose last leg streams ``events`` text deltas vs the same three legs sent directly,
-    events received per second of wall time."""
+    events received per second of wall time; once with the host sending its whole answer in one
+    go (*burst*), once yielding to the event loop after each event (*paced*, as a host does that
+    reads each event off the network)."""
     legs = await _leg_bodies()
     consult = small_consult_body(True)
-    many = {FINAL_DELTAS_HEADER.decode(): str(events)}
+    burst = {FINAL_DELTAS_HEADER.decode(): str(events)}
+    paced = burst | {PACED_HEADER.decode(): "1"}
     with serve_in_subprocess() as (alone, _), serve_in_subprocess("--middleware") as (through, _):
 
         async def alone_first() -> float:
@@ -116,20 +125,27 @@ async def measure_relay(ttfb_n: int, events: int, rounds: int) -> Relay:
         async def through_first() -> float:
             return (await _post(through, consult, _CONSULT_HEADERS))[0]
 
-        async def alone_stream() -> float:
-            t0 = time.perf_counter()
-            count = 0
-            for body in legs:
-                count += (await _post(alone, body, _LEG_HEADERS | many))[1].count(b"\n\n")
-            return count / (time.perf_counter() - t0)
+        def alone_stream(extra: dict[str, str]) -> Callable[[], Awaitable[float]]:
+            async def run() -> float:
+                t0 = time.perf_counter()
+                count = 0
+                for body in legs:
+                    count += (await _post(alone, body, _LEG_HEADERS | extra))[1].count(b"\n\n")
+                return count / (time.perf_counter() - t0)
 
-        async def through_stream() -> float:
-            t0 = time.perf_counter()
-            count = (await _post(through, consult, _CONSULT_HEADERS | many))[1].count(b"\n\n")
-            return count / (time.perf_counter() - t0)
+            return run
+
+        def through_stream(extra: dict[str, str]) -> Callable[[], Awaitable[float]]:
+            async def run() -> float:
+                t0 = time.perf_counter()
+                count = (await _post(through, consult, _CONSULT_HEADERS | extra))[1].count(b"\n\n")
+                return count / (time.perf_counter() - t0)
+
+            return run
 
         ttfb = await _alternate(alone_first, through_first, ttfb_n, warmup=10)
-        rates = await _alternate(alone_stream, through_stream, rounds, warmup=1)
+        rates = await _alternate(alone_stream(burst), through_stream(burst), rounds, warmup=1)
+        paced_rates = await _alternate(alone_stream(paced), through_stream(paced), rounds, warmup=1)
     return Relay(
         ttfb_n,
         statistics.median(ttfb[0]) * 1e6,
@@ -138,6 +154,8 @@ async def measure_relay(ttfb_n: int, events: int, rounds: int) -> Relay:
         rounds,
         statistics.median(rates[0]),
         statistics.median(rates[1]),
+        statistics.median(paced_rates[0]),
+        statistics.median(paced_rates[1]),
     )
 
 

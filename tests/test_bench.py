@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+import bench.micro
 import bench.net
 from bench.run import BEGIN, DEFAULT_DOC, END, main, write_doc
 
@@ -47,6 +48,7 @@ def test_quick_bench_measures_every_row(capsys: pytest.CaptureFixture[str], monk
     assert set(report.floors) == {"from_json_large", "from_json_huge", "find_large", "find_small"}
     assert report.litellm is not None and report.litellm.status == "not installed"
     assert report.relay is not None and report.relay.alone_events_s > 0 and report.relay.through_events_s > 0
+    assert report.relay.paced_alone_events_s > 0 and report.relay.paced_through_events_s > 0
     assert report.concurrency is not None
     assert report.concurrency.through.completed == report.concurrency.clients
     assert report.concurrency.alone.completed == report.concurrency.clients
@@ -82,3 +84,10 @@ def test_write_doc_replaces_only_the_generated_block(tmp_path: Path) -> None:
     assert "| second |" in text and "| first |" not in text
     assert "Hand-written method." in text and "Hand-written analysis." in text
     assert text.count(BEGIN) == 1 and text.count(END) == 1
+
+
+@pytest.mark.anyio
+async def test_the_micro_benchmarks_run() -> None:
+    rows = await bench.micro.measure(20)
+    assert [name for name, _ in rows] == [name for name, _ in bench.micro.CASES]
+    assert all(math.isfinite(us) and us > 0 for _, us in rows)

@@ -1,6 +1,6 @@
 """The streaming writer: events and keep-alive pings share one ASGI ``send``, one call at a time,
-and a client gone during a ping ends the response quietly (docs/performance.md, step 1); events
-ready together go out in one send, and nothing waits to fill a group (step 7)."""
+and a client gone during a ping ends the response quietly (docs/performance.md, step 1); the
+events of one host send go out in one send, and nothing waits to fill a group (steps 7, 11)."""
 
 from __future__ import annotations
 
@@ -69,7 +69,7 @@ async def test_a_client_gone_during_a_ping_ends_the_response_quietly() -> None:
 
 
 class StreamOnly:
-    """A third-party router with the protocol's ``stream`` only (no ``batches``)."""
+    """A third-party router with the protocol's ``stream`` only (no ``batches`` or ``push``)."""
 
     def __init__(self, app: Any) -> None:
         self.inner = AppRouter(app)
@@ -91,24 +91,47 @@ async def relayed(app: Any) -> tuple[list[bytes], list[dict[str, Any]]]:
     return bodies, events
 
 
-async def test_events_ready_together_go_out_in_one_send() -> None:
-    # The scripted host sends its whole answer without waiting: each leg's events are one group.
+class OneSendPerLeg:
+    """Wraps a host so that each leg's answer reaches the middleware in one ``send``."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        chunks: list[bytes] = []
+
+        async def collect(message: MutableMapping[str, Any]) -> None:
+            if message["type"] != "http.response.body":
+                await send(message)
+                return
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                await send({"type": "http.response.body", "body": b"".join(chunks), "more_body": False})
+
+        await self.app(scope, receive, collect)
+
+
+async def test_events_a_host_sends_together_go_out_in_one_send() -> None:
     host = ModelHost(final_deltas=50)
-    grouped, grouped_events = await relayed(AdvisorMiddleware(host))
+    together, together_events = await relayed(AdvisorMiddleware(OneSendPerLeg(host)))
+    apart, apart_events = await relayed(AdvisorMiddleware(host))
     single, single_events = await relayed(AdvisorMiddleware(host, router=StreamOnly(host)))
-    assert grouped_events == single_events  # the same stream, event for event
-    assert len(single_events) > 60
-    # A stream-only router: a send per upstream event (an advisor call or a consult result is
-    # two client events in one send), so at least the 50 final deltas one by one.
-    assert len(single) > 50
+    # The same stream, event for event, however the host's answer is cut.
+    assert together_events == apart_events == single_events
+    assert len(apart_events) > 60
     # Leg 1 (text + the call), the advisor's result, leg 2 with the message end: a few sends.
-    assert len(grouped) <= 8, [b[:60] for b in grouped]
+    assert len(together) <= 6, [b[:60] for b in together]
+    # One send per host send: at least the 50 final deltas one by one.
+    assert len(apart) > 50
+    # A stream-only router: one group per upstream event, never fewer sends than that.
+    assert len(single) > 50
 
 
 @pytest.mark.parametrize("gap", [0.0, 0.005])
-async def test_a_starlette_host_is_relayed_in_groups_and_never_held_back(script: Script, gap: float) -> None:
-    # gap 0: the host's events are all ready at once, and go out in a few sends. gap > 0: each
-    # event arrives on its own, and goes out on its own; nothing waits to fill a group.
+async def test_a_starlette_host_is_relayed_as_it_sends_and_never_held_back(script: Script, gap: float) -> None:
+    # Starlette sends each chunk its generator yields on its own, here one event each: with the
+    # events all ready at once (gap 0) or coming one by one, each goes out as the host sends it,
+    # nothing waits to fill a group.
     many = Reply([text(f"part {i}") for i in range(20)], gap=gap)
     script.executor(Reply([text("Asking."), tool_use("advisor", id="toolu_1")], stop_reason="tool_use"), many)
     script.advisor(Reply([text("Advice.")]))
@@ -121,11 +144,8 @@ async def test_a_starlette_host_is_relayed_in_groups_and_never_held_back(script:
 
     with anyio.fail_after(10):
         await AdvisorMiddleware(scripted_host(script))(http_scope([]), receiver([body]), send)
-    events, message = check_stream(b"".join(bodies))
+    _, message = check_stream(b"".join(bodies))
     assert message is not None and block_types(message.content)[:3] == ONE_CONSULT[:3]
     assert len(block_types(message.content)) == 23
-    if gap:
-        # The 60 events of the last leg's 20 blocks: at least one send each.
-        assert len(bodies) > 60
-    else:
-        assert len(bodies) < len(events) / 4, f"{len(bodies)} sends for {len(events)} events"
+    # The 60 events of the last leg's 20 blocks: at least one send each.
+    assert len(bodies) > 60

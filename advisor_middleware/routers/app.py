@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
-from contextlib import suppress
 from typing import Any
 
 import anyio
-from anyio.streams.memory import MemoryObjectReceiveStream
 
 from .._types import ASGIApp, Message
 from ..errors import UpstreamError
 from ..sse import SSEDecoder, encode_json
-from .base import BatchRouter, Leg
+from .base import Batch, BatchRouter, Leg, OnBatch
 from .events import MAX_BUFFERED, decode_events, json_message_events
 
 __all__ = ["AppRouter"]
@@ -32,9 +29,11 @@ class AppRouter(BatchRouter):
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
-    async def batches(self, leg: Leg) -> AsyncIterator[list[dict[str, Any]]]:
-        """The leg's events in the groups the app produced them: everything it sent before it
-        had to wait comes out as one list, which the middleware writes in one ``send``."""
+    async def push(self, leg: Leg, on_batch: OnBatch) -> None:
+        """Call the app in this task and hand each ``http.response.body`` it sends to
+        ``on_batch`` as one group, from inside the app's ``send``: the leg's events reach the
+        client (and the app feels the client's back-pressure) with no task, channel or loop turn
+        in between (docs/performance.md, round 3)."""
         body = encode_json(leg.body)
         headers = [(k, v) for k, v in leg.headers if k != b"content-type"]
         headers += [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
@@ -46,76 +45,60 @@ class AppRouter(BatchRouter):
         if "path" in scope:
             scope["raw_path"] = scope["path"].encode()
 
-        to_reader, from_app = anyio.create_memory_object_stream[Message](16)
-        complete = anyio.Event()
+        response = _Response()
         body_sent = False
+        waiting: anyio.Event | None = None  # made only if the app asks for a second message
+        # Why the leg stopped early: on_batch raised (the client left, or the loop found the
+        # stream malformed) or the stream itself failed. It is raised from push once the app
+        # is done, whatever the app made of the OSError it got instead.
+        stopped: Exception | None = None
+        # An app that carries on after that OSError is cancelled at its next await.
+        leg_scope = anyio.CancelScope()
 
         async def receive() -> Message:
-            nonlocal body_sent
+            nonlocal body_sent, waiting
             if not body_sent:
                 body_sent = True
                 return {"type": "http.request", "body": body, "more_body": False}
             # Block until the response is complete (or the leg is cancelled), like a real server:
             # an early disconnect would make Django cancel the view (asgi-ecosystem §2.2).
-            await complete.wait()
+            if not response.complete and stopped is None:
+                waiting = waiting or anyio.Event()
+                await waiting.wait()
             return {"type": "http.disconnect"}
 
         async def send(message: Message) -> None:
-            with suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
-                try:
-                    # No checkpoint per message when there is room (anyio's send() always
-                    # yields to the loop): the reader takes what is buffered in one go.
-                    to_reader.send_nowait(message)
-                except anyio.WouldBlock:
-                    await to_reader.send(message)
+            nonlocal stopped
+            if stopped is not None:
+                raise _LegClosed
+            batch: Batch = []
+            error = response.take(message, batch)
+            if response.complete and waiting is not None:
+                waiting.set()
+            try:
+                if batch:  # what came before an error is still the leg's output
+                    await on_batch(batch)
+            except Exception as exc:
+                stopped = exc
+            else:
+                stopped = error
+            if stopped is not None:
+                leg_scope.cancel()
+                if waiting is not None:
+                    waiting.set()
+                # To the app we are a client that has gone away (ASGI 2.4: send raises OSError).
+                raise _LegClosed
 
-        async def run() -> None:
-            async with to_reader:
-                try:
-                    await self.app(scope, receive, send)
-                except Exception as exc:  # the host crashed: that is this leg's answer
+        with leg_scope:
+            try:
+                await self.app(scope, receive, send)
+            except Exception as exc:
+                if stopped is None:  # the host crashed: that is this leg's answer
                     # A server would log the traceback; the client only sees a 500 for the leg.
                     log.exception("the host app raised on a %s leg", leg.role)
-                    await send({"type": "advisor.app_error", "error": exc})
-
-        response = _Response()
-        error: UpstreamError | None = None
-        closed = False
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(run)
-            try:
-                async with from_app:
-                    message = await _receive(from_app)
-                    while message is not None:
-                        # Everything the app has sent already is one batch; the wait comes after.
-                        batch: list[dict[str, Any]] = []
-                        while message is not None and message is not _WAIT:
-                            error = response.take(message, batch)
-                            if response.complete:
-                                complete.set()
-                            if error is not None:
-                                break
-                            message = _buffered(from_app)
-                        if batch:  # what came before an error is still the leg's output
-                            try:
-                                yield batch
-                            except GeneratorExit:
-                                # Closed early by the consumer. Leave the task group normally:
-                                # a GeneratorExit crossing it would come out wrapped in an
-                                # ExceptionGroup.
-                                closed = True
-                        if error is not None or closed:
-                            break
-                        if message is _WAIT:
-                            message = await _receive(from_app)
-            finally:
-                if error is not None or closed or not complete.is_set():
-                    tg.cancel_scope.cancel()
-                complete.set()
-        if closed:
-            return
-        if error is not None:
-            raise error
+                    raise UpstreamError(500, f"the host app raised {type(exc).__name__} on this leg") from None
+        if stopped is not None:
+            raise stopped
         if response.status == 0:
             raise UpstreamError(502, "the host app returned without answering this leg")
         raw = b"".join(response.buffered)
@@ -124,10 +107,14 @@ class AppRouter(BatchRouter):
         if not response.readable:
             encoding = response.encoding.decode()
             raise UpstreamError(502, f"leg answered with content-encoding {encoding!r}, which cannot be read")
-        if response.is_sse:
-            return
-        # The host ignored ``stream: true`` and answered one JSON Message: replay it as events.
-        yield list(json_message_events(raw))
+        if not response.is_sse:
+            # The host ignored ``stream: true`` and answered one JSON Message: replay it as events.
+            await on_batch(list(json_message_events(raw)))
+
+
+class _LegClosed(OSError):
+    """Raised into the app's ``send`` once the leg is over for us, the way a server's ``send``
+    raises once its client is gone (ASGI spec 2.4), so the app stops producing."""
 
 
 class _Response:
@@ -172,33 +159,4 @@ class _Response:
                     self.encoding = bytes(value).lower().strip()
                 elif key in (b"retry-after", b"x-should-retry"):
                     self.headers.append((key, bytes(value)))
-        elif kind == "advisor.app_error":
-            return UpstreamError(500, f"the host app raised {type(message['error']).__name__} on this leg")
-        return None
-
-
-_WAIT: Message = {"type": "advisor.wait"}
-"""Returned by :func:`_buffered` when nothing is buffered yet (the app is still working)."""
-
-
-def _buffered(stream: MemoryObjectReceiveStream[Message]) -> Message | None:
-    """The next message if one is already buffered, ``_WAIT`` if not, None at the end. Without
-    a trip through the event loop (anyio's receive() always yields first: two loop turns per
-    message)."""
-    try:
-        return stream.receive_nowait()
-    except anyio.WouldBlock:
-        return _WAIT
-    except anyio.EndOfStream:
-        return None
-
-
-async def _receive(stream: MemoryObjectReceiveStream[Message]) -> Message | None:
-    """The next message, waiting for it if none is buffered; None at the end."""
-    message = _buffered(stream)
-    if message is not _WAIT:
-        return message
-    try:
-        return await stream.receive()
-    except anyio.EndOfStream:
         return None

@@ -2,20 +2,39 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
 
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream
+
 T = TypeVar("T")
 
-__all__ = ["LEG_HEADER", "BatchRouter", "Leg", "MessagesRouter", "closing", "leg_batches", "leg_headers"]
+__all__ = [
+    "LEG_HEADER",
+    "Batch",
+    "BatchRouter",
+    "Leg",
+    "MessagesRouter",
+    "OnBatch",
+    "closing",
+    "leg_headers",
+    "run_leg",
+]
 
 LEG_HEADER = b"x-advisor-leg"
 """Marks requests the middleware makes itself; the middleware passes them through untouched,
 so a router that loops back to the same gateway can never recurse."""
 
 ADVISOR_BETA = "advisor-tool-2026-03-01"
+
+Batch = list[dict[str, Any]]
+"""Stream events of one leg that arrived together."""
+
+OnBatch = Callable[[Batch], Awaitable[None]]
+"""Takes a leg's events as they arrive (:meth:`BatchRouter.push`)."""
 
 # Hop-by-hop or body-describing headers that must not be copied onto a leg: the leg has its own
 # body (new length, no encoding) and we must be able to parse its answer (no accept-encoding,
@@ -67,13 +86,36 @@ class MessagesRouter(Protocol):
 
 
 class BatchRouter:
-    """Base of the shipped routers: they produce a leg's events in groups that arrived together
-    (``batches``), and ``stream``, the protocol's method, hands them out one by one. The
-    middleware prefers ``batches`` and relays each group in one ``send`` (docs/performance.md,
-    step 7)."""
+    """Base of the shipped routers. A subclass implements one of two ways to hand over a leg's
+    events in the groups they arrived in, and gets the other (and the protocol's ``stream``)
+    from it:
 
-    def batches(self, leg: Leg) -> AsyncIterator[list[dict[str, Any]]]:
-        raise NotImplementedError
+    - ``batches(leg)``, pulled: an async iterator of groups (a network read each, for a router
+      that reads a socket);
+    - ``push(leg, on_batch)``, pushed: awaits ``on_batch(group)`` for each group, in the
+      caller's task, and returns when the leg is over (for a router that calls an ASGI app,
+      whose ``send`` is the natural place to hand events on).
+
+    The middleware drives every leg with ``push``: the loop, the host and the client's writer
+    then share the request's task, with no task or channel per leg (docs/performance.md,
+    round 3). Exceptions raised by ``on_batch`` come out of ``push`` unchanged.
+    """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.batches is BatchRouter.batches and cls.push is BatchRouter.push:
+            raise TypeError(f"{cls.__name__} must implement batches() or push()")
+
+    def batches(self, leg: Leg) -> AsyncIterator[Batch]:
+        """The leg's events in groups. Derived from ``push``: it runs in a task of its own,
+        and the groups waiting when the consumer asks come out as one."""
+        return _pulled(self.push, leg)
+
+    async def push(self, leg: Leg, on_batch: OnBatch) -> None:
+        """Await ``on_batch`` for each group of the leg's events. Derived from ``batches``."""
+        async with closing(self.batches(leg)) as batches:
+            async for batch in batches:
+                await on_batch(batch)
 
     async def stream(self, leg: Leg) -> AsyncIterator[dict[str, Any]]:
         """The leg's events one by one (the :class:`MessagesRouter` protocol)."""
@@ -83,19 +125,74 @@ class BatchRouter:
                     yield event
 
 
-def leg_batches(router: MessagesRouter, leg: Leg) -> AsyncIterator[list[dict[str, Any]]]:
-    """The leg's events in groups: a router's own ``batches(leg)`` when it has one (any
-    :class:`BatchRouter`), else one group per event of its ``stream``."""
-    batches = getattr(router, "batches", None)
-    if batches is not None:
-        return batches(leg)  # type: ignore[no-any-return]
-    return _singletons(router.stream(leg))
+async def run_leg(router: MessagesRouter, leg: Leg, on_batch: OnBatch) -> None:
+    """Run one leg, handing its events to ``on_batch``: through the router's own ``push`` when
+    it has one (any :class:`BatchRouter`), else one event at a time from its ``stream``."""
+    push = getattr(router, "push", None)
+    if push is not None:
+        await push(leg, on_batch)
+        return
+    async with closing(router.stream(leg)) as events:
+        async for event in events:
+            await on_batch([event])
 
 
-async def _singletons(events: AsyncIterator[dict[str, Any]]) -> AsyncIterator[list[dict[str, Any]]]:
-    async with closing(events) as items:
-        async for event in items:
-            yield [event]
+async def _pulled(push: Callable[[Leg, OnBatch], Awaitable[None]], leg: Leg) -> AsyncIterator[Batch]:
+    # Pull from push: the producer runs in a task and parks each group in a channel (its buffer
+    # of 16 groups is the only read-ahead); the consumer takes whatever is waiting as one group.
+    to_reader, from_push = anyio.create_memory_object_stream[Batch](16)
+    failure: list[Exception] = []
+
+    async def put(batch: Batch) -> None:
+        try:
+            # No checkpoint when there is room (anyio's send() always yields to the loop): the
+            # reader takes everything sent before the producer had to wait as one group.
+            to_reader.send_nowait(batch)
+        except anyio.WouldBlock:
+            await to_reader.send(batch)
+
+    async def produce() -> None:
+        async with to_reader:
+            try:
+                await push(leg, put)
+            except Exception as exc:  # raised to the consumer below, not as an ExceptionGroup
+                failure.append(exc)
+
+    async with anyio.create_task_group() as tg, from_push:
+        tg.start_soon(produce)
+        ended = False
+        while not ended:
+            batch: Batch = []
+            ended = _drain(from_push, batch)
+            if not batch and not ended:
+                # receive() checkpoints even when a group is waiting, hence _drain() first.
+                try:
+                    batch += await from_push.receive()
+                except anyio.EndOfStream:
+                    ended = True
+                else:
+                    ended = _drain(from_push, batch)
+            if batch:
+                try:
+                    yield batch
+                except GeneratorExit:
+                    # Closed early by the consumer: stop the producer and leave the task group
+                    # normally (a GeneratorExit crossing it would come out as an ExceptionGroup).
+                    tg.cancel_scope.cancel()
+                    return
+    if failure:
+        raise failure[0]
+
+
+def _drain(stream: MemoryObjectReceiveStream[Batch], into: Batch) -> bool:
+    """Add every group waiting in ``stream`` to ``into``; whether the stream has ended."""
+    while True:
+        try:
+            into += stream.receive_nowait()
+        except anyio.WouldBlock:
+            return False
+        except anyio.EndOfStream:
+            return True
 
 
 def leg_headers(headers: list[tuple[bytes, bytes]] | Any, role: str) -> list[tuple[bytes, bytes]]:
