@@ -100,7 +100,8 @@ class Orchestration:
         # Upstream block index -> ("live" | "advisor" | "held", client index) for the leg in
         # flight; an entry lives from its content_block_start to its content_block_stop.
         self._blocks: dict[int, tuple[str, int]] = {}
-        self._ids: set[str] = set()
+        self._ids: set[str] | None = None  # tool_use ids taken; collected at the first advisor call
+        self._history_messages: list[Any] = []
         self._started = False
         # The executor leg in flight: what _on_batch feeds.
         self._acc = MessageAccumulator()
@@ -136,6 +137,10 @@ class Orchestration:
     def _exec_id(self, proposed: Any) -> str:
         # The executor's own id when usable; a fresh one if it is missing or reused (some
         # OpenAI-compatible servers number calls per response), so srvtoolu_ ids stay unique.
+        if self._ids is None:
+            # Only now: most requests that offer the advisor never call it (a walk of the whole
+            # history, ~0.2 ms per MB, issue 7).
+            self._ids = _tool_use_ids(self._history_messages)
         if isinstance(proposed, str) and proposed and proposed not in self._ids:
             self._ids.add(proposed)
             return proposed
@@ -181,7 +186,7 @@ class Orchestration:
     async def _loop(self) -> None:
         out = self._out
         messages, info = self._history or render_history(self.body.get("messages") or [])
-        self._collect_ids(messages)
+        self._history_messages = messages
         if info.pending:
             # A resumed pause_turn: the pending consults run first and the response begins with
             # their results (advisor-wire-spec §2.3). No executor leg has started yet, so the
@@ -380,14 +385,6 @@ class Orchestration:
             {"type": "content_block_stop", "index": index},
         ]
 
-    def _collect_ids(self, messages: list[Any]) -> None:
-        for message in messages:
-            content = message.get("content") if isinstance(message, dict) else None
-            if isinstance(content, list):
-                for block in content:
-                    if isinstance(block, dict) and block.get("type") == "tool_use":
-                        self._ids.add(str(block.get("id")))
-
     @staticmethod
     def _leg_content(content: list[dict[str, Any]], calls: list[_Call]) -> list[dict[str, Any]]:
         # The executor's own blocks of this leg, verbatim (thinking keeps its signature), with
@@ -503,6 +500,17 @@ class Orchestration:
         for key in _USAGE_SUMS:
             entry[key] = _int(usage.get(key))
         self.iterations.append(entry)
+
+
+def _tool_use_ids(messages: list[Any]) -> set[str]:
+    ids = set()
+    for message in messages:
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, list):
+            for block in content:
+                if isinstance(block, dict) and block.get("type") == "tool_use":
+                    ids.add(str(block.get("id")))
+    return ids
 
 
 def _malformed(kind: Any) -> UpstreamError:

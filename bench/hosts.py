@@ -155,8 +155,9 @@ class ModelHost:
     parses the body (as any real host does) and sends pre-encoded answers.
     """
 
-    def __init__(self, *, advisor_delay: float = 0.0, final_deltas: int = 1) -> None:
+    def __init__(self, *, advisor_delay: float = 0.0, final_deltas: int = 1, consults: bool = True) -> None:
         self.advisor_delay = advisor_delay
+        self.consults = consults  # False: the executor answers at once (the advisor offered, not called)
         self.calls = 0
         self.call_advisor = _Turn(
             EXEC_MODEL,
@@ -194,7 +195,7 @@ class ModelHost:
             if self.advisor_delay:
                 await anyio.sleep(self.advisor_delay)
             turn = self.advice
-        elif _answers_advisor_call(request.get("messages")):
+        elif not self.consults or _answers_advisor_call(request.get("messages")):
             deltas = dict(scope["headers"]).get(FINAL_DELTAS_HEADER)
             turn = self.final(int(deltas) if deltas else self.final_deltas)
         else:

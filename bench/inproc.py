@@ -127,7 +127,7 @@ def sse_events(raw: bytes) -> list[dict[str, Any]]:
     return [json.loads(line[6:]) for line in raw.split(b"\n") if line.startswith(b"data: ")]
 
 
-def check_consult(status: int, raw: bytes, stream: bool) -> None:
+def check_consult(status: int, raw: bytes, stream: bool, *, consulted: bool = True) -> None:
     if status != 200:
         raise RuntimeError(f"consult answered {status}: {raw[:300]!r}")
     if stream:
@@ -137,7 +137,10 @@ def check_consult(status: int, raw: bytes, stream: bool) -> None:
             raise RuntimeError(f"stream did not end with message_stop: {events[-1]}")
     else:
         blocks = json.loads(raw)["content"]
-    if [b["type"] for b in blocks] != EXPECTED_BLOCKS or blocks[2]["content"]["type"] != "advisor_result":
+    if not consulted:
+        if [b["type"] for b in blocks] != ["text"]:
+            raise RuntimeError(f"unexpected answer without a consult: {blocks}")
+    elif [b["type"] for b in blocks] != EXPECTED_BLOCKS or blocks[2]["content"]["type"] != "advisor_result":
         raise RuntimeError(f"unexpected consult content: {blocks}")
 
 
@@ -169,22 +172,27 @@ class Row:
         return self.through_wall_us - self.base_wall_us
 
 
-async def record_legs(host: ASGIApp, body: bytes, *, stream: bool) -> list[tuple[Scope, bytes]]:
-    """Run one consult through the middleware (checking what the client gets); return the three
-    leg requests it made of ``host``."""
+async def record_legs(host: ASGIApp, body: bytes, *, stream: bool, consulted: bool = True) -> list[tuple[Scope, bytes]]:
+    """Run one request through the middleware (checking what the client gets); return the leg
+    requests it made of ``host``: three for a consult, one when the executor did not consult."""
     recorder = Recorder(host)
     scope = request_scope(body, stream=stream, beta=True)
-    check_consult(*await exchange(AdvisorMiddleware(recorder), scope, split(body)), stream)
+    check_consult(*await exchange(AdvisorMiddleware(recorder), scope, split(body)), stream, consulted=consulted)
     roles = [dict(s["headers"]).get(b"x-advisor-leg") for s, _ in recorder.requests]
-    if roles != [b"executor", b"advisor", b"executor"]:
-        raise RuntimeError(f"expected executor, advisor, executor legs; got {roles}")
+    expected = [b"executor", b"advisor", b"executor"] if consulted else [b"executor"]
+    if roles != expected:
+        raise RuntimeError(f"expected {expected} legs; got {roles}")
     return recorder.requests
 
 
-async def consult_scenario(key: str, label: str, host: ASGIApp, body: bytes, *, stream: bool, n: int) -> Scenario:
-    """Through the middleware: one client request, three legs. Alone: the host answers the three
-    leg requests the middleware sent (recorded in a first, untimed run), one after the other."""
-    legs = [(scope, [leg_body]) for scope, leg_body in await record_legs(host, body, stream=stream)]
+async def consult_scenario(
+    key: str, label: str, host: ASGIApp, body: bytes, *, stream: bool, n: int, consulted: bool = True
+) -> Scenario:
+    """Through the middleware: one client request, three legs (one if the host's executor does
+    not consult). Alone: the host answers the leg requests the middleware sent (recorded in a
+    first, untimed run), one after the other."""
+    recorded = await record_legs(host, body, stream=stream, consulted=consulted)
+    legs = [(scope, [leg_body]) for scope, leg_body in recorded]
     for leg_scope, leg_chunks in legs:
         status, _ = await exchange(host, leg_scope, leg_chunks)
         if status != 200:

@@ -172,6 +172,7 @@ async def inproc_scenarios(sizes: Sizes, floors: dict[str, float]) -> list[Scena
     floors["find_large"] = floor_us(lambda: plain.find(b"advisor"), runs * 10)
     floors["find_small"] = floor_us(lambda: small.find(b"advisor"), runs * 10)
     host = ModelHost()
+    answers_at_once = ModelHost(consults=False)  # the advisor offered, never called: one leg
     short = small_consult_body(True)
     return [
         await consult_scenario(
@@ -214,6 +215,21 @@ async def inproc_scenarios(sizes: Sizes, floors: dict[str, float]) -> list[Scena
             stream=True,
             n=sizes.n_huge,
         ),
+        *[
+            await consult_scenario(
+                key,
+                f"Advisor offered, not called (one leg), streaming, {label}",
+                answers_at_once,
+                body,
+                stream=True,
+                n=n,
+                consulted=False,
+            )
+            for key, label, body, n in (
+                ("offered_stream", "short conversation", short, sizes.n_consult),
+                ("offered_large", f"Claude-Code-sized conversation ({_size(len(large))})", large, sizes.n_large),
+            )
+        ],
         await passthrough_scenario(
             "pass_small", f"Pass-through, small body ({_size(len(small))})", small, n=sizes.n_pass_small
         ),
@@ -419,7 +435,8 @@ def render_markdown(report: Report) -> str:
             "",
             f"Medians over N requests per side, after {report.warmup} warm-up requests per side; µs per client "
             "request. *Host alone* answers the same request bodies without the middleware (for a consult: the "
-            "three leg requests the middleware sends). CPU is this process's; the HTTP backend's is not in it.",
+            "leg requests the middleware sends: three, or one when the executor does not call the advisor). "
+            "CPU is this process's; the HTTP backend's is not in it.",
             "",
             "| Scenario | N | Host alone CPU | Host alone wall | Through middleware CPU | Through middleware wall "
             "| **Added CPU** | Added wall | Reference |",
@@ -428,6 +445,7 @@ def render_markdown(report: Report) -> str:
         refs = {
             "consult_large": ("from_json_large", "`from_json` of the body"),
             "consult_huge": ("from_json_huge", "`from_json` of the body"),
+            "offered_large": ("from_json_large", "`from_json` of the body"),
             "pass_large": ("find_large", "`bytes.find` over the body"),
             "pass_small": ("find_small", "`bytes.find` over the body"),
         }

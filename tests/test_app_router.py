@@ -22,8 +22,9 @@ from advisor_middleware import AdvisorMiddleware, AppRouter, Leg, UpstreamError
 from advisor_middleware.routers.base import Batch, BatchRouter
 from bench.inproc import receiver
 
-from .helpers import ADVISOR_PARAMS, ONE_CONSULT, block_types, check_stream, http_scope
-from .upstream import sse
+from .helpers import ADVISOR_PARAMS, ONE_CONSULT, block_types, call, check_stream, http_scope, sdk_for
+from .test_disconnects import HOSTS
+from .upstream import Reply, Script, sse, text, tool_use
 
 pytestmark = pytest.mark.anyio
 
@@ -232,3 +233,40 @@ def test_a_router_must_implement_batches_or_push() -> None:
             await on_batch([{"type": "message_stop"}])
 
     assert isinstance(Pushes(), BatchRouter)
+
+
+@pytest.mark.parametrize("host", list(HOSTS))
+@pytest.mark.parametrize("streaming", [True, False], ids=["stream", "json"])
+async def test_a_consult_through_a_host_with_http_middleware(script: Script, host: str, streaming: bool) -> None:
+    script.executor(
+        Reply([text("Asking."), tool_use("advisor", id="toolu_1")], stop_reason="tool_use"), Reply([text("Done.")])
+    ).advisor(Reply([text("Advice.")]))
+    async with sdk_for(AdvisorMiddleware(HOSTS[host](script))) as sdk:
+        message = await call(sdk, streaming, **ADVISOR_PARAMS)
+    assert block_types(message.content) == ONE_CONSULT
+    assert [r.role for r in script.requests] == ["executor", "advisor", "executor"]
+
+
+@pytest.mark.parametrize("host", list(HOSTS))
+async def test_a_client_gone_mid_stream_ends_the_request_quietly(
+    script: Script, host: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # An ASGI 2.4 server's send raises OSError once the client is gone: the host's stream stops
+    # there, and nobody logs a crash.
+    script.executor(Reply([text(f"part {i}") for i in range(200)], gap=0.001))
+    body = json.dumps({**ADVISOR_PARAMS, "stream": True}).encode()
+    sent = 0
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        nonlocal sent
+        if message["type"] == "http.response.body":
+            sent += 1
+            if sent > 5:
+                raise OSError("the client is gone")
+
+    with caplog.at_level(logging.DEBUG), anyio.fail_after(5):
+        await AdvisorMiddleware(HOSTS[host](script))(http_scope([]), receiver([body]), send)
+    assert sent == 6
+    await anyio.sleep(0.3)  # the whole answer takes 0.2 s: had the host gone on, it would be done
+    assert script.finished == [], "the host streamed on after the client left"
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], [r.getMessage() for r in caplog.records]

@@ -18,6 +18,8 @@ ROWS = {
     "consult_relay",
     "consult_large",
     "consult_huge",
+    "offered_stream",
+    "offered_large",
     "pass_small",
     "pass_large",
     "pass_parsed",

@@ -22,6 +22,10 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+from starlette.applications import Starlette
+from starlette.middleware.base import BaseHTTPMiddleware
+from starlette.requests import Request
+from starlette.responses import Response
 
 from advisor_middleware import AdvisorMiddleware
 
@@ -156,15 +160,37 @@ async def disconnect(phase: str, script: Script, app: Any, watch: Watch) -> floa
     return cancelled_at - client.left_at
 
 
+def host_with_http_middleware(script: Script) -> Starlette:
+    """The scripted host behind a ``@app.middleware("http")`` function (Starlette's
+    ``BaseHTTPMiddleware``, common in FastAPI gateways): the route runs in a task of its own and
+    its body reaches the leg's ``send`` through a memory stream."""
+    app = scripted_host(script)
+
+    async def stamp(request: Request, call_next: Any) -> Response:
+        response: Response = await call_next(request)
+        response.headers["x-host"] = "stamped"
+        return response
+
+    app.add_middleware(BaseHTTPMiddleware, dispatch=stamp)
+    return app
+
+
+HOSTS: dict[str, Callable[[Script], Starlette]] = {
+    "starlette": scripted_host,
+    "http-middleware": host_with_http_middleware,
+}
+
+
+@pytest.mark.parametrize("host", list(HOSTS))
 @pytest.mark.parametrize("phase", list(PHASES))
-async def test_the_leg_in_flight_is_cancelled(script: Script, phase: str) -> None:
+async def test_the_leg_in_flight_is_cancelled(script: Script, phase: str, host: str) -> None:
     before = set(asyncio.all_tasks())
-    watch = Watch(scripted_host(script))
+    watch = Watch(HOSTS[host](script))
     started = time.monotonic()
     latency = await disconnect(phase, script, AdvisorMiddleware(watch), watch)
     assert time.monotonic() - started < 3, "the request hung after the disconnect"
     if latency is not None:
-        print(f"FIGURE disconnect {phase}: leg cancelled {latency * 1000:.1f} ms after the disconnect")
+        print(f"FIGURE disconnect {phase} ({host}): leg cancelled {latency * 1000:.1f} ms after the disconnect")
         assert latency < CANCEL_WITHIN
     expected = {
         "before-the-body": [],
