@@ -30,21 +30,28 @@ def render_transcript(
     (append-only safe: a block renders the same in every consult). Over the ``max_chars``
     budget, blocks are cut harder, then the oldest part of the transcript is left out, so the
     advisor leg fails with ``prompt_too_long`` only when even that cannot help."""
-    parts = _render(body, messages, max_block_chars)
-    text = "".join(parts)
-    if max_chars is None or len(text) <= max_chars:
-        return text
-    cap = max_block_chars
-    while cap > 1000:
-        cap //= 4
-        # A cut leaves each part at least min(its length, cap) long: skip a render (a walk of the
-        # whole conversation, ~1 ms per MB) that cannot fit the budget. The last one always runs.
-        if cap > 1000 and sum(min(len(part), cap) for part in parts) > max_chars:
+    caps = [max_block_chars]
+    while caps[-1] > 1000:
+        caps.append(caps[-1] // 4)
+    # Each render is a walk of the whole conversation (~1 ms per MB; issue 7). A render at a cap
+    # that is not the last stops once it is over the budget, and a cap below the first is
+    # skipped when a lower bound on its length (one light walk, ~0.2 ms per MB) is over it.
+    # The last cap always renders whole.
+    fields: list[int] | None = None
+    text = ""
+    for cap in caps:
+        last = cap == caps[-1]
+        if max_chars is not None and not last and cap != max_block_chars:
+            fields = _field_lengths(messages) if fields is None else fields
+            if sum(fields) > max_chars and sum(min(n, cap) for n in fields) > max_chars:
+                continue
+        parts = _render(body, messages, cap, None if last else max_chars)
+        if parts is None:
             continue
-        parts = _render(body, messages, cap)
         text = "".join(parts)
-        if len(text) <= max_chars:
+        if max_chars is None or len(text) <= max_chars:
             return text
+    assert max_chars is not None
     head, marker, rest = text.partition(_TRANSCRIPT)
     room = max_chars - len(head) - len(marker) - 80
     if room <= 0:
@@ -55,7 +62,35 @@ def render_transcript(
 _TRANSCRIPT = "\n=== Transcript ===\n"
 
 
-def _render(body: dict[str, Any], messages: list[Any], max_block_chars: int) -> list[str]:
+def _field_lengths(messages: list[Any]) -> list[int]:
+    """The lengths of the texts a render cuts to its cap and always shows (message and text
+    block texts, tool results): at cap c a render is at least the sum of min(length, c)."""
+    lengths = []
+    for message in messages:
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, str):
+            lengths.append(len(content))
+        elif isinstance(content, list):
+            for block in content:
+                if not isinstance(block, dict):
+                    continue
+                kind = block.get("type")
+                if kind == "text" and isinstance(block.get("text"), str):
+                    lengths.append(len(block["text"]))
+                elif kind == "tool_result":
+                    result = block.get("content")
+                    if isinstance(result, str):
+                        lengths.append(len(result))
+                    elif isinstance(result, list):
+                        texts = [p.get("text") for p in result if isinstance(p, dict) and p.get("type") == "text"]
+                        lengths.append(sum(len(t) for t in texts if isinstance(t, str)))
+    return lengths
+
+
+def _render(
+    body: dict[str, Any], messages: list[Any], max_block_chars: int, budget: int | None = None
+) -> list[str] | None:
+    """The transcript's parts; None as soon as they are longer than ``budget``."""
     parts = [_PREAMBLE]
     system = _system_text(body.get("system"))
     if system:
@@ -66,10 +101,15 @@ def _render(body: dict[str, Any], messages: list[Any], max_block_chars: int) -> 
         if lines:
             parts.append("\n=== Executor's tools ===\n" + "\n".join(lines) + "\n")
     parts.append(_TRANSCRIPT)
+    size = sum(len(part) for part in parts)
     advisor_ids: set[str] = set()
     for message in messages:
         if isinstance(message, dict):
-            parts.append(_message(message, advisor_ids, max_block_chars))
+            part = _message(message, advisor_ids, max_block_chars)
+            parts.append(part)
+            size += len(part)
+            if budget is not None and size > budget:
+                return None
     return parts
 
 
