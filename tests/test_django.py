@@ -9,7 +9,11 @@ all on the path: header names keep their case (``Content-Type``), ``JsonResponse
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import anthropic
@@ -21,6 +25,7 @@ from .servers import example_server
 
 pytestmark = pytest.mark.anyio
 
+ROOT = Path(__file__).resolve().parent.parent
 APP = "examples.django_gateway.asgi:application"
 ADVICE_START = "1. Restate the goal in one line before acting"
 
@@ -108,3 +113,16 @@ async def test_django_routing_and_errors_pass_through(django_url: str) -> None:
     assert wrong_method.status_code == 405
     assert invalid.status_code == 400  # the middleware's validation, before Django
     assert invalid.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_clients_leaving_mid_consult_leave_nothing_running() -> None:
+    # Django serves a request from two asyncio tasks of its own and leaves them running when its
+    # caller is cancelled: after each leg they must stop reaching the client and end.
+    script = ROOT / "tests" / "django_disconnects.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "9"], cwd=ROOT, capture_output=True, text=True, timeout=120, check=True
+    )
+    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    assert figures["rounds"] == 9
+    assert figures["late"] == 0, "a send reached the client after its request had returned"
+    assert figures["tasks_after"] <= figures["tasks_before"], "Django's tasks outlived the request"

@@ -54,6 +54,11 @@ class AppRouter(BatchRouter):
         stopped: Exception | None = None
         # An app that carries on after that OSError is cancelled at its next await.
         leg_scope = anyio.CancelScope()
+        # The leg is over for us, however it ended (cancelled included). Some apps leave tasks
+        # running when cancelled (Django's ASGIHandler serves each request from two asyncio
+        # tasks of its own): what those send must never reach the loop or the client, and what
+        # they wait to receive is a disconnect.
+        over = False
 
         async def receive() -> Message:
             nonlocal body_sent, waiting
@@ -62,14 +67,14 @@ class AppRouter(BatchRouter):
                 return {"type": "http.request", "body": body, "more_body": False}
             # Block until the response is complete (or the leg is cancelled), like a real server:
             # an early disconnect would make Django cancel the view (asgi-ecosystem §2.2).
-            if not response.complete and stopped is None:
+            if not response.complete and stopped is None and not over:
                 waiting = waiting or anyio.Event()
                 await waiting.wait()
             return {"type": "http.disconnect"}
 
         async def send(message: Message) -> None:
             nonlocal stopped
-            if stopped is not None:
+            if stopped is not None or over:
                 raise _LegClosed
             batch: Batch = []
             error = response.take(message, batch)
@@ -89,14 +94,19 @@ class AppRouter(BatchRouter):
                 # To the app we are a client that has gone away (ASGI 2.4: send raises OSError).
                 raise _LegClosed
 
-        with leg_scope:
-            try:
-                await self.app(scope, receive, send)
-            except Exception as exc:
-                if stopped is None:  # the host crashed: that is this leg's answer
-                    # A server would log the traceback; the client only sees a 500 for the leg.
-                    log.exception("the host app raised on a %s leg", leg.role)
-                    raise UpstreamError(500, f"the host app raised {type(exc).__name__} on this leg") from None
+        try:
+            with leg_scope:
+                try:
+                    await self.app(scope, receive, send)
+                except Exception as exc:
+                    if stopped is None:  # the host crashed: that is this leg's answer
+                        # A server would log the traceback; the client only sees a 500 for the leg.
+                        log.exception("the host app raised on a %s leg", leg.role)
+                        raise UpstreamError(500, f"the host app raised {type(exc).__name__} on this leg") from None
+        finally:
+            over = True
+            if waiting is not None:
+                waiting.set()
         if stopped is not None:
             raise stopped
         if response.status == 0:

@@ -1,0 +1,91 @@
+"""Run by ``tests/test_django.py`` in a subprocess (Django's settings are process-wide): clients
+of the example Django gateway leave in the middle of a streamed consult, in-process; prints what
+was left behind as JSON.
+
+Django's ``ASGIHandler`` serves each request from two asyncio tasks of its own and, when its
+caller is cancelled, leaves them running: whatever they do after the leg is over must reach
+neither the client nor the event loop's task list for good."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from typing import Any
+
+os.environ.setdefault("DEMO_DELAY", "0.01")
+
+import anyio
+
+from examples.django_gateway.asgi import application
+
+BODY = json.dumps(
+    {
+        "model": "demo-executor",
+        "max_tokens": 1024,
+        "stream": True,
+        "messages": [{"role": "user", "content": "Plan a birthday party"}],
+        "tools": [{"type": "advisor_20260301", "name": "advisor", "model": "demo-advisor"}],
+    }
+).encode()
+SCOPE: dict[str, Any] = {
+    "type": "http",
+    "asgi": {"version": "3.0", "spec_version": "2.4"},
+    "http_version": "1.1",
+    "method": "POST",
+    "scheme": "http",
+    "path": "/v1/messages",
+    "raw_path": b"/v1/messages",
+    "root_path": "",
+    "query_string": b"",
+    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(BODY)).encode())],
+    "client": ("127.0.0.1", 50000),
+    "server": ("127.0.0.1", 8000),
+}
+
+
+async def one(leave_after: int) -> tuple[int, int]:
+    """One request, the client gone after ``leave_after`` events; (events before, sends after)."""
+    events = 0
+    returned = False
+    late = 0
+    first = True
+
+    async def receive() -> dict[str, Any]:
+        nonlocal first
+        if first:
+            first = False
+            return {"type": "http.request", "body": BODY, "more_body": False}
+        while events < leave_after:  # noqa: ASYNC110 (the condition is the client's, polled)
+            await anyio.sleep(0.001)
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        nonlocal events, late
+        if returned:
+            late += 1
+        if message["type"] == "http.response.body":
+            events += bytes(message.get("body", b"")).count(b"event: ")
+
+    await application(dict(SCOPE), receive, send)
+    returned = True
+    await anyio.sleep(0.3)  # the time the leg would have needed to finish
+    return events, late
+
+
+async def main(rounds: int) -> None:
+    await one(10**6)  # warm-up: a whole consult, nobody leaves
+    await anyio.sleep(0.1)
+    before = len(asyncio.all_tasks())
+    late = 0
+    for i in range(rounds):
+        # The first executor leg, the consult, the final leg: each point a few times.
+        _, after = await one((2, 6, 12)[i % 3])
+        late += after
+    await anyio.sleep(0.5)
+    print(json.dumps({"rounds": rounds, "tasks_before": before, "tasks_after": len(asyncio.all_tasks()), "late": late}))
+
+
+if __name__ == "__main__":
+    anyio.run(main, int(sys.argv[1]) if len(sys.argv) > 1 else 9)
