@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 import sys
+from collections.abc import MutableMapping
 from typing import Any
 
 os.environ.setdefault("DEMO_DELAY", "0.01")
@@ -19,6 +20,7 @@ os.environ.setdefault("DEMO_DELAY", "0.01")
 import anyio
 
 from examples.django_gateway.asgi import application
+from tests.helpers import http_scope
 
 BODY = json.dumps(
     {
@@ -29,20 +31,10 @@ BODY = json.dumps(
         "tools": [{"type": "advisor_20260301", "name": "advisor", "model": "demo-advisor"}],
     }
 ).encode()
-SCOPE: dict[str, Any] = {
-    "type": "http",
-    "asgi": {"version": "3.0", "spec_version": "2.4"},
-    "http_version": "1.1",
-    "method": "POST",
-    "scheme": "http",
-    "path": "/v1/messages",
-    "raw_path": b"/v1/messages",
-    "root_path": "",
-    "query_string": b"",
-    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(BODY)).encode())],
-    "client": ("127.0.0.1", 50000),
-    "server": ("127.0.0.1", 8000),
-}
+SCOPE = http_scope(
+    [(b"content-type", b"application/json"), (b"content-length", str(len(BODY)).encode())],
+    asgi={"version": "3.0", "spec_version": "2.4"},
+)
 
 
 async def one(leave_after: int) -> tuple[int, int]:
@@ -61,7 +53,7 @@ async def one(leave_after: int) -> tuple[int, int]:
             await anyio.sleep(0.001)
         return {"type": "http.disconnect"}
 
-    async def send(message: dict[str, Any]) -> None:
+    async def send(message: MutableMapping[str, Any]) -> None:
         nonlocal events, late
         if returned:
             late += 1
