@@ -43,7 +43,7 @@ def render_transcript(
         last = cap == caps[-1]
         if max_chars is not None and not last and cap != max_block_chars:
             fields = _field_lengths(messages) if fields is None else fields
-            if sum(fields) > max_chars and sum(min(n, cap) for n in fields) > max_chars:
+            if sum(min(n, cap) for n in fields) > max_chars:
                 continue
         parts = _render(body, messages, cap, None if last else max_chars)
         if parts is None:

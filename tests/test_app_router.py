@@ -23,8 +23,7 @@ from advisor_middleware.routers.base import Batch, BatchRouter
 from bench.inproc import receiver
 
 from .helpers import ADVISOR_PARAMS, ONE_CONSULT, block_types, call, check_stream, http_scope, sdk_for
-from .test_disconnects import HOSTS
-from .upstream import Reply, Script, sse, text, tool_use
+from .upstream import HOSTS, Reply, Script, sse, text, tool_use
 
 pytestmark = pytest.mark.anyio
 

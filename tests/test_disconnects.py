@@ -22,16 +22,12 @@ from typing import Any
 import anyio
 import httpx
 import pytest
-from starlette.applications import Starlette
-from starlette.middleware.base import BaseHTTPMiddleware
-from starlette.requests import Request
-from starlette.responses import Response
 
 from advisor_middleware import AdvisorMiddleware
 
 from .helpers import ADVISOR_PARAMS, http_scope, wait_until
 from .servers import uvicorn_server
-from .upstream import Reply, Script, scripted_host, text, tool_use
+from .upstream import HOSTS, Reply, Script, scripted_host, text, tool_use
 
 pytestmark = pytest.mark.anyio
 
@@ -158,27 +154,6 @@ async def disconnect(phase: str, script: Script, app: Any, watch: Watch) -> floa
     cancelled_at = watch.cancelled_at(role)
     assert cancelled_at is not None
     return cancelled_at - client.left_at
-
-
-def host_with_http_middleware(script: Script) -> Starlette:
-    """The scripted host behind a ``@app.middleware("http")`` function (Starlette's
-    ``BaseHTTPMiddleware``, common in FastAPI gateways): the route runs in a task of its own and
-    its body reaches the leg's ``send`` through a memory stream."""
-    app = scripted_host(script)
-
-    async def stamp(request: Request, call_next: Any) -> Response:
-        response: Response = await call_next(request)
-        response.headers["x-host"] = "stamped"
-        return response
-
-    app.add_middleware(BaseHTTPMiddleware, dispatch=stamp)
-    return app
-
-
-HOSTS: dict[str, Callable[[Script], Starlette]] = {
-    "starlette": scripted_host,
-    "http-middleware": host_with_http_middleware,
-}
 
 
 @pytest.mark.parametrize("host", list(HOSTS))

@@ -12,12 +12,13 @@ from __future__ import annotations
 import json
 import uuid
 from collections import defaultdict, deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
 from starlette.applications import Starlette
+from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -286,3 +287,25 @@ def scripted_host(script: Script) -> Starlette:
 
 
 ADVISOR_TOOL = {"type": "advisor_20260301", "name": "advisor", "model": "adv-model"}
+
+
+def host_with_http_middleware(script: Script) -> Starlette:
+    """The scripted host behind a ``@app.middleware("http")`` function (Starlette's
+    ``BaseHTTPMiddleware``, common in FastAPI gateways): the route runs in a task of its own and
+    its body reaches the leg's ``send`` through a memory stream."""
+    app = scripted_host(script)
+
+    async def stamp(request: Request, call_next: Any) -> Response:
+        response: Response = await call_next(request)
+        response.headers["x-host"] = "stamped"
+        return response
+
+    app.add_middleware(BaseHTTPMiddleware, dispatch=stamp)
+    return app
+
+
+HOSTS: dict[str, Callable[[Script], Starlette]] = {
+    "starlette": scripted_host,
+    "http-middleware": host_with_http_middleware,
+}
+"""The host shapes the disconnect and push tests run against."""
