@@ -32,6 +32,9 @@ _SSE_HEADERS = [
     (b"cache-control", b"no-cache"),
     (b"x-accel-buffering", b"no"),
 ]
+_LINGER = 0.1
+"""Seconds the watcher may wait, once the response is out, for the server's ``http.disconnect``
+before it is cancelled. Only the cost depends on it: either way the request ends."""
 
 
 class AdvisorMiddleware:
@@ -200,16 +203,29 @@ class AdvisorMiddleware:
     async def _respond(self, orchestration: Orchestration, receive: Receive, send: Send) -> None:
         async with anyio.create_task_group() as tg:
             writer = _StreamWriter(send, self.config.ping_interval, tg) if orchestration.streaming else None
-            tg.start_soon(_watch, receive, tg, writer)
+            watcher = _Watcher(receive, tg, writer)
+            tg.start_soon(watcher.run)
+            answered = False
             try:
                 if writer is not None:
                     await self._write_stream(orchestration, writer)
                 else:
                     await self._write_json(orchestration, send)
+                answered = True
             except OSError:
                 pass  # ASGI 2.4 servers raise from send once the client is gone
             finally:
-                tg.cancel_scope.cancel()
+                if answered:
+                    # The response is out. Servers answer the watcher's pending receive with
+                    # http.disconnect once it is (the ASGI HTTP spec's "sent if receive is
+                    # called after a response has been sent"; uvicorn, hypercorn and httpx's
+                    # ASGITransport wake a receive already waiting), and the watcher ends on
+                    # its own: half the cost of cancelling it (docs/performance.md, step 14).
+                    # A server that stays silent gets _LINGER seconds, then the cancel.
+                    watcher.answered = True
+                    tg.cancel_scope.deadline = anyio.current_time() + _LINGER
+                else:
+                    tg.cancel_scope.cancel()
 
     async def _write_json(self, orchestration: Orchestration, send: Send) -> None:
         acc = MessageAccumulator()
@@ -267,25 +283,40 @@ class AdvisorMiddleware:
             await writer.write(b"", more_body=False)
 
 
-async def _watch(receive: Receive, tg: TaskGroup, writer: _StreamWriter | None) -> None:
+class _Watcher:
     """The one reader of the real ``receive`` (asgi-ecosystem §2.2): a disconnect cancels every
     leg in flight (uvicorn's send() stays silent after a disconnect, so receive is the only
     signal). While streaming it is also the keep-alive clock: it stops listening every
     ``ping_interval`` to ping if nothing was written meanwhile. One task for both instead of a
     second keep-alive task: each anyio task costs ~20 µs to start (docs/performance.md)."""
-    while True:
-        message: Message | None = None
-        if writer is None:
-            message = await receive()
-        else:
-            with anyio.move_on_after(writer.next_check()):
+
+    __slots__ = ("answered", "receive", "tg", "writer")
+
+    def __init__(self, receive: Receive, tg: TaskGroup, writer: _StreamWriter | None) -> None:
+        self.receive = receive
+        self.tg = tg
+        self.writer = writer
+        # Set once the whole response is sent: the disconnect that follows is the server's
+        # end of the exchange, not the client leaving, and no ping may follow the last body.
+        self.answered = False
+
+    async def run(self) -> None:
+        receive, writer = self.receive, self.writer
+        while True:
+            message: Message | None = None
+            if writer is None or self.answered:
                 message = await receive()
-            if message is None:
-                await writer.ping_if_quiet()
-                continue
-        if message["type"] == "http.disconnect":
-            tg.cancel_scope.cancel()
-            return
+            else:
+                with anyio.move_on_after(writer.next_check()):
+                    message = await receive()
+                if message is None:
+                    if not self.answered:
+                        await writer.ping_if_quiet()
+                    continue
+            if message["type"] == "http.disconnect":
+                if not self.answered:
+                    self.tg.cancel_scope.cancel()
+                return
 
 
 class _StreamWriter:

@@ -56,8 +56,10 @@ class Recorder:
         await self.app(scope, receiver([body]), send)
 
 
-def receiver(chunks: Sequence[bytes]) -> Receive:
-    """A client's ``receive``: ``chunks`` as the body, then no disconnect while the answer goes."""
+def receiver(chunks: Sequence[bytes], answered: anyio.Event | None = None) -> Receive:
+    """A client's ``receive``: ``chunks`` as the body, then no disconnect while the answer goes.
+    With ``answered``, a receive waiting once it is set gets ``http.disconnect``, as uvicorn's
+    and httpx's ASGITransport do when the response is complete."""
     position = 0
     last = len(chunks) - 1
 
@@ -67,21 +69,28 @@ def receiver(chunks: Sequence[bytes]) -> Receive:
             i = position
             position += 1
             return {"type": "http.request", "body": chunks[i], "more_body": i < last}
-        await anyio.sleep_forever()  # a live client: no disconnect while the response is going
-        raise AssertionError("unreachable")
+        if answered is None:
+            await anyio.sleep_forever()  # a live client: no disconnect while the response is going
+        else:
+            await answered.wait()
+        return {"type": "http.disconnect"}
 
     return receive
 
 
 async def exchange(app: ASGIApp, scope: Scope, chunks: Sequence[bytes]) -> tuple[int, bytes]:
     """One request: ``app`` gets a fresh copy of ``scope`` and ``chunks`` as the body; returns the
-    status and the body the client received."""
+    status and the body the client received. The client's side behaves like uvicorn's: a
+    ``receive`` still waiting when the response is complete gets ``http.disconnect``."""
     sent: list[Message] = []
+    answered = anyio.Event()
 
     async def send(message: Message) -> None:
         sent.append(message)
+        if message["type"] == "http.response.body" and not message.get("more_body", False):
+            answered.set()
 
-    await app(dict(scope), receiver(chunks), send)
+    await app(dict(scope), receiver(chunks, answered), send)
     status = next(int(m["status"]) for m in sent if m["type"] == "http.response.start")
     return status, b"".join(bytes(m.get("body", b"")) for m in sent if m["type"] == "http.response.body")
 

@@ -1,7 +1,7 @@
 """Micro-benchmarks of the concurrency primitives the middleware's costs come down to, side by
 side in one run (``python -m bench.micro``). docs/performance.md cites them where a design
-choice rests on a primitive's price: a task group and its cancel against a bare asyncio task, a
-cancel scope against ``fail_after``."""
+choice rests on a primitive's price: a task group and its cancel against a bare asyncio task and
+against a child that ends on its own, a cancel scope against ``fail_after``."""
 
 from __future__ import annotations
 
@@ -21,6 +21,16 @@ async def _anyio_watcher() -> None:
         tg.start_soon(anyio.sleep_forever)
         await anyio.lowlevel.checkpoint()
         tg.cancel_scope.cancel()
+
+
+async def _anyio_watcher_ends() -> None:
+    # The watcher since step 14: the child's wait is answered (the server's http.disconnect once
+    # the response is out) and the task group exits without a cancel.
+    answered = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(answered.wait)
+        await anyio.lowlevel.checkpoint()
+        answered.set()
 
 
 async def _asyncio_watcher() -> None:
@@ -54,6 +64,7 @@ async def _fail_after() -> None:
 
 CASES: list[tuple[str, Callable[[], Awaitable[None]]]] = [
     ("anyio task group, a waiting child, cancel()", _anyio_watcher),
+    ("anyio task group, a waiting child whose wait is answered", _anyio_watcher_ends),
     ("asyncio task, waiting, Task.cancel()", _asyncio_watcher),
     ("anyio task group, a child that finishes", _anyio_task),
     ("asyncio task that finishes", _asyncio_task),

@@ -1,6 +1,7 @@
 """Run by ``tests/test_django.py`` in a subprocess (Django's settings are process-wide): clients
 of the example Django gateway leave in the middle of a streamed consult, in-process; prints what
-was left behind as JSON.
+was left behind as JSON. ``receive``: the client's leaving shows in ``receive`` (uvicorn, ASGI
+2.3); ``send``: its ``send`` raises ``OSError`` (ASGI 2.4).
 
 Django's ``ASGIHandler`` serves each request from two asyncio tasks of its own and, when its
 caller is cancelled, leaves them running: whatever they do after the leg is over must reach
@@ -37,7 +38,7 @@ SCOPE = http_scope(
 )
 
 
-async def one(leave_after: int) -> tuple[int, int]:
+async def one(leave_after: int, how: str) -> tuple[int, int]:
     """One request, the client gone after ``leave_after`` events; (events before, sends after)."""
     events = 0
     returned = False
@@ -49,7 +50,7 @@ async def one(leave_after: int) -> tuple[int, int]:
         if first:
             first = False
             return {"type": "http.request", "body": BODY, "more_body": False}
-        while events < leave_after:  # noqa: ASYNC110 (the condition is the client's, polled)
+        while events < leave_after or how == "send":  # noqa: ASYNC110 (the condition is the client's, polled)
             await anyio.sleep(0.001)
         return {"type": "http.disconnect"}
 
@@ -57,6 +58,8 @@ async def one(leave_after: int) -> tuple[int, int]:
         nonlocal events, late
         if returned:
             late += 1
+        if how == "send" and events >= leave_after:
+            raise OSError("the client is gone")
         if message["type"] == "http.response.body":
             events += bytes(message.get("body", b"")).count(b"event: ")
 
@@ -66,18 +69,21 @@ async def one(leave_after: int) -> tuple[int, int]:
     return events, late
 
 
-async def main(rounds: int) -> None:
-    await one(10**6)  # warm-up: a whole consult, nobody leaves
+async def main(rounds: int, how: str) -> None:
+    unhandled: list[str] = []
+    asyncio.get_running_loop().set_exception_handler(lambda loop, context: unhandled.append(context["message"]))
+    await one(10**6, how)  # warm-up: a whole consult, nobody leaves
     await anyio.sleep(0.1)
     before = len(asyncio.all_tasks())
     late = 0
     for i in range(rounds):
         # The first executor leg, the consult, the final leg: each point a few times.
-        _, after = await one((2, 6, 12)[i % 3])
+        _, after = await one((2, 6, 12)[i % 3], how)
         late += after
     await anyio.sleep(0.5)
-    print(json.dumps({"rounds": rounds, "tasks_before": before, "tasks_after": len(asyncio.all_tasks()), "late": late}))
+    figures = {"rounds": rounds, "tasks_before": before, "tasks_after": len(asyncio.all_tasks()), "late": late}
+    print(json.dumps({**figures, "unhandled": unhandled}))
 
 
 if __name__ == "__main__":
-    anyio.run(main, int(sys.argv[1]) if len(sys.argv) > 1 else 9)
+    anyio.run(main, int(sys.argv[1]), sys.argv[2])

@@ -81,7 +81,8 @@ async def test_a_host_that_carries_on_after_the_leg_stopped_is_cancelled() -> No
         with pytest.raises(RuntimeError, match="the consumer stops here"):
             await AppRouter(host).push(LEG, on_batch)
     assert host.errors and all(issubclass(e, OSError) for e in host.errors)
-    assert host.sent == 1  # cancelled at its first await after the OSError
+    # Cancelled at its first await once its wind-down (0.1 s, 20 ms per event) is over.
+    assert 1 < host.sent <= 8
 
 
 def streaming_host(events: list[dict[str, Any]], gap: float = 0.0) -> tuple[Starlette, list[str]]:

@@ -52,7 +52,7 @@ class AppRouter(BatchRouter):
         # stream malformed) or the stream itself failed. It is raised from push once the app
         # is done, whatever the app made of the OSError it got instead.
         stopped: Exception | None = None
-        # An app that carries on after that OSError is cancelled at its next await.
+        # An app that carries on after that OSError is cancelled once it had _WIND_DOWN seconds.
         leg_scope = anyio.CancelScope()
         # The leg is over for us, however it ended (cancelled included). Some apps leave tasks
         # running when cancelled (Django's ASGIHandler serves each request from two asyncio
@@ -88,7 +88,11 @@ class AppRouter(BatchRouter):
             else:
                 stopped = error
             if stopped is not None:
-                leg_scope.cancel()
+                # Not cancelled at once: an app told the way a server tells it (send raises,
+                # receive reports http.disconnect) ends by itself, cleanly. Django's
+                # ASGIHandler, cancelled instead, leaves its two tasks running and their
+                # exceptions unretrieved (logged by asyncio on every stopped leg).
+                leg_scope.deadline = anyio.current_time() + _WIND_DOWN
                 if waiting is not None:
                     waiting.set()
                 # To the app we are a client that has gone away (ASGI 2.4: send raises OSError).
@@ -120,6 +124,10 @@ class AppRouter(BatchRouter):
         if not response.is_sse:
             # The host ignored ``stream: true`` and answered one JSON Message: replay it as events.
             await on_batch(list(json_message_events(raw)))
+
+
+_WIND_DOWN = 0.1
+"""Seconds an app gets to end a leg we stopped before it is cancelled."""
 
 
 class _LegClosed(OSError):
