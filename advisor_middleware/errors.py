@@ -10,6 +10,7 @@ import pydantic_core
 __all__ = [
     "ERROR_TYPES",
     "AdvisorRequestError",
+    "ClientGone",
     "UpstreamError",
     "error_body",
     "error_type_for_status",
@@ -67,6 +68,12 @@ def quoted_error_type(message: str) -> str | None:
         kind = inner.get("type") if isinstance(inner, dict) else None
         return kind if kind in ERROR_TYPES else None
     return None
+
+
+class ClientGone(OSError):
+    """The client left while a leg was in flight, and the leg ended on that news. An ``OSError``,
+    as a server's ``send`` raises once its client is gone (ASGI 2.4): the request ends, quietly,
+    and no further leg starts."""
 
 
 class AdvisorRequestError(Exception):

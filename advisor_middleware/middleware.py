@@ -18,7 +18,7 @@ from .classify import classify
 from .config import AdvisorConfig
 from .errors import AdvisorRequestError, UpstreamError, error_body
 from .orchestrator import Orchestration
-from .routers.app import AppRouter
+from .routers.app import CLIENT, WIND_DOWN, AppRouter, Departure
 from .routers.base import LEG_HEADER, MessagesRouter
 from .sse import encode_event, encode_json
 
@@ -201,9 +201,11 @@ class AdvisorMiddleware:
                 return chunks or [b""]
 
     async def _respond(self, orchestration: Orchestration, receive: Receive, send: Send) -> None:
+        departure = Departure()
+        token = CLIENT.set(departure)
         async with anyio.create_task_group() as tg:
             writer = _StreamWriter(send, self.config.ping_interval, tg) if orchestration.streaming else None
-            watcher = _Watcher(receive, tg, writer)
+            watcher = _Watcher(receive, tg, writer, departure)
             tg.start_soon(watcher.run)
             answered = False
             try:
@@ -226,6 +228,7 @@ class AdvisorMiddleware:
                     tg.cancel_scope.deadline = anyio.current_time() + _LINGER
                 else:
                     tg.cancel_scope.cancel()
+                CLIENT.reset(token)
 
     async def _write_json(self, orchestration: Orchestration, send: Send) -> None:
         acc = MessageAccumulator()
@@ -236,6 +239,8 @@ class AdvisorMiddleware:
 
         try:
             await orchestration.run(feed)
+        except OSError:
+            raise  # the client is gone (ClientGone): nobody to answer
         except UpstreamError as exc:
             await _send_error(send, exc.status, exc.body, exc.headers)
             return
@@ -284,18 +289,20 @@ class AdvisorMiddleware:
 
 
 class _Watcher:
-    """The one reader of the real ``receive`` (asgi-ecosystem §2.2): a disconnect cancels every
-    leg in flight (uvicorn's send() stays silent after a disconnect, so receive is the only
-    signal). While streaming it is also the keep-alive clock: it stops listening every
-    ``ping_interval`` to ping if nothing was written meanwhile. One task for both instead of a
-    second keep-alive task: each anyio task costs ~20 µs to start (docs/performance.md)."""
+    """The one reader of the real ``receive`` (asgi-ecosystem §2.2): a disconnect ends every leg
+    in flight (uvicorn's send() stays silent after a disconnect, so receive is the only signal):
+    an ``AppRouter`` leg is told as its host would be by a server, any other is cancelled. While
+    streaming it is also the keep-alive clock: it stops listening every ``ping_interval`` to ping
+    if nothing was written meanwhile. One task for both instead of a second keep-alive task: each
+    anyio task costs ~20 µs to start (docs/performance.md)."""
 
-    __slots__ = ("answered", "receive", "tg", "writer")
+    __slots__ = ("answered", "departure", "receive", "tg", "writer")
 
-    def __init__(self, receive: Receive, tg: TaskGroup, writer: _StreamWriter | None) -> None:
+    def __init__(self, receive: Receive, tg: TaskGroup, writer: _StreamWriter | None, departure: Departure) -> None:
         self.receive = receive
         self.tg = tg
         self.writer = writer
+        self.departure = departure
         # Set once the whole response is sent: the disconnect that follows is the server's
         # end of the exchange, not the client leaving, and no ping may follow the last body.
         self.answered = False
@@ -314,7 +321,15 @@ class _Watcher:
                         await writer.ping_if_quiet()
                     continue
             if message["type"] == "http.disconnect":
-                if not self.answered:
+                if self.answered:
+                    return
+                if self.departure.leave():
+                    # An AppRouter leg was in flight: its host now ends it the way it ends
+                    # any request whose client left (docs/reliability.md), and the loop
+                    # stops on the ClientGone that comes out of it. A host that carries on
+                    # is cancelled after WIND_DOWN seconds.
+                    self.tg.cancel_scope.deadline = anyio.current_time() + WIND_DOWN
+                else:
                     self.tg.cancel_scope.cancel()
                 return
 

@@ -18,7 +18,7 @@ import anyio
 from .accumulate import MessageAccumulator
 from .blocks import ADVISOR_NAME, AdvisorTool, advisor_result_block, server_tool_use_block, server_tool_use_id
 from .config import AdvisorConfig
-from .errors import UpstreamError
+from .errors import ClientGone, UpstreamError
 from .history import HistoryInfo, advice_tool_result, advisor_tool_use, render_history
 from .prompts import ADVISOR_SYSTEM_PROMPT, EXECUTOR_TOOL_DESCRIPTION, budget_note
 from .routers.base import LEG_HEADER, Batch, Leg, MessagesRouter, leg_headers, run_leg
@@ -161,7 +161,7 @@ class Orchestration:
         try:
             await self._loop()
         except Exception as exc:
-            if exc is self._emit_failed or not self.streaming or not self._started:
+            if exc is self._emit_failed or isinstance(exc, ClientGone) or not self.streaming or not self._started:
                 raise
             if isinstance(exc, UpstreamError):
                 log.warning("executor leg failed after the response started: %s", exc)
@@ -469,6 +469,8 @@ class Orchestration:
                 await run_leg(self.router, leg, feed)
             if deadline.cancelled_caught:
                 raise TimeoutError(f"the advisor took longer than {self.config.advisor_timeout} s")
+        except ClientGone:
+            raise  # not the advisor's failure: the request is over
         except Exception as exc:
             code = advisor_error_code(exc)
             if isinstance(exc, UpstreamError | TimeoutError):

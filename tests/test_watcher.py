@@ -1,7 +1,8 @@
-"""The request's watcher, the one reader of the client's ``receive``, once the response is out
-(docs/performance.md, step 14): it ends on the server's own ``http.disconnect`` instead of being
+"""The request's watcher, the one reader of the client's ``receive``. Once the response is out
+(docs/performance.md, step 14) it ends on the server's own ``http.disconnect`` instead of being
 cancelled, and a server that never sends one costs a short linger, never a hang or a ping after
-the last body."""
+the last body. Before that, a disconnect is the client leaving: an ``AppRouter`` leg in flight is
+told the way a server tells its app, and cancelled only if its host carries on (step 16)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,11 @@ import anyio
 import pytest
 
 from advisor_middleware import AdvisorMiddleware, middleware
+from advisor_middleware.routers.app import WIND_DOWN
 from bench.hosts import ModelHost, small_consult_body
 from bench.inproc import request_scope
+
+from .upstream import Reply, reply_events, sse, text
 
 pytestmark = pytest.mark.anyio
 
@@ -105,3 +109,52 @@ async def test_a_client_that_leaves_mid_consult_is_still_noticed_at_once() -> No
         await AdvisorMiddleware(host)(request_scope(body, stream=True, beta=True), client.receive, send)
     assert client.returned == ["disconnect"]
     assert host.calls == 2  # executor leg 1, then the advisor leg that was cancelled
+
+
+class Listening:
+    """A raw ASGI host whose executor leg starts streaming, then waits on ``receive`` the way a
+    server's app waits for its client to leave; its advisor leg (if any) is never reached."""
+
+    def __init__(self, *, listens: bool) -> None:
+        self.listens = listens
+        self.got: list[str] = []
+        self.ended: list[str] = []
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
+        start = reply_events(Reply([text("Thinking...")]), "m")[0]
+        await send({"type": "http.response.body", "body": sse(start), "more_body": True})
+        try:
+            if self.listens:
+                self.got.append((await receive())["type"])
+            else:
+                await anyio.sleep(30)
+        except BaseException:
+            self.ended.append("cancelled")
+            raise
+        self.ended.append("returned")
+
+
+@pytest.mark.parametrize("listens", [True, False], ids=["host-listens", "host-ignores"])
+async def test_a_client_leaving_mid_leg_is_told_to_the_host_then_it_is_cancelled(listens: bool) -> None:
+    # What a server does when its client leaves: the host's receive reports http.disconnect and
+    # it ends the leg itself; a host that does not listen is cancelled after the wind-down.
+    host = Listening(listens=listens)
+    body = small_consult_body(True)
+    client = Client(body, wakes=True)
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        if b"message_start" in bytes(message.get("body", b"")):
+            client.complete.set()  # the first event is out: the client leaves
+
+    started = time.monotonic()
+    with anyio.fail_after(5):
+        await AdvisorMiddleware(host)(request_scope(body, stream=True, beta=True), client.receive, send)
+    took = time.monotonic() - started
+    if listens:
+        assert host.got == ["http.disconnect"] and host.ended == ["returned"]
+        assert took < WIND_DOWN
+    else:
+        assert host.got == [] and host.ended == ["cancelled"]
+        assert WIND_DOWN * 0.9 < took < 2.0

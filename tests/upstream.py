@@ -105,6 +105,8 @@ class Script:
     finished: list[str] = field(default_factory=list)
     """Roles of legs whose handler ran to the end (not cancelled)."""
     cancelled: list[str] = field(default_factory=list)
+    streamed: list[str] = field(default_factory=list)
+    """Roles of legs whose stream generator began (it then finishes or is cancelled)."""
 
     def executor(self, *turns: Turn) -> Script:
         self.turns["executor"].extend(turns)
@@ -266,6 +268,7 @@ def scripted_host(script: Script) -> Starlette:
             ]
 
         async def stream() -> AsyncIterator[bytes]:
+            script.streamed.append(role)
             try:
                 await anyio.sleep(reply.delay)
                 for n, event in enumerate(events):

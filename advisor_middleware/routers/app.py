@@ -3,19 +3,55 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from contextvars import ContextVar
 from typing import Any
 
 import anyio
 
 from .._types import ASGIApp, Message
-from ..errors import UpstreamError
+from ..errors import ClientGone, UpstreamError
 from ..sse import SSEDecoder, encode_json
 from .base import Batch, BatchRouter, Leg, OnBatch
 from .events import MAX_BUFFERED, decode_events, json_message_events
 
-__all__ = ["AppRouter"]
+__all__ = ["CLIENT", "AppRouter", "Departure"]
 
 log = logging.getLogger("advisor_middleware")
+
+
+class Departure:
+    """The client of the request in flight, as the middleware's watcher sees it. When the client
+    leaves, the ``AppRouter`` legs in flight are told the way a server tells an app: the host's
+    ``receive`` reports ``http.disconnect`` and its ``send`` raises ``OSError``. A host then ends
+    its leg itself, cleanly, instead of being cancelled: Django's ``ASGIHandler``, cancelled,
+    leaves its two tasks running and asyncio logs their exceptions on every disconnect."""
+
+    __slots__ = ("_listeners", "gone")
+
+    def __init__(self) -> None:
+        self.gone = False
+        self._listeners: list[Callable[[], None]] = []
+
+    def listen(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` (once) if the client leaves; until :meth:`forget`."""
+        self._listeners.append(listener)
+
+    def forget(self, listener: Callable[[], None]) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
+    def leave(self) -> bool:
+        """The client is gone: tell the legs in flight; whether there was one to tell."""
+        self.gone = True
+        listeners, self._listeners = self._listeners, []
+        for listener in listeners:
+            listener()
+        return bool(listeners)
+
+
+CLIENT: ContextVar[Departure | None] = ContextVar("advisor_middleware_client", default=None)
+"""The request's :class:`Departure`, set by ``AdvisorMiddleware`` around the advisor loop."""
 
 
 class AppRouter(BatchRouter):
@@ -52,7 +88,7 @@ class AppRouter(BatchRouter):
         # stream malformed) or the stream itself failed. It is raised from push once the app
         # is done, whatever the app made of the OSError it got instead.
         stopped: Exception | None = None
-        # An app that carries on after that OSError is cancelled once it had _WIND_DOWN seconds.
+        # An app that carries on after that OSError is cancelled once it had WIND_DOWN seconds.
         leg_scope = anyio.CancelScope()
         # The leg is over for us, however it ended (cancelled included). Some apps leave tasks
         # running when cancelled (Django's ASGIHandler serves each request from two asyncio
@@ -77,27 +113,39 @@ class AppRouter(BatchRouter):
             if stopped is not None or over:
                 raise _LegClosed
             batch: Batch = []
-            error = response.take(message, batch)
+            error: Exception | None = response.take(message, batch)
             if response.complete and waiting is not None:
                 waiting.set()
             try:
                 if batch:  # what came before an error is still the leg's output
                     await on_batch(batch)
             except Exception as exc:
-                stopped = exc
-            else:
+                error = exc
+            if stopped is None:  # else the client left while on_batch was writing: that stands
                 stopped = error
             if stopped is not None:
                 # Not cancelled at once: an app told the way a server tells it (send raises,
                 # receive reports http.disconnect) ends by itself, cleanly. Django's
                 # ASGIHandler, cancelled instead, leaves its two tasks running and their
                 # exceptions unretrieved (logged by asyncio on every stopped leg).
-                leg_scope.deadline = anyio.current_time() + _WIND_DOWN
+                leg_scope.deadline = anyio.current_time() + WIND_DOWN
                 if waiting is not None:
                     waiting.set()
                 # To the app we are a client that has gone away (ASGI 2.4: send raises OSError).
                 raise _LegClosed
 
+        def client_left() -> None:
+            nonlocal stopped
+            if stopped is None:
+                stopped = ClientGone("the client left during the leg")
+            if waiting is not None:
+                waiting.set()
+
+        departure = CLIENT.get()
+        if departure is not None:
+            if departure.gone:
+                raise ClientGone("the client left before the leg")
+            departure.listen(client_left)
         try:
             with leg_scope:
                 try:
@@ -111,6 +159,8 @@ class AppRouter(BatchRouter):
             over = True
             if waiting is not None:
                 waiting.set()
+            if departure is not None:
+                departure.forget(client_left)
         if stopped is not None:
             raise stopped
         if response.status == 0:
@@ -126,8 +176,8 @@ class AppRouter(BatchRouter):
             await on_batch(list(json_message_events(raw)))
 
 
-_WIND_DOWN = 0.1
-"""Seconds an app gets to end a leg we stopped before it is cancelled."""
+WIND_DOWN = 0.1
+"""Seconds an app gets to end a leg we stopped (or whose client left) before it is cancelled."""
 
 
 class _LegClosed(OSError):
