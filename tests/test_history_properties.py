@@ -220,3 +220,61 @@ def test_rendering_is_clean_complete_paired_and_idempotent(messages: list[Any]) 
     # Rendering what was rendered changes nothing.
     again, _ = render_history(rendered)
     assert again == rendered
+
+
+# --- the shortcut for histories with nothing to render (docs/performance.md, step 17) ------------------
+
+
+@st.composite
+def near_plain_histories(draw: Draw) -> list[Any]:
+    """Conversations that are mostly what Claude Code sends (alternating turns of text, thinking,
+    client tools and results) with, now and then, what makes a history need rendering: two turns
+    of one role in a row, an empty or odd content, an extra key, a system turn, an advisor block."""
+    blocks = st.sampled_from(
+        [
+            text("words"),
+            thinking("thought", "sig-1"),
+            tool_use("Bash", {"command": "ls"}, id="toolu_c1"),
+            tool_result("toolu_c1", "output"),
+            {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AAAA"}},
+        ]
+    )
+    odd = st.sampled_from(
+        [
+            srv("srvtoolu_toolu__1"),
+            result("srvtoolu_toolu__1", "advice"),
+            {"type": "tool_addition", "tool": {"type": "tool_reference", "name": "advisor"}},
+            "a bare string block",
+        ]
+    )
+    messages: list[Any] = []
+    role = draw(st.sampled_from(["user", "assistant"]))
+    for _ in range(draw(st.integers(0, 8))):
+        content: Any = draw(st.one_of(st.text(min_size=1, max_size=5), st.lists(blocks, min_size=1, max_size=3)))
+        twist = draw(st.integers(0, 40))
+        if twist == 0:
+            content = [*content, draw(odd)] if isinstance(content, list) else [draw(odd)]
+        message: dict[str, Any] = {"role": role, "content": content}
+        if twist == 1:
+            message["id"] = "msg_1"
+        elif twist == 2:
+            message["role"] = "system"
+        elif twist == 3:
+            message["content"] = draw(st.sampled_from([None, "", [], {"type": "text", "text": "not a list"}]))
+        messages.append(message)
+        if twist != 4:  # else the same role again
+            role = "assistant" if role == "user" else "user"
+    return messages
+
+
+@settings(PROFILE)
+@given(near_plain_histories())
+@example([user("q"), assistant([text("a"), tool_use("Bash", {}, id="toolu_1")]), user([tool_result("toolu_1", "")])])
+@example([user("q"), user("q again")])
+def test_the_shortcut_gives_what_rendering_gives(messages: list[Any]) -> None:
+    from advisor_middleware.history import _plain, _render
+
+    for resume in (True, False):
+        assert render_history(messages, resume=resume) == _render(messages, resume)
+    if _plain(messages):
+        assert render_history(messages)[0] == messages
