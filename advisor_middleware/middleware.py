@@ -268,7 +268,10 @@ class AdvisorMiddleware:
         # so a failure of the first executor leg keeps its own status and body; once started,
         # the loop reports failures as an error event itself.
         async def emit(group: list[dict[str, Any]]) -> None:
-            await writer.write(b"".join([encode_event(event) for event in group]))
+            # Most groups are one event: what a host sends per send (no list, no join then).
+            await writer.write(
+                encode_event(group[0]) if len(group) == 1 else b"".join([encode_event(event) for event in group])
+            )
 
         try:
             await orchestration.run(emit)

@@ -25,9 +25,30 @@ def encode_json(data: Any) -> bytes:
         return pydantic_core.to_json(data)
 
 
+# The line before the data of each event type we send, encoded once (issue 7: pre-encoded byte
+# templates on the hot path; ~0.1 µs of the ~6 µs each relayed event costs).
+_EVENT_LINES = {
+    kind: b"event: " + kind.encode() + b"\ndata: "
+    for kind in (
+        "message_start",
+        "content_block_start",
+        "content_block_delta",
+        "content_block_stop",
+        "message_delta",
+        "message_stop",
+        "error",
+    )
+}
+
+
 def encode_event(data: dict[str, Any]) -> bytes:
     """``event: <type>`` plus one ``data:`` line, the shape Anthropic streams use."""
-    return b"event: " + str(data["type"]).encode() + b"\ndata: " + encode_json(data) + b"\n\n"
+    kind = data["type"]
+    try:
+        head = _EVENT_LINES[kind]
+    except (KeyError, TypeError):  # a type of its own (TypeError: not even a string)
+        head = b"event: " + str(kind).encode() + b"\ndata: "
+    return head + encode_json(data) + b"\n\n"
 
 
 class SSEDecoder:

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from advisor_middleware import AdvisorMiddleware
-from advisor_middleware.sse import SSEDecoder
+from advisor_middleware.sse import SSEDecoder, encode_event
 
 from .helpers import block_types, check_stream, post, read_body
 from .upstream import ADVISOR_TOOL, Reply, Script, reply_events, scripted_host, sse, text, thinking, tool_use
@@ -62,6 +62,24 @@ def decode_in_chunks(stream: bytes, cuts: list[int]) -> list[tuple[str, str]]:
     for start, end in itertools.pairwise(bounds):
         out.extend(decoder.feed(stream[start:end]))  # empty chunks included: servers send them
     return out
+
+
+@settings(FAST, max_examples=200)
+@given(
+    kind=st.one_of(
+        st.sampled_from(["message_start", "content_block_delta", "message_stop", "error", "ping"]),
+        st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\n"), max_size=12),
+        st.integers(),
+        st.lists(st.integers(), max_size=2),
+    ),
+    text=st.text(max_size=12),
+)
+def test_encoded_events_decode_to_their_type_and_data(kind: Any, text: str) -> None:
+    # The event line comes from a table for the types we send and is built for any other.
+    event = {"type": kind, "delta": {"text": text}}
+    ((name, data),) = SSEDecoder().feed(encode_event(event))
+    assert name == (str(kind) or "message")
+    assert json.loads(data) == event
 
 
 # Text the SSE format and JSON have trouble with: multibyte UTF-8, U+2028/U+2029/U+0085 (line
