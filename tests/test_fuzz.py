@@ -68,7 +68,7 @@ def decode_in_chunks(stream: bytes, cuts: list[int]) -> list[tuple[str, str]]:
 @given(
     kind=st.one_of(
         st.sampled_from(["message_start", "content_block_delta", "message_stop", "error", "ping"]),
-        st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\n"), max_size=12),
+        st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\r\n"), max_size=12),
         st.integers(),
         st.lists(st.integers(), max_size=2),
     ),
