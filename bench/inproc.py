@@ -160,6 +160,8 @@ class Scenario:
     base: Call
     through: Call
     n: int
+    reference: Callable[[], object] | None = None
+    """An operation the row is compared with (``from_json`` of the body), timed between the pairs."""
 
 
 @dataclass
@@ -171,6 +173,8 @@ class Row:
     base_wall_us: float
     through_cpu_us: float
     through_wall_us: float
+    reference_us: float | None = None
+    """CPU µs of the scenario's reference: its fastest run in the stretch the row reports."""
 
     @property
     def added_cpu_us(self) -> float:
@@ -195,7 +199,15 @@ async def record_legs(host: ASGIApp, body: bytes, *, stream: bool, consulted: bo
 
 
 async def consult_scenario(
-    key: str, label: str, host: ASGIApp, body: bytes, *, stream: bool, n: int, consulted: bool = True
+    key: str,
+    label: str,
+    host: ASGIApp,
+    body: bytes,
+    *,
+    stream: bool,
+    n: int,
+    consulted: bool = True,
+    reference: Callable[[], object] | None = None,
 ) -> Scenario:
     """Through the middleware: one client request, three legs (one if the host's executor does
     not consult). Alone: the host answers the leg requests the middleware sent (recorded in a
@@ -217,7 +229,7 @@ async def consult_scenario(
     async def through() -> None:
         await exchange(middleware, scope, chunks)
 
-    return Scenario(key, label, base, through, n)
+    return Scenario(key, label, base, through, n, reference)
 
 
 async def passthrough_scenario(key: str, label: str, body: bytes, *, n: int) -> Scenario:
@@ -243,13 +255,24 @@ async def passthrough_scenario(key: str, label: str, body: bytes, *, n: int) -> 
     return Scenario(key, label, base, through, n)
 
 
+STRETCHES = 5
+"""A row's requests are taken in this many consecutive stretches; the row reports the quietest."""
+
+
 async def measure(scenario: Scenario, warmup: int) -> Row:
-    """Warm up, then alternate host-alone and through-middleware requests; medians."""
+    """Warm up, then alternate host-alone and through-middleware requests (and the reference, if
+    any, once per pair). The machine's load
+    moves within a run (the host alone's median moved 50 → 85 µs between runs minutes apart), so
+    the requests come in ``STRETCHES`` consecutive stretches and the row gives the medians of the one
+    where the host alone was fastest: both sides from the same stretch (docs/performance.md,
+    Method)."""
     for _ in range(warmup):
         await scenario.base()
         await scenario.through()
     gc.collect()
+    stretches = STRETCHES if scenario.n >= 5 * STRETCHES else 1
     samples: dict[str, tuple[list[int], list[int]]] = {"base": ([], []), "through": ([], [])}
+    reference: list[int] = []
     pairs = [("base", scenario.base), ("through", scenario.through)]
     cpu_clock, wall_clock = time.process_time_ns, time.perf_counter_ns
     for i in range(scenario.n):
@@ -260,16 +283,26 @@ async def measure(scenario: Scenario, warmup: int) -> Row:
             w1, c1 = wall_clock(), cpu_clock()
             cpu.append(c1 - c0)
             wall.append(w1 - w0)
+        if scenario.reference is not None:
+            c0 = cpu_clock()
+            scenario.reference()
+            reference.append(cpu_clock() - c0)
 
-    def median_us(values: list[int]) -> float:
-        return statistics.median(values) / 1000
+    def median_us(values: list[int], stretch: int) -> float:
+        size = len(values) // stretches
+        return statistics.median(values[stretch * size : (stretch + 1) * size]) / 1000
 
+    quietest = min(range(stretches), key=lambda b: median_us(samples["base"][0], b))
+    size = len(reference) // stretches
+    # The fastest, not the median: a reference slowed down by the machine would flatter us.
+    fastest = min(reference[quietest * size : (quietest + 1) * size]) / 1000 if reference else None
     return Row(
         scenario.key,
         scenario.label,
         scenario.n,
-        median_us(samples["base"][0]),
-        median_us(samples["base"][1]),
-        median_us(samples["through"][0]),
-        median_us(samples["through"][1]),
+        median_us(samples["base"][0], quietest),
+        median_us(samples["base"][1], quietest),
+        median_us(samples["through"][0], quietest),
+        median_us(samples["through"][1], quietest),
+        fastest,
     )

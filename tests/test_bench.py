@@ -47,7 +47,10 @@ def test_quick_bench_measures_every_row(capsys: pytest.CaptureFixture[str], monk
         for value in (row.base_cpu_us, row.base_wall_us, row.through_cpu_us, row.through_wall_us):
             assert value > 0, row
         assert math.isfinite(row.added_cpu_us) and math.isfinite(row.added_wall_us)
-    assert set(report.floors) == {"from_json_large", "from_json_huge", "find_large", "find_small"}
+    assert set(report.floors) == {"find_large", "find_small"}
+    referenced = {row.key for row in report.rows if row.reference_us is not None}
+    assert referenced == {"consult_large", "consult_huge", "offered_large"}
+    assert all(row.reference_us and row.reference_us > 0 for row in report.rows if row.key in referenced)
     assert report.litellm is not None and report.litellm.status == "not installed"
     assert report.relay is not None and report.relay.alone_events_s > 0 and report.relay.through_events_s > 0
     assert report.relay.paced_alone_events_s > 0 and report.relay.paced_through_events_s > 0
