@@ -220,9 +220,10 @@ class AdvisorMiddleware:
                 if answered:
                     # The response is out. Servers answer the watcher's pending receive with
                     # http.disconnect once it is (the ASGI HTTP spec's "sent if receive is
-                    # called after a response has been sent"; uvicorn, hypercorn and httpx's
-                    # ASGITransport wake a receive already waiting), and the watcher ends on
-                    # its own: half the cost of cancelling it (docs/performance.md, step 14).
+                    # called after a response has been sent"; uvicorn, hypercorn, granian and
+                    # httpx's ASGITransport wake a receive already waiting), and the watcher
+                    # ends on its own: half the cost of cancelling it (docs/performance.md,
+                    # step 14).
                     # A server that stays silent gets _LINGER seconds, then the cancel.
                     watcher.answered = True
                     tg.cancel_scope.deadline = anyio.current_time() + _LINGER

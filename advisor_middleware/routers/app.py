@@ -85,8 +85,9 @@ class AppRouter(BatchRouter):
         body_sent = False
         waiting: anyio.Event | None = None  # made only if the app asks for a second message
         # Why the leg stopped early: on_batch raised (the client left, or the loop found the
-        # stream malformed) or the stream itself failed. It is raised from push once the app
-        # is done, whatever the app made of the OSError it got instead.
+        # stream malformed), the stream itself failed, or the watcher saw the client leave
+        # (client_left, below). It is raised from push once the app is done, whatever the app
+        # made of the OSError or the disconnect it got instead.
         stopped: Exception | None = None
         # An app that carries on after that OSError is cancelled once it had WIND_DOWN seconds.
         leg_scope = anyio.CancelScope()
