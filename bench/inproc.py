@@ -288,14 +288,16 @@ async def measure(scenario: Scenario, warmup: int) -> Row:
             scenario.reference()
             reference.append(cpu_clock() - c0)
 
-    def median_us(values: list[int], stretch: int) -> float:
+    def part(values: list[int], index: int) -> list[int]:
         size = len(values) // stretches
-        return statistics.median(values[stretch * size : (stretch + 1) * size]) / 1000
+        return values[index * size : (index + 1) * size]
 
-    quietest = min(range(stretches), key=lambda b: median_us(samples["base"][0], b))
-    size = len(reference) // stretches
+    def median_us(values: list[int], index: int) -> float:
+        return statistics.median(part(values, index)) / 1000
+
+    quietest = min(range(stretches), key=lambda i: median_us(samples["base"][0], i))
     # The fastest, not the median: a reference slowed down by the machine would flatter us.
-    fastest = min(reference[quietest * size : (quietest + 1) * size]) / 1000 if reference else None
+    fastest = min(part(reference, quietest)) / 1000 if reference else None
     return Row(
         scenario.key,
         scenario.label,
