@@ -50,7 +50,8 @@ class MessageAccumulator:
         # Deltas first: nearly every event is one.
         if kind == "content_block_delta":
             index = event.get("index", -1)
-            content = self._content()
+            # Not _content(): a delta before any message_start has no block to go to anyway.
+            content = self.message.get("content") or ()
             if not 0 <= index < len(content):
                 return
             block = content[index]

@@ -288,7 +288,14 @@ class Orchestration:
                 await self._out(group)
             raise
         if group:
-            await self._out(group)
+            # What _out does, inline: this runs for every group a leg sends, and each
+            # coroutine level costs ~1,000 instructions (docs/performance.md, step 19).
+            assert self._emit is not None
+            try:
+                await self._emit(group)
+            except BaseException as exc:
+                self._emit_failed = exc
+                raise
 
     def _relay(
         self,
@@ -317,7 +324,8 @@ class Orchestration:
                 if kind == "content_block_stop":
                     del index_map[upstream_index]
                 if mode == "live":
-                    out.append({**event, "index": ref})
+                    # Copied only to re-index: a block keeps its index until a consult comes first.
+                    out.append(event if ref == upstream_index else {**event, "index": ref})
                 elif mode == "held":
                     held[ref].append(event)
                 elif kind == "content_block_stop":

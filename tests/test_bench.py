@@ -27,6 +27,8 @@ ROWS = {
     "http_json",
 }
 
+INSTRUCTION_ROWS = {"consult_stream", "consult_json", "consult_relay", "offered_stream", "consult_large", "pass_small"}
+
 
 def _doc_state() -> tuple[int, int] | None:
     if not DEFAULT_DOC.exists():
@@ -60,6 +62,17 @@ def test_quick_bench_measures_every_row(capsys: pytest.CaptureFixture[str], monk
     assert report.startup is not None and report.startup.import_ms > 0 and report.startup.rss_after_mb > 0
     assert report.litellm_startup is not None and report.litellm_startup.status == "not installed"
     assert report.machine["CPU"] and report.machine["Python"]
+    # valgrind is on every machine here (its absence fails this test, as a missing tool should).
+    counts = report.instructions
+    assert counts is not None and counts.status == "measured", counts
+    assert {row.key for row in counts.rows} == INSTRUCTION_ROWS
+    for count in counts.rows:
+        # Each side ran its requests between the markers: a host alone answering three legs
+        # costs more than a hundred thousand instructions, and the middleware adds to it.
+        assert count.base > 10_000 and count.through > count.base, count
+    large = counts.row("consult_large")
+    assert large is not None and large.reference is not None and large.reference > 100_000
+    assert counts.per_event is not None and counts.per_event > 0
 
     out = capsys.readouterr().out
     for heading in (
@@ -69,6 +82,7 @@ def test_quick_bench_measures_every_row(capsys: pytest.CaptureFixture[str], monk
         "### Streaming relay",
         "concurrent",
         "### Start-up",
+        "### Instructions per request",
     ):
         assert heading in out
     assert "LiteLLM: not installed." in out

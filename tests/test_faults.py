@@ -338,3 +338,27 @@ async def test_a_stream_cut_between_message_delta_and_message_stop_lost_nothing(
     assert message["content"][2]["content"] == {"type": "advisor_result", "text": "Advice."}
     assert message["content"][3] == {"type": "text", "text": "Carrying on."}
     assert message["stop_reason"] == "end_turn"
+
+
+@STREAMING
+@pytest.mark.parametrize("via", ["app", "http"])
+async def test_advice_with_bytes_that_are_not_utf8_is_read_as_a_client_would(
+    servers: Servers, script: Script, via: str, streaming: bool
+) -> None:
+    # An SSE client decodes the stream with replacement (WHATWG); the relay parses each event's
+    # data as the bytes it came as (docs/performance.md, step 19), and must read the same text,
+    # not fail the consult: the byte becomes U+FFFD.
+    raw = b"".join(sse(event) for event in reply_events(Reply([text("Advice AB.")]), "adv"))
+    script.executor(asking(), Reply([text("Carrying on.")]))
+    script.advisor(Fail(200, raw=raw.replace(b"AB", b"A\xffB"), headers=SSE))
+    host = scripted_host(script)
+    servers.slots[1].app = host
+    router = Switch(host, "advisor", 1, HTTPRouter(servers.upstream)) if via == "http" else None
+    servers.slots[0].app = AdvisorMiddleware(host, router=router)
+    async with httpx.AsyncClient(base_url=servers.gateway, timeout=10.0) as client:
+        message = final_message(await answer(client, streaming), streaming)
+    if router is not None:
+        await router.fault.aclose()
+        assert router.seen["advisor"] == 1
+    assert block_types(message["content"]) == ONE_CONSULT
+    assert message["content"][2]["content"] == {"type": "advisor_result", "text": "Advice A\ufffdB."}

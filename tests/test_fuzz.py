@@ -30,17 +30,17 @@ FAST = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 # --- the SSE decoder ------------------------------------------------------------------------------
 
 
-def reference(stream: bytes) -> list[tuple[str, str]]:
+def reference(stream: bytes) -> list[tuple[str, bytes]]:
     """The WHATWG event-stream rules over a whole body at once (no leading-BOM rule: neither side
     strips one): lines end at CRLF, CR or LF; a blank line dispatches the data lines, joined with
     LF, if there are any; one space after the colon is dropped; comments and other fields are
     ignored; an unterminated last line is not a line yet."""
-    out: list[tuple[str, str]] = []
+    out: list[tuple[str, bytes]] = []
     event, data = "", list[bytes]()
     for line in re.split(rb"\r\n|\r|\n", stream)[:-1]:
         if not line:
             if data:
-                out.append((event or "message", b"\n".join(data).decode("utf-8", "replace")))
+                out.append((event or "message", b"\n".join(data)))
             event, data = "", []
             continue
         name, colon, value = line.partition(b":")
@@ -55,9 +55,9 @@ def reference(stream: bytes) -> list[tuple[str, str]]:
     return out
 
 
-def decode_in_chunks(stream: bytes, cuts: list[int]) -> list[tuple[str, str]]:
+def decode_in_chunks(stream: bytes, cuts: list[int]) -> list[tuple[str, bytes]]:
     decoder = SSEDecoder()
-    out: list[tuple[str, str]] = []
+    out: list[tuple[str, bytes]] = []
     bounds = [0, *sorted(c % (len(stream) + 1) for c in cuts), len(stream)]
     for start, end in itertools.pairwise(bounds):
         out.extend(decoder.feed(stream[start:end]))  # empty chunks included: servers send them
@@ -148,10 +148,14 @@ def test_json_events_survive_any_split(values: list[str], ending: bytes, cuts: l
 
 def test_sse_decoder_known_splits() -> None:
     # The cases the properties are after, spelled out.
-    assert decode_in_chunks(b"data: a\r\n\r\n", [8]) == [("message", "a")]  # CR | LF (cuts are modulo len + 1)
-    assert decode_in_chunks(b"data: a\r\ndata: b\r\n\r\n", [8, 8]) == [("message", "a\nb")]  # an empty chunk
-    assert decode_in_chunks("data: é\n\n".encode(), [7]) == [("message", "é")]  # inside a character
-    assert decode_in_chunks("data: \u2028\u0085\n\n".encode(), []) == [("message", "\u2028\u0085")]
+    assert decode_in_chunks(b"data: a\r\n\r\n", [8]) == [("message", b"a")]  # CR | LF (cuts are modulo len + 1)
+    assert decode_in_chunks(b"data: a\r\ndata: b\r\n\r\n", [8, 8]) == [("message", b"a\nb")]  # an empty chunk
+    assert decode_in_chunks("data: é\n\n".encode(), [7]) == [("message", "é".encode())]  # inside a character
+    assert decode_in_chunks("data: \u2028\u0085\n\n".encode(), []) == [("message", "\u2028\u0085".encode())]
+    # An event's end split between two chunks, and a long event in many pieces.
+    assert decode_in_chunks(b"event: a\ndata: 1\n\nevent: b\ndata: 2\n\n", [17, 35]) == [("a", b"1"), ("b", b"2")]
+    long = b"event: big\ndata: " + b"x" * 5000 + b"\n\n"
+    assert decode_in_chunks(long, list(range(0, len(long), 7))) == [("big", b"x" * 5000)]
 
 
 # --- the relay ------------------------------------------------------------------------------------

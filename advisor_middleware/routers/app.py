@@ -189,7 +189,7 @@ class _LegClosed(OSError):
 class _Response:
     """What the app has answered on one leg so far."""
 
-    __slots__ = ("buffered", "complete", "decoder", "encoding", "headers", "is_sse", "size", "status")
+    __slots__ = ("buffered", "complete", "decoder", "encoding", "headers", "is_sse", "size", "status", "streaming")
 
     def __init__(self) -> None:
         self.status = 0
@@ -200,6 +200,7 @@ class _Response:
         self.size = 0
         self.complete = False
         self.decoder = SSEDecoder()
+        self.streaming = False  # a readable event stream with status 200: decoded as it comes
 
     @property
     def readable(self) -> bool:
@@ -212,7 +213,7 @@ class _Response:
         if kind == "http.response.body":
             chunk = bytes(message.get("body", b""))
             self.complete = not message.get("more_body", False)
-            if self.status == 200 and self.is_sse and self.readable:
+            if self.streaming:
                 return decode_events(self.decoder, chunk, batch)
             self.size += len(chunk)
             if self.size > MAX_BUFFERED:
@@ -228,4 +229,5 @@ class _Response:
                     self.encoding = bytes(value).lower().strip()
                 elif key in (b"retry-after", b"x-should-retry"):
                     self.headers.append((key, bytes(value)))
+            self.streaming = self.status == 200 and self.is_sse and self.readable
         return None
