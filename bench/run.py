@@ -437,7 +437,7 @@ def _instructions_table(counts: Instructions) -> list[str]:
         return [*lines, f"Not measured: {counts.status}."]
     lines += [
         "Counted by valgrind's callgrind in one child interpreter (`bench/instructions.py`, "
-        "`PYTHONHASHSEED=0`): the same code counts the same to within ~0.01 % run to run, however "
+        "`PYTHONHASHSEED=0`): the same code counts the same to within 0.1 % run to run, however "
         "loaded the machine is. Instructions are not time (a cache miss costs more than an add): these "
         "are for before/after of code changes, the timed rows above for the targets. N requests per "
         "side after one warm-up request.",
