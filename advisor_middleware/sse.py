@@ -52,11 +52,7 @@ def encode_event(data: dict[str, Any]) -> bytes:
         head = _EVENT_LINES[kind]
     except (KeyError, TypeError):  # a type of its own (TypeError: not even a string)
         head = b"event: " + str(kind).encode() + b"\ndata: "
-    try:  # encode_json inline: this runs for every event we send
-        body = orjson.dumps(data)
-    except TypeError:
-        body = pydantic_core.to_json(data)
-    return head + body + b"\n\n"
+    return head + encode_json(data) + b"\n\n"
 
 
 class SSEDecoder:

@@ -15,6 +15,7 @@ order; the parent pairs them with the numbered dumps.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 import os
@@ -28,7 +29,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
-import pydantic_core
 
 __all__ = ["Count", "Instructions", "measure_instructions"]
 
@@ -123,52 +123,26 @@ def measure_instructions(*, n: int, relay_deltas: int, large: int, n_large: int)
     return Instructions("measured", rows, relay_deltas)
 
 
-async def _child(n: int, relay_deltas: int, large: int, n_large: int) -> list[list[str | int]]:
-    from .hosts import ModelHost, claude_code_body, small_consult_body, small_plain_body
-    from .inproc import consult_scenario, passthrough_scenario
+ROWS = ("consult_stream", "consult_json", "consult_relay", "offered_stream", "consult_large", "pass_small")
+"""The timed in-process rows (``bench.run.inproc_scenarios``) that are counted too."""
 
-    host = ModelHost()
-    short = small_consult_body(True)
-    big = claude_code_body(large, advisor=True, stream=True)
-    scenarios = [
-        (await consult_scenario("consult_stream", "Consult, streaming, short", host, short, stream=True, n=n), None),
-        (
-            await consult_scenario(
-                "consult_json", "Consult, JSON, short", host, small_consult_body(False), stream=False, n=n
-            ),
-            None,
-        ),
-        (
-            await consult_scenario(
-                "consult_relay",
-                f"Consult, streaming, final leg of {relay_deltas} text deltas",
-                ModelHost(final_deltas=relay_deltas),
-                short,
-                stream=True,
-                n=max(1, n // 4),
-            ),
-            None,
-        ),
-        (
-            await consult_scenario(
-                "offered_stream",
-                "Advisor offered, not called (one leg), streaming, short",
-                ModelHost(consults=False),
-                short,
-                stream=True,
-                n=n,
-                consulted=False,
-            ),
-            None,
-        ),
-        (
-            await consult_scenario(
-                "consult_large", "Consult, streaming, Claude-Code-sized", host, big, stream=True, n=n_large
-            ),
-            big,
-        ),
-        (await passthrough_scenario("pass_small", "Pass-through, small body", small_plain_body(), n=n), None),
-    ]
+
+async def _child(n: int, relay_deltas: int, large: int, n_large: int) -> list[list[str | int]]:
+    from .run import FULL, inproc_scenarios
+
+    # The timed rows' own scenarios, at the sizes given; the rows not counted are built small.
+    sizes = dataclasses.replace(
+        FULL,
+        large=large,
+        huge=large,
+        relay_deltas=relay_deltas,
+        n_consult=n,
+        n_relay=max(1, n // 4),
+        n_large=n_large,
+        n_huge=1,
+        n_pass_small=n,
+    )
+    scenarios = [scenario for scenario in await inproc_scenarios(sizes, {}) if scenario.key in ROWS]
     segments: list[list[str | int]] = []
 
     async def segment(key: str, side: str, label: str, requests: int, call: Callable[[], Awaitable[object]]) -> None:
@@ -180,13 +154,14 @@ async def _child(n: int, relay_deltas: int, large: int, n_large: int) -> list[li
         os.getpgrp()  # and writes them out here
         segments.append([key, side, label, requests])
 
-    for scenario, body in scenarios:
+    for scenario in scenarios:
         for side, call in (("base", scenario.base), ("through", scenario.through)):
             await segment(scenario.key, side, scenario.label, scenario.n, call)
-        if body is not None:
+        reference = scenario.reference
+        if reference is not None:
 
-            async def parse(body: bytes = body) -> None:
-                pydantic_core.from_json(body)
+            async def parse(reference: Callable[[], object] = reference) -> None:
+                reference()
 
             await segment(scenario.key, "reference", scenario.label, scenario.n, parse)
     return segments

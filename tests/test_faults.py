@@ -13,6 +13,7 @@ The same cells in-process through the SDK (fewer faults, no sockets) are in test
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import struct
 from collections import Counter
@@ -362,3 +363,28 @@ async def test_advice_with_bytes_that_are_not_utf8_is_read_as_a_client_would(
         assert router.seen["advisor"] == 1
     assert block_types(message["content"]) == ONE_CONSULT
     assert message["content"][2]["content"] == {"type": "advisor_result", "text": "Advice A\ufffdB."}
+
+
+def _untyped(reply: Reply, model: str) -> bytes:
+    """``reply`` as SSE whose data objects carry no ``type``: only the ``event:`` line names them."""
+    events = reply_events(reply, model)
+    return b"".join(
+        f"event: {e['type']}\ndata: {json.dumps({k: v for k, v in e.items() if k != 'type'})}\n\n".encode()
+        for e in events
+    )
+
+
+@STREAMING
+async def test_events_typed_only_by_their_event_line_are_read(
+    servers: Servers, script: Script, streaming: bool
+) -> None:
+    # The SSE event name stands in for a missing "type" field (both legs, through AppRouter);
+    # what the client gets has the type again and passes the SDK.
+    script.executor(Fail(200, raw=_untyped(asking(), "exec"), headers=SSE), Reply([text("Carrying on.")]))
+    script.advisor(Fail(200, raw=_untyped(Reply([text("Advice.")]), "adv"), headers=SSE))
+    servers.slots[0].app = AdvisorMiddleware(scripted_host(script))
+    async with httpx.AsyncClient(base_url=servers.gateway, timeout=10.0) as client:
+        message = final_message(await answer(client, streaming), streaming)
+    assert block_types(message["content"]) == ONE_CONSULT
+    assert message["content"][0] == {"type": "text", "text": "Asking."}
+    assert message["content"][2]["content"] == {"type": "advisor_result", "text": "Advice."}

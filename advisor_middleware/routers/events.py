@@ -66,19 +66,21 @@ def decode_events(decoder: SSEDecoder, chunk: bytes, into: list[dict[str, Any]])
     leg's failure, if the chunk holds one (an event that is not JSON, or an ``error`` event):
     the events before it are in ``into`` and still the leg's output; nothing after it is read."""
     for name, data in decoder.feed(chunk):
-        # parse_event's common case inline (a JSON object with its type, not an error): this
-        # runs for every event of every leg (docs/performance.md, step 19).
+        # parse_event inline for a JSON object (parsed once): this runs for every event of
+        # every leg (docs/performance.md, step 19).
         try:
             event = pydantic_core.from_json(data)
         except ValueError:
             event = None
-        if type(event) is not dict or "type" not in event or event["type"] == "error":
+        if type(event) is not dict:  # not JSON, not UTF-8, or not an object: parse_event says which
             parsed = parse_event(name, data)
             if isinstance(parsed, UpstreamError):
                 return parsed
-            if parsed.get("type") == "error":
-                return event_error(parsed)
             event = parsed
+        elif "type" not in event:
+            event["type"] = name
+        if event["type"] == "error":
+            return event_error(event)
         into.append(event)
     return None
 
