@@ -14,14 +14,28 @@ from typing import Any
 
 import pydantic_core
 
+from .errors import UpstreamError
+from .sse import RawDelta, raw_delta_event
+
 __all__ = ["MessageAccumulator", "message_to_events"]
 
 
 class MessageAccumulator:
-    __slots__ = ("_json", "_text", "finished", "message")
+    """Feed it a stream's events in order; ``complete()`` (or ``content``) is the Message.
+
+    Deltas given as :data:`~advisor_middleware.sse.RawDelta` (appended to ``pending``) are kept
+    as they are and parsed only when the content is asked for: a leg that ends without a consult
+    never needs its text again (issue 7).
+    """
+
+    __slots__ = ("_json", "_text", "finished", "message", "pending")
 
     def __init__(self) -> None:
         self.message: dict[str, Any] = {}
+        self.pending: list[RawDelta] = []
+        """RawDelta deltas not applied yet, in the order they came: append one to feed it (a
+        list append, not a method call: it runs for nearly every event, docs/performance.md
+        step 21)."""
         self._json: dict[int, list[str]] = {}
         self._text: dict[tuple[int, str], list[str]] = {}
         """Text and thinking deltas by (index, field), joined at ``content_block_stop``: adding
@@ -32,8 +46,27 @@ class MessageAccumulator:
 
     @property
     def content(self) -> list[dict[str, Any]]:
-        self._join_text()
+        """The content blocks so far (an UpstreamError if a kept delta turns out malformed)."""
+        self.complete()
         return self._content()
+
+    def complete(self) -> dict[str, Any]:
+        """The Message so far, every delta applied (an UpstreamError if one is malformed)."""
+        if self.pending:
+            self._apply_raw()
+        self._join_text()
+        self._content()
+        return self.message
+
+    def _apply_raw(self) -> None:
+        # Emptied in place: the relay holds on to the list while it reads a group of events.
+        raw = self.pending.copy()
+        self.pending.clear()
+        for delta in raw:
+            try:
+                self.feed(raw_delta_event(delta))  # pending is empty meanwhile
+            except (TypeError, ValueError, AttributeError, IndexError, KeyError):
+                raise UpstreamError(502, "the stream sent a malformed content_block_delta event") from None
 
     def _content(self) -> list[dict[str, Any]]:
         content = self.message.setdefault("content", [])
@@ -49,6 +82,8 @@ class MessageAccumulator:
         kind = event.get("type")
         # Deltas first: nearly every event is one.
         if kind == "content_block_delta":
+            if self.pending:  # kept deltas go first, in order
+                self._apply_raw()
             index = event.get("index", -1)
             # Not _content(): a delta before any message_start has no block to go to anyway.
             content = self.message.get("content") or ()
@@ -74,8 +109,13 @@ class MessageAccumulator:
             message["content"] = [dict(b) for b in message.get("content") or []]
             message["usage"] = dict(message.get("usage") or {})
             self.message = message
+            # What a message started again leaves behind is not the new message's.
             self._text.clear()
+            self._json.clear()
+            self.pending.clear()
         elif kind == "content_block_start":
+            if self.pending:  # a block started again at an index drops the old block's text
+                self._apply_raw()
             block = dict(event.get("content_block") or {})
             content = self._content()
             index = event.get("index", len(content))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,14 +22,16 @@ from .errors import ClientGone, UpstreamError
 from .history import HistoryInfo, advice_tool_result, advisor_tool_use, render_history
 from .prompts import ADVISOR_SYSTEM_PROMPT, EXECUTOR_TOOL_DESCRIPTION, budget_note
 from .routers.base import LEG_HEADER, Batch, Leg, MessagesRouter, leg_headers, run_leg
+from .sse import RawDelta, raw_delta_at, raw_delta_event
 from .transcript import render_transcript
 
 __all__ = ["Orchestration", "advisor_error_code"]
 
 log = logging.getLogger("advisor_middleware")
 
-Emit = Callable[[list[dict[str, Any]]], Awaitable[None]]
-"""Takes one group of the client's events (the streaming writer sends a group in one ``send``)."""
+Emit = Callable[[Sequence[dict[str, Any] | RawDelta]], Awaitable[None]]
+"""Takes one group of the client's events (the streaming writer sends a group in one ``send``):
+dicts, and the executor's text deltas as :data:`RawDelta`, re-indexed."""
 
 _USAGE_SUMS = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens", "output_tokens")
 
@@ -97,8 +99,9 @@ class Orchestration:
         self.iterations: list[dict[str, Any]] = []
         self.leg_usages: list[dict[str, Any]] = []
         self._next_index = 0
-        # Upstream block index -> ("live" | "advisor" | "held", client index) for the leg in
-        # flight; an entry lives from its content_block_start to its content_block_stop.
+        # Upstream block index -> ("text" | "live" | "advisor" | "held", client index) for the
+        # leg in flight; an entry lives from its content_block_start to its content_block_stop.
+        # "text": a text or thinking block relayed live, whose RawDelta deltas go out as bytes.
         self._blocks: dict[int, tuple[str, int]] = {}
         self._ids: set[str] | None = None  # tool_use ids taken; collected at the first advisor call
         self._history_messages: list[Any] = []
@@ -175,7 +178,7 @@ class Orchestration:
             self._blocks = {}
             await emit([*closing_events, {"type": "error", "error": error}])
 
-    async def _out(self, group: list[dict[str, Any]]) -> None:
+    async def _out(self, group: Sequence[dict[str, Any] | RawDelta]) -> None:
         assert self._emit is not None
         try:
             await self._emit(group)
@@ -233,7 +236,8 @@ class Orchestration:
             held: list[list[dict[str, Any]]] = []
             calls: list[_Call] = []
             self._held, self._calls = held, calls
-            await run_leg(self.router, Leg("executor", leg_body, self.exec_headers, self.scope), self._on_batch)
+            leg = Leg("executor", leg_body, self.exec_headers, self.scope, raw_deltas=True)
+            await run_leg(self.router, leg, self._on_batch)
             if not acc.finished:
                 raise UpstreamError(502, "the executor's stream ended before its message_delta")
             if not self._started:
@@ -280,7 +284,7 @@ class Orchestration:
         await out(tail)
 
     async def _on_batch(self, batch: Batch) -> None:
-        group: list[dict[str, Any]] = []
+        group: Batch = []
         try:
             self._relay(batch, group, self._acc, self._held, self._calls)
         except Exception:
@@ -299,8 +303,8 @@ class Orchestration:
 
     def _relay(
         self,
-        batch: list[dict[str, Any]],
-        out: list[dict[str, Any]],
+        batch: Batch,
+        out: Batch,
         acc: MessageAccumulator,
         held: list[list[dict[str, Any]]],
         calls: list[_Call],
@@ -309,7 +313,21 @@ class Orchestration:
         thinking live (re-indexed), turn advisor calls into ``server_tool_use``, hold client
         tools. Client events go to ``out``; a malformed stream raises."""
         index_map = self._blocks
+        kept = acc.pending
         for event in batch:
+            if type(event) is not dict:
+                # A RawDelta, nearly every event: a delta of a block relayed live goes on as its
+                # bytes, and the accumulator keeps them for a consult that may follow (issue 7,
+                # docs/performance.md step 21). `type() is`, not isinstance: ~260 instructions
+                # less per event, and mypy narrows it no further than this.
+                delta: RawDelta = event  # type: ignore[assignment]
+                target = index_map.get(delta[0])
+                if target is not None and target[0] == "text":
+                    kept.append(delta)
+                    ref = target[1]
+                    out.append(delta if ref == delta[0] else raw_delta_at(delta, ref))
+                    continue
+                event = raw_delta_event(delta)  # a block held, an advisor call or no block
             kind = event.get("type")
             try:
                 acc.feed(event)
@@ -323,11 +341,11 @@ class Orchestration:
                 mode, ref = target
                 if kind == "content_block_stop":
                     del index_map[upstream_index]
-                if mode == "live":
+                if mode == "held":
+                    held[ref].append(event)
+                elif mode != "advisor":
                     # Copied only to re-index: a block keeps its index until a consult comes first.
                     out.append(event if ref == upstream_index else {**event, "index": ref})
-                elif mode == "held":
-                    held[ref].append(event)
                 elif kind == "content_block_stop":
                     out.append({"type": "content_block_stop", "index": ref})
             elif kind == "content_block_start":
@@ -366,7 +384,8 @@ class Orchestration:
                     held.append([event])
                 else:
                     index = self._index()
-                    index_map[upstream_index] = ("live", index)
+                    mode = "text" if block.get("type") in ("text", "thinking") else "live"
+                    index_map[upstream_index] = (mode, index)
                     out.append({**event, "index": index})
             elif kind == "message_start":
                 if not self._started:
@@ -467,8 +486,8 @@ class Orchestration:
         leg = Leg("advisor", body, self.advisor_headers, self.scope)
 
         async def feed(batch: Batch) -> None:
-            for event in batch:
-                acc.feed(event)
+            for event in batch:  # dicts: the advisor's leg does not ask for raw deltas
+                acc.feed(raw_delta_event(event) if isinstance(event, tuple) else event)
 
         try:
             # A bare deadline scope, not anyio.fail_after: same effect, a third of the cost

@@ -1,4 +1,5 @@
-"""Server-sent events: an incremental bytes-level decoder and the encoder we answer with.
+"""Server-sent events: an incremental bytes-level decoder, the encoder we answer with, and
+:data:`RawDelta`, a delta relayed as the bytes it came in.
 
 The decoder splits on the three SSE line endings on *bytes* (never ``str.splitlines``, which
 also breaks on U+2028/U+0085 inside JSON; asgi-ecosystem §4) and keeps a partial line across
@@ -12,7 +13,21 @@ from typing import Any
 import orjson
 import pydantic_core
 
-__all__ = ["SSEDecoder", "encode_event", "encode_json"]
+from .errors import UpstreamError
+
+__all__ = [
+    "DELTA_DATA",
+    "DELTA_HEAD",
+    "DELTA_SSE",
+    "RawDelta",
+    "SSEDecoder",
+    "encode_event",
+    "encode_json",
+    "index_at",
+    "parse_event",
+    "raw_delta_at",
+    "raw_delta_event",
+]
 
 
 def encode_json(data: Any) -> bytes:
@@ -71,6 +86,12 @@ class SSEDecoder:
         # once its end arrives, so a long event split over many chunks is copied once.
         self._partial: list[bytes] = []
         self._pending_cr = False
+
+    @property
+    def idle(self) -> bool:
+        """Nothing of an earlier chunk is waiting: a chunk that ends with a blank line is whole
+        events."""
+        return not self._partial and not self._pending_cr
 
     def feed(self, chunk: bytes) -> list[tuple[str, bytes]]:
         # Byte tests are written `10 in chunk` (10 is "\n", 13 "\r"): with an int, `in` is one
@@ -139,3 +160,89 @@ def _fields(event: bytes, out: list[tuple[str, bytes]]) -> None:
             name = value.decode("utf-8", "replace")
     if data:
         out.append((name or "message", b"\n".join(data)))
+
+
+def parse_event(name: str, data: str | bytes) -> dict[str, Any] | UpstreamError:
+    """One decoded SSE event (``name``, ``data``) as a stream event dict, or why it is unusable."""
+    try:
+        event = pydantic_core.from_json(data)
+    except ValueError:
+        text = data if isinstance(data, str) else data.decode("utf-8", "replace")
+        try:
+            # Bytes that are not UTF-8 inside a string: read the way a text decoder reads
+            # them (U+FFFD), which is what a client's SSE parser does too.
+            event = pydantic_core.from_json(text) if text is not data else None
+        except ValueError:
+            event = None
+        if event is None:
+            if name == "error":
+                return {"type": "error", "error": {"type": "api_error", "message": text[:2000]}}
+            return UpstreamError(502, f"leg sent an SSE event whose data is not JSON: {text[:200]!r}")
+    if not isinstance(event, dict):
+        return UpstreamError(502, "leg sent an SSE event whose data is not a JSON object")
+    if "type" not in event:
+        event["type"] = name
+    return event
+
+
+RawDelta = tuple[int, bytes]
+"""A ``content_block_delta`` kept as its SSE event, ``(index, b"event: content_block_delta\\ndata:
+{...}\\n\\n")``: the bytes it arrived in, its index already read. Nearly every event of a stream
+is one, and most are relayed unchanged and never needed again (a leg that ends without a
+consult): relaying the bytes skips a parse, an accumulator step and an encode per event
+(docs/performance.md, step 21). Only a leg whose ``Leg.raw_deltas`` is set gets them, in place
+of the ``content_block_delta`` dicts of Anthropic's own layout; every other event is a dict.
+The bytes are not validated: a delta that is not JSON (or repeats its ``index`` key) reaches the
+client as the host wrote it, as it would from the host alone; the relay reads the index the
+layout puts first. One whose text is read again (the leg consulted, or a JSON answer) fails the
+leg there as a 502, as any event that is not JSON does."""
+
+# How Anthropic (and any JSON encoder that keeps key order and writes no spaces) starts a delta's
+# data: the index follows, then a comma (advisor-wire-spec §4).
+DELTA_SSE = b"event: content_block_delta\ndata: "
+DELTA_DATA = b'{"type":"content_block_delta","index":'
+DELTA_HEAD = DELTA_SSE + DELTA_DATA
+_DATA_AT = len(DELTA_SSE)
+_DIGITS_AT = len(DELTA_HEAD)
+
+
+def index_at(buf: bytes, at: int) -> int:
+    """The JSON integer at ``buf[at:]`` that a comma ends, or -1."""
+    size = len(buf)
+    if size > at + 1 and buf[at + 1] == 44 and 48 <= buf[at] <= 57:  # one digit: nearly every index
+        return buf[at] - 48
+    end = at
+    while end < size and 48 <= buf[end] <= 57:
+        end += 1
+    # No leading zero (JSON's integers); the comma: the digits are the whole value.
+    if end == at or end == size or buf[end] != 44 or buf[at] == 48:
+        return -1
+    return int(buf[at:end])
+
+
+# The head of a delta at each of the first indexes, made once: a block's deltas are re-indexed
+# one by one (half the cost of formatting the index each time).
+_HEADS = [DELTA_HEAD + str(index).encode() for index in range(64)]
+
+
+def raw_delta_at(delta: RawDelta, index: int) -> RawDelta:
+    """The same delta, read at ``index`` (the client's, when a consult came first)."""
+    old, raw = delta
+    end = _DIGITS_AT + (1 if old < 10 else len(str(old)))  # the digits were read canonical
+    head = _HEADS[index] if index < 64 else DELTA_HEAD + str(index).encode()
+    return index, head + raw[end:]
+
+
+def raw_delta_event(delta: RawDelta) -> dict[str, Any]:
+    """The delta as a stream event dict; an UpstreamError if its data is not a JSON object."""
+    data = delta[1][_DATA_AT:-2]
+    try:
+        parsed = pydantic_core.from_json(data)
+    except ValueError:
+        parsed = None
+    if type(parsed) is not dict:  # not JSON, not UTF-8, or not an object: parse_event says which
+        parsed = parse_event("content_block_delta", data)
+        if isinstance(parsed, UpstreamError):
+            raise parsed
+    event: dict[str, Any] = parsed
+    return event

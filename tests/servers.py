@@ -190,7 +190,9 @@ def server_process(
     with log.open("wb") as out:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, cwd=cwd, env=env)
     try:
-        deadline = time.monotonic() + 20
+        # LiteLLM's proxy took more than 20 s to answer on a loaded machine (twice in local runs):
+        # a loose bound, since a process that dies is caught at once by poll() below.
+        deadline = time.monotonic() + 60
         while True:
             try:
                 httpx.get(url + "/", timeout=1.0)

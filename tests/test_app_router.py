@@ -115,7 +115,7 @@ async def test_the_consumers_error_comes_out_of_push_unchanged_and_the_host_stop
 ) -> None:
     app, ended = streaming_host([*START, *(delta(0, f"w{i}") for i in range(50))], gap=0.001)
     mine = UpstreamError(502, "the loop found this stream malformed")
-    seen: list[dict[str, Any]] = []
+    seen: Batch = []
 
     async def on_batch(batch: Batch) -> None:
         seen.extend(batch)

@@ -16,8 +16,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from advisor_middleware import AdvisorMiddleware
-from advisor_middleware.sse import SSEDecoder, encode_event
+from advisor_middleware import AdvisorMiddleware, UpstreamError
+from advisor_middleware.accumulate import MessageAccumulator
+from advisor_middleware.routers.events import decode_events
+from advisor_middleware.sse import RawDelta, SSEDecoder, encode_event, raw_delta_at, raw_delta_event
 
 from .helpers import block_types, check_stream, post, read_body
 from .upstream import ADVISOR_TOOL, Reply, Script, reply_events, scripted_host, sse, text, thinking, tool_use
@@ -156,6 +158,204 @@ def test_sse_decoder_known_splits() -> None:
     assert decode_in_chunks(b"event: a\ndata: 1\n\nevent: b\ndata: 2\n\n", [17, 35]) == [("a", b"1"), ("b", b"2")]
     long = b"event: big\ndata: " + b"x" * 5000 + b"\n\n"
     assert decode_in_chunks(long, list(range(0, len(long), 7))) == [("big", b"x" * 5000)]
+
+
+# --- deltas kept as bytes (RawDelta) -----------------------------------------------------------
+
+# How an index can be written: canonical integers (the fast path), and what JSON or our reading
+# must not take for one (a leading zero, a sign, a fraction, an exponent, spaces).
+INDEX_TOKENS = st.one_of(
+    st.integers(0, 10**25).map(lambda i: str(i).encode()),
+    st.sampled_from([b"01", b"00", b"-1", b"1.0", b"1e2", b" 1", b"1 ", b"", b"x"]),
+)
+DELTA_FIELDS = st.sampled_from(
+    [(b"text_delta", b"text"), (b"thinking_delta", b"thinking"), (b"signature_delta", b"signature")]
+)
+
+
+@st.composite
+def delta_event(draw: st.DrawFn) -> bytes:
+    """A content_block_delta in Anthropic's layout (now and then a broken one), or in another."""
+    value = json.dumps(draw(TRICKY), ensure_ascii=draw(st.booleans())).encode()
+    if draw(st.integers(0, 5)) == 0:  # spaces after the separators: another layout
+        data = json.dumps(
+            {
+                "type": "content_block_delta",
+                "index": draw(st.integers(0, 20)),
+                "delta": {"type": "text_delta", "text": value.decode()},
+            }
+        ).encode()
+    else:
+        kind, field = draw(DELTA_FIELDS)
+        end = draw(st.sampled_from([b"}}", b"}}", b"}}", b"}", b"}}}", b"]"]))
+        data = (
+            b'{"type":"content_block_delta","index":'
+            + draw(INDEX_TOKENS)
+            + b',"delta":{"type":"'
+            + kind
+            + b'","'
+            + field
+            + b'":'
+            + value
+            + end
+        )
+    return b"event: content_block_delta\ndata: " + data + b"\n\n"
+
+
+STREAM_PARTS = st.one_of(
+    delta_event(),
+    delta_event(),
+    st.sampled_from([sse(e) for e in reply_events(Reply([text("a"), tool_use("advisor")]), "m")]),
+    sse_lines(),
+    # Lines with no blank line after them yet: whatever comes next is the same event.
+    st.sampled_from([b"data: 1\n", b": comment\n", b"id: 7\n", b"event: ping\n", b"\r"]),
+)
+
+
+def decode_all(chunks: list[bytes], raw_deltas: bool) -> list[Any]:
+    """Every event of the chunks as a dict (a RawDelta read as one), up to the first failure,
+    which ends the list as ("failed", its message)."""
+    decoder = SSEDecoder()
+    out: list[Any] = []
+    for chunk in chunks:
+        batch: list[dict[str, Any] | RawDelta] = []
+        failure = decode_events(decoder, chunk, batch, raw_deltas)
+        for item in batch:
+            if isinstance(item, tuple):
+                try:
+                    item = raw_delta_event(item)
+                except UpstreamError as exc:
+                    return [*out, ("failed", str(exc))]
+            out.append(item)
+        if failure is not None:
+            return [*out, ("failed", str(failure))]
+    return out
+
+
+@settings(FAST, max_examples=SSE_EXAMPLES)
+@given(parts=st.lists(STREAM_PARTS, max_size=8), cuts=st.lists(st.integers(0, 2000)), at_parts=st.lists(st.booleans()))
+def test_deltas_kept_as_bytes_read_as_the_dicts_would(
+    parts: list[bytes], cuts: list[int], at_parts: list[bool]
+) -> None:
+    # Whatever comes before or after a delta and wherever the chunks end (at event boundaries
+    # too, where the decoder's whole-event path applies), a RawDelta read later is the event
+    # the dict path gives, and fails where it fails, with the same message.
+    stream = b"".join(parts)
+    bounds = list(itertools.accumulate(len(p) for p in parts))
+    marks = sorted(
+        {*(c % (len(stream) + 1) for c in cuts), *(b for b, keep in zip(bounds, at_parts, strict=False) if keep)}
+    )
+    chunks = [stream[a:b] for a, b in itertools.pairwise([0, *marks, len(stream)])]
+    assert decode_all(chunks, raw_deltas=True) == decode_all(chunks, raw_deltas=False)
+
+
+def test_deltas_kept_as_bytes_known_splits() -> None:
+    # A whole delta in one chunk is one event only if nothing of the last chunk is waiting: here
+    # a data line is, so the delta's lines join that event (whose data is then not JSON).
+    data = b'{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"a"}}'
+    delta = b"event: content_block_delta\ndata: " + data + b"\n\n"
+    for chunks in ([b"data: 1\n", delta], [b"event: ping\n", delta], [b"\r", delta], [delta[:40], delta[40:]]):
+        assert decode_all(chunks, raw_deltas=True) == decode_all(chunks, raw_deltas=False)
+    assert decode_all([b"data: 1\n", delta], raw_deltas=True)[0][0] == "failed"
+    batch: list[dict[str, Any] | RawDelta] = []
+    decode_events(SSEDecoder(), delta, batch, True)
+    assert batch == [(0, delta)]  # the chunk itself, not a copy
+
+
+@settings(FAST, max_examples=SSE_EXAMPLES)
+@given(event=delta_event(), index=st.integers(0, 10**6), first_at=st.integers(0, 100))
+def test_a_raw_delta_read_at_another_index_changes_only_its_index(event: bytes, index: int, first_at: int) -> None:
+    batch: list[dict[str, Any] | RawDelta] = []
+    decode_events(SSEDecoder(), event, batch, True)
+    if not batch or not isinstance(batch[0], tuple):
+        return  # not Anthropic's layout, or an index we do not read: a dict, tested above
+    delta = batch[0]
+    head = rb'^(event: content_block_delta\ndata: \{"type":"content_block_delta","index":)\d+,'
+    for moved in (raw_delta_at(delta, index), raw_delta_at(raw_delta_at(delta, first_at), index)):
+        assert moved[0] == index
+        assert moved[1] == re.sub(head, rb"\g<1>%d," % index, event, count=1)
+        try:
+            expected: Any = {**raw_delta_event(delta), "index": index}
+        except UpstreamError:
+            expected = "failed"  # its message quotes the data, index and all
+        try:
+            got: Any = raw_delta_event(moved)
+        except UpstreamError:
+            got = "failed"
+        assert got == expected
+
+
+ACC_DELTAS = {
+    "text_delta": ("text", TRICKY),
+    "thinking_delta": ("thinking", TRICKY),
+    "signature_delta": ("signature", st.sampled_from(["s1", "s2"])),
+    "citations_delta": ("citation", st.fixed_dictionaries({"cited_text": TRICKY})),
+    "input_json_delta": ("partial_json", st.sampled_from(['{"a"', ": 1}", "", " "])),
+}
+
+
+@st.composite
+def acc_event(draw: st.DrawFn) -> dict[str, Any]:
+    kind = draw(st.sampled_from(["start", "block", "delta", "delta", "delta", "delta", "stop", "end"]))
+    index = draw(st.integers(0, 2))
+    if kind == "start":  # sometimes with a block already in it, as a message_start may carry
+        start = reply_events(Reply([]), "m")[0]
+        start["message"]["content"] = draw(st.sampled_from([[], [text("")], [text("a"), text("b")]]))
+        return start
+    if kind == "block":
+        content = draw(st.sampled_from([text(""), thinking("", ""), {**tool_use("t", {}), "input": {}}]))
+        return {"type": "content_block_start", "index": index, "content_block": content}
+    if kind == "stop":
+        return {"type": "content_block_stop", "index": index}
+    if kind == "end":
+        return {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 3}}
+    dtype = draw(st.sampled_from(sorted(ACC_DELTAS)))
+    field, values = ACC_DELTAS[dtype]
+    return {"type": "content_block_delta", "index": index, "delta": {"type": dtype, field: draw(values)}}
+
+
+@settings(FAST, max_examples=SSE_EXAMPLES)
+@given(events=st.lists(st.tuples(acc_event(), st.booleans()), max_size=14))
+def test_deltas_kept_as_bytes_accumulate_to_the_same_message(events: list[tuple[dict[str, Any], bool]]) -> None:
+    # Any mix of deltas fed as dicts and kept as bytes, in any order of starts, restarts and
+    # stops, builds the Message that feeding them all as dicts builds. (The relay keeps only
+    # the deltas of text and thinking blocks: an input_json_delta is read at its block's stop.)
+    events.insert(0, (reply_events(Reply([]), "m")[0], False))  # later ones start the message again
+    as_dicts, mixed = MessageAccumulator(), MessageAccumulator()
+    for event, keep in events:
+        as_dicts.feed(json.loads(json.dumps(event)))
+        if keep and event["type"] == "content_block_delta" and event["delta"]["type"] != "input_json_delta":
+            batch: list[dict[str, Any] | RawDelta] = []
+            decode_events(SSEDecoder(), sse(event), batch, True)
+            assert isinstance(batch[0], tuple)
+            mixed.pending.append(batch[0])
+        else:
+            mixed.feed(json.loads(json.dumps(event)))
+    assert mixed.complete() == as_dicts.complete()
+
+
+def test_a_message_started_again_keeps_nothing_of_the_first() -> None:
+    # Deltas of the first start, kept as bytes or joined from dicts, never reach the second's
+    # blocks (which a message_start may carry), nor does a tool input that was never stopped.
+    first = [
+        reply_events(Reply([]), "m")[0],
+        {"type": "content_block_start", "index": 0, "content_block": {**tool_use("t", {}), "input": {}}},
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": '{"a": 1}'}},
+        {"type": "content_block_start", "index": 1, "content_block": text("")},
+    ]
+    again = reply_events(Reply([]), "m")[0]
+    again["message"]["content"] = [text("x"), text("y")]
+    late = {"type": "content_block_delta", "index": 1, "delta": {"type": "text_delta", "text": "old"}}
+    acc = MessageAccumulator()
+    for event in first:
+        acc.feed(event)
+    batch: list[dict[str, Any] | RawDelta] = []
+    decode_events(SSEDecoder(), sse(late), batch, True)
+    assert isinstance(batch[0], tuple)
+    acc.pending.append(batch[0])
+    for event in (again, {"type": "content_block_stop", "index": 0}, {"type": "content_block_stop", "index": 1}):
+        acc.feed(event)
+    assert acc.complete()["content"] == [text("x"), text("y")]
 
 
 # --- the relay ------------------------------------------------------------------------------------

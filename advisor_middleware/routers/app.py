@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from contextvars import ContextVar
-from typing import Any
 
 import anyio
 
@@ -81,7 +80,7 @@ class AppRouter(BatchRouter):
         if "path" in scope:
             scope["raw_path"] = scope["path"].encode()
 
-        response = _Response()
+        response = _Response(leg.raw_deltas)
         body_sent = False
         waiting: anyio.Event | None = None  # made only if the app asks for a second message
         # Why the leg stopped early: on_batch raised (the client left, or the loop found the
@@ -174,7 +173,7 @@ class AppRouter(BatchRouter):
             raise UpstreamError(502, f"leg answered with content-encoding {encoding!r}, which cannot be read")
         if not response.is_sse:
             # The host ignored ``stream: true`` and answered one JSON Message: replay it as events.
-            await on_batch(list(json_message_events(raw)))
+            await on_batch([*json_message_events(raw)])
 
 
 WIND_DOWN = 0.1
@@ -189,9 +188,21 @@ class _LegClosed(OSError):
 class _Response:
     """What the app has answered on one leg so far."""
 
-    __slots__ = ("buffered", "complete", "decoder", "encoding", "headers", "is_sse", "size", "status", "streaming")
+    __slots__ = (
+        "buffered",
+        "complete",
+        "decoder",
+        "encoding",
+        "headers",
+        "is_sse",
+        "raw_deltas",
+        "size",
+        "status",
+        "streaming",
+    )
 
-    def __init__(self) -> None:
+    def __init__(self, raw_deltas: bool) -> None:
+        self.raw_deltas = raw_deltas
         self.status = 0
         self.is_sse = False
         self.encoding = b""
@@ -206,7 +217,7 @@ class _Response:
     def readable(self) -> bool:
         return self.encoding in (b"", b"identity")
 
-    def take(self, message: Message, batch: list[dict[str, Any]]) -> UpstreamError | None:
+    def take(self, message: Message, batch: Batch) -> UpstreamError | None:
         """Handle one message from the app: stream events go to ``batch``; returns the leg's
         failure, if this message is one."""
         kind = message["type"]
@@ -214,7 +225,7 @@ class _Response:
             chunk = bytes(message.get("body", b""))
             self.complete = not message.get("more_body", False)
             if self.streaming:
-                return decode_events(self.decoder, chunk, batch)
+                return decode_events(self.decoder, chunk, batch, self.raw_deltas)
             self.size += len(chunk)
             if self.size > MAX_BUFFERED:
                 return UpstreamError(502, "leg response too large to buffer")

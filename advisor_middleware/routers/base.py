@@ -10,6 +10,8 @@ from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
 
+from ..sse import RawDelta, raw_delta_event
+
 T = TypeVar("T")
 
 __all__ = [
@@ -30,8 +32,9 @@ so a router that loops back to the same gateway can never recurse."""
 
 ADVISOR_BETA = "advisor-tool-2026-03-01"
 
-Batch = list[dict[str, Any]]
-"""Stream events of one leg that arrived together."""
+Batch = list[dict[str, Any] | RawDelta]
+"""Stream events of one leg that arrived together: dicts, and :data:`~advisor_middleware.sse.RawDelta` deltas when the
+leg asked for them (``Leg.raw_deltas``)."""
 
 OnBatch = Callable[[Batch], Awaitable[None]]
 """Takes a leg's events as they arrive (:meth:`BatchRouter.push`)."""
@@ -64,12 +67,18 @@ class Leg:
     request headers (their credentials included), already cleaned for a new request: no length or
     encoding headers, the advisor beta removed, and the ``x-advisor-leg`` marker added. ``scope`` is
     the caller's ASGI scope, for routers that need to know who is calling; treat it as read-only.
+
+    ``raw_deltas``: the consumer also takes ``content_block_delta`` events as
+    :data:`~advisor_middleware.sse.RawDelta` (their bytes, parsed only if needed) in
+    the groups of ``batches`` and ``push``. A router may ignore it; the shipped ones that read SSE
+    honour it. ``stream`` always yields dicts.
     """
 
     role: Literal["executor", "advisor"]
     body: dict[str, Any]
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     scope: Mapping[str, Any] = field(default_factory=dict)
+    raw_deltas: bool = False
 
 
 @runtime_checkable
@@ -122,7 +131,7 @@ class BatchRouter:
         async with closing(self.batches(leg)) as batches:
             async for batch in batches:
                 for event in batch:
-                    yield event
+                    yield raw_delta_event(event) if isinstance(event, tuple) else event
 
 
 async def run_leg(router: MessagesRouter, leg: Leg, on_batch: OnBatch) -> None:

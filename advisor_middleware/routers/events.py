@@ -9,7 +9,17 @@ import pydantic_core
 
 from ..accumulate import message_to_events
 from ..errors import UpstreamError
-from ..sse import SSEDecoder
+from ..sse import DELTA_DATA, DELTA_HEAD, DELTA_SSE, RawDelta, SSEDecoder, index_at, parse_event
+
+__all__ = [
+    "MAX_BUFFERED",
+    "RawDelta",
+    "decode_events",
+    "event_error",
+    "json_message_events",
+    "parse_event",
+    "sse_batches",
+]
 
 # Anthropic error types -> the HTTP status they come with (https://docs.anthropic.com/en/api/errors).
 _TYPE_STATUS = {
@@ -38,34 +48,37 @@ def event_error(event: dict[str, Any]) -> UpstreamError:
     return UpstreamError(status, {"type": "error", "error": inner})
 
 
-def parse_event(name: str, data: str | bytes) -> dict[str, Any] | UpstreamError:
-    """One decoded SSE event (``name``, ``data``) as a stream event dict, or why it is unusable."""
-    try:
-        event = pydantic_core.from_json(data)
-    except ValueError:
-        text = data if isinstance(data, str) else data.decode("utf-8", "replace")
-        try:
-            # Bytes that are not UTF-8 inside a string: read the way a text decoder reads
-            # them (U+FFFD), which is what a client's SSE parser does too.
-            event = pydantic_core.from_json(text) if text is not data else None
-        except ValueError:
-            event = None
-        if event is None:
-            if name == "error":
-                return {"type": "error", "error": {"type": "api_error", "message": text[:2000]}}
-            return UpstreamError(502, f"leg sent an SSE event whose data is not JSON: {text[:200]!r}")
-    if not isinstance(event, dict):
-        return UpstreamError(502, "leg sent an SSE event whose data is not a JSON object")
-    if "type" not in event:
-        event["type"] = name
-    return event
+_HEAD_SIZE = len(DELTA_HEAD)
+_DATA_SIZE = len(DELTA_DATA)
 
 
-def decode_events(decoder: SSEDecoder, chunk: bytes, into: list[dict[str, Any]]) -> UpstreamError | None:
+def decode_events(
+    decoder: SSEDecoder, chunk: bytes, into: list[dict[str, Any] | RawDelta], raw_deltas: bool = False
+) -> UpstreamError | None:
     """Decode one chunk of a leg's SSE answer, appending its events to ``into``. Returns the
     leg's failure, if the chunk holds one (an event that is not JSON, or an ``error`` event):
-    the events before it are in ``into`` and still the leg's output; nothing after it is read."""
+    the events before it are in ``into`` and still the leg's output; nothing after it is read.
+    ``raw_deltas``: deltas in Anthropic's own layout go to ``into`` as :data:`RawDelta`."""
+    if (
+        raw_deltas
+        and chunk[:_HEAD_SIZE] == DELTA_HEAD
+        # The chunk is that one event, whole (what a host sends per send): one event line, one
+        # data line, the blank line, and nothing of an earlier chunk waiting in the decoder.
+        and chunk[-2:] == b"\n\n"
+        and 10 not in chunk[_HEAD_SIZE:-2]
+        and 13 not in chunk
+        and decoder.idle
+    ):
+        index = index_at(chunk, _HEAD_SIZE)
+        if index >= 0:
+            into.append((index, chunk))
+            return None
     for name, data in decoder.feed(chunk):
+        if raw_deltas and name == "content_block_delta" and data[:_DATA_SIZE] == DELTA_DATA:
+            index = index_at(data, _DATA_SIZE)
+            if index >= 0:
+                into.append((index, b"%b%b\n\n" % (DELTA_SSE, data)))
+                continue
         # parse_event inline for a JSON object (parsed once): this runs for every event of
         # every leg (docs/performance.md, step 19).
         try:
@@ -85,13 +98,15 @@ def decode_events(decoder: SSEDecoder, chunk: bytes, into: list[dict[str, Any]])
     return None
 
 
-async def sse_batches(chunks: AsyncIterable[bytes]) -> AsyncIterator[list[dict[str, Any]]]:
+async def sse_batches(
+    chunks: AsyncIterable[bytes], *, raw_deltas: bool = False
+) -> AsyncIterator[list[dict[str, Any] | RawDelta]]:
     """A leg's SSE answer read chunk by chunk, as groups of events (one per chunk that holds
     any). The leg's failure is raised after the events before it were handed out."""
     decoder = SSEDecoder()
     async for chunk in chunks:
-        batch: list[dict[str, Any]] = []
-        error = decode_events(decoder, chunk, batch)
+        batch: list[dict[str, Any] | RawDelta] = []
+        error = decode_events(decoder, chunk, batch, raw_deltas)
         if batch:
             yield batch
         if error is not None:

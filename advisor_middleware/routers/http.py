@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from http.cookiejar import CookieJar, DefaultCookiePolicy
-from typing import Any
 
 import httpx
 
 from ..errors import UpstreamError
 from ..sse import encode_json
-from .base import BatchRouter, Leg, closing
+from .base import Batch, BatchRouter, Leg, closing
 from .events import MAX_BUFFERED, json_message_events, sse_batches
 
 __all__ = ["DEFAULT_TIMEOUT", "HTTPRouter", "PooledClient"]
@@ -85,7 +84,7 @@ class HTTPRouter(PooledClient, BatchRouter):
         self.base_url = base_url.rstrip("/")
         self.url = self.base_url + "/" + path.lstrip("/")
 
-    async def batches(self, leg: Leg) -> AsyncIterator[list[dict[str, Any]]]:
+    async def batches(self, leg: Leg) -> AsyncIterator[Batch]:
         """The leg's events grouped as they arrived: one list per network read."""
         url = self.url
         query = leg.scope.get("query_string")
@@ -109,7 +108,7 @@ class HTTPRouter(PooledClient, BatchRouter):
                 if not response.headers.get("content-type", "").lower().startswith("text/event-stream"):
                     raw = await _read(response)
                 else:
-                    async with closing(sse_batches(response.aiter_bytes())) as batches:
+                    async with closing(sse_batches(response.aiter_bytes(), raw_deltas=leg.raw_deltas)) as batches:
                         async for batch in batches:
                             yield batch
                     return
@@ -119,7 +118,7 @@ class HTTPRouter(PooledClient, BatchRouter):
         except httpx.RequestError as exc:
             message = f"upstream {self.url} failed: {type(exc).__name__}: {exc}"
             raise UpstreamError(502, {"type": "api_error", "message": message}) from exc
-        yield list(json_message_events(raw))
+        yield [*json_message_events(raw)]
 
 
 async def _read(response: httpx.Response) -> bytes:

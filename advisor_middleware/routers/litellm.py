@@ -14,7 +14,7 @@ from typing import Any
 from ..accumulate import message_to_events
 from ..errors import UpstreamError, error_type_for_status, quoted_error_type
 from ..sse import SSEDecoder
-from .base import BatchRouter, Leg, closing
+from .base import Batch, BatchRouter, Leg, closing
 from .events import decode_events, event_error
 
 __all__ = ["LiteLLMRouter"]
@@ -47,7 +47,7 @@ class LiteLLMRouter(BatchRouter):
         self.router = router
         self.call_kwargs = call_kwargs
 
-    async def batches(self, leg: Leg) -> AsyncIterator[list[dict[str, Any]]]:
+    async def batches(self, leg: Leg) -> AsyncIterator[Batch]:
         """The leg's events grouped as LiteLLM hands them over: one list per item of its stream."""
         kwargs = dict(leg.body)
         if self.call_kwargs is not None:
@@ -58,7 +58,7 @@ class LiteLLMRouter(BatchRouter):
         except Exception as exc:
             raise _upstream_error(exc) from exc
         if isinstance(response, Mapping):
-            yield list(_message_events(response))
+            yield [*_message_events(response)]
             return
         decoder = SSEDecoder()
         async with closing(aiter(response)) as items:
@@ -69,19 +69,20 @@ class LiteLLMRouter(BatchRouter):
                     return
                 except Exception as exc:
                     raise _upstream_error(exc) from exc
-                batch: list[dict[str, Any]] = []
-                error = _item_events(item, decoder, batch)
+                batch: Batch = []
+                error = _item_events(item, decoder, batch, leg.raw_deltas)
                 if batch:  # what came before an error is still the leg's output
                     yield batch
                 if error is not None:
                     raise error
 
 
-def _item_events(item: object, decoder: SSEDecoder, into: list[dict[str, Any]]) -> UpstreamError | None:
+def _item_events(item: object, decoder: SSEDecoder, into: Batch, raw_deltas: bool) -> UpstreamError | None:
     """The stream events in one item of LiteLLM's stream (SSE bytes in any chunking, or a
     dict), appended to ``into``; the leg's failure if the item holds one."""
     if isinstance(item, bytes | bytearray | str):
-        return decode_events(decoder, item.encode() if isinstance(item, str) else bytes(item), into)
+        chunk = item.encode() if isinstance(item, str) else bytes(item)
+        return decode_events(decoder, chunk, into, raw_deltas)
     if not isinstance(item, Mapping):
         raise UpstreamError(502, f"LiteLLM streamed a {type(item).__name__}, not SSE bytes or an event")
     event = dict(item)
