@@ -33,8 +33,8 @@ so a router that loops back to the same gateway can never recurse."""
 ADVISOR_BETA = "advisor-tool-2026-03-01"
 
 Batch = list[dict[str, Any] | RawDelta]
-"""Stream events of one leg that arrived together: dicts, and :data:`~advisor_middleware.sse.RawDelta` deltas when the
-leg asked for them (``Leg.raw_deltas``)."""
+"""Stream events of one leg that arrived together: dicts, and deltas as
+:data:`~advisor_middleware.sse.RawDelta` when the leg asked for them (``Leg.raw_deltas``)."""
 
 OnBatch = Callable[[Batch], Awaitable[None]]
 """Takes a leg's events as they arrive (:meth:`BatchRouter.push`)."""
