@@ -9,7 +9,7 @@ the usage fields it carries.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import pydantic_core
@@ -23,9 +23,9 @@ __all__ = ["MessageAccumulator", "message_to_events"]
 class MessageAccumulator:
     """Feed it a stream's events in order; ``complete()`` (or ``content``) is the Message.
 
-    Deltas given as :data:`~advisor_middleware.sse.RawDelta` (appended to ``pending``) are kept
-    as they are and parsed only when the content is asked for: a leg that ends without a consult
-    never needs its text again (issue 7).
+    Deltas given as :data:`~advisor_middleware.sse.RawDelta` (``feed_all``, or appended to
+    ``pending``) are kept as they are and parsed only when the content is asked for: a leg that
+    ends without a consult never needs its text again (issue 7).
     """
 
     __slots__ = ("_json", "_text", "finished", "message", "pending")
@@ -77,6 +77,16 @@ class MessageAccumulator:
         for key in [k for k in self._text if index is None or k[0] == index]:
             block_index, field = key
             self._content()[block_index][field] = "".join(self._text.pop(key))
+
+    def feed_all(self, events: Iterable[dict[str, Any] | RawDelta]) -> None:
+        """Feed a group of events: dicts are fed, RawDelta deltas kept (``pending``)."""
+        for event in events:
+            # `type() is`, not isinstance: ~260 instructions less per event (a JSON answer feeds
+            # every event here); mypy does not narrow the else branch.
+            if type(event) is tuple:
+                self.pending.append(event)
+            else:
+                self.feed(event)  # type: ignore[arg-type]
 
     def feed(self, event: dict[str, Any]) -> None:
         kind = event.get("type")

@@ -235,11 +235,7 @@ class AdvisorMiddleware:
         acc = MessageAccumulator()
 
         async def feed(group: Sequence[dict[str, Any] | RawDelta]) -> None:
-            for event in group:
-                if type(event) is tuple:  # a RawDelta, applied at complete()
-                    acc.pending.append(event)
-                else:
-                    acc.feed(event)  # type: ignore[arg-type]  # a dict: mypy does not narrow this branch
+            acc.feed_all(group)  # RawDelta deltas are parsed at complete()
 
         try:
             await orchestration.run(feed)
