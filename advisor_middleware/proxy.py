@@ -38,6 +38,10 @@ _HOP = frozenset(
 )
 
 
+_LINGER = 0.1
+"""Seconds the watcher may wait, once the response is out, for the server's ``http.disconnect``."""
+
+
 class _Disconnected(Exception):
     pass
 
@@ -121,15 +125,19 @@ class UpstreamProxy(PooledClient):
             body_read.set()
 
         started = False
+        answered = False
         async with anyio.create_task_group() as tg:
 
             async def watch() -> None:
                 # One reader of receive: after the body, its only news is a disconnect (uvicorn's
-                # send stays silent once the client is gone).
-                await body_read.wait()
+                # send stays silent once the client is gone). Event.wait() checkpoints even when
+                # the event is set: not waited on for a body already read (one loop turn less).
+                if not body_read.is_set():
+                    await body_read.wait()
                 while (await receive())["type"] != "http.disconnect":
                     pass
-                tg.cancel_scope.cancel()
+                if not answered:
+                    tg.cancel_scope.cancel()
 
             tg.start_soon(watch)
             try:
@@ -147,6 +155,7 @@ class UpstreamProxy(PooledClient):
                     async for chunk in response.aiter_raw():
                         await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
+                answered = True
             except _Disconnected:
                 pass
             except (httpx.RequestError, OSError) as exc:
@@ -158,7 +167,14 @@ class UpstreamProxy(PooledClient):
                 message = f"upstream {self.base_url} failed: {type(exc).__name__}: {exc}"
                 await _answer(send, status, error_body(kind, message))
             finally:
-                tg.cancel_scope.cancel()
+                if answered:
+                    # As in the middleware (docs/performance.md, step 14): once the response is
+                    # out, the server answers the watcher's receive with http.disconnect and the
+                    # watcher ends by itself, cheaper than cancelling it. A silent server gets
+                    # _LINGER seconds.
+                    tg.cancel_scope.deadline = anyio.current_time() + _LINGER
+                else:
+                    tg.cancel_scope.cancel()
 
 
 async def _rest_of_body(first: bytes, receive: Receive, done: anyio.Event) -> AsyncIterator[bytes]:

@@ -324,7 +324,9 @@ def claude_code_body(size: int, *, advisor: bool, stream: bool, mention_advisor:
         tools.append(dict(ADVISOR_TOOL))
     first = "Refactor the worker pool so shutdown drains in-flight jobs."
     if mention_advisor:
-        first += " Do not use the advisor for this one."
+        # Quoted, so the body holds the bytes `"advisor` (an escaped quote, then the word): the
+        # scan's needle, which prose alone does not match. A key named so in a file, say.
+        first += ' Do not use the advisor for this one, and keep the "advisor" key in config.json.'
     messages: list[dict[str, Any]] = [
         {"role": "user", "content": [{"type": "text", "text": _prose(rng, 60)}, {"type": "text", "text": first}]}
     ]

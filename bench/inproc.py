@@ -16,11 +16,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
+import httpx
 
 from advisor_middleware import AdvisorMiddleware
 from advisor_middleware._types import ASGIApp, Message, Receive, Scope, Send
 
-from .hosts import EchoHost, read_body
+from .hosts import EchoHost, ForwardingHost, read_body
 
 __all__ = [
     "CHUNK",
@@ -35,6 +36,8 @@ __all__ = [
     "receiver",
     "request_scope",
     "split",
+    "upstream_passthrough_scenario",
+    "upstream_scenario",
 ]
 
 Call = Callable[[], Awaitable[None]]
@@ -162,6 +165,8 @@ class Scenario:
     n: int
     reference: Callable[[], object] | None = None
     """An operation the row is compared with (``from_json`` of the body), timed between the pairs."""
+    close: Call | None = None
+    """What to await once the row is measured (a connection pool to close)."""
 
 
 @dataclass
@@ -232,25 +237,93 @@ async def consult_scenario(
     return Scenario(key, label, base, through, n, reference)
 
 
+async def upstream_scenario(key: str, label: str, url: str, body: bytes, *, stream: bool, n: int) -> Scenario:
+    """``advisor-middleware serve --upstream URL``: the CLI's own app, ``AdvisorMiddleware``
+    around an ``UpstreamProxy``, whose legs go straight to ``url`` over ``HTTPRouter``. Alone: the
+    same three leg requests posted directly with the app's own ``httpx`` client and read to the
+    end, as a client that runs the loop itself would (LiteLLM's row subtracts the same).
+    Await ``scenario.close`` when done."""
+    from advisor_middleware.cli import build_app
+
+    app = build_app(None, upstream=url)
+    proxy = app.app
+    recorded = await record_legs(proxy, body, stream=stream)  # through the proxy: the same legs
+    scope = request_scope(body, stream=stream, beta=True)
+    chunks = split(body)
+    check_consult(*await exchange(app, scope, chunks), stream)  # the HTTPRouter legs answer too
+    client = proxy.client
+    skip = (b"host", b"content-length")
+    legs = [
+        (url + leg_scope["path"], [(k, v) for k, v in leg_scope["headers"] if k not in skip], leg_body)
+        for leg_scope, leg_body in recorded
+    ]
+
+    async def base() -> None:
+        for leg_url, headers, leg_body in legs:
+            async with client.stream("POST", leg_url, content=leg_body, headers=headers) as response:
+                async for _ in response.aiter_raw():
+                    pass
+                if response.status_code != 200:
+                    raise RuntimeError(f"the backend answered a leg with {response.status_code}")
+
+    async def through() -> None:
+        await exchange(app, scope, chunks)
+
+    return Scenario(key, label, base, through, n, close=proxy.aclose)
+
+
+async def upstream_passthrough_scenario(key: str, label: str, url: str, body: bytes, *, n: int) -> Scenario:
+    """A request without the advisor to ``serve --upstream URL`` (the middleware's scan, then
+    ``UpstreamProxy``), vs ``ForwardingHost``, a minimal ``httpx`` forwarder, on the same request:
+    what the proxy's own duties cost (disconnects, hop-by-hop headers, ``via``). Await
+    ``scenario.close`` when done."""
+    from advisor_middleware.cli import build_app
+
+    app = build_app(None, upstream=url)
+    client = httpx.AsyncClient(base_url=url)
+    host = ForwardingHost(client)
+
+    async def close() -> None:
+        await client.aclose()
+        await app.app.aclose()
+
+    scenario = await _one_request_scenario(key, label, host, app, body, n, lambda: None)
+    scenario.close = close
+    return scenario
+
+
 async def passthrough_scenario(key: str, label: str, body: bytes, *, n: int) -> Scenario:
     host = EchoHost()
-    middleware = AdvisorMiddleware(host)
+
+    def check() -> None:
+        if host.last_body != body:
+            raise RuntimeError("pass-through changed the request")
+
+    return await _one_request_scenario(key, label, host, AdvisorMiddleware(host), body, n, check)
+
+
+async def _one_request_scenario(
+    key: str, label: str, alone: ASGIApp, behind: ASGIApp, body: bytes, n: int, check: Callable[[], None]
+) -> Scenario:
+    """The same plain request to ``alone`` and to ``behind``; both must answer 200, the same
+    bytes, and pass ``check`` (called after each)."""
     scope = request_scope(body, stream=False, beta=False)
     chunks = split(body)
     answers = set()
-    for app in (host, middleware):
+    for app in (alone, behind):
         status, answer = await exchange(app, scope, chunks)
         answers.add(answer)
-        if status != 200 or host.last_body != body:
-            raise RuntimeError(f"pass-through changed the request or failed ({status})")
+        check()
+        if status != 200:
+            raise RuntimeError(f"a pass-through request failed ({status})")
     if len(answers) != 1:
         raise RuntimeError("pass-through changed the response")
 
     async def base() -> None:
-        await exchange(host, scope, chunks)
+        await exchange(alone, scope, chunks)
 
     async def through() -> None:
-        await exchange(middleware, scope, chunks)
+        await exchange(behind, scope, chunks)
 
     return Scenario(key, label, base, through, n)
 

@@ -33,7 +33,16 @@ import pydantic_core
 
 from .backend import serve_in_subprocess
 from .hosts import ForwardingHost, ModelHost, claude_code_body, small_consult_body, small_plain_body
-from .inproc import CHUNK, Row, Scenario, consult_scenario, measure, passthrough_scenario
+from .inproc import (
+    CHUNK,
+    Row,
+    Scenario,
+    consult_scenario,
+    measure,
+    passthrough_scenario,
+    upstream_passthrough_scenario,
+    upstream_scenario,
+)
 from .instructions import Instructions, measure_instructions
 from .net import (
     Concurrency,
@@ -178,7 +187,7 @@ async def inproc_scenarios(sizes: Sizes, floors: dict[str, float]) -> list[Scena
     plain = claude_code_body(sizes.large, advisor=False, stream=False)
     mention = claude_code_body(sizes.large, advisor=False, stream=False, mention_advisor=True)
     small = small_plain_body()
-    if b"advisor" in plain or b"advisor" in small or b"advisor" not in mention:
+    if b"advisor" in plain or b"advisor" in small or b'"advisor' not in mention:
         raise RuntimeError("pass-through bodies are not what their rows claim")
     runs = 3 if sizes is QUICK else 30
     floors["find_large"] = floor_us(lambda: plain.find(b"advisor"), runs * 10)
@@ -256,18 +265,27 @@ async def inproc_scenarios(sizes: Sizes, floors: dict[str, float]) -> list[Scena
         ),
         await passthrough_scenario(
             "pass_parsed",
-            f"Pass-through, no advisor tool but the word 'advisor' in a message ({_size(len(mention))}): parsed",
+            f'Pass-through, no advisor tool but the quoted word "advisor" in a message ({_size(len(mention))}): parsed',
             mention,
             n=sizes.n_pass_parse,
         ),
     ]
 
 
+async def _measure_then_close(scenario: Scenario, warmup: int) -> Row:
+    try:
+        return await measure(scenario, warmup)
+    finally:
+        if scenario.close is not None:
+            await scenario.close()
+
+
 async def http_rows(sizes: Sizes, report: Report, progress: Callable[[str], None]) -> None:
     """Like-for-like with LiteLLM: one scripted HTTP backend (uvicorn, its own process). Ours: the
     middleware in front of a gateway that forwards each request there with ``httpx``, vs that
-    gateway answering the same three legs. LiteLLM's: its loop vs the three legs it sends, posted
-    directly."""
+    gateway answering the same three legs; and ``serve --upstream`` (the CLI's proxy, legs over
+    ``HTTPRouter``) vs its three legs posted directly. LiteLLM's: its loop vs the three legs it
+    sends, posted directly."""
     with serve_in_subprocess() as (port, _):
         url = f"http://127.0.0.1:{port}"
         async with httpx.AsyncClient(base_url=url) as client:
@@ -280,6 +298,25 @@ async def http_rows(sizes: Sizes, report: Report, progress: Callable[[str], None
                 )
                 progress(f"  {label} (N={scenario.n}) ...")
                 report.rows.append(await measure(scenario, sizes.warmup))
+        for key, stream in (("upstream_stream", True), ("upstream_json", False)):
+            mode = "streaming" if stream else "JSON response"
+            label = (
+                f"Consult, {mode}, short conversation, `serve --upstream` (legs over `HTTPRouter`); "
+                "alone: the legs posted directly"
+            )
+            scenario = await upstream_scenario(
+                key, label, url, small_consult_body(stream), stream=stream, n=sizes.n_http
+            )
+            progress(f"  {label} (N={scenario.n}) ...")
+            report.rows.append(await _measure_then_close(scenario, sizes.warmup))
+        small = small_plain_body()
+        label = (
+            f"Pass-through, small body ({_size(len(small))}), `serve --upstream` (the middleware, then "
+            "`UpstreamProxy`); alone: a minimal `httpx` forwarder (`ForwardingHost`)"
+        )
+        scenario = await upstream_passthrough_scenario("upstream_pass", label, url, small, n=sizes.n_http)
+        progress(f"  {label} (N={scenario.n}) ...")
+        report.rows.append(await _measure_then_close(scenario, sizes.warmup))
         progress(f"  LiteLLM's loop on the same backend (N={sizes.litellm_n}) ...")
         report.litellm = measure_litellm(url, sizes.litellm_n, sizes.warmup)
 
@@ -339,6 +376,26 @@ def _ok(met: bool) -> str:
     return "yes" if met else "**no**"
 
 
+def _consult_lines(lines: list[str], report: Report, prefix: str, what: str, ours: str) -> None:
+    """The summary's consult-overhead line for the rows ``<prefix>_stream``/``<prefix>_json``,
+    and LiteLLM's overhead next to the JSON one, when both were measured."""
+    stream, json_row, ll = report.row(f"{prefix}_stream"), report.row(f"{prefix}_json"), report.litellm
+    if not (stream and json_row):
+        return
+    worst = max(stream.added_cpu_us, json_row.added_cpu_us)
+    lines.append(
+        f"| 1 | Consult overhead, CPU, {what} (streaming / JSON) | {_us(stream.added_cpu_us)} / "
+        f"{_us(json_row.added_cpu_us)} µs | ≤ 300 µs | {_ok(worst <= 300)} |"
+    )
+    if ll is not None and ll.status == "measured":
+        theirs = ll.json_cpu_us - ll.raw3_cpu_us
+        ratio = theirs / max(json_row.added_cpu_us, 1e-9)
+        lines.append(
+            f"| 1 | LiteLLM's overhead on the same backend, CPU (JSON) ÷ {ours} | {_us(theirs)} µs ÷ "
+            f"{_us(json_row.added_cpu_us)} µs = {ratio:,.0f}× | ≥ 100× | {_ok(ratio >= 100)} |"
+        )
+
+
 def _summary(report: Report) -> list[str]:
     lines = ["| # | What | This run | Target | Met |", "|---|---|---|---|---|"]
     stream, json_row = report.row("consult_stream"), report.row("consult_json")
@@ -348,22 +405,17 @@ def _summary(report: Report) -> list[str]:
             f"| 1 | Consult overhead, CPU, in-process (streaming / JSON) | {_us(stream.added_cpu_us)} / "
             f"{_us(json_row.added_cpu_us)} µs | ≤ 300 µs | {_ok(worst <= 300)} |"
         )
-    http_stream, http_json, ll = report.row("http_stream"), report.row("http_json"), report.litellm
-    if http_stream and http_json:
-        lines.append(
-            f"| 1 | Consult overhead, CPU, in front of an HTTP backend (streaming / JSON) | "
-            f"{_us(http_stream.added_cpu_us)} / {_us(http_json.added_cpu_us)} µs | ≤ 300 µs | "
-            f"{_ok(max(http_stream.added_cpu_us, http_json.added_cpu_us) <= 300)} |"
-        )
-        if ll is not None and ll.status == "measured":
-            theirs = ll.json_cpu_us - ll.raw3_cpu_us
-            ratio = theirs / max(http_json.added_cpu_us, 1e-9)
-            lines.append(
-                f"| 1 | LiteLLM's overhead on the same backend, CPU (JSON) ÷ ours | {_us(theirs)} µs ÷ "
-                f"{_us(http_json.added_cpu_us)} µs = {ratio:,.0f}× | ≥ 100× | {_ok(ratio >= 100)} |"
-            )
-        elif ll is not None:
-            lines.append(f"| 1 | LiteLLM's overhead on the same backend | {ll.status} | ≥ 100× ours | — |")
+    ll = report.litellm
+    _consult_lines(lines, report, "http", "in front of an HTTP backend", "ours")
+    _consult_lines(
+        lines,
+        report,
+        "upstream",
+        "`serve --upstream` (legs over `HTTPRouter`) over the three legs posted directly",
+        "ours as `serve --upstream`",
+    )
+    if ll is not None and ll.status != "measured":
+        lines.append(f"| 1 | LiteLLM's overhead on the same backend | {ll.status} | ≥ 100× ours | — |")
     for key in ("consult_large", "consult_huge"):
         row = report.row(key)
         if row and row.reference_us:

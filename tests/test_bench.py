@@ -25,6 +25,9 @@ ROWS = {
     "pass_parsed",
     "http_stream",
     "http_json",
+    "upstream_stream",
+    "upstream_json",
+    "upstream_pass",
 }
 
 INSTRUCTION_ROWS = {"consult_stream", "consult_json", "consult_relay", "offered_stream", "consult_large", "pass_small"}

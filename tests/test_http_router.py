@@ -6,8 +6,10 @@ The gateway under test is what ``serve --upstream`` builds: ``AdvisorMiddleware`
 
 from __future__ import annotations
 
+import gzip
 import json
 import time
+import zlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -227,6 +229,31 @@ async def test_a_200_that_is_neither_sse_nor_a_message_is_a_502() -> None:
         await router.aclose()
     assert error.status == 502
     assert "neither SSE nor JSON" in error.error["message"]
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+async def test_an_upstream_that_compresses_its_stream_anyway_is_decoded(encoding: str) -> None:
+    # Legs ask for identity, and the stream is read as it came; a gateway that compresses it
+    # all the same is decoded first. Its body comes in small pieces, so compressed bytes that are
+    # read as they are would be cut anywhere: events found only if they were decoded.
+    expected = reply_events(Reply([text("Squeezed.")]), "exec")
+    plain = b"".join(sse(event) for event in expected)
+    packed = gzip.compress(plain) if encoding == "gzip" else zlib.compress(plain)
+
+    async def compressing(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        headers = [(b"content-type", b"text/event-stream"), (b"content-encoding", encoding.encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        for i in range(0, len(packed), 17):
+            await send({"type": "http.response.body", "body": packed[i : i + 17], "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+
+    async with uvicorn_server(compressing) as url:
+        router = HTTPRouter(url)
+        events = await events_of(router)
+        await router.aclose()
+    assert events == expected
 
 
 class Decoy:

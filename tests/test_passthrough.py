@@ -487,3 +487,43 @@ async def test_the_word_advisor_split_across_chunks_is_found(size: int, offset: 
     assert all(not more for _, more in echo.chunks)
     assert b"advisor_20260301" not in b"".join(c for c, _ in echo.chunks)
     assert sent[0]["type"] == "http.response.start"
+
+
+def chunked(raw: bytes, size: int) -> list[bytes]:
+    return [raw[i : i + size] for i in range(0, len(raw), size)]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Ask my advisor, then the Advisor's deputy; advisors_notes.md too.",
+        'She said "use the advisor_20260301 tool", word for word.',  # a quote in the text: escaped
+    ],
+)
+async def test_advisor_in_prose_is_not_parsed(text: str) -> None:
+    # Every name the middleware acts on is a JSON string starting "advisor"; prose that mentions
+    # one is none of them. The body goes on in the chunks it came in, as with no mention at all
+    # (after a parse it would go as one joined chunk: the next test).
+    raw = json.dumps({"model": "exec", "max_tokens": 5, "messages": [{"role": "user", "content": text * 20}]})
+    assert "advisor" in raw
+    chunks = chunked(raw.encode(), 50)
+    echo = ChunkEcho()
+    await send_chunks(AdvisorMiddleware(echo), chunks)
+    assert echo.chunks == [(c, i < len(chunks) - 1) for i, c in enumerate(chunks)]
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        # A client's own tool named advisor, and one whose name only starts so: read, then passed.
+        {"name": "advisor", "input_schema": {"type": "object"}},
+        {"name": "advisor_notes", "input_schema": {"type": "object"}},
+    ],
+)
+async def test_a_string_starting_advisor_is_parsed_then_passed(entry: dict[str, Any]) -> None:
+    raw = json.dumps(
+        {"model": "exec", "max_tokens": 5, "messages": [{"role": "user", "content": "x" * 200}], "tools": [entry]}
+    ).encode()
+    echo = ChunkEcho()
+    await send_chunks(AdvisorMiddleware(echo), chunked(raw, 50))
+    assert echo.chunks == [(raw, False)]  # parsed (so joined), found to be no advisor request

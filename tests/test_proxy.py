@@ -6,7 +6,7 @@ from __future__ import annotations
 import gzip
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, MutableMapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -204,6 +204,46 @@ async def test_a_client_disconnect_cancels_the_upstream_request(script: Script) 
                     break
         await wait_until(lambda: script.cancelled == ["direct"], 1.0, "upstream request cancelled")
     assert script.finished == []
+
+
+async def test_a_server_silent_after_the_response_does_not_hold_the_request() -> None:
+    # The proxy's watcher ends on the http.disconnect a server sends once the response is out;
+    # one that never sends it (this receive blocks for good after the body) must not keep the
+    # request open: the call returns, with the whole answer sent, shortly after the response.
+    mirror = Mirror()
+    async with uvicorn_server(mirror) as upstream:
+        proxy = UpstreamProxy(upstream)
+        sent: list[dict[str, Any]] = []
+        delivered = False
+
+        async def receive() -> dict[str, Any]:
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": b"{}", "more_body": False}
+            await anyio.sleep_forever()
+            raise AssertionError("unreachable")
+
+        async def send(message: MutableMapping[str, Any]) -> None:
+            sent.append(dict(message))
+
+        scope = {
+            "type": "http",
+            "method": "POST",
+            "path": "/v1/messages",
+            "raw_path": b"/v1/messages",
+            "query_string": b"",
+            "headers": [(b"content-type", b"application/json")],
+        }
+        start = time.monotonic()
+        with anyio.fail_after(5):
+            await proxy(scope, receive, send)
+        elapsed = time.monotonic() - start
+        await proxy.aclose()
+    assert sent[0]["status"] == 200
+    assert sent[-1] == {"type": "http.response.body", "body": b"", "more_body": False}
+    assert json.loads(b"".join(m.get("body", b"") for m in sent[1:]))["body"] == "{}"
+    assert elapsed < 2.0
 
 
 async def test_compressed_answers_pass_through_compressed() -> None:

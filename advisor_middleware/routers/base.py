@@ -99,11 +99,11 @@ class BatchRouter:
     events in the groups they arrived in, and gets the other (and the protocol's ``stream``)
     from it:
 
-    - ``batches(leg)``, pulled: an async iterator of groups (a network read each, for a router
-      that reads a socket);
+    - ``batches(leg)``, pulled: an async iterator of groups (for a router that is handed an
+      iterator, such as LiteLLM's stream);
     - ``push(leg, on_batch)``, pushed: awaits ``on_batch(group)`` for each group, in the
       caller's task, and returns when the leg is over (for a router that calls an ASGI app,
-      whose ``send`` is the natural place to hand events on).
+      whose ``send`` is the natural place to hand events on, or reads a socket in a loop).
 
     The middleware drives every leg with ``push``: the loop, the host and the client's writer
     then share the request's task, with no task or channel per leg (docs/performance.md,
