@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pydantic_core
@@ -18,7 +18,6 @@ __all__ = [
     "event_error",
     "json_message_events",
     "parse_event",
-    "sse_batches",
 ]
 
 # Anthropic error types -> the HTTP status they come with (https://docs.anthropic.com/en/api/errors).
@@ -96,21 +95,6 @@ def decode_events(
             return event_error(event)
         into.append(event)
     return None
-
-
-async def sse_batches(
-    chunks: AsyncIterable[bytes], *, raw_deltas: bool = False
-) -> AsyncIterator[list[dict[str, Any] | RawDelta]]:
-    """A leg's SSE answer read chunk by chunk, as groups of events (one per chunk that holds
-    any). The leg's failure is raised after the events before it were handed out."""
-    decoder = SSEDecoder()
-    async for chunk in chunks:
-        batch: list[dict[str, Any] | RawDelta] = []
-        error = decode_events(decoder, chunk, batch, raw_deltas)
-        if batch:
-            yield batch
-        if error is not None:
-            raise error
 
 
 def json_message_events(raw: bytes) -> Iterator[dict[str, Any]]:
