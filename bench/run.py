@@ -190,8 +190,10 @@ async def inproc_scenarios(sizes: Sizes, floors: dict[str, float]) -> list[Scena
     if b"advisor" in plain or b"advisor" in small or b'"advisor' not in mention:
         raise RuntimeError("pass-through bodies are not what their rows claim")
     runs = 3 if sizes is QUICK else 30
-    floors["find_large"] = floor_us(lambda: plain.find(b"advisor"), runs * 10)
-    floors["find_small"] = floor_us(lambda: small.find(b"advisor"), runs * 10)
+    # The floor is one scan for the middleware's own needle (b'"advisor' since round 7, which
+    # scans ~20 % faster than the bare word).
+    floors["find_large"] = floor_us(lambda: plain.find(b'"advisor'), runs * 10)
+    floors["find_small"] = floor_us(lambda: small.find(b'"advisor'), runs * 10)
     host = ModelHost()
     answers_at_once = ModelHost(consults=False)  # the advisor offered, never called: one leg
     short = small_consult_body(True)
