@@ -16,6 +16,7 @@ import httpx
 
 from ._types import Receive, Scope, Send
 from .errors import error_body
+from .middleware import _LINGER
 from .routers.http import DEFAULT_TIMEOUT, PooledClient
 
 __all__ = ["UpstreamProxy"]
@@ -36,10 +37,6 @@ _HOP = frozenset(
         b"upgrade",
     }
 )
-
-
-_LINGER = 0.1
-"""Seconds the watcher may wait, once the response is out, for the server's ``http.disconnect``."""
 
 
 class _Disconnected(Exception):

@@ -287,9 +287,7 @@ async def upstream_passthrough_scenario(key: str, label: str, url: str, body: by
         await client.aclose()
         await app.app.aclose()
 
-    scenario = await _one_request_scenario(key, label, host, app, body, n, lambda: None)
-    scenario.close = close
-    return scenario
+    return await _one_request_scenario(key, label, host, app, body, n, close=close)
 
 
 async def passthrough_scenario(key: str, label: str, body: bytes, *, n: int) -> Scenario:
@@ -299,11 +297,19 @@ async def passthrough_scenario(key: str, label: str, body: bytes, *, n: int) -> 
         if host.last_body != body:
             raise RuntimeError("pass-through changed the request")
 
-    return await _one_request_scenario(key, label, host, AdvisorMiddleware(host), body, n, check)
+    return await _one_request_scenario(key, label, host, AdvisorMiddleware(host), body, n, check=check)
 
 
 async def _one_request_scenario(
-    key: str, label: str, alone: ASGIApp, behind: ASGIApp, body: bytes, n: int, check: Callable[[], None]
+    key: str,
+    label: str,
+    alone: ASGIApp,
+    behind: ASGIApp,
+    body: bytes,
+    n: int,
+    *,
+    check: Callable[[], None] | None = None,
+    close: Call | None = None,
 ) -> Scenario:
     """The same plain request to ``alone`` and to ``behind``; both must answer 200, the same
     bytes, and pass ``check`` (called after each)."""
@@ -313,7 +319,8 @@ async def _one_request_scenario(
     for app in (alone, behind):
         status, answer = await exchange(app, scope, chunks)
         answers.add(answer)
-        check()
+        if check is not None:
+            check()
         if status != 200:
             raise RuntimeError(f"a pass-through request failed ({status})")
     if len(answers) != 1:
@@ -325,7 +332,7 @@ async def _one_request_scenario(
     async def through() -> None:
         await exchange(behind, scope, chunks)
 
-    return Scenario(key, label, base, through, n)
+    return Scenario(key, label, base, through, n, close=close)
 
 
 STRETCHES = 5

@@ -231,29 +231,55 @@ async def test_a_200_that_is_neither_sse_nor_a_message_is_a_502() -> None:
     assert "neither SSE nor JSON" in error.error["message"]
 
 
-@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
-async def test_an_upstream_that_compresses_its_stream_anyway_is_decoded(encoding: str) -> None:
-    # Legs ask for identity, and the stream is read as it came; a gateway that compresses it
-    # all the same is decoded first. Its body comes in small pieces, so compressed bytes that are
-    # read as they are would be cut anywhere: events found only if they were decoded.
-    expected = reply_events(Reply([text("Squeezed.")]), "exec")
-    plain = b"".join(sse(event) for event in expected)
-    packed = gzip.compress(plain) if encoding == "gzip" else zlib.compress(plain)
+class Compressing:
+    """Wraps an upstream and compresses each whole answer, whatever the request asked for, then
+    sends it in 17-byte pieces: a gateway that ignores ``accept-encoding: identity``."""
 
-    async def compressing(scope: Any, receive: Any, send: Any) -> None:
+    def __init__(self, app: Any, encoding: str) -> None:
+        self.app = app
+        self.encoding = encoding
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
+            await self.app(scope, receive, send)
             return
-        headers = [(b"content-type", b"text/event-stream"), (b"content-encoding", encoding.encode())]
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        for i in range(0, len(packed), 17):
-            await send({"type": "http.response.body", "body": packed[i : i + 17], "more_body": True})
-        await send({"type": "http.response.body", "body": b""})
+        start: dict[str, Any] = {}
+        body: list[bytes] = []
 
-    async with uvicorn_server(compressing) as url:
-        router = HTTPRouter(url)
-        events = await events_of(router)
-        await router.aclose()
-    assert events == expected
+        async def collect(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                start.update(message)
+                return
+            body.append(message.get("body", b""))
+            if message.get("more_body", False):
+                return
+            raw = b"".join(body)
+            packed = gzip.compress(raw) if self.encoding == "gzip" else zlib.compress(raw)
+            headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
+            headers.append((b"content-encoding", self.encoding.encode()))
+            await send({**start, "headers": headers})
+            for i in range(0, len(packed), 17):
+                await send({"type": "http.response.body", "body": packed[i : i + 17], "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
+
+        await self.app(scope, receive, collect)
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+@pytest.mark.parametrize("streaming", [True, False], ids=["stream", "json"])
+async def test_a_consult_through_a_gateway_that_compresses_anyway(
+    script: Script, encoding: str, streaming: bool
+) -> None:
+    # Every leg's SSE comes back compressed: serve --upstream decodes each before reading it.
+    consult(script)
+    async with uvicorn_server(Compressing(scripted_host(script), encoding)) as upstream:
+        gateway = build_app(None, upstream=upstream)
+        async with sdk_for(gateway) as sdk:
+            message = await call(sdk, streaming, **PARAMS)
+        await gateway.app.aclose()
+    assert block_types(message.content) == ONE_CONSULT
+    assert message.content[2].content.text == "Advice."  # type: ignore[union-attr]
+    assert [r.role for r in script.requests] == ["executor", "advisor", "executor"]
 
 
 class Decoy:

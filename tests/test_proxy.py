@@ -210,9 +210,10 @@ async def test_a_server_silent_after_the_response_does_not_hold_the_request() ->
     # The proxy's watcher ends on the http.disconnect a server sends once the response is out;
     # one that never sends it (this receive blocks for good after the body) must not keep the
     # request open: the call returns, with the whole answer sent, shortly after the response.
+    # Through what serve --upstream runs: the middleware (a pass-through here), then the proxy.
     mirror = Mirror()
     async with uvicorn_server(mirror) as upstream:
-        proxy = UpstreamProxy(upstream)
+        gateway = build_app(None, upstream=upstream)
         sent: list[dict[str, Any]] = []
         delivered = False
 
@@ -237,9 +238,9 @@ async def test_a_server_silent_after_the_response_does_not_hold_the_request() ->
         }
         start = time.monotonic()
         with anyio.fail_after(5):
-            await proxy(scope, receive, send)
+            await gateway(scope, receive, send)
         elapsed = time.monotonic() - start
-        await proxy.aclose()
+        await gateway.app.aclose()
     assert sent[0]["status"] == 200
     assert sent[-1] == {"type": "http.response.body", "body": b"", "more_body": False}
     assert json.loads(b"".join(m.get("body", b"") for m in sent[1:]))["body"] == "{}"
