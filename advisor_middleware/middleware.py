@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 import zlib
 from collections.abc import Callable, Sequence
@@ -122,7 +123,7 @@ class AdvisorMiddleware:
             except AdvisorRequestError as exc:
                 await _send_error(send, exc.status, exc.body)
                 return
-            if _NEEDLE not in body:
+            if not _has_needle(body):
                 await self.app(scope, _replay([raw], receive), send)
                 return
         try:
@@ -420,23 +421,49 @@ def _decode(raw: bytes, encoding: bytes, cap: int) -> bytes:
 # Every name the middleware acts on is a JSON string that starts with "advisor": the tool type
 # advisor_20260301, the block type advisor_tool_result, and the name advisor of a server_tool_use
 # or of a tool_addition/tool_removal's tool (advisor-wire-spec §1.2, §2, §5; claude-code-client
-# §3). Any JSON encoder writes each of them with this needle at its start. With the quote, the
-# scan is ~20 % faster than for the bare word (a longer needle skips further: 443 against 560 µs
-# over 1 MB, docs/performance.md step 22), and prose that mentions an advisor no longer costs a
-# parse of the whole body. A name spelled with \u escapes ("\u0061dvisor") is missed, as it was
-# by the bare word: it reaches the host as sent, which answers as it would without us.
+# §3). Any JSON encoder writes each of them with this needle at its start, so prose that mentions
+# an advisor does not cost a parse of the whole body (step 22). A name spelled with \u escapes
+# ("\u0061dvisor") is missed: it reaches the host as sent, which answers as it would without us.
 _NEEDLE = b'"advisor'
+
+# The scan looks for "visor" with sre, then checks the three bytes before each hit. sre finds a
+# literal at about a byte a cycle, slowed only by how often the literal's first byte occurs;
+# bytes.find's two-way search slows with how often the needle's letters do. Measured over 1 MB
+# (docs/performance.md, step 25): 290 µs for this scan on the bench's conversation against 422 µs
+# for bytes.find, 280-300 against 935 on random letters. It starts at "v", not at the quote, because
+# quotes are frequent in JSON (sre on the whole needle: 1,380 µs over a body of short strings).
+_TAIL = re.compile(rb"visor")
+_HEAD = b'"ad'
+_MISSES = 16
+"""Hits that are not the needle (supervisor, "my advisor") before one bytes.find settles it: a
+body made of them costs one two-way scan more, not a Python turn per hit."""
+
+
+def _has_needle(data: bytes) -> bool:
+    """Whether ``"advisor`` occurs in ``data``."""
+    search = _TAIL.search
+    match = search(data)
+    misses = 0
+    while match is not None:
+        at = match.start() - len(_HEAD)
+        if at >= 0 and data.startswith(_HEAD, at):
+            return True
+        misses += 1
+        if misses == _MISSES:
+            return data.find(_NEEDLE, max(at, 0)) >= 0
+        match = search(data, match.end())
+    return False
 
 
 def _mentions_advisor(chunks: list[bytes]) -> bool:
     """Whether ``"advisor`` occurs in the body, checked chunk by chunk (a spelling split across
     two chunks included) so that a pass-through never copies the body to join it."""
     if len(chunks) == 1:
-        return _NEEDLE in chunks[0]
+        return _has_needle(chunks[0])
     keep = len(_NEEDLE) - 1
     tail = b""
     for chunk in chunks:
-        if _NEEDLE in chunk or (tail and _NEEDLE in tail + chunk[:keep]):
+        if _has_needle(chunk) or (tail and _has_needle(tail + chunk[:keep])):
             return True
         tail = chunk[-keep:] if len(chunk) >= keep else (tail + chunk)[-keep:]
     return False

@@ -527,3 +527,35 @@ async def test_a_string_starting_advisor_is_parsed_then_passed(entry: dict[str, 
     echo = ChunkEcho()
     await send_chunks(AdvisorMiddleware(echo), chunked(raw, 50))
     assert echo.chunks == [(raw, False)]  # parsed (so joined), found to be no advisor request
+
+
+def visor_prose(mentions: int) -> str:
+    # Each mention holds "visor" without the quote and "ad" before it: a hit the scan rejects.
+    return " ".join(["the supervisor asked my advisor"] * (mentions // 2) + ["a visor"] * (mentions % 2))
+
+
+@pytest.mark.parametrize("mentions", [0, 1, 15, 16, 17, 60])
+async def test_the_tool_after_many_near_misses_is_found(mentions: int) -> None:
+    # The scan rejects hits of "visor" one by one, then hands the rest of the body to one
+    # bytes.find: the tool after any number of them, in one chunk, is still found.
+    body = advisor_body()
+    body["messages"][0]["content"] = visor_prose(mentions)
+    raw = json.dumps({**body, "stream": False}).encode()
+    assert raw.count(b"visor") - raw.count(b'"advisor') == mentions  # the near misses
+    assert raw.index(b'"advisor') > raw.index(b'"tools"') > raw.index(b'"messages"')  # all before the tool
+    echo = ChunkEcho()
+    sent = await send_chunks(AdvisorMiddleware(echo), [raw])
+    assert echo.chunks, "the host saw no leg"
+    assert b"advisor_20260301" not in b"".join(c for c, _ in echo.chunks)  # legs, not the client's body
+    assert sent[0]["type"] == "http.response.start"
+
+
+@pytest.mark.parametrize("mentions", [1, 16, 60])
+async def test_near_misses_alone_are_not_parsed(mentions: int) -> None:
+    message = {"role": "user", "content": visor_prose(mentions)}
+    raw = json.dumps({"model": "exec", "max_tokens": 5, "messages": [message]})
+    assert raw.count("visor") == mentions
+    chunks = [raw[: len(raw) - 10].encode(), raw[len(raw) - 10 :].encode()]
+    echo = ChunkEcho()
+    await send_chunks(AdvisorMiddleware(echo), chunks)
+    assert echo.chunks == [(chunks[0], True), (chunks[1], False)]  # as they came: not joined for a parse
