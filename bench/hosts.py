@@ -23,6 +23,7 @@ __all__ = [
     "EXEC_MODEL",
     "FINAL_DELTAS_HEADER",
     "PACED_HEADER",
+    "BusyHost",
     "EchoHost",
     "ForwardingHost",
     "ModelHost",
@@ -32,7 +33,7 @@ __all__ = [
     "small_plain_body",
 ]
 
-from advisor_middleware._types import Receive, Scope, Send
+from advisor_middleware._types import ASGIApp, Receive, Scope, Send
 
 EXEC_MODEL = "exec-model"
 # A name LiteLLM's provider inference maps to Anthropic, so its advisor leg comes to our backend.
@@ -242,6 +243,25 @@ class EchoHost:
         pydantic_core.from_json(self.last_body)
         self.calls += 1
         await _send_json(send, self.answer)
+
+
+class BusyHost:
+    """``ModelHost`` (or any app) behind a gateway that does other work before each request:
+    a ``json.loads`` of a fixed ~0.15 MB document, standing in for the auth, routing and logging
+    code a real gateway runs. Between two legs of a consult, the middleware's code and data then
+    leave the CPU's caches, as they do in front of an HTTP backend, where httpx and the socket I/O
+    run in between; with no network in the row to add noise (docs/performance.md, round 8)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        rng = random.Random(7)
+        items = [{f"k{i}": "v" * rng.randrange(50), "n": list(range(i % 20))} for i in range(2000)]
+        self.document = json.dumps(items)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            json.loads(self.document)
+        await self.app(scope, receive, send)
 
 
 class ForwardingHost:

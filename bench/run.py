@@ -32,7 +32,7 @@ import httpx
 import pydantic_core
 
 from .backend import serve_in_subprocess
-from .hosts import ForwardingHost, ModelHost, claude_code_body, small_consult_body, small_plain_body
+from .hosts import BusyHost, ForwardingHost, ModelHost, claude_code_body, small_consult_body, small_plain_body
 from .inproc import (
     CHUNK,
     Row,
@@ -213,6 +213,14 @@ async def inproc_scenarios(sizes: Sizes, floors: dict[str, float]) -> list[Scena
             small_consult_body(False),
             stream=False,
             n=sizes.n_consult,
+        ),
+        await consult_scenario(
+            "consult_busy",
+            "Consult, streaming, short conversation, the host busy before each leg (cold caches)",
+            BusyHost(host),
+            short,
+            stream=True,
+            n=sizes.n_http,
         ),
         await consult_scenario(
             "consult_relay",

@@ -15,6 +15,7 @@ from bench.run import BEGIN, DEFAULT_DOC, END, main, write_doc
 ROWS = {
     "consult_stream",
     "consult_json",
+    "consult_busy",
     "consult_relay",
     "consult_large",
     "consult_huge",
