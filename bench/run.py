@@ -74,6 +74,7 @@ class Sizes:
     n_large: int
     n_huge: int
     n_http: int
+    n_busy: int
     n_pass_small: int
     n_pass_large: int
     n_pass_parse: int
@@ -98,6 +99,7 @@ FULL = Sizes(
     n_large=60,
     n_huge=15,
     n_http=300,
+    n_busy=600,
     n_pass_small=20000,
     n_pass_large=1000,
     n_pass_parse=200,
@@ -106,7 +108,7 @@ FULL = Sizes(
     litellm_n=60,
     ttfb_n=300,
     stream_events=10000,
-    stream_rounds=5,
+    stream_rounds=15,
     clients=1000,
     advisor_delay=1.0,
     n_instructions=20,
@@ -121,6 +123,7 @@ QUICK = Sizes(
     n_large=3,
     n_huge=2,
     n_http=3,
+    n_busy=3,
     n_pass_small=5,
     n_pass_large=5,
     n_pass_parse=3,
@@ -220,7 +223,7 @@ async def inproc_scenarios(sizes: Sizes, floors: dict[str, float]) -> list[Scena
             BusyHost(host),
             short,
             stream=True,
-            n=sizes.n_http,
+            n=sizes.n_busy,
         ),
         await consult_scenario(
             "consult_relay",
