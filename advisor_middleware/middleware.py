@@ -450,6 +450,7 @@ def _has_needle(data: bytes) -> bool:
             return True
         misses += 1
         if misses == _MISSES:
+            # A needle before this hit would have been an earlier hit, so the search starts here.
             return data.find(_NEEDLE, max(at, 0)) >= 0
         match = search(data, match.end())
     return False

@@ -530,7 +530,7 @@ async def test_a_string_starting_advisor_is_parsed_then_passed(entry: dict[str, 
 
 
 def visor_prose(mentions: int) -> str:
-    # Each mention holds "visor" without the quote and "ad" before it: a hit the scan rejects.
+    # Each mention holds "visor" without '"ad' right before it: a hit the scan rejects.
     return " ".join(["the supervisor asked my advisor"] * (mentions // 2) + ["a visor"] * (mentions % 2))
 
 
