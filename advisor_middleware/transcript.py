@@ -28,69 +28,75 @@ def render_transcript(
 ) -> str:
     """The advisor's user message. Blocks longer than ``max_block_chars`` are cut with a marker
     (append-only safe: a block renders the same in every consult). Over the ``max_chars``
-    budget, blocks are cut harder, then the oldest part of the transcript is left out, so the
-    advisor leg fails with ``prompt_too_long`` only when even that cannot help."""
+    budget, blocks are cut harder, then the oldest messages are left out (a marker says how
+    many), so the advisor leg fails with ``prompt_too_long`` only when even that cannot help."""
     caps = [max_block_chars]
     while caps[-1] > 1000:
         caps.append(caps[-1] // 4)
-    # Each render is a walk of the whole conversation (~1 ms per MB; issue 7). A render at a cap
-    # that is not the last stops once it is over the budget, and a cap below the first is
-    # skipped when a lower bound on its length (one light walk, ~0.2 ms per MB) is over it.
-    # The last cap always renders whole.
-    fields: list[int] | None = None
-    text = ""
-    for cap in caps:
-        last = cap == caps[-1]
-        if max_chars is not None and not last and cap != max_block_chars:
-            fields = _field_lengths(messages) if fields is None else fields
-            if sum(min(n, cap) for n in fields) > max_chars:
-                continue
-        parts = _render(body, messages, cap, None if last else max_chars)
-        if parts is None:
-            continue
-        text = "".join(parts)
-        if max_chars is None or len(text) <= max_chars:
-            return text
+    # A render is a walk of the whole conversation (~1 ms per MB; issue 7). Most transcripts fit
+    # the first cap; a render that is not the last stops as soon as it is over the budget.
+    # Then one light walk (~0.2 ms per MB) gives a lower bound on each cap's length, and stops
+    # once even the last cap's is over the budget: a cap whose bound is over is not rendered.
+    # The last cap renders whole, or, known to be over, only the newest messages that fill the
+    # budget (docs/performance.md, steps 13 and 27).
+    if max_chars is None or len(caps) > 1:
+        parts = _render(body, messages, caps[0], max_chars)
+        if parts is not None:
+            return "".join(parts)
     assert max_chars is not None
-    head, marker, rest = text.partition(_TRANSCRIPT)
-    room = max_chars - len(head) - len(marker) - 80
-    if room <= 0:
-        return text[:max_chars]
-    return f"{head}{marker}[... {len(rest) - room} characters of the earlier transcript left out ...]\n{rest[-room:]}"
+    lengths = _field_lengths(messages, caps[-1], max_chars)
+    for cap in caps[1:-1]:
+        if lengths is not None and sum(min(n, cap) for n in lengths) <= max_chars:
+            parts = _render(body, messages, cap, max_chars)
+            if parts is not None:
+                return "".join(parts)
+    if lengths is None:
+        return _newest(body, messages, caps[-1], max_chars)
+    return _shorten(_whole(body, messages, caps[-1]), 0, max_chars)
 
 
 _TRANSCRIPT = "\n=== Transcript ===\n"
 
 
-def _field_lengths(messages: list[Any]) -> list[int]:
+def _field_lengths(messages: list[Any], cap: int, limit: int) -> list[int] | None:
     """The lengths of the texts a render cuts to its cap and always shows (message and text
-    block texts, tool results): at cap c a render is at least the sum of min(length, c)."""
-    lengths = []
+    block texts, tool results): at cap c a render is at least the sum of min(length, c). None
+    as soon as that sum at ``cap`` (the smallest) is over ``limit``: no cap can fit."""
+    lengths: list[int] = []
+    low = 0  # the sum at `cap` so far
     for message in messages:
         content = message.get("content") if isinstance(message, dict) else None
         if isinstance(content, str):
-            lengths.append(len(content))
+            n = len(content)
+            lengths.append(n)
+            low += n if n < cap else cap
         elif isinstance(content, list):
             for block in content:
                 if not isinstance(block, dict):
                     continue
                 kind = block.get("type")
                 if kind == "text" and isinstance(block.get("text"), str):
-                    lengths.append(len(block["text"]))
+                    n = len(block["text"])
                 elif kind == "tool_result":
                     result = block.get("content")
                     if isinstance(result, str):
-                        lengths.append(len(result))
+                        n = len(result)
                     elif isinstance(result, list):
                         texts = [p.get("text") for p in result if isinstance(p, dict) and p.get("type") == "text"]
-                        lengths.append(sum(len(t) for t in texts if isinstance(t, str)))
+                        n = sum(len(t) for t in texts if isinstance(t, str))
+                    else:
+                        continue
+                else:
+                    continue
+                lengths.append(n)
+                low += n if n < cap else cap
+        if low > limit:
+            return None
     return lengths
 
 
-def _render(
-    body: dict[str, Any], messages: list[Any], max_block_chars: int, budget: int | None = None
-) -> list[str] | None:
-    """The transcript's parts; None as soon as they are longer than ``budget``."""
+def _head(body: dict[str, Any], max_block_chars: int) -> str:
+    """What comes before the messages: the preamble, the executor's system prompt and tools."""
     parts = [_PREAMBLE]
     system = _system_text(body.get("system"))
     if system:
@@ -101,16 +107,95 @@ def _render(
         if lines:
             parts.append("\n=== Executor's tools ===\n" + "\n".join(lines) + "\n")
     parts.append(_TRANSCRIPT)
-    size = sum(len(part) for part in parts)
+    return "".join(parts)
+
+
+def _render(
+    body: dict[str, Any], messages: list[Any], max_block_chars: int, budget: int | None = None
+) -> list[str] | None:
+    """The head, then each message's part ("" for one that is not an object); None as soon as
+    they are longer than ``budget``."""
+    parts = [_head(body, max_block_chars)]
+    size = len(parts[0])
+    if budget is not None and size > budget:
+        return None
     advisor_ids: set[str] = set()
     for message in messages:
-        if isinstance(message, dict):
-            part = _message(message, advisor_ids, max_block_chars)
-            parts.append(part)
-            size += len(part)
-            if budget is not None and size > budget:
-                return None
+        part = _message(message, advisor_ids, max_block_chars) if isinstance(message, dict) else ""
+        parts.append(part)
+        size += len(part)
+        if budget is not None and size > budget:
+            return None
     return parts
+
+
+def _whole(body: dict[str, Any], messages: list[Any], max_block_chars: int) -> list[str]:
+    parts = _render(body, messages, max_block_chars)
+    assert parts is not None  # no budget
+    return parts
+
+
+def _newest(body: dict[str, Any], messages: list[Any], cap: int, max_chars: int) -> str:
+    """The transcript at ``cap`` when it is known to be over ``max_chars``: only the newest
+    messages that fill the budget are rendered, newest first (a fifth of a 5 MB conversation's
+    render, step 27). Each is rendered as a whole render would: a tool result reads as advice
+    when an earlier ``tool_use`` of the advisor has its id."""
+    head = _head(body, cap)
+    room = max_chars - len(head) - _MARKER_ROOM
+    if room <= 0:  # the head alone fills the budget
+        return _shorten(_whole(body, messages, cap), 0, max_chars)
+    first_call: dict[str, int] = {}  # advisor tool_use id -> the message that makes it first
+    for at, message in enumerate(messages):
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, list):
+            for block in content:
+                if isinstance(block, dict) and block.get("type") == "tool_use" and block.get("name") == ADVISOR_NAME:
+                    first_call.setdefault(str(block.get("id")), at)
+    made_at: dict[int, list[str]] = {}
+    for call_id, at in first_call.items():
+        made_at.setdefault(at, []).append(call_id)
+    earlier = set(first_call)  # made before the message being rendered
+    parts: list[str] = []
+    size = 0
+    start = len(messages)
+    while size < room and start > 0:
+        start -= 1
+        message = messages[start]
+        own = made_at.get(start, ())
+        earlier.difference_update(own)
+        part = _message(message, earlier, cap) if isinstance(message, dict) else ""
+        earlier.difference_update(own)  # _message added those this message makes
+        parts.append(part)
+        size += len(part)
+    parts.append(head)
+    parts.reverse()
+    return _shorten(parts, start, max_chars)
+
+
+# Room left for the marker that says what was left out (at most 66 characters).
+_MARKER_ROOM = 80
+
+
+def _shorten(parts: list[str], start: int, max_chars: int) -> str:
+    """The head (``parts[0]``) and the parts of messages ``start`` onwards, within
+    ``max_chars``: the newest characters that fit, after a marker saying how many messages were
+    left out (a whole transcript that fits is returned as it is)."""
+    head = parts[0]
+    if start == 0:
+        whole = "".join(parts)
+        if len(whole) <= max_chars:
+            return whole
+    room = max_chars - len(head) - _MARKER_ROOM
+    if room <= 0:
+        return "".join(parts)[:max_chars]
+    first = len(parts)
+    size = 0
+    while size < room and first > 1:
+        first -= 1
+        size += len(parts[first])
+    kept = "".join(parts[first:])
+    partly = ", and part of the next" if size > room else ""
+    return f"{head}[... {start + first - 1} earlier messages left out{partly} ...]\n{kept[-room:]}"
 
 
 def _system_text(system: Any) -> str:

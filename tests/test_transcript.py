@@ -9,6 +9,7 @@ shrunk, and only when even that fails does the consult end as ``prompt_too_long`
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -224,7 +225,21 @@ async def test_a_huge_conversation_is_shrunk_to_the_budget(make_app: MakeApp, sc
     assert transcript.endswith("\n[User]\nFinal question: what now?\n\n[Executor]\nAsking.\n" + CALLED)
     assert "Question 199: " in transcript
     assert "Question 000: " not in transcript
-    assert "characters of the earlier transcript left out" in transcript
+    # The marker counts the messages left out whole: the one before the first shown is gone.
+    marker = re.search(
+        r"\n=== Transcript ===\n\[\.\.\. (\d+) earlier messages left out(, and part of the next)? \.\.\.\]\n",
+        transcript,
+    )
+    assert marker is not None
+    left_out = int(marker.group(1))
+
+    def opening(i: int) -> str:
+        return f"{'Question' if i % 2 == 0 else 'Answer'} {i // 2:03d}: "
+
+    assert opening(left_out - 1) not in transcript
+    # After the marker: the end of message left_out if it is cut, then whole messages.
+    first_whole = re.search(r"(Question|Answer) \d{3}: ", transcript[marker.end() :])
+    assert first_whole is not None and first_whole.group(0) == opening(left_out + (1 if marker.group(2) else 0))
     # The executor itself gets the whole conversation.
     assert len(json.dumps(script.of("executor")[0].body["messages"])) > 400_000
 

@@ -1,7 +1,8 @@
 """Property test: the transcript budget (``render_transcript`` with ``max_chars``) stops renders
-that are over it and skips caps by a lower bound on their length (docs/performance.md, step 13);
-what it returns must be what rendering the whole transcript at every cap in turn, then cutting
-the oldest part, gives."""
+that are over it, skips caps by a lower bound on their length (docs/performance.md, step 13)
+and, over the budget at the last cap, renders only the newest messages (step 27); what it
+returns must be what rendering the whole transcript at every cap in turn, then keeping its
+newest characters, gives."""
 
 from __future__ import annotations
 
@@ -11,31 +12,42 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from advisor_middleware.transcript import _TRANSCRIPT, _render, render_transcript
+from advisor_middleware.transcript import _render, render_transcript
 
 from .upstream import text, thinking, tool_use
 
 
-def whole(body: dict[str, Any], messages: list[Any], cap: int) -> str:
+def whole(body: dict[str, Any], messages: list[Any], cap: int) -> list[str]:
+    """The head, then each message's part, of the whole transcript at ``cap``."""
     parts = _render(body, messages, cap)
     assert parts is not None
-    return "".join(parts)
+    return parts
 
 
 def every_cap(body: dict[str, Any], messages: list[Any], max_block_chars: int, max_chars: int) -> str:
-    """The budget without any shortcut: render the whole transcript at each cap until one fits."""
+    """The budget without any shortcut: render the whole transcript at each cap until one fits;
+    over the budget at the last, the head, a marker and the newest characters that fit."""
     cap = max_block_chars
-    text = whole(body, messages, cap)
-    while len(text) > max_chars and cap > 1000:
+    parts = whole(body, messages, cap)
+    while len("".join(parts)) > max_chars and cap > 1000:
         cap //= 4
-        text = whole(body, messages, cap)
+        parts = whole(body, messages, cap)
+    text = "".join(parts)
     if len(text) <= max_chars:
         return text
-    head, marker, rest = text.partition(_TRANSCRIPT)
-    room = max_chars - len(head) - len(marker) - 80
+    head, rest = parts[0], "".join(parts[1:])
+    room = max_chars - len(head) - 80
     if room <= 0:
         return text[:max_chars]
-    return f"{head}{marker}[... {len(rest) - room} characters of the earlier transcript left out ...]\n{rest[-room:]}"
+    cut = len(rest) - room  # characters left out
+    ends, spans, at = [], [], 0
+    for part in parts[1:]:
+        spans.append((at, at + len(part)))
+        at += len(part)
+        ends.append(at)
+    left_out = sum(1 for end in ends if end <= cut)
+    partly = ", and part of the next" if any(begin < cut < end for begin, end in spans) else ""
+    return f"{head}[... {left_out} earlier messages left out{partly} ...]\n{rest[-room:]}"
 
 
 Draw = Any
@@ -79,6 +91,7 @@ def conversations(draw: Draw) -> list[Any]:
     st.integers(100, 300_000),
 )
 @example([{"role": "user", "content": "x" * 120_000}] * 8, None, 50_000, 400_000)  # skips to the last cap
+@example([], None, 4001, 100)  # the head alone is over the budget
 def test_the_budget_gives_what_rendering_every_cap_gives(
     messages: list[Any], system: str | None, max_block_chars: int, max_chars: int
 ) -> None:
@@ -87,6 +100,7 @@ def test_the_budget_gives_what_rendering_every_cap_gives(
         body["system"] = system
     fast = render_transcript(body, messages, max_block_chars=max_block_chars, max_chars=max_chars)
     assert fast == every_cap(body, messages, max_block_chars, max_chars)
+    assert len(fast) <= max_chars
 
 
 @pytest.mark.parametrize("slack", [0, 1])
@@ -95,7 +109,7 @@ def test_a_transcript_that_just_fits_is_kept_whole(slack: int) -> None:
     # field would cut them all.
     messages: list[Any] = [{"role": "assistant", "content": [text("y" * 13_000) for _ in range(30)]}]
     body: dict[str, Any] = {"messages": messages}
-    exact = len(whole(body, messages, 50_000))
+    exact = len("".join(whole(body, messages, 50_000)))
     fast = render_transcript(body, messages, max_block_chars=50_000, max_chars=exact - 1 + slack)
     assert fast == every_cap(body, messages, 50_000, exact - 1 + slack)
     assert ("more characters not shown" in fast) == (slack == 0)
@@ -107,6 +121,57 @@ def test_a_transcript_that_just_fits_a_harder_cap_is_cut_at_that_cap() -> None:
     blocks = [text("z" * 60_000)] + [text("w" * 12_000) for _ in range(30)]
     messages: list[Any] = [{"role": "assistant", "content": blocks}]
     body: dict[str, Any] = {"messages": messages}
-    budget = len(whole(body, messages, 12_500))
+    budget = len("".join(whole(body, messages, 12_500)))
     fast = render_transcript(body, messages, max_block_chars=50_000, max_chars=budget)
-    assert fast == every_cap(body, messages, 50_000, budget) == whole(body, messages, 12_500)
+    assert fast == every_cap(body, messages, 50_000, budget) == "".join(whole(body, messages, 12_500))
+
+
+def test_many_short_texts_do_not_stop_the_walk_before_a_cap_that_fits() -> None:
+    # The light walk gives up only when even the last cap's bound is over the budget: here that
+    # bound is most of the budget (thirty short texts) and the third cap still fits.
+    blocks = [text("s" * 700) for _ in range(30)] + [text("L" * 4000)]
+    messages: list[Any] = [{"role": "assistant", "content": blocks}]
+    body: dict[str, Any] = {"messages": messages}
+    budget = len("".join(whole(body, messages, 3125)))
+    fast = render_transcript(body, messages, max_block_chars=50_000, max_chars=budget)
+    assert fast == every_cap(body, messages, 50_000, budget) == "".join(whole(body, messages, 3125))
+
+
+def consults(pairs: int) -> list[Any]:
+    """A long conversation of advisor consults and tool calls, with near its end: a Bash call
+    whose id an advisor call reuses later, an advisor id called twice, a message whose result
+    comes before the call with its id, and a message that is not an object."""
+    messages: list[Any] = [{"role": "user", "content": "Start. " + "u" * 900}]
+    for n in range(pairs):
+        name = "advisor" if n % 3 else "Bash"
+        call_id = f"toolu_{n}"
+        if n in (pairs - 9, pairs - 2):
+            name, call_id = ("Bash" if n == pairs - 9 else "advisor"), "toolu_reused"
+        elif n in (pairs - 7, pairs - 3):
+            name, call_id = "advisor", "toolu_twice"
+        messages.append({"role": "assistant", "content": [text(f"Step {n}. " + "e" * 700), tool_use(name, id=call_id)]})
+        messages.append(result_of(call_id, f"Result {n}. " + "r" * (300 + 17 * n)))
+        if n == pairs - 5:
+            odd = result_of("toolu_odd", "Early result.")
+            odd["content"].append(tool_use("advisor", id="toolu_odd"))
+            messages += ["not a message", odd, result_of("toolu_odd", "Late result.")]
+    return messages
+
+
+@pytest.mark.parametrize("pairs", [40, 120])
+def test_the_newest_messages_read_as_in_a_whole_render(pairs: int) -> None:
+    # Over the budget at the last cap only the newest messages are rendered, newest first: a
+    # result must read as advice exactly when a whole render says so (an advisor call with its
+    # id before it, in an earlier message or earlier in its own), its call left out or not, and
+    # the marker must count what a whole render leaves out. Every cut point over a span of
+    # budgets: between a call and its result, inside a message, at its edge.
+    messages = consults(pairs)
+    body: dict[str, Any] = {"messages": messages, "system": "Be brief.", "tools": [{"name": "Bash"}]}
+    total = len("".join(whole(body, messages, 781)))
+    seen = set()
+    for max_chars in [*range(1000, 24_000, 53), total // 2, total - 1, total]:
+        fast = render_transcript(body, messages, max_block_chars=50_000, max_chars=max_chars)
+        assert fast == every_cap(body, messages, 50_000, max_chars), max_chars
+        assert len(fast) <= max_chars
+        seen.add(("advice" if "(the advisor said)" in fast else "") + ("partly" if "part of the next" in fast else ""))
+    assert {"advicepartly", "advice"} <= seen, seen
