@@ -20,6 +20,7 @@ from .blocks import ADVISOR_NAME, AdvisorTool, advisor_result_block, server_tool
 from .config import AdvisorConfig
 from .errors import ClientGone, UpstreamError
 from .history import HistoryInfo, advice_tool_result, advisor_tool_use, render_history
+from .legs import LegEncoder
 from .prompts import ADVISOR_SYSTEM_PROMPT, EXECUTOR_TOOL_DESCRIPTION, budget_note
 from .routers.base import LEG_HEADER, Batch, Leg, MessagesRouter, leg_headers, run_leg
 from .sse import RawDelta, raw_delta_at, raw_delta_event
@@ -223,6 +224,7 @@ class Orchestration:
         stop_reason: Any = None
         stop_sequence: Any = None
         legs = 0
+        encode = LegEncoder().encode  # each leg encodes only the messages the last did not have
         while True:
             legs += 1
             leg_body = dict(self.base)
@@ -236,7 +238,7 @@ class Orchestration:
             held: list[list[dict[str, Any]]] = []
             calls: list[_Call] = []
             self._held, self._calls = held, calls
-            leg = Leg("executor", leg_body, self.exec_headers, self.scope, raw_deltas=True)
+            leg = Leg("executor", leg_body, self.exec_headers, self.scope, raw_deltas=True, encoder=encode)
             await run_leg(self.router, leg, self._on_batch)
             if not acc.finished:
                 raise UpstreamError(502, "the executor's stream ended before its message_delta")

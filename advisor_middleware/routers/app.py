@@ -10,7 +10,7 @@ import anyio
 
 from .._types import ASGIApp, Message
 from ..errors import ClientGone, UpstreamError
-from ..sse import SSEDecoder, encode_json
+from ..sse import SSEDecoder
 from .base import Batch, BatchRouter, Leg, OnBatch
 from .events import MAX_BUFFERED, decode_events, json_message_events
 
@@ -69,7 +69,7 @@ class AppRouter(BatchRouter):
         ``on_batch`` as one group, from inside the app's ``send``: the leg's events reach the
         client (and the app feels the client's back-pressure) with no task, channel or loop turn
         in between (docs/performance.md, round 3)."""
-        body = encode_json(leg.body)
+        body = leg.encode()
         headers = [(k, v) for k, v in leg.headers if k != b"content-type"]
         headers += [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         scope = dict(leg.scope)

@@ -10,7 +10,7 @@ from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from ..sse import RawDelta, raw_delta_event
+from ..sse import RawDelta, encode_json, raw_delta_event
 
 T = TypeVar("T")
 
@@ -79,6 +79,14 @@ class Leg:
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     scope: Mapping[str, Any] = field(default_factory=dict)
     raw_deltas: bool = False
+    encoder: Callable[[dict[str, Any]], bytes] | None = field(default=None, repr=False, compare=False)
+    """What :meth:`encode` uses instead of :func:`~advisor_middleware.sse.encode_json`, if set."""
+
+    def encode(self) -> bytes:
+        """``body`` as JSON bytes, as the shipped routers send it. For the executor's legs the
+        middleware sets an ``encoder`` that encodes only the messages the previous leg did not
+        have (:class:`~advisor_middleware.legs.LegEncoder`); the bytes are the same."""
+        return encode_json(self.body) if self.encoder is None else self.encoder(self.body)
 
 
 @runtime_checkable

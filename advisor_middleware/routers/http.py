@@ -9,7 +9,7 @@ from http.cookiejar import CookieJar, DefaultCookiePolicy
 import httpx
 
 from ..errors import UpstreamError
-from ..sse import SSEDecoder, encode_json
+from ..sse import SSEDecoder
 from .base import Batch, BatchRouter, Leg, OnBatch
 from .events import MAX_BUFFERED, decode_events, json_message_events
 
@@ -122,7 +122,7 @@ class HTTPRouter(PooledClient, BatchRouter):
             async with self.client.stream(
                 "POST",
                 url,
-                content=encode_json(leg.body),
+                content=leg.encode(),
                 headers=headers,
                 timeout=self.timeout,
                 follow_redirects=False,
