@@ -85,7 +85,9 @@ class Leg:
     def encode(self) -> bytes:
         """``body`` as JSON bytes, as the shipped routers send it. For the executor's legs the
         middleware sets an ``encoder`` that encodes only the messages the previous leg did not
-        have (:class:`~advisor_middleware.legs.LegEncoder`); the bytes are the same."""
+        have (:class:`~advisor_middleware.legs.LegEncoder`); the bytes are the same. It takes
+        a message it has encoded before, the same object, to be unchanged: a router that edits
+        messages in place should encode ``body`` itself."""
         return encode_json(self.body) if self.encoder is None else self.encoder(self.body)
 
 
