@@ -33,20 +33,25 @@ def render_transcript(
     caps = [max_block_chars]
     while caps[-1] > 1000:
         caps.append(caps[-1] // 4)
-    # A render is a walk of the whole conversation (~1 ms per MB; issue 7). Most transcripts fit
-    # the first cap; a render that is not the last stops as soon as it is over the budget.
-    # Then one light walk (~0.2 ms per MB) gives a lower bound on each cap's length, and stops
-    # once even the last cap's is over the budget: a cap whose bound is over is not rendered.
-    # The last cap renders whole, or, known to be over, only the newest messages that fill the
-    # budget (docs/performance.md, steps 13 and 27).
-    if max_chars is None or len(caps) > 1:
-        parts = _render(body, messages, caps[0], max_chars)
+    # A render is a walk of the whole conversation (~1 ms per MB; issue 7). One light walk
+    # (~0.3 ms per MB) gives a lower bound on each cap's length, and stops once even the last
+    # cap's is over the budget: a cap whose bound is over is not rendered, and a render that is
+    # not the last stops as soon as it is over the budget. The last cap renders whole, or,
+    # known to be over, only the newest messages that fill the budget. Most transcripts fit
+    # the first cap, and the walk would be waste for them: the first cap is tried before it
+    # unless the conversation has more messages than the budget holds at 1,000 characters
+    # each (docs/performance.md, steps 13, 27 and 29).
+    if max_chars is None:
+        return "".join(_whole(body, messages, max_block_chars))
+    tried = None
+    if len(caps) > 1 and len(messages) * 1000 <= max_chars:
+        parts = _render(body, messages, max_block_chars, max_chars)
         if parts is not None:
             return "".join(parts)
-    assert max_chars is not None
+        tried = max_block_chars
     lengths = _field_lengths(messages, caps[-1], max_chars)
-    for cap in caps[1:-1]:
-        if lengths is not None and sum(min(n, cap) for n in lengths) <= max_chars:
+    for cap in caps[:-1]:
+        if cap != tried and lengths is not None and sum(min(n, cap) for n in lengths) <= max_chars:
             parts = _render(body, messages, cap, max_chars)
             if parts is not None:
                 return "".join(parts)

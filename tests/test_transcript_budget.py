@@ -137,6 +137,20 @@ def test_many_short_texts_do_not_stop_the_walk_before_a_cap_that_fits() -> None:
     assert fast == every_cap(body, messages, 50_000, budget) == "".join(whole(body, messages, 3125))
 
 
+@pytest.mark.parametrize("short", [30, 300])
+def test_many_messages_that_fit_the_first_cap_are_rendered_at_it(short: int) -> None:
+    # More messages than the budget holds at 1,000 characters each: the light walk comes first
+    # (step 29), and the first cap must still be the one rendered when the transcript fits it.
+    # One text is over the second cap, so a render at any harder cap would cut it.
+    messages: list[Any] = [{"role": "user", "content": f"m{n}"} for n in range(short)]
+    messages.insert(short // 2, {"role": "assistant", "content": [text("B" * 13_000)]})
+    body: dict[str, Any] = {"messages": messages}
+    budget = len("".join(whole(body, messages, 50_000)))
+    assert len(messages) * 1000 > budget
+    fast = render_transcript(body, messages, max_block_chars=50_000, max_chars=budget)
+    assert fast == every_cap(body, messages, 50_000, budget) == "".join(whole(body, messages, 50_000))
+
+
 def consults(pairs: int) -> list[Any]:
     """A long conversation of advisor consults and tool calls, with near its end: a Bash call
     whose id an advisor call reuses later, an advisor id called twice, a message whose result
