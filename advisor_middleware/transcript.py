@@ -43,15 +43,14 @@ def render_transcript(
     # each (docs/performance.md, steps 13, 27 and 29).
     if max_chars is None:
         return "".join(_whole(body, messages, max_block_chars))
-    tried = None
-    if len(caps) > 1 and len(messages) * 1000 <= max_chars:
+    first_tried = len(caps) > 1 and len(messages) * 1000 <= max_chars
+    if first_tried:
         parts = _render(body, messages, max_block_chars, max_chars)
         if parts is not None:
             return "".join(parts)
-        tried = max_block_chars
     lengths = _field_lengths(messages, caps[-1], max_chars)
-    for cap in caps[:-1]:
-        if cap != tried and lengths is not None and sum(min(n, cap) for n in lengths) <= max_chars:
+    for cap in caps[1 if first_tried else 0 : -1]:
+        if lengths is not None and sum(min(n, cap) for n in lengths) <= max_chars:
             parts = _render(body, messages, cap, max_chars)
             if parts is not None:
                 return "".join(parts)

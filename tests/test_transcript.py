@@ -244,6 +244,23 @@ async def test_a_huge_conversation_is_shrunk_to_the_budget(make_app: MakeApp, sc
     assert len(json.dumps(script.of("executor")[0].body["messages"])) > 400_000
 
 
+async def test_many_short_messages_that_fit_keep_every_block_whole(make_app: MakeApp, script: Script) -> None:
+    # More messages than the budget holds at 1,000 characters each (the light walk comes first,
+    # docs/performance.md step 29), yet the transcript fits at the first cap: the 13,000-character
+    # answer, over the second cap, must reach the advisor uncut.
+    consult(script)
+    long_answer = "L" * 13_000
+    messages: list[Any] = []
+    for n in range(30):
+        messages += [user(f"q{n}"), assistant(long_answer if n == 10 else f"a{n}")]
+    response = await post(make_app(max_transcript_chars=20_000), json=request_body([*messages, user("Go.")]))
+    assert block_types(response.json()["content"]) == ONE_CONSULT
+    (transcript,) = transcripts(script)
+    assert len(messages) * 1000 > 20_000
+    assert f"\n[Executor]\n{long_answer}\n" in transcript
+    assert "more characters not shown" not in transcript and "left out" not in transcript
+
+
 async def test_a_prompt_too_long_advisor_is_an_error_result(make_app: MakeApp, script: Script) -> None:
     script.executor(
         Reply([text("Asking."), tool_use("advisor", id="toolu_1")], stop_reason="tool_use"),
