@@ -6,7 +6,7 @@ import logging
 import re
 import time
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import anyio
@@ -17,10 +17,10 @@ from ._types import ASGIApp, Message, Receive, Scope, Send
 from .accumulate import MessageAccumulator
 from .classify import classify
 from .config import AdvisorConfig
-from .errors import AdvisorRequestError, UpstreamError, error_body
+from .errors import AdvisorRequestError, ClientGone, UpstreamError, error_body
 from .orchestrator import Orchestration
 from .routers.app import CLIENT, WIND_DOWN, AppRouter, Departure
-from .routers.base import LEG_HEADER, MessagesRouter
+from .routers.base import LEG_HEADER, NOTHING, MessagesRouter
 from .sse import RawDelta, encode_event, encode_json
 
 __all__ = ["AdvisorMiddleware"]
@@ -235,8 +235,9 @@ class AdvisorMiddleware:
     async def _write_json(self, orchestration: Orchestration, send: Send) -> None:
         acc = MessageAccumulator()
 
-        async def feed(group: Sequence[dict[str, Any] | RawDelta]) -> None:
+        def feed(group: Sequence[dict[str, Any] | RawDelta]) -> Awaitable[None]:
             acc.feed_all(group)  # RawDelta deltas are parsed at complete()
+            return NOTHING  # a plain function, not a coroutine (routers/base.py)
 
         try:
             await orchestration.run(feed)
@@ -372,6 +373,10 @@ class _StreamWriter:
                 self.started = True
                 await self.send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
             await self.send({"type": "http.response.body", "body": body, "more_body": more_body})
+        except OSError as exc:
+            # ASGI 2.4: the client is gone. The loop ends on a ClientGone quietly, as when a
+            # leg learns it; any other failure of an emit would be reported as the loop's own.
+            raise ClientGone("the client left during the response") from exc
         finally:
             self._sending = False
         self._last = time.monotonic()

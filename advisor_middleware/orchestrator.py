@@ -22,7 +22,7 @@ from .errors import ClientGone, UpstreamError
 from .history import HistoryInfo, advice_tool_result, advisor_tool_use, render_history
 from .legs import LegEncoder
 from .prompts import ADVISOR_SYSTEM_PROMPT, EXECUTOR_TOOL_DESCRIPTION, budget_note
-from .routers.base import LEG_HEADER, Batch, Leg, MessagesRouter, leg_headers, run_leg
+from .routers.base import LEG_HEADER, NOTHING, Batch, Leg, MessagesRouter, leg_headers, run_leg
 from .sse import RawDelta, raw_delta_at, raw_delta_event
 from .transcript import render_transcript
 
@@ -112,7 +112,6 @@ class Orchestration:
         self._held: list[list[dict[str, Any]]] = []
         self._calls: list[_Call] = []
         self._emit: Emit | None = None
-        self._emit_failed: BaseException | None = None
 
     @staticmethod
     def _executor_base(body: dict[str, Any], tool_index: int, tool: AdvisorTool) -> dict[str, Any]:
@@ -159,13 +158,13 @@ class Orchestration:
         task. Before anything was
         emitted (and always in JSON mode) a failure raises, so the caller can answer with the
         upstream's own status; once streaming has started it ends the stream instead: open
-        blocks closed, then one ``error`` event. An exception from ``emit`` itself (the client
-        is gone) propagates unchanged."""
+        blocks closed, then one ``error`` event. :class:`ClientGone` (which ``emit`` raises
+        once the client is gone, as a leg does) propagates unchanged."""
         self._emit = emit
         try:
             await self._loop()
         except Exception as exc:
-            if exc is self._emit_failed or isinstance(exc, ClientGone) or not self.streaming or not self._started:
+            if isinstance(exc, ClientGone) or not self.streaming or not self._started:
                 raise
             if isinstance(exc, UpstreamError):
                 log.warning("executor leg failed after the response started: %s", exc)
@@ -179,16 +178,9 @@ class Orchestration:
             self._blocks = {}
             await emit([*closing_events, {"type": "error", "error": error}])
 
-    async def _out(self, group: Sequence[dict[str, Any] | RawDelta]) -> None:
-        assert self._emit is not None
-        try:
-            await self._emit(group)
-        except BaseException as exc:
-            self._emit_failed = exc
-            raise
-
     async def _loop(self) -> None:
-        out = self._out
+        out = self._emit
+        assert out is not None
         messages, info = self._history or render_history(self.body.get("messages") or [])
         self._history_messages = messages
         if info.pending:
@@ -285,23 +277,17 @@ class Orchestration:
         tail.append({"type": "message_stop"})
         await out(tail)
 
-    async def _on_batch(self, batch: Batch) -> None:
+    def _on_batch(self, batch: Batch) -> Awaitable[None]:
+        # A function that hands back emit's awaitable, not a coroutine that awaits it (see
+        # NOTHING): this runs for every group a leg sends.
+        emit = self._emit
+        assert emit is not None
         group: Batch = []
         try:
             self._relay(batch, group, self._acc, self._held, self._calls)
-        except Exception:
-            if group:  # sent first, so the blocks they open can be closed
-                await self._out(group)
-            raise
-        if group:
-            # What _out does, inline: this runs for every group a leg sends, and each
-            # coroutine level costs ~1,000 instructions (docs/performance.md, step 19).
-            assert self._emit is not None
-            try:
-                await self._emit(group)
-            except BaseException as exc:
-                self._emit_failed = exc
-                raise
+        except Exception as exc:
+            return _emit_then_raise(emit, group, exc)
+        return emit(group) if group else NOTHING
 
     def _relay(
         self,
@@ -487,8 +473,9 @@ class Orchestration:
         acc = MessageAccumulator()
         leg = Leg("advisor", body, self.advisor_headers, self.scope)
 
-        async def feed(batch: Batch) -> None:
+        def feed(batch: Batch) -> Awaitable[None]:
             acc.feed_all(batch)
+            return NOTHING
 
         try:
             # A bare deadline scope, not anyio.fail_after: same effect, a third of the cost
@@ -530,6 +517,12 @@ class Orchestration:
         for key in _USAGE_SUMS:
             entry[key] = _int(usage.get(key))
         self.iterations.append(entry)
+
+
+async def _emit_then_raise(emit: Emit, group: Batch, exc: Exception) -> None:
+    if group:  # sent first, so the blocks they open can be closed
+        await emit(group)
+    raise exc
 
 
 def _tool_use_ids(messages: list[Any]) -> set[str]:

@@ -254,7 +254,14 @@ def test_deltas_kept_as_bytes_known_splits() -> None:
     # a data line is, so the delta's lines join that event (whose data is then not JSON).
     data = b'{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"a"}}'
     delta = b"event: content_block_delta\ndata: " + data + b"\n\n"
-    for chunks in ([b"data: 1\n", delta], [b"event: ping\n", delta], [b"\r", delta], [delta[:40], delta[40:]]):
+    # The same with the line's end split between two chunks ("\r", then "\n" alone).
+    for chunks in (
+        [b"data: 1\n", delta],
+        [b"event: ping\n", delta],
+        [b"\r", delta],
+        [b"data: 1\r", b"\n", delta],
+        [delta[:40], delta[40:]],
+    ):
         assert decode_all(chunks, raw_deltas=True) == decode_all(chunks, raw_deltas=False)
     assert decode_all([b"data: 1\n", delta], raw_deltas=True)[0][0] == "failed"
     batch: list[dict[str, Any] | RawDelta] = []

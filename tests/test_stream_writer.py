@@ -149,3 +149,57 @@ async def test_a_starlette_host_is_relayed_as_it_sends_and_never_held_back(scrip
     assert len(block_types(message.content)) == 23
     # The 60 events of the last leg's 20 blocks: at least one send each.
     assert len(bodies) > 60
+
+
+async def test_a_client_gone_during_an_event_ends_the_response_quietly(caplog: pytest.LogCaptureFixture) -> None:
+    # An ASGI 2.4 server raises OSError from send once its client is gone. Mid-stream (the final
+    # leg's deltas), that ends the request: nothing more is sent (no error event for a client
+    # that is not there), nothing is logged, and the host's leg stops.
+    app = AdvisorMiddleware(ModelHost(final_deltas=200))
+    bodies = 0
+    after_failure = 0
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        nonlocal bodies, after_failure
+        if message["type"] != "http.response.body":
+            return
+        bodies += 1
+        if bodies > 20:
+            after_failure += bodies > 21
+            raise OSError("the client is gone")
+
+    with caplog.at_level("DEBUG", logger="advisor_middleware"), anyio.fail_after(5):
+        await app(request_scope(BODY, stream=True, beta=True), receiver([BODY]), send)
+
+    assert bodies == 21
+    assert after_failure == 0
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("advisor_middleware")] == []
+
+
+class BodiesAs:
+    """Wraps a host so that every body it sends is another bytes-like type (ASGI says bytes;
+    some apps send a bytearray or a memoryview, which servers accept)."""
+
+    def __init__(self, app: Any, kind: type) -> None:
+        self.app = app
+        self.kind = kind
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        async def wrapped(message: MutableMapping[str, Any]) -> None:
+            if message["type"] == "http.response.body":
+                message = {**message, "body": self.kind(message.get("body", b""))}
+            await send(message)
+
+        await self.app(scope, receive, wrapped)
+
+
+@pytest.mark.parametrize("kind", [bytearray, memoryview])
+async def test_a_host_that_sends_other_bytes_like_bodies_is_relayed_the_same(kind: type) -> None:
+    from bench.inproc import exchange
+
+    scope = request_scope(BODY, stream=True, beta=True)
+    expected = await exchange(AdvisorMiddleware(ModelHost(final_deltas=5)), scope, [BODY])
+    got = await exchange(AdvisorMiddleware(BodiesAs(ModelHost(final_deltas=5), kind)), scope, [BODY])
+    assert got[0] == 200
+    assert got == expected
+    check_stream(got[1])

@@ -222,7 +222,9 @@ class _Response:
         failure, if this message is one."""
         kind = message["type"]
         if kind == "http.response.body":
-            chunk = bytes(message.get("body", b""))
+            chunk = message.get("body", b"")
+            if type(chunk) is not bytes:  # bytes() of bytes is a no-op that costs ~850 instructions
+                chunk = bytes(chunk)
             self.complete = not message.get("more_body", False)
             if self.streaming:
                 return decode_events(self.decoder, chunk, batch, self.raw_deltas)
