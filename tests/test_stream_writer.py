@@ -5,6 +5,7 @@ events of one host send go out in one send, and nothing waits to fill a group (s
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator, MutableMapping
 from typing import Any
 
@@ -15,8 +16,8 @@ from advisor_middleware import AdvisorMiddleware, AppRouter, Leg
 from bench.hosts import ModelHost, small_consult_body
 from bench.inproc import receiver, request_scope
 
-from .helpers import ADVISOR_PARAMS, ONE_CONSULT, block_types, check_stream, http_scope
-from .upstream import Reply, Script, scripted_host, text, tool_use
+from .helpers import ADVISOR_PARAMS, ONE_CONSULT, block_types, check_stream, consult, http_scope, post
+from .upstream import HOSTS, Reply, Script, scripted_host, text, tool_use
 
 pytestmark = pytest.mark.anyio
 
@@ -151,11 +152,21 @@ async def test_a_starlette_host_is_relayed_as_it_sends_and_never_held_back(scrip
     assert len(bodies) > 60
 
 
-async def test_a_client_gone_during_an_event_ends_the_response_quietly(caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize("host", list(HOSTS))
+async def test_a_client_gone_during_an_event_ends_the_response_quietly(
+    host: str, caplog: pytest.LogCaptureFixture
+) -> None:
     # An ASGI 2.4 server raises OSError from send once its client is gone. Mid-stream (the final
-    # leg's deltas), that ends the request: nothing more is sent (no error event for a client
-    # that is not there), nothing is logged, and the host's leg stops.
-    app = AdvisorMiddleware(ModelHost(final_deltas=200))
+    # leg's blocks), that ends the request: nothing more is sent (no error event for a client
+    # that is not there), nothing is logged, and the host's leg is stopped, not run to its end.
+    script = Script()
+    script.executor(
+        Reply([text("Asking."), tool_use("advisor", id="toolu_1")], stop_reason="tool_use"),
+        Reply([text(f"part {i}. ") for i in range(60)]),
+    ).advisor(Reply([text("Advice.")]))
+    app = AdvisorMiddleware(HOSTS[host](script))
+    body = json.dumps({**ADVISOR_PARAMS, "stream": True}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     bodies = 0
     after_failure = 0
 
@@ -169,11 +180,13 @@ async def test_a_client_gone_during_an_event_ends_the_response_quietly(caplog: p
             raise OSError("the client is gone")
 
     with caplog.at_level("DEBUG", logger="advisor_middleware"), anyio.fail_after(5):
-        await app(request_scope(BODY, stream=True, beta=True), receiver([BODY]), send)
+        await app(http_scope(headers), receiver([body]), send)
 
     assert bodies == 21
     assert after_failure == 0
     assert [r.getMessage() for r in caplog.records if r.name.startswith("advisor_middleware")] == []
+    assert [r.role for r in script.requests] == ["executor", "advisor", "executor"]
+    assert script.finished.count("executor") == 1  # the final leg did not run to its end
 
 
 class BodiesAs:
@@ -195,11 +208,17 @@ class BodiesAs:
 
 @pytest.mark.parametrize("kind", [bytearray, memoryview])
 async def test_a_host_that_sends_other_bytes_like_bodies_is_relayed_the_same(kind: type) -> None:
-    from bench.inproc import exchange
-
-    scope = request_scope(BODY, stream=True, beta=True)
-    expected = await exchange(AdvisorMiddleware(ModelHost(final_deltas=5)), scope, [BODY])
-    got = await exchange(AdvisorMiddleware(BodiesAs(ModelHost(final_deltas=5), kind)), scope, [BODY])
-    assert got[0] == 200
-    assert got == expected
-    check_stream(got[1])
+    answers = []
+    for wrap in (False, True):
+        script = Script()
+        consult(script)
+        host = scripted_host(script)
+        response = await post(
+            AdvisorMiddleware(BodiesAs(host, kind) if wrap else host), json=ADVISOR_PARAMS | {"stream": True}
+        )
+        # The host draws a fresh message id per leg: everything else must be the same bytes.
+        answers.append((response.status_code, re.sub(rb'"msg_[0-9a-f]+"', b'"msg_"', response.content)))
+    assert answers[0][0] == 200
+    assert answers[1] == answers[0]
+    _, message = check_stream(answers[1][1])
+    assert message is not None and block_types(message.content) == ONE_CONSULT
