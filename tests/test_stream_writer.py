@@ -168,22 +168,19 @@ async def test_a_client_gone_during_an_event_ends_the_response_quietly(
     body = json.dumps({**ADVISOR_PARAMS, "stream": True}).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     bodies = 0
-    after_failure = 0
 
     async def send(message: MutableMapping[str, Any]) -> None:
-        nonlocal bodies, after_failure
+        nonlocal bodies
         if message["type"] != "http.response.body":
             return
         bodies += 1
         if bodies > 20:
-            after_failure += bodies > 21
             raise OSError("the client is gone")
 
     with caplog.at_level("DEBUG", logger="advisor_middleware"), anyio.fail_after(5):
         await app(http_scope(headers), receiver([body]), send)
 
-    assert bodies == 21
-    assert after_failure == 0
+    assert bodies == 21  # the failed send was the last one tried
     assert [r.getMessage() for r in caplog.records if r.name.startswith("advisor_middleware")] == []
     assert [r.role for r in script.requests] == ["executor", "advisor", "executor"]
     assert script.finished.count("executor") == 1  # the final leg did not run to its end
