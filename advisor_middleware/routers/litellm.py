@@ -14,12 +14,10 @@ from typing import Any
 from ..accumulate import message_to_events
 from ..errors import UpstreamError, error_type_for_status, quoted_error_type
 from ..sse import SSEDecoder
-from .base import Batch, BatchRouter, Leg, closing
+from .base import Batch, BatchRouter, Leg, closing, forwarded_headers
 from .events import decode_events, event_error
 
 __all__ = ["LiteLLMRouter"]
-
-_KEPT = ("retry-after", "x-should-retry")
 
 
 class LiteLLMRouter(BatchRouter):
@@ -116,8 +114,8 @@ def _upstream_error(exc: Exception) -> UpstreamError:
     if not isinstance(provider, Mapping):
         provider = getattr(getattr(exc, "response", None), "headers", None)
     if isinstance(provider, Mapping):
-        for name in _KEPT:
-            value = provider.get(name)
-            if isinstance(value, str):
-                headers.append((name.encode(), value.encode("latin-1", "replace")))
+        texts = [(k, v) for k, v in provider.items() if isinstance(k, str) and isinstance(v, str)]
+        headers = forwarded_headers(
+            [(k.encode("latin-1", "replace"), v.encode("latin-1", "replace")) for k, v in texts]
+        )
     return UpstreamError(status, {"type": error_type, "message": message}, headers)
