@@ -413,3 +413,28 @@ async def test_a_client_disconnect_during_the_advisor_leg_cancels_it_upstream(up
         # The client has gone: the gateway cancels the leg, and closing its response tells the upstream.
         await wait_until(lambda: script.cancelled == ["advisor"], 1.0, "advisor leg cancelled upstream")
     assert [r.role for r in script.requests] == ["executor", "advisor"]
+
+
+async def test_legs_and_forwarded_requests_drop_the_same_hop_by_hop_headers(upstream: str, script: Script) -> None:
+    consult(script)
+    script.direct(Reply([text("direct")]))
+    hop = {
+        "connection": "keep-alive, x-hop-named",
+        "keep-alive": "timeout=5",
+        "proxy-authorization": "Basic c2VjcmV0OnByb3h5",
+        "proxy-connection": "keep-alive",
+        "x-hop-named": "only for the next hop",
+    }
+    headers = {"x-api-key": "sk-caller", "x-end-to-end": "kept", **hop}
+    gateway = build_app(None, upstream=upstream)
+    async with uvicorn_server(gateway) as url, httpx.AsyncClient(base_url=url) as http:
+        orchestrated = await http.post("/v1/messages", json=PARAMS, headers=headers)
+        forwarded = await http.post("/v1/messages", json={**PARAMS, "tools": []}, headers=headers)
+    assert orchestrated.status_code == forwarded.status_code == 200
+    assert [r.role for r in script.requests] == ["executor", "advisor", "executor", "direct"]
+    for recorded in script.requests:
+        assert recorded.headers["x-api-key"] == "sk-caller"
+        assert recorded.headers["x-end-to-end"] == "kept"
+        # httpx writes its own connection header on each request; the caller's is not copied.
+        assert recorded.headers["connection"] == "keep-alive", recorded.role
+        assert not (set(hop) - {"connection"}) & set(recorded.headers), recorded.role

@@ -519,3 +519,57 @@ def proxy_under_attack() -> Iterator[tuple[str, Mirror, Trap]]:
         with threaded(uvicorn_server, build_app(None, upstream=upstream_url + "/gw")) as proxy_url:
             yield proxy_url, upstream, trap
     trap.close()
+
+
+# --- framing: content-length alongside transfer-encoding ----------------------------------------
+
+
+@asynccontextmanager
+async def raw_upstream(answer: bytes) -> AsyncIterator[tuple[str, list[bytes]]]:
+    """An upstream that writes ``answer`` as it is (status line, headers, body) to each request,
+    after reading the request's head; yields its URL and the heads it read."""
+    heads: list[bytes] = []
+
+    async def serve(stream: anyio.abc.SocketStream) -> None:
+        async with stream:
+            received = b""
+            while b"\r\n\r\n" not in received:
+                received += await stream.receive()
+            heads.append(received)
+            await stream.send(answer)
+
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)
+    async with listener, anyio.create_task_group() as tg:
+        tg.start_soon(listener.serve, serve)
+        yield f"http://127.0.0.1:{port}", heads
+        tg.cancel_scope.cancel()
+
+
+async def test_an_answer_with_both_content_length_and_chunks_is_relayed_whole() -> None:
+    body = b"longer than the declared five bytes"
+    answer = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\nx-up: 1\r\n\r\n"
+    answer += f"{len(body):x}\r\n".encode() + body + b"\r\n0\r\n\r\n"
+    async with raw_upstream(answer) as (url, _), uvicorn_server(build_app(None, upstream=url)) as proxy_url:
+        status, payload = await anyio.to_thread.run_sync(raw_request, proxy_url, b"GET /x HTTP/1.1\r\nhost: a")
+    assert (status, payload) == (200, body)
+
+
+async def test_a_request_with_both_content_length_and_chunks_is_forwarded_whole(mirror: tuple[str, Mirror]) -> None:
+    url, upstream = mirror
+    body = b"hello, a chunked body"
+    head = b"POST /v1/files HTTP/1.1\r\nhost: a\r\ncontent-length: 3\r\ntransfer-encoding: chunked"
+    chunked = f"{len(body):x}\r\n".encode() + body + b"\r\n0\r\n\r\n"
+    async with uvicorn_server(build_app(None, upstream=url)) as proxy_url:
+        status, _ = await anyio.to_thread.run_sync(raw_request, proxy_url, head, chunked)
+    assert status == 200
+    (seen,) = upstream.seen
+    assert seen["body"] == body
+
+
+async def test_an_upstream_that_answers_garbage_is_a_502() -> None:
+    async with raw_upstream(b"\x00\x01 not http at all\r\n\r\n") as (url, _):
+        async with uvicorn_server(build_app(None, upstream=url)) as proxy_url:
+            status, payload = await anyio.to_thread.run_sync(raw_request, proxy_url, b"GET /x HTTP/1.1\r\nhost: a")
+    assert status == 502
+    assert json.loads(payload)["error"]["type"] == "api_error"
