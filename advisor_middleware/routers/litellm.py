@@ -17,7 +17,37 @@ from ..sse import SSEDecoder
 from .base import Batch, BatchRouter, Leg, closing, forwarded_headers
 from .events import decode_events, event_error
 
-__all__ = ["LiteLLMRouter"]
+__all__ = ["MESSAGES_FIELDS", "LiteLLMRouter"]
+
+MESSAGES_FIELDS = frozenset(
+    {
+        "model",
+        "messages",
+        "max_tokens",
+        "system",
+        "metadata",
+        "stop_sequences",
+        "stream",
+        "temperature",
+        "top_k",
+        "top_p",
+        "thinking",
+        "tools",
+        "tool_choice",
+        "service_tier",
+        "container",
+        "context_management",
+        "mcp_servers",
+        "output_config",
+        "output_format",
+        "cache_control",
+        "inference_geo",
+        "speed",
+    }
+)
+"""The fields of a leg's body that :class:`LiteLLMRouter` passes to ``aanthropic_messages``: the
+Messages API's request parameters. Any other field (``api_base``, ``api_key``, ...) is dropped, so
+no request chooses a deployment's URL or credentials; ``call_kwargs`` adds what an app wants."""
 
 
 class LiteLLMRouter(BatchRouter):
@@ -37,8 +67,10 @@ class LiteLLMRouter(BatchRouter):
     propagate unchanged.
 
     The caller's headers are not used: an app holding a Router authenticates its callers itself.
-    ``call_kwargs(leg)`` may add keyword arguments per leg (``metadata``, ``extra_headers``,
-    ``user``...); they override the body's fields of the same name.
+    Only the body's Messages API fields are passed (:data:`MESSAGES_FIELDS`): a field such as
+    ``api_base`` or ``api_key`` in a request never reaches LiteLLM. ``call_kwargs(leg)`` may add
+    keyword arguments per leg (``metadata``, ``extra_headers``, ``user``...); they override the
+    body's fields of the same name.
     """
 
     def __init__(self, router: Any, *, call_kwargs: Callable[[Leg], Mapping[str, Any]] | None = None) -> None:
@@ -47,7 +79,9 @@ class LiteLLMRouter(BatchRouter):
 
     async def batches(self, leg: Leg) -> AsyncIterator[Batch]:
         """The leg's events grouped as LiteLLM hands them over: one list per item of its stream."""
-        kwargs = dict(leg.body)
+        # Only the Messages API's fields: LiteLLM also takes api_base, base_url, api_key and the
+        # like as keyword arguments, and the body is the caller's to write.
+        kwargs = {key: value for key, value in leg.body.items() if key in MESSAGES_FIELDS}
         if self.call_kwargs is not None:
             kwargs.update(self.call_kwargs(leg))
         kwargs["stream"] = True
