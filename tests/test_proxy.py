@@ -406,6 +406,8 @@ def dechunk(data: bytes) -> bytes:
         "127.0.0.1:{trap}",  # authority form
         "/../admin",  # out of the base path, resolved by the URL parser
         "/v1/%2e%2E/admin",
+        "/v1/a%2F..%2F..%2Fadmin",  # a server that decodes %2F first
+        "/v1/..\\admin",  # a server that reads a backslash as a slash
         "/./v1/messages",
         "/x?a#@127.0.0.1:{trap}/",
     ],

@@ -57,12 +57,12 @@ def parse_base_url(value: str) -> httpx.URL:
 
 def upstream_url(base: httpx.URL, path: bytes, query: bytes = b"") -> httpx.URL:
     """``base`` with ``path`` appended to its path, and ``query``. ``path`` must be in origin
-    form (it starts with ``/``) with no ``.`` or ``..`` segment (spelled with escapes or not),
-    so the URL stays on the base's scheme, host and port and under its path; anything else
-    raises :class:`InvalidTarget`."""
+    form (it starts with ``/``) with no ``.`` or ``..`` segment, however a server might read
+    one (with escapes, between backslashes), so the URL stays on the base's scheme, host and
+    port and under its path; anything else raises :class:`InvalidTarget`."""
     if not path.startswith(b"/"):
         raise InvalidTarget("the request-target must be a path that starts with '/'")
-    if any(unquote_to_bytes(segment) in (b".", b"..") for segment in path.split(b"/")):
+    if any(segment in (b".", b"..") for segment in unquote_to_bytes(path).replace(b"\\", b"/").split(b"/")):
         raise InvalidTarget("the request path must have no '.' or '..' segment")
     raw_path = base.raw_path.rstrip(b"/") + path + (b"?" + query if query else b"")
     try:
