@@ -206,7 +206,8 @@ class _Response:
         self.status = 0
         self.is_sse = False
         self.encoding = b""
-        self.headers = headers  # the leg's response_headers
+        self.headers = headers  # the leg's response_headers, filled at http.response.start
+        headers.clear()
         self.buffered: list[bytes] = []  # a body that is not a readable stream
         self.size = 0
         self.complete = False

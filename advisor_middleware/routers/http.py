@@ -181,7 +181,7 @@ class HTTPRouter(PooledClient, BatchRouter):
                 timeout=self.timeout,
                 follow_redirects=False,
             ) as response:
-                leg.response_headers.extend(response.headers.raw)
+                leg.response_headers[:] = response.headers.raw
                 if response.status_code != 200:
                     kept = forwarded_headers(response.headers.raw)
                     raise UpstreamError(response.status_code, await _read(response), kept)
