@@ -9,6 +9,7 @@ import socket
 import time
 from collections.abc import AsyncIterator, Iterator, MutableMapping
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -490,36 +491,63 @@ def proxied_requests(draw: st.DrawFn) -> tuple[bytes, bytes, list[tuple[bytes, b
     return method, (start + host + "".join(pieces)).encode(), headers, body
 
 
+@dataclass
+class UnderAttack:
+    proxy_url: str
+    upstream_url: str
+    upstream: Mirror
+    trap: Trap
+    sent: list[httpx.URL]
+    """Every URL the proxy's connection pool (forwarded requests and legs alike) sent to."""
+
+
 @settings(deadline=None, max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(request=proxied_requests())
 def test_only_the_configured_upstream_is_ever_contacted(
-    request: tuple[bytes, bytes, list[tuple[bytes, bytes]], bytes], proxy_under_attack: tuple[str, Mirror, Trap]
+    request: tuple[bytes, bytes, list[tuple[bytes, bytes]], bytes], under_attack: UnderAttack
 ) -> None:
-    proxy_url, upstream, trap = proxy_under_attack
     method, target, headers, body = request
-    port = str(trap.port).encode()
+    port = str(under_attack.trap.port).encode()
     lines = [method + b" " + target.replace(b"TRAP", port) + b" HTTP/1.1"]
     if not any(name == b"host" for name, _ in headers):
         lines.append(b"host: 127.0.0.1")
     lines += [name + b": " + value.replace(b"TRAP", port) for name, value in headers]
     lines.append(b"content-length: " + str(len(body)).encode())
-    upstream.seen.clear()
-    status, _ = raw_request(proxy_url, b"\r\n".join(lines), body)
+    under_attack.upstream.seen.clear()
+    under_attack.sent.clear()
+    status, _ = raw_request(under_attack.proxy_url, b"\r\n".join(lines), body)
     assert status != 500
-    assert trap.connections() == 0
-    for seen in upstream.seen:  # the forwarded request, or the legs of an advisor request
+    assert under_attack.trap.connections() == 0
+    configured = httpx.URL(under_attack.upstream_url)
+    for url in under_attack.sent:
+        assert (url.scheme, url.host, url.port, url.userinfo) == (
+            configured.scheme,
+            configured.host,
+            configured.port,
+            b"",
+        )
+        assert url.raw_path.startswith(b"/gw/")
+    for seen in under_attack.upstream.seen:  # the forwarded request, or the legs of an advisor request
         assert seen["raw_path"].startswith("/gw/")
         assert "/../" not in seen["raw_path"] + "/" and "/./" not in seen["raw_path"] + "/"
 
 
 @pytest.fixture(scope="module")
-def proxy_under_attack() -> Iterator[tuple[str, Mirror, Trap]]:
-    """``serve --upstream UPSTREAM/gw`` (the CLI's app on uvicorn), its upstream, and a trap."""
+def under_attack() -> Iterator[UnderAttack]:
+    """``serve --upstream UPSTREAM/gw`` (the CLI's app on uvicorn), its upstream, a trap, and
+    the URLs the app's connection pool sent to."""
     upstream = Mirror()
     trap = Trap()
+    sent: list[httpx.URL] = []
+
+    async def record(request: httpx.Request) -> None:
+        sent.append(request.url)
+
     with threaded(uvicorn_server, upstream) as upstream_url:
-        with threaded(uvicorn_server, build_app(None, upstream=upstream_url + "/gw")) as proxy_url:
-            yield proxy_url, upstream, trap
+        app = build_app(None, upstream=upstream_url + "/gw")
+        app.app.client.event_hooks = {"request": [record]}  # the pool the proxy and the router share
+        with threaded(uvicorn_server, app) as proxy_url:
+            yield UnderAttack(proxy_url, upstream_url, upstream, trap, sent)
     trap.close()
 
 
