@@ -16,7 +16,7 @@ import anyio
 import httpx
 import pytest
 from asgi_lifespan import LifespanManager
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from starlette.applications import Starlette
 from starlette.middleware.gzip import GZipMiddleware
@@ -501,7 +501,7 @@ class UnderAttack:
     """Every URL the proxy's connection pool (forwarded requests and legs alike) sent to."""
 
 
-@settings(deadline=None, max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(deadline=None, max_examples=150)
 @given(request=proxied_requests())
 def test_only_the_configured_upstream_is_ever_contacted(
     request: tuple[bytes, bytes, list[tuple[bytes, bytes]], bytes], under_attack: UnderAttack
