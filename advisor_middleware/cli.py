@@ -38,6 +38,12 @@ ANTHROPIC_BASE_URL=http://{host}:{port}
 def _url(value: str) -> str:
     if not value.startswith(("http://", "https://")):
         raise argparse.ArgumentTypeError(f"{value!r} is not an http:// or https:// URL")
+    from .routers.http import parse_base_url
+
+    try:
+        parse_base_url(value)  # the check the proxy and the router make, as a usage error
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
     return value
 
 

@@ -20,7 +20,7 @@ from .config import AdvisorConfig
 from .errors import AdvisorRequestError, ClientGone, UpstreamError, error_body
 from .orchestrator import Orchestration
 from .routers.app import CLIENT, WIND_DOWN, AppRouter, Departure
-from .routers.base import LEG_HEADER, NOTHING, MessagesRouter
+from .routers.base import LEG_HEADER, NOTHING, MessagesRouter, forwarded_headers
 from .sse import RawDelta, encode_event, encode_json
 
 __all__ = ["AdvisorMiddleware"]
@@ -87,9 +87,13 @@ class AdvisorMiddleware:
             native_executor=native_executor,
         )
         self.router: MessagesRouter = router if router is not None else AppRouter(app)
+        # Each matched spelling -> the path as configured: legs go there, not to the caller's
+        # spelling of it (a trailing slash the host would redirect or refuse).
+        self._routes = {p.rstrip("/") or "/": p for p in paths}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope.get("method") != "POST" or not self._matches(scope):
+        route = self._route(scope) if scope["type"] == "http" and scope.get("method") == "POST" else None
+        if route is None:
             await self.app(scope, receive, send)
             return
         headers = scope.get("headers") or []
@@ -158,19 +162,24 @@ class AdvisorMiddleware:
             tool_index=plan.tool_index,
             tool=plan.tool,
             headers=list(headers),
-            scope=scope,
+            scope=scope if scope.get("path") == route else {**scope, "path": route, "raw_path": route.encode()},
             streaming=bool(plan.body.get("stream")),
             history=plan.history,
         )
         await self._respond(orchestration, receive, send)
 
-    def _matches(self, scope: Scope) -> bool:
+    def _route(self, scope: Scope) -> str | None:
+        """The path an ``AppRouter``'s legs take if the request's path is one of ``paths``: the
+        configured path, under the request's ``root_path`` if its path starts with it."""
         path: str = scope.get("path", "")
         root_path: str = scope.get("root_path", "")
+        prefix = ""
         # Starlette's get_route_path: strip root_path only at a "/" boundary (asgi-ecosystem §2.6).
         if root_path and path.startswith(root_path) and (len(path) == len(root_path) or path[len(root_path)] == "/"):
             path = path[len(root_path) :]
-        return (path.rstrip("/") or "/") in self.config.paths
+            prefix = root_path
+        configured = self._routes.get(path.rstrip("/") or "/")
+        return None if configured is None else prefix + configured
 
     async def _read_body(self, headers: Any, receive: Receive) -> list[bytes] | None:
         """The body's chunks as they came (never empty: an empty body is ``[b""]``), or None
@@ -205,7 +214,11 @@ class AdvisorMiddleware:
         departure = Departure()
         token = CLIENT.set(departure)
         async with anyio.create_task_group() as tg:
-            writer = _StreamWriter(send, self.config.ping_interval, tg) if orchestration.streaming else None
+            writer = (
+                _StreamWriter(send, self.config.ping_interval, tg, orchestration.first_leg_headers)
+                if orchestration.streaming
+                else None
+            )
             watcher = _Watcher(receive, tg, writer, departure)
             tg.start_soon(watcher.run)
             answered = False
@@ -259,6 +272,7 @@ class AdvisorMiddleware:
                 "headers": [
                     (b"content-type", b"application/json"),
                     (b"content-length", str(len(payload)).encode()),
+                    *forwarded_headers(orchestration.first_leg_headers),
                 ],
             }
         )
@@ -342,10 +356,11 @@ class _StreamWriter:
     event waits for a ping that is on its way out. This replaces a producer task, a memory
     stream and a timer per event (~0.34 ms per streamed consult, docs/performance.md)."""
 
-    __slots__ = ("_last", "_pinging", "_sending", "_tg", "interval", "send", "started")
+    __slots__ = ("_last", "_leg_headers", "_pinging", "_sending", "_tg", "interval", "send", "started")
 
-    def __init__(self, send: Send, interval: float, tg: TaskGroup) -> None:
+    def __init__(self, send: Send, interval: float, tg: TaskGroup, leg_headers: list[tuple[bytes, bytes]]) -> None:
         self.send = send
+        self._leg_headers = leg_headers  # the first executor leg's answer headers, once it has them
         self.interval = interval
         self.started = False
         self._tg = tg
@@ -371,7 +386,8 @@ class _StreamWriter:
         try:
             if not self.started:
                 self.started = True
-                await self.send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
+                headers = [*_SSE_HEADERS, *forwarded_headers(self._leg_headers)]
+                await self.send({"type": "http.response.start", "status": 200, "headers": headers})
             await self.send({"type": "http.response.body", "body": body, "more_body": more_body})
         except OSError as exc:
             # ASGI 2.4: the client is gone. The loop ends on a ClientGone quietly, as when a

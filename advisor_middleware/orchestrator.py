@@ -112,6 +112,9 @@ class Orchestration:
         self._held: list[list[dict[str, Any]]] = []
         self._calls: list[_Call] = []
         self._emit: Emit | None = None
+        self.first_leg_headers: list[tuple[bytes, bytes]] = []
+        """The headers of the first executor leg's answer, as its router gave them; filled
+        before that leg's first events are emitted."""
 
     @staticmethod
     def _executor_base(body: dict[str, Any], tool_index: int, tool: AdvisorTool) -> dict[str, Any]:
@@ -230,7 +233,17 @@ class Orchestration:
             held: list[list[dict[str, Any]]] = []
             calls: list[_Call] = []
             self._held, self._calls = held, calls
-            leg = Leg("executor", leg_body, self.exec_headers, self.scope, raw_deltas=True, encoder=encode)
+            # The first leg's answer headers are kept where the client's response start finds them.
+            answer_headers = self.first_leg_headers if legs == 1 else []
+            leg = Leg(
+                "executor",
+                leg_body,
+                self.exec_headers,
+                self.scope,
+                raw_deltas=True,
+                encoder=encode,
+                response_headers=answer_headers,
+            )
             await run_leg(self.router, leg, self._on_batch)
             if not acc.finished:
                 raise UpstreamError(502, "the executor's stream ended before its message_delta")

@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import quote
 
 import anyio
 import httpx
@@ -17,26 +19,15 @@ import httpx
 from ._types import Receive, Scope, Send
 from .errors import error_body
 from .middleware import _LINGER
-from .routers.http import DEFAULT_TIMEOUT, PooledClient
+from .routers.base import end_to_end
+from .routers.http import DEFAULT_TIMEOUT, InvalidTarget, PooledClient, parse_base_url, shown_url, upstream_url
 
 __all__ = ["UpstreamProxy"]
 
 log = logging.getLogger("advisor_middleware.proxy")
 
-# Hop-by-hop headers (RFC 9110 §7.6.1) are not forwarded; httpx sets ``host`` from the URL.
-_HOP = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-    }
-)
+# httpx writes host from the URL.
+_HOST = frozenset({b"host"})
 
 
 class _Disconnected(Exception):
@@ -62,9 +53,9 @@ class UpstreamProxy(PooledClient):
         timeout: httpx.Timeout | float | None = DEFAULT_TIMEOUT,
     ) -> None:
         super().__init__(client, timeout)
-        if not base_url.startswith(("http://", "https://")):
-            raise ValueError(f"base_url must be an http:// or https:// URL, not {base_url!r}")
-        self.base_url = base_url.rstrip("/")
+        self._base = parse_base_url(base_url)
+        self.base_url = str(self._base).rstrip("/")
+        self._shown = shown_url(self._base)
         self.via = b"1.1 advisor-middleware-" + uuid.uuid4().hex[:16].encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -83,32 +74,35 @@ class UpstreamProxy(PooledClient):
             await receive()  # websocket.connect
             await send({"type": "websocket.close", "code": 1003})
 
-    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        headers: list[tuple[bytes, bytes]] = []
-        dropped = set(_HOP)
-        for name, value in scope["headers"]:
-            if name == b"connection":
-                dropped.update(v.strip().lower().encode() for v in value.decode("latin-1").split(","))
-        accept_encoding = False
-        via: list[bytes] = []
-        for name, value in scope["headers"]:
-            if name in dropped or name == b"host":
-                continue
+    def _forwarded_headers(self, received: Any) -> list[tuple[bytes, bytes]] | None:
+        """The request's headers as forwarded: end to end only, this proxy added to ``via``,
+        ``accept-encoding: identity`` if the caller asked for none. None if the request has
+        passed through this proxy already."""
+        headers = []
+        via = []
+        for name, value in _framed(end_to_end(received, _HOST), received):
             if name == b"via":
                 if self.via in value:
-                    await _answer(send, 508, error_body("api_error", "request loop: the upstream leads back here"))
-                    return
+                    return None
                 via.append(value)
-                continue
-            accept_encoding = accept_encoding or name == b"accept-encoding"
-            headers.append((name, value))
+            else:
+                headers.append((name, value))
         headers.append((b"via", b", ".join([*via, self.via])))
-        if not accept_encoding:
+        if not any(name == b"accept-encoding" for name, _ in headers):
             # Else httpx asks for gzip, and the compressed bytes would reach a client that never did.
             headers.append((b"accept-encoding", b"identity"))
-        url = self.base_url + (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
-        if scope.get("query_string"):
-            url += "?" + scope["query_string"].decode("latin-1")
+        return headers
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            url = upstream_url(self._base, _target_path(scope), bytes(scope.get("query_string") or b""))
+        except InvalidTarget as exc:
+            await _answer(send, 400, error_body("invalid_request_error", str(exc)))
+            return
+        headers = self._forwarded_headers(scope["headers"])
+        if headers is None:
+            await _answer(send, 508, error_body("api_error", "request loop: the upstream leads back here"))
+            return
 
         body_read = anyio.Event()
         first = await receive()
@@ -146,7 +140,7 @@ class UpstreamProxy(PooledClient):
                     timeout=self.timeout,
                     follow_redirects=False,
                 ) as response:
-                    out = [(k.lower(), v) for k, v in response.headers.raw if k.lower() not in _HOP]
+                    out = _framed(end_to_end(response.headers.raw), response.headers.raw)
                     await send({"type": "http.response.start", "status": response.status_code, "headers": out})
                     started = True
                     async for chunk in response.aiter_raw():
@@ -155,13 +149,15 @@ class UpstreamProxy(PooledClient):
                 answered = True
             except _Disconnected:
                 pass
-            except (httpx.RequestError, OSError) as exc:
+            except Exception as exc:
+                # Whatever the transport raised (httpx's errors, the protocol library's, the
+                # socket's): the upstream failed us, which is a 502 (504 on a timeout).
                 if started:
-                    log.warning("upstream %s broke off mid-response: %r", self.base_url, exc)
+                    log.warning("upstream %s broke off mid-response: %s", self._shown, type(exc).__name__)
                     raise  # the server aborts the connection: the client sees the body is cut short
                 timeout = isinstance(exc, httpx.TimeoutException)
                 status, kind = (504, "timeout_error") if timeout else (502, "api_error")
-                message = f"upstream {self.base_url} failed: {type(exc).__name__}: {exc}"
+                message = f"upstream {self._shown} failed: {type(exc).__name__}: {exc}"
                 await _answer(send, status, error_body(kind, message))
             finally:
                 if answered:
@@ -172,6 +168,15 @@ class UpstreamProxy(PooledClient):
                     tg.cancel_scope.deadline = anyio.current_time() + _LINGER
                 else:
                     tg.cancel_scope.cancel()
+
+
+def _framed(headers: list[tuple[bytes, bytes]], received: Any) -> list[tuple[bytes, bytes]]:
+    """``headers`` (forwarded from ``received``) without ``content-length`` if ``received`` had
+    a ``transfer-encoding``: the chunks were decoded on the way in, and a length sent with them
+    means nothing (RFC 9112 §6.1). Forwarded, it would frame the body wrongly."""
+    if any(bytes(name).lower() == b"transfer-encoding" for name, _ in received):
+        return [(name, value) for name, value in headers if name != b"content-length"]
+    return headers
 
 
 async def _rest_of_body(first: bytes, receive: Receive, done: anyio.Event) -> AsyncIterator[bytes]:
@@ -186,6 +191,12 @@ async def _rest_of_body(first: bytes, receive: Receive, done: anyio.Event) -> As
         if not message.get("more_body", False):
             done.set()
             return
+
+
+def _target_path(scope: Scope) -> bytes:
+    """The request-target's path as the client sent it (the server's ``raw_path``)."""
+    raw = scope.get("raw_path")
+    return bytes(raw) if raw is not None else quote(scope["path"]).encode()
 
 
 async def _answer(send: Send, status: int, body: bytes) -> None:

@@ -128,6 +128,7 @@ def test_serve_help_explains_the_three_ways_to_serve(capsys: pytest.CaptureFixtu
     [
         (["mod:app", "--upstream", "http://127.0.0.1:9"], "argument --upstream: not allowed with argument APP"),
         (["--upstream", "127.0.0.1:4000"], "'127.0.0.1:4000' is not an http:// or https:// URL"),
+        (["--upstream", "http://127.0.0.1:4000/?key=1"], "must have no query or fragment"),
     ],
 )
 def test_serve_refuses(capsys: pytest.CaptureFixture[str], args: list[str], message: str) -> None:

@@ -20,7 +20,7 @@ import anthropic
 import httpx
 import pytest
 
-from .helpers import ONE_CONSULT, block_types, call
+from .helpers import ONE_CONSULT, block_types, call, check_stream
 from .servers import example_server
 
 pytestmark = pytest.mark.anyio
@@ -102,6 +102,23 @@ async def test_a_request_without_the_advisor_is_djangos_own_answer(django_url: s
         assert response.text.startswith("event: message_start\n")
     else:
         assert response.json()["content"][0]["text"].startswith("You asked: “x”")
+
+
+@pytest.mark.parametrize("streaming", [True, False], ids=["stream", "json"])
+async def test_a_trailing_slash_from_the_caller_sends_legs_to_the_route_django_serves(
+    django_url: str, streaming: bool
+) -> None:
+    # Django's route is v1/messages: /v1/messages/ is a 404 page there. Legs go to the route.
+    async with httpx.AsyncClient(base_url=django_url) as http:
+        response = await http.post("/v1/messages/", json={**request(), "stream": streaming})
+    assert response.status_code == 200, response.text[:300]
+    if streaming:
+        _, message = check_stream(response.content)
+        assert message is not None
+        types = block_types(message.content)
+    else:
+        types = block_types(response.json()["content"])
+    assert types == ONE_CONSULT
 
 
 async def test_django_routing_and_errors_pass_through(django_url: str) -> None:

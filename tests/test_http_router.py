@@ -28,7 +28,19 @@ from advisor_middleware.routers import leg_headers
 
 from .helpers import ONE_CONSULT, block_types, call, consult, post, sdk_for, wait_until
 from .servers import free_port, uvicorn_server
-from .upstream import ADVISOR_TOOL, ErrorEvent, Fail, Reply, Script, reply_events, scripted_host, sse, text, tool_use
+from .upstream import (
+    ADVISOR_TOOL,
+    ErrorEvent,
+    Fail,
+    Reply,
+    Script,
+    WithAnswerHeaders,
+    reply_events,
+    scripted_host,
+    sse,
+    text,
+    tool_use,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -413,3 +425,65 @@ async def test_a_client_disconnect_during_the_advisor_leg_cancels_it_upstream(up
         # The client has gone: the gateway cancels the leg, and closing its response tells the upstream.
         await wait_until(lambda: script.cancelled == ["advisor"], 1.0, "advisor leg cancelled upstream")
     assert [r.role for r in script.requests] == ["executor", "advisor"]
+
+
+async def test_legs_and_forwarded_requests_drop_the_same_hop_by_hop_headers(upstream: str, script: Script) -> None:
+    consult(script)
+    script.direct(Reply([text("direct")]))
+    hop = {
+        "connection": "keep-alive, x-hop-named",
+        "keep-alive": "timeout=5",
+        "proxy-authorization": "Basic c2VjcmV0OnByb3h5",
+        "proxy-connection": "keep-alive",
+        "x-hop-named": "only for the next hop",
+    }
+    headers = {"x-api-key": "sk-caller", "x-end-to-end": "kept", **hop}
+    gateway = build_app(None, upstream=upstream)
+    async with uvicorn_server(gateway) as url, httpx.AsyncClient(base_url=url) as http:
+        orchestrated = await http.post("/v1/messages", json=PARAMS, headers=headers)
+        forwarded = await http.post("/v1/messages", json={**PARAMS, "tools": []}, headers=headers)
+    assert orchestrated.status_code == forwarded.status_code == 200
+    assert [r.role for r in script.requests] == ["executor", "advisor", "executor", "direct"]
+    for recorded in script.requests:
+        assert recorded.headers["x-api-key"] == "sk-caller"
+        assert recorded.headers["x-end-to-end"] == "kept"
+        # httpx writes its own connection header on each request; the caller's is not copied.
+        assert recorded.headers["connection"] == "keep-alive", recorded.role
+        assert not (set(hop) - {"connection"}) & set(recorded.headers), recorded.role
+
+
+@pytest.mark.parametrize("streaming", [True, False], ids=["stream", "json"])
+@pytest.mark.parametrize("router", ["http", "app"])
+async def test_the_first_executor_legs_request_headers_reach_the_client(
+    script: Script, streaming: bool, router: str
+) -> None:
+    consult(script)
+    host = WithAnswerHeaders(scripted_host(script))
+    async with uvicorn_server(host) as upstream_url:
+        # serve --upstream (HTTPRouter legs), or the middleware around the host (AppRouter legs).
+        app = build_app(None, upstream=upstream_url) if router == "http" else AdvisorMiddleware(host)
+        async with uvicorn_server(app) as url, httpx.AsyncClient(base_url=url) as http:
+            response = await http.post("/v1/messages", json={**PARAMS, "stream": streaming})
+    assert response.status_code == 200
+    assert [r.role for r in script.requests] == ["executor", "advisor", "executor"]
+    # The first leg's, not a later one's: request 1 of the host.
+    assert response.headers["request-id"] == "req_1"
+    assert response.headers["anthropic-ratelimit-requests-remaining"] == "99"
+    assert response.headers["anthropic-organization-id"] == "org-1"
+    assert not set(WithAnswerHeaders.OTHERS) & set(response.headers)
+    expected_type = "text/event-stream; charset=utf-8" if streaming else "application/json"
+    assert response.headers["content-type"] == expected_type
+
+
+async def test_a_failed_first_leg_answers_with_its_request_headers(script: Script) -> None:
+    script.executor(Fail(429, "rate_limit_error", headers={"retry-after": "7"}))
+    host = WithAnswerHeaders(scripted_host(script))
+    async with uvicorn_server(host) as upstream_url:
+        async with (
+            uvicorn_server(build_app(None, upstream=upstream_url)) as url,
+            httpx.AsyncClient(base_url=url) as http,
+        ):
+            response = await http.post("/v1/messages", json=PARAMS)
+    assert response.status_code == 429
+    assert (response.headers["retry-after"], response.headers["request-id"]) == ("7", "req_1")
+    assert not set(WithAnswerHeaders.OTHERS) & set(response.headers)

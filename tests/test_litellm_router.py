@@ -177,6 +177,20 @@ async def test_consult_through_a_litellm_router(
     assert len(interceptor.verdicts) == 3 and not any(interceptor.verdicts) and interceptor.handled == []
 
 
+async def test_urls_and_keys_in_the_body_never_choose_where_a_leg_goes(backends: Served) -> None:
+    # LiteLLM takes api_base, base_url and api_key as keyword arguments: a leg that passed the
+    # body's fields as they came would send the deployment's key to the caller's host.
+    consult(backends, Reply([text(ADVICE)]))
+    decoy = ChatScript()
+    async with uvicorn_server(openai_host(decoy)) as decoy_url:
+        chosen = {"api_base": decoy_url + "/v1", "base_url": decoy_url + "/v1", "api_key": "sk-caller"}
+        async with backends.sdk() as client:
+            message = await call(client, False, **request(), extra_body=chosen)
+    assert decoy.requests == []
+    assert block_types(message.content) == ONE_CONSULT
+    assert [leg.headers["authorization"] for leg in backends.chat.of("exec-m")] == ["Bearer k1", "Bearer k1"]
+
+
 async def test_requests_without_the_advisor_reach_the_app(backends: Served) -> None:
     backends.chat.model("exec-m", Reply([text("Hello.")]))
     async with backends.sdk() as client:

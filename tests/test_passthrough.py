@@ -243,8 +243,9 @@ async def test_trailing_slash_and_query(script: Script, url: str, path: str, que
     assert response.status_code == 200
     assert block_types(response.json()["content"]) == ONE_CONSULT
     assert logged.seen == [(path, "", query, "direct")]
-    # Every leg re-enters the app on the caller's path and query.
-    assert inner.seen == [(path, "", query, "executor"), (path, "", query, "advisor"), (path, "", query, "executor")]
+    # Every leg re-enters the app on the configured path, with the caller's query.
+    route = "/v1/messages"
+    assert inner.seen == [(route, "", query, "executor"), (route, "", query, "advisor"), (route, "", query, "executor")]
 
 
 def mounted_with_inner_middleware(script: Script) -> Starlette:

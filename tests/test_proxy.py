@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import gzip
 import json
+import socket
 import time
-from collections.abc import AsyncIterator, MutableMapping
+from collections.abc import AsyncIterator, Iterator, MutableMapping
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
 import httpx
 import pytest
 from asgi_lifespan import LifespanManager
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from starlette.applications import Starlette
 from starlette.middleware.gzip import GZipMiddleware
 from starlette.requests import Request
@@ -24,9 +28,10 @@ from starlette.websockets import WebSocketDisconnect
 
 from advisor_middleware.cli import build_app
 from advisor_middleware.proxy import UpstreamProxy
+from advisor_middleware.routers.http import HTTPRouter
 
 from .helpers import http_for, wait_until
-from .servers import free_port, uvicorn_server
+from .servers import free_port, threaded, uvicorn_server
 from .upstream import Reply, Script, scripted_host, text
 
 pytestmark = pytest.mark.anyio
@@ -326,3 +331,275 @@ def test_websockets_are_refused() -> None:
     with TestClient(UpstreamProxy("http://127.0.0.1:9")) as client, pytest.raises(WebSocketDisconnect):
         with client.websocket_connect("/ws"):
             pass
+
+
+# --- request-targets: only the configured upstream, only under its path -----------------------
+
+
+class Trap:
+    """A port that listens and never accepts: a connection made to it waits in the backlog,
+    where :meth:`connections` finds it."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.sock.setblocking(False)
+        self.port: int = self.sock.getsockname()[1]
+
+    def connections(self) -> int:
+        count = 0
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except BlockingIOError:
+                return count
+            conn.close()
+            count += 1
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def trap() -> Iterator[Trap]:
+    listening = Trap()
+    yield listening
+    listening.close()
+
+
+def raw_request(url: str, head: bytes, body: bytes = b"") -> tuple[int, bytes]:
+    """Send ``head`` (request line and headers, without the blank line) and ``body`` over a
+    socket as they are; the status and body of the answer (the connection is closed after)."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(head + b"\r\nconnection: close\r\n\r\n" + body)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    status_line, _, rest = received.partition(b"\r\n")
+    headers, _, payload = rest.partition(b"\r\n\r\n")
+    if b"transfer-encoding: chunked" in headers.lower():
+        payload = dechunk(payload)
+    return int(status_line.split()[1]), payload
+
+
+def dechunk(data: bytes) -> bytes:
+    out = b""
+    while data:
+        size_line, _, data = data.partition(b"\r\n")
+        size = int(size_line.split(b";")[0], 16)
+        if size == 0:
+            break
+        out += data[:size]
+        data = data[size + 2 :]
+    return out
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "@127.0.0.1:{trap}/admin",  # the base's host would become userinfo
+        "1/x",  # a digit more on the base's port
+        ":{trap}/x",
+        "http://127.0.0.1:{trap}/y",  # absolute form
+        "*",  # asterisk form
+        "127.0.0.1:{trap}",  # authority form
+        "/../admin",  # out of the base path, resolved by the URL parser
+        "/v1/%2e%2E/admin",
+        "/v1/a%2F..%2F..%2Fadmin",  # a server that decodes %2F first
+        "/v1/..\\admin",  # a server that reads a backslash as a slash
+        "/./v1/messages",
+        "/x?a#@127.0.0.1:{trap}/",
+    ],
+)
+async def test_a_request_target_not_in_origin_form_is_a_400_and_reaches_nobody(
+    mirror: tuple[str, Mirror], trap: Trap, target: str
+) -> None:
+    url, upstream = mirror
+    app = build_app(None, upstream=url + "/gw")
+    async with uvicorn_server(app) as proxy_url:
+        raw = target.format(trap=trap.port).encode()
+        status, payload = await anyio.to_thread.run_sync(
+            raw_request, proxy_url, b"GET " + raw + b" HTTP/1.1\r\nhost: 127.0.0.1\r\nx-api-key: sk-caller"
+        )
+    assert status == 400
+    error = json.loads(payload)
+    assert error["type"] == "error" and error["error"]["type"] == "invalid_request_error"
+    assert trap.connections() == 0
+    assert upstream.seen == []
+
+
+async def test_an_origin_form_target_goes_under_the_base_path(mirror: tuple[str, Mirror], trap: Trap) -> None:
+    url, upstream = mirror
+    app = build_app(None, upstream=url + "/gw/")
+    async with uvicorn_server(app) as proxy_url:
+        target = f"//127.0.0.1:{trap.port}/x?q=@127.0.0.1:{trap.port}".encode()
+        status, _ = await anyio.to_thread.run_sync(raw_request, proxy_url, b"GET " + target + b" HTTP/1.1\r\nhost: a")
+    assert status == 200
+    (seen,) = upstream.seen
+    assert (seen["raw_path"], seen["query"]) == (f"/gw//127.0.0.1:{trap.port}/x", f"q=@127.0.0.1:{trap.port}")
+    assert trap.connections() == 0
+
+
+def test_base_urls_with_a_query_or_fragment_are_refused() -> None:
+    for base in ("http://gw:4000/?key=1", "http://gw:4000/#x", "ftp://gw", "http://"):
+        with pytest.raises(ValueError):
+            UpstreamProxy(base)
+        with pytest.raises(ValueError):
+            HTTPRouter(base)
+
+
+# What a target is made of: a start, something that looks like a host, then path pieces. Every
+# request a server lets through must reach the configured upstream, under its base path, or be
+# answered by the proxy itself; none may reach the trap (TRAP stands for its port).
+TARGET_STARTS = ["", "/", "//", "@", "http://", "https://", "\\\\", "*", "1", ":", "..", "%2e%2e/", "/v1/messages"]
+TARGET_HOSTS = ["", "127.0.0.1:TRAP", "@127.0.0.1:TRAP", "localhost:TRAP", "TRAP", "[::1]:TRAP", "u:p@127.0.0.1:TRAP"]
+TARGET_PIECES = ["/", "@", ":", "TRAP", "?", "#", ".", "..", "%2e", "%2F", "\\", "v1", "messages", ";", "%40", "a=b"]
+HEADER_CHOICES = [
+    (b"host", b"127.0.0.1:TRAP"),
+    (b"x-forwarded-host", b"127.0.0.1:TRAP"),
+    (b"forwarded", b"host=127.0.0.1:TRAP;proto=http"),
+    (b"x-forwarded-proto", b"https"),
+    (b"connection", b"x-api-key, host"),
+    (b"proxy-connection", b"keep-alive"),
+    (b"proxy-authorization", b"Basic eDp5"),
+    (b"via", b"1.1 127.0.0.1:TRAP"),
+    (b"referer", b"http://127.0.0.1:TRAP/"),
+    (b"x-api-key", b"sk-caller"),
+    (b"anthropic-beta", b"advisor-tool-2026-03-01"),
+    (b"expect", b"100-continue"),
+]
+ADVISOR_BODY = json.dumps(
+    {
+        "model": "m",
+        "max_tokens": 8,
+        "messages": [{"role": "user", "content": "hi"}],
+        "tools": [{"type": "advisor_20260301", "name": "advisor", "model": "a"}],
+    }
+).encode()
+
+
+@st.composite
+def proxied_requests(draw: st.DrawFn) -> tuple[bytes, bytes, list[tuple[bytes, bytes]], bytes]:
+    start = draw(st.sampled_from(TARGET_STARTS))
+    host = draw(st.sampled_from(TARGET_HOSTS))
+    pieces = draw(st.lists(st.sampled_from(TARGET_PIECES), max_size=6))
+    method = draw(st.sampled_from([b"POST", b"GET", b"PUT", b"OPTIONS", b"CONNECT"]))
+    headers = draw(st.lists(st.sampled_from(HEADER_CHOICES), max_size=4, unique=True))
+    body = ADVISOR_BODY if method == b"POST" and draw(st.booleans()) else b""
+    return method, (start + host + "".join(pieces)).encode(), headers, body
+
+
+@dataclass
+class UnderAttack:
+    proxy_url: str
+    upstream_url: str
+    upstream: Mirror
+    trap: Trap
+    sent: list[httpx.URL]
+    """Every URL the proxy's connection pool (forwarded requests and legs alike) sent to."""
+
+
+@settings(deadline=None, max_examples=150)
+@given(request=proxied_requests())
+def test_only_the_configured_upstream_is_ever_contacted(
+    request: tuple[bytes, bytes, list[tuple[bytes, bytes]], bytes], under_attack: UnderAttack
+) -> None:
+    method, target, headers, body = request
+    port = str(under_attack.trap.port).encode()
+    lines = [method + b" " + target.replace(b"TRAP", port) + b" HTTP/1.1"]
+    if not any(name == b"host" for name, _ in headers):
+        lines.append(b"host: 127.0.0.1")
+    lines += [name + b": " + value.replace(b"TRAP", port) for name, value in headers]
+    lines.append(b"content-length: " + str(len(body)).encode())
+    under_attack.upstream.seen.clear()
+    under_attack.sent.clear()
+    status, _ = raw_request(under_attack.proxy_url, b"\r\n".join(lines), body)
+    assert status != 500
+    assert under_attack.trap.connections() == 0
+    configured = httpx.URL(under_attack.upstream_url)
+    for url in under_attack.sent:
+        assert (url.scheme, url.host, url.port, url.userinfo) == (
+            configured.scheme,
+            configured.host,
+            configured.port,
+            b"",
+        )
+        assert url.raw_path.startswith(b"/gw/")
+    for seen in under_attack.upstream.seen:  # the forwarded request, or the legs of an advisor request
+        assert seen["raw_path"].startswith("/gw/")
+        assert "/../" not in seen["raw_path"] + "/" and "/./" not in seen["raw_path"] + "/"
+
+
+@pytest.fixture(scope="module")
+def under_attack() -> Iterator[UnderAttack]:
+    """``serve --upstream UPSTREAM/gw`` (the CLI's app on uvicorn), its upstream, a trap, and
+    the URLs the app's connection pool sent to."""
+    upstream = Mirror()
+    trap = Trap()
+    sent: list[httpx.URL] = []
+
+    async def record(request: httpx.Request) -> None:
+        sent.append(request.url)
+
+    with threaded(uvicorn_server, upstream) as upstream_url:
+        app = build_app(None, upstream=upstream_url + "/gw")
+        app.app.client.event_hooks = {"request": [record]}  # the pool the proxy and the router share
+        with threaded(uvicorn_server, app) as proxy_url:
+            yield UnderAttack(proxy_url, upstream_url, upstream, trap, sent)
+    trap.close()
+
+
+# --- framing: content-length alongside transfer-encoding ----------------------------------------
+
+
+@asynccontextmanager
+async def raw_upstream(answer: bytes) -> AsyncIterator[tuple[str, list[bytes]]]:
+    """An upstream that writes ``answer`` as it is (status line, headers, body) to each request,
+    after reading the request's head; yields its URL and the heads it read."""
+    heads: list[bytes] = []
+
+    async def serve(stream: anyio.abc.SocketStream) -> None:
+        async with stream:
+            received = b""
+            while b"\r\n\r\n" not in received:
+                received += await stream.receive()
+            heads.append(received)
+            await stream.send(answer)
+
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)
+    async with listener, anyio.create_task_group() as tg:
+        tg.start_soon(listener.serve, serve)
+        yield f"http://127.0.0.1:{port}", heads
+        tg.cancel_scope.cancel()
+
+
+async def test_an_answer_with_both_content_length_and_chunks_is_relayed_whole() -> None:
+    body = b"longer than the declared five bytes"
+    answer = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\nx-up: 1\r\n\r\n"
+    answer += f"{len(body):x}\r\n".encode() + body + b"\r\n0\r\n\r\n"
+    async with raw_upstream(answer) as (url, _), uvicorn_server(build_app(None, upstream=url)) as proxy_url:
+        status, payload = await anyio.to_thread.run_sync(raw_request, proxy_url, b"GET /x HTTP/1.1\r\nhost: a")
+    assert (status, payload) == (200, body)
+
+
+async def test_a_request_with_both_content_length_and_chunks_is_forwarded_whole(mirror: tuple[str, Mirror]) -> None:
+    url, upstream = mirror
+    body = b"hello, a chunked body"
+    head = b"POST /v1/files HTTP/1.1\r\nhost: a\r\ncontent-length: 3\r\ntransfer-encoding: chunked"
+    chunked = f"{len(body):x}\r\n".encode() + body + b"\r\n0\r\n\r\n"
+    async with uvicorn_server(build_app(None, upstream=url)) as proxy_url:
+        status, _ = await anyio.to_thread.run_sync(raw_request, proxy_url, head, chunked)
+    assert status == 200
+    (seen,) = upstream.seen
+    assert seen["body"] == body
+
+
+async def test_an_upstream_that_answers_garbage_is_a_502() -> None:
+    async with raw_upstream(b"\x00\x01 not http at all\r\n\r\n") as (url, _):
+        async with uvicorn_server(build_app(None, upstream=url)) as proxy_url:
+            status, payload = await anyio.to_thread.run_sync(raw_request, proxy_url, b"GET /x HTTP/1.1\r\nhost: a")
+    assert status == 502
+    assert json.loads(payload)["error"]["type"] == "api_error"

@@ -26,8 +26,8 @@ from starlette.middleware.gzip import GZipMiddleware
 from advisor_middleware import AdvisorMiddleware, HTTPRouter
 from examples.fastapi_app import create_app
 
-from .helpers import ONE_CONSULT, block_types, call, http_for, sdk_for
-from .servers import example_server
+from .helpers import ONE_CONSULT, block_types, call, check_stream, http_for, sdk_for
+from .servers import example_server, uvicorn_server
 from .upstream import ADVISOR_TOOL, Reply, Script, scripted_host, text, tool_use
 
 pytestmark = pytest.mark.anyio
@@ -267,3 +267,52 @@ async def test_fastapi_lifespan_runs_under_the_middleware_and_its_state_reaches_
     assert block_types(message.content) == ONE_CONSULT
     # The spend log lives in the lifespan state: every leg wrote to it.
     assert [r["leg"] for r in response.json()["requests"]] == ["executor", "advisor", "executor"]
+
+
+# --- the caller's spelling of the path --------------------------------------------------------
+
+
+def starlette_host(script: Script) -> Starlette:
+    app = scripted_host(script)  # one route, /v1/messages; Starlette redirects /v1/messages/ (307)
+    app.add_middleware(AdvisorMiddleware)
+    return app
+
+
+def fastapi_host(script: Script) -> FastAPI:
+    app = FastAPI(routes=scripted_host(script).routes)  # redirect_slashes, as Starlette
+    app.add_middleware(AdvisorMiddleware)
+    return app
+
+
+def fastapi_mounted(script: Script) -> FastAPI:
+    outer = FastAPI()
+    outer.mount("/api", fastapi_host(script))  # legs go to /api/v1/messages, under root_path
+    return outer
+
+
+@pytest.mark.parametrize("streaming", [True, False], ids=["stream", "json"])
+@pytest.mark.parametrize(
+    ("build", "path"),
+    [
+        pytest.param(starlette_host, "/v1/messages/", id="starlette"),
+        pytest.param(fastapi_host, "/v1/messages/", id="fastapi"),
+        pytest.param(fastapi_mounted, "/api/v1/messages/", id="fastapi-mounted"),
+    ],
+)
+async def test_a_trailing_slash_from_the_caller_sends_legs_to_the_route_the_host_serves(
+    script: Script, build: Any, path: str, streaming: bool
+) -> None:
+    script.executor(
+        Reply([text("Asking."), tool_use("advisor", id="toolu_1")], stop_reason="tool_use"),
+        Reply([text("Done.")]),
+    ).advisor(Reply([text("Advice.")]))
+    async with uvicorn_server(build(script)) as url, httpx.AsyncClient(base_url=url) as http:
+        response = await http.post(path, json={**PARAMS, "stream": streaming})
+    assert response.status_code == 200, response.text
+    if streaming:
+        _, message = check_stream(response.content)
+        assert message is not None
+        assert block_types(message.content) == ONE_CONSULT
+    else:
+        assert block_types(response.json()["content"]) == ONE_CONSULT
+    assert [r.role for r in script.requests] == ["executor", "advisor", "executor"]

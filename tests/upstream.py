@@ -312,3 +312,39 @@ HOSTS: dict[str, Callable[[Script], Starlette]] = {
     "http-middleware": host_with_http_middleware,
 }
 """The host shapes the disconnect and push tests run against."""
+
+
+class WithAnswerHeaders:
+    """ASGI middleware that adds to every answer of ``app`` headers an Anthropic gateway sends
+    (a request id and rate limits, numbered per request from 1) and some that describe the
+    body or the connection, which must stay with a leg."""
+
+    DESCRIBING = ("request-id", "anthropic-ratelimit-requests-remaining", "anthropic-organization-id")
+    OTHERS = ("set-cookie", "x-internal-route", "content-language", "etag")
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.count = 0
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        self.count += 1
+        number = self.count
+
+        async def send_with_headers(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                added = [
+                    (b"request-id", f"req_{number}".encode()),
+                    (b"anthropic-ratelimit-requests-remaining", str(100 - number).encode()),
+                    (b"anthropic-organization-id", b"org-1"),
+                    (b"set-cookie", b"session=leg"),
+                    (b"x-internal-route", b"pool-a"),
+                    (b"content-language", b"en"),
+                    (b"etag", b'"leg"'),
+                ]
+                message = {**message, "headers": [*message.get("headers", []), *added]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)

@@ -11,7 +11,7 @@ import anyio
 from .._types import ASGIApp, Message
 from ..errors import ClientGone, UpstreamError
 from ..sse import SSEDecoder
-from .base import Batch, BatchRouter, Leg, OnBatch
+from .base import Batch, BatchRouter, Leg, OnBatch, forwarded_headers
 from .events import MAX_BUFFERED, decode_events, json_message_events
 
 __all__ = ["CLIENT", "AppRouter", "Departure"]
@@ -80,7 +80,7 @@ class AppRouter(BatchRouter):
         if "path" in scope:
             scope["raw_path"] = scope["path"].encode()
 
-        response = _Response(leg.raw_deltas)
+        response = _Response(leg.raw_deltas, leg.response_headers)
         body_sent = False
         waiting: anyio.Event | None = None  # made only if the app asks for a second message
         # Why the leg stopped early: on_batch raised (the client left, or the loop found the
@@ -167,7 +167,7 @@ class AppRouter(BatchRouter):
             raise UpstreamError(502, "the host app returned without answering this leg")
         raw = b"".join(response.buffered)
         if response.status != 200:
-            raise UpstreamError(response.status, raw, response.headers)
+            raise UpstreamError(response.status, raw, forwarded_headers(response.headers))
         if not response.readable:
             encoding = response.encoding.decode()
             raise UpstreamError(502, f"leg answered with content-encoding {encoding!r}, which cannot be read")
@@ -201,12 +201,13 @@ class _Response:
         "streaming",
     )
 
-    def __init__(self, raw_deltas: bool) -> None:
+    def __init__(self, raw_deltas: bool, headers: list[tuple[bytes, bytes]]) -> None:
         self.raw_deltas = raw_deltas
         self.status = 0
         self.is_sse = False
         self.encoding = b""
-        self.headers: list[tuple[bytes, bytes]] = []  # kept for an UpstreamError
+        self.headers = headers  # the leg's response_headers, filled at http.response.start
+        headers.clear()
         self.buffered: list[bytes] = []  # a body that is not a readable stream
         self.size = 0
         self.complete = False
@@ -240,7 +241,6 @@ class _Response:
                     self.is_sse = bytes(value).lower().startswith(b"text/event-stream")
                 elif key == b"content-encoding":
                     self.encoding = bytes(value).lower().strip()
-                elif key in (b"retry-after", b"x-should-retry"):
-                    self.headers.append((key, bytes(value)))
+                self.headers.append((key, bytes(value)))
             self.streaming = self.status == 200 and self.is_sse and self.readable
         return None

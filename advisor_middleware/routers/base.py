@@ -15,6 +15,9 @@ from ..sse import RawDelta, encode_json, raw_delta_event
 T = TypeVar("T")
 
 __all__ = [
+    "FORWARDED_ANSWER_HEADERS",
+    "FORWARDED_ANSWER_PREFIXES",
+    "HOP_BY_HOP",
     "LEG_HEADER",
     "NOTHING",
     "Batch",
@@ -23,6 +26,8 @@ __all__ = [
     "MessagesRouter",
     "OnBatch",
     "closing",
+    "end_to_end",
+    "forwarded_headers",
     "leg_headers",
     "run_leg",
 ]
@@ -55,24 +60,41 @@ plain function that returns it (or another awaitable it has, such as the client'
 than a coroutine: one runs for every group of every leg, and a coroutine level costs ~950
 instructions (docs/performance.md, step 30)."""
 
-# Hop-by-hop or body-describing headers that must not be copied onto a leg: the leg has its own
-# body (new length, no encoding) and we must be able to parse its answer (no accept-encoding,
-# asgi-ecosystem §2.7).
-_DROP = frozenset(
+HOP_BY_HOP = frozenset(
     {
-        b"content-length",
-        b"transfer-encoding",
-        b"content-encoding",
-        b"accept-encoding",
         b"connection",
         b"keep-alive",
-        b"expect",
-        b"upgrade",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"proxy-connection",
         b"te",
         b"trailer",
-        LEG_HEADER,
+        b"transfer-encoding",
+        b"upgrade",
     }
 )
+"""Headers that concern one connection, not the request (RFC 9110 §7.6.1): never forwarded, by
+the proxy or on a leg, and neither are the headers a ``connection`` header names."""
+
+# Headers that describe the caller's body, or ask how our answer should be encoded, and so are
+# not copied onto a leg: the leg has its own body (new length, no encoding) and we must be able
+# to parse its answer (no accept-encoding, asgi-ecosystem §2.7).
+_BODY = frozenset({b"content-length", b"content-encoding", b"accept-encoding", b"expect", LEG_HEADER})
+
+FORWARDED_ANSWER_HEADERS = frozenset(
+    {
+        b"request-id",
+        b"x-request-id",
+        b"anthropic-organization-id",
+        b"retry-after",
+        b"retry-after-ms",
+        b"x-should-retry",
+    }
+)
+FORWARDED_ANSWER_PREFIXES = (b"anthropic-ratelimit-",)
+"""The headers of a leg's answer that reach the client (:func:`forwarded_headers`): names, and
+name prefixes. They describe the request (its id, the caller's rate limits, retry advice), not
+the body: framing, encoding, content type and cookies stay with the leg."""
 
 
 @dataclass(frozen=True)
@@ -97,6 +119,11 @@ class Leg:
     raw_deltas: bool = False
     encoder: Callable[[dict[str, Any]], bytes] | None = field(default=None, repr=False, compare=False)
     """What :meth:`encode` uses instead of :func:`~advisor_middleware.sse.encode_json`, if set."""
+    response_headers: list[tuple[bytes, bytes]] = field(default_factory=list, repr=False, compare=False)
+    """Where the router puts the headers of the leg's answer, if it has them, before it hands
+    over the leg's first events (or raises its error). The middleware passes those of
+    :data:`FORWARDED_ANSWER_HEADERS` on to the client from the request's first executor leg.
+    A router that has no headers leaves it empty."""
 
     def encode(self) -> bytes:
         """``body`` as JSON bytes, as the shipped routers send it. For the executor's legs the
@@ -233,10 +260,7 @@ def _drain(stream: MemoryObjectReceiveStream[Batch], into: Batch) -> bool:
 def leg_headers(headers: list[tuple[bytes, bytes]] | Any, role: str) -> list[tuple[bytes, bytes]]:
     """The caller's headers, cleaned for a leg request (see :class:`Leg`)."""
     out: list[tuple[bytes, bytes]] = []
-    for name, value in headers:
-        key = name.lower()
-        if key in _DROP:
-            continue
+    for key, value in end_to_end(headers, _BODY):
         if key == b"anthropic-beta":
             kept = [v.strip() for v in value.decode("latin-1").split(",") if v.strip() and v.strip() != ADVISOR_BETA]
             if not kept:
@@ -244,6 +268,31 @@ def leg_headers(headers: list[tuple[bytes, bytes]] | Any, role: str) -> list[tup
             value = ",".join(kept).encode("latin-1")
         out.append((key, value))
     out.append((LEG_HEADER, role.encode()))
+    return out
+
+
+def end_to_end(
+    headers: list[tuple[bytes, bytes]] | Any, drop: frozenset[bytes] = frozenset()
+) -> list[tuple[bytes, bytes]]:
+    """``headers`` with lower-case names, without the hop-by-hop ones (:data:`HOP_BY_HOP` and
+    those a ``connection`` header names) and without those in ``drop``. The one rule for what
+    goes on: the proxy's forwarded requests and answers, and every leg's request."""
+    pairs = [(bytes(name).lower(), bytes(value)) for name, value in headers]
+    dropped = HOP_BY_HOP | drop
+    for name, value in pairs:
+        if name == b"connection":
+            dropped |= {token.strip().lower() for token in value.split(b",")}
+    return [(name, value) for name, value in pairs if name not in dropped]
+
+
+def forwarded_headers(headers: list[tuple[bytes, bytes]] | Any) -> list[tuple[bytes, bytes]]:
+    """Of a leg's answer's headers, those the client gets on the middleware's own response, an
+    error included (:data:`FORWARDED_ANSWER_HEADERS`)."""
+    out: list[tuple[bytes, bytes]] = []
+    for name, value in headers:
+        key = bytes(name).lower()
+        if key in FORWARDED_ANSWER_HEADERS or key.startswith(FORWARDED_ANSWER_PREFIXES):
+            out.append((key, bytes(value)))
     return out
 
 

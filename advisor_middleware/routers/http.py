@@ -5,20 +5,73 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from http.cookiejar import CookieJar, DefaultCookiePolicy
+from urllib.parse import unquote_to_bytes
 
 import httpx
 
 from ..errors import UpstreamError
 from ..sse import SSEDecoder
-from .base import Batch, BatchRouter, Leg, OnBatch
+from .base import Batch, BatchRouter, Leg, OnBatch, end_to_end, forwarded_headers
 from .events import MAX_BUFFERED, decode_events, json_message_events
 
-__all__ = ["DEFAULT_TIMEOUT", "HTTPRouter", "PooledClient"]
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "HTTPRouter",
+    "InvalidTarget",
+    "PooledClient",
+    "parse_base_url",
+    "shown_url",
+    "upstream_url",
+]
 
 DEFAULT_TIMEOUT = httpx.Timeout(600.0, connect=10.0)
 """Ten seconds to connect; then up to ten minutes between two reads (a model thinking quietly)."""
 
-_KEPT = ("retry-after", "x-should-retry")
+# Set on a leg by the router itself: the caller's would describe the caller's body, and httpx
+# writes host from the URL.
+_LEG_OWN = frozenset({b"host", b"content-type", b"content-length"})
+
+
+def shown_url(base: httpx.URL, path: bytes = b"") -> str:
+    """``base`` plus ``path`` as error messages show it: without credentials."""
+    return str(base.copy_with(username=None, password=None)).rstrip("/") + path.decode("latin-1")
+
+
+class InvalidTarget(ValueError):
+    """A path or query that cannot be put under a configured base URL."""
+
+
+def parse_base_url(value: str) -> httpx.URL:
+    """A configured base URL, checked: ``http`` or ``https``, a host, no query or fragment.
+    Every URL the middleware connects to is this plus a path (:func:`upstream_url`)."""
+    try:
+        url = httpx.URL(value)
+    except httpx.InvalidURL as exc:
+        raise ValueError(f"base_url {value!r} is not a valid URL: {exc}") from None
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ValueError(f"base_url must be an http:// or https:// URL, not {value!r}")
+    if url.query or url.fragment:
+        raise ValueError(f"base_url must have no query or fragment, not {value!r}")
+    return url
+
+
+def upstream_url(base: httpx.URL, path: bytes, query: bytes = b"") -> httpx.URL:
+    """``base`` with ``path`` appended to its path, and ``query``. ``path`` must be in origin
+    form (it starts with ``/``) with no ``.`` or ``..`` segment, however a server might read
+    one (with escapes, between backslashes), so the URL stays on the base's scheme, host and
+    port and under its path; anything else raises :class:`InvalidTarget`."""
+    if not path.startswith(b"/"):
+        raise InvalidTarget("the request-target must be a path that starts with '/'")
+    if any(segment in (b".", b"..") for segment in unquote_to_bytes(path).replace(b"\\", b"/").split(b"/")):
+        raise InvalidTarget("the request path must have no '.' or '..' segment")
+    raw_path = base.raw_path.rstrip(b"/") + path + (b"?" + query if query else b"")
+    try:
+        url = base.copy_with(raw_path=raw_path)
+    except (httpx.InvalidURL, UnicodeError):
+        raise InvalidTarget("the request-target is not a valid URL path and query") from None
+    if (url.scheme, url.host, url.port, url.userinfo) != (base.scheme, base.host, base.port, base.userinfo):
+        raise InvalidTarget("the request-target would leave the configured base URL")  # defence in depth
+    return url
 
 
 class PooledClient:
@@ -80,10 +133,11 @@ class HTTPRouter(PooledClient, BatchRouter):
         path: str = "/v1/messages",
     ) -> None:
         super().__init__(client, timeout)
-        if not base_url.startswith(("http://", "https://")):
-            raise ValueError(f"base_url must be an http:// or https:// URL, not {base_url!r}")
-        self.base_url = base_url.rstrip("/")
-        self.url = self.base_url + "/" + path.lstrip("/")
+        self._base = parse_base_url(base_url)
+        self.base_url = str(self._base).rstrip("/")
+        self._path = b"/" + path.lstrip("/").encode()
+        self.url = str(upstream_url(self._base, self._path))
+        self._shown = shown_url(self._base, self._path)
 
     async def push(self, leg: Leg, on_batch: OnBatch) -> None:
         """Await ``on_batch`` with each network read's events, as they arrive.
@@ -111,11 +165,11 @@ class HTTPRouter(PooledClient, BatchRouter):
     async def _exchange(self, leg: Leg) -> AsyncIterator[httpx.Response]:
         """POST the leg; the answer once it is known to be a 200. Transport failures, while
         the answer is read inside the block too, come out as UpstreamError."""
-        url = self.url
-        query = leg.scope.get("query_string")
-        if query:
-            url += "?" + bytes(query).decode("latin-1")
-        headers = [(k, v) for k, v in leg.headers if k not in (b"host", b"content-type")]
+        try:
+            url = upstream_url(self._base, self._path, bytes(leg.scope.get("query_string") or b""))
+        except InvalidTarget as exc:
+            raise UpstreamError(400, {"type": "invalid_request_error", "message": str(exc)}) from None
+        headers = end_to_end(leg.headers, _LEG_OWN)
         # Identity: the SSE must reach us as it is produced, not held back by a compressor.
         headers += [(b"content-type", b"application/json"), (b"accept-encoding", b"identity")]
         try:
@@ -127,15 +181,16 @@ class HTTPRouter(PooledClient, BatchRouter):
                 timeout=self.timeout,
                 follow_redirects=False,
             ) as response:
+                leg.response_headers[:] = response.headers.raw
                 if response.status_code != 200:
-                    kept = [(k.encode(), response.headers[k].encode()) for k in _KEPT if k in response.headers]
+                    kept = forwarded_headers(response.headers.raw)
                     raise UpstreamError(response.status_code, await _read(response), kept)
                 yield response
         except httpx.TimeoutException as exc:
             kind = type(exc).__name__
-            raise UpstreamError(504, {"type": "timeout_error", "message": f"upstream {kind} on {self.url}"}) from exc
+            raise UpstreamError(504, {"type": "timeout_error", "message": f"upstream {kind} on {self._shown}"}) from exc
         except httpx.RequestError as exc:
-            message = f"upstream {self.url} failed: {type(exc).__name__}: {exc}"
+            message = f"upstream {self._shown} failed: {type(exc).__name__}: {exc}"
             raise UpstreamError(502, {"type": "api_error", "message": message}) from exc
 
 

@@ -14,12 +14,40 @@ from typing import Any
 from ..accumulate import message_to_events
 from ..errors import UpstreamError, error_type_for_status, quoted_error_type
 from ..sse import SSEDecoder
-from .base import Batch, BatchRouter, Leg, closing
+from .base import Batch, BatchRouter, Leg, closing, forwarded_headers
 from .events import decode_events, event_error
 
-__all__ = ["LiteLLMRouter"]
+__all__ = ["MESSAGES_FIELDS", "LiteLLMRouter"]
 
-_KEPT = ("retry-after", "x-should-retry")
+MESSAGES_FIELDS = frozenset(
+    {
+        "model",
+        "messages",
+        "max_tokens",
+        "system",
+        "metadata",
+        "stop_sequences",
+        "stream",
+        "temperature",
+        "top_k",
+        "top_p",
+        "thinking",
+        "tools",
+        "tool_choice",
+        "service_tier",
+        "container",
+        "context_management",
+        "mcp_servers",
+        "output_config",
+        "output_format",
+        "cache_control",
+        "inference_geo",
+        "speed",
+    }
+)
+"""The fields of a leg's body that :class:`LiteLLMRouter` passes to ``aanthropic_messages``: the
+Messages API's request parameters. Any other field (``api_base``, ``api_key``, ...) is dropped, so
+no request chooses a deployment's URL or credentials; ``call_kwargs`` adds what an app wants."""
 
 
 class LiteLLMRouter(BatchRouter):
@@ -39,8 +67,10 @@ class LiteLLMRouter(BatchRouter):
     propagate unchanged.
 
     The caller's headers are not used: an app holding a Router authenticates its callers itself.
-    ``call_kwargs(leg)`` may add keyword arguments per leg (``metadata``, ``extra_headers``,
-    ``user``...); they override the body's fields of the same name.
+    Only the body's Messages API fields are passed (:data:`MESSAGES_FIELDS`): a field such as
+    ``api_base`` or ``api_key`` in a request never reaches LiteLLM. ``call_kwargs(leg)`` may add
+    keyword arguments per leg (``metadata``, ``extra_headers``, ``user``...); they override the
+    body's fields of the same name.
     """
 
     def __init__(self, router: Any, *, call_kwargs: Callable[[Leg], Mapping[str, Any]] | None = None) -> None:
@@ -49,7 +79,9 @@ class LiteLLMRouter(BatchRouter):
 
     async def batches(self, leg: Leg) -> AsyncIterator[Batch]:
         """The leg's events grouped as LiteLLM hands them over: one list per item of its stream."""
-        kwargs = dict(leg.body)
+        # Only the Messages API's fields: LiteLLM also takes api_base, base_url, api_key and the
+        # like as keyword arguments, and the body is the caller's to write.
+        kwargs = {key: value for key, value in leg.body.items() if key in MESSAGES_FIELDS}
         if self.call_kwargs is not None:
             kwargs.update(self.call_kwargs(leg))
         kwargs["stream"] = True
@@ -116,8 +148,8 @@ def _upstream_error(exc: Exception) -> UpstreamError:
     if not isinstance(provider, Mapping):
         provider = getattr(getattr(exc, "response", None), "headers", None)
     if isinstance(provider, Mapping):
-        for name in _KEPT:
-            value = provider.get(name)
-            if isinstance(value, str):
-                headers.append((name.encode(), value.encode("latin-1", "replace")))
+        texts = [(k, v) for k, v in provider.items() if isinstance(k, str) and isinstance(v, str)]
+        headers = forwarded_headers(
+            [(k.encode("latin-1", "replace"), v.encode("latin-1", "replace")) for k, v in texts]
+        )
     return UpstreamError(status, {"type": error_type, "message": message}, headers)
