@@ -57,7 +57,8 @@ def decode_events(
     """Decode one chunk of a leg's SSE answer, appending its events to ``into``. Returns the
     leg's failure, if the chunk holds one (an event that is not JSON, or an ``error`` event):
     the events before it are in ``into`` and still the leg's output; nothing after it is read.
-    ``raw_deltas``: deltas in Anthropic's own layout go to ``into`` as :data:`RawDelta`."""
+    ``raw_deltas``: deltas in Anthropic's own layout (one ``data:`` line) go to ``into`` as
+    :data:`RawDelta`."""
     if (
         raw_deltas
         and chunk[:_HEAD_SIZE] == DELTA_HEAD
@@ -75,7 +76,9 @@ def decode_events(
             into.append((index, chunk))
             return None
     for name, data in decoder.feed(chunk):
-        if raw_deltas and name == "content_block_delta" and data[:_DATA_SIZE] == DELTA_DATA:
+        # Raw only on one data line: the relay writes it after one "data: ", so a second line
+        # would reach the client as a field of its own (the decoder joined them with "\n").
+        if raw_deltas and name == "content_block_delta" and data[:_DATA_SIZE] == DELTA_DATA and 10 not in data:
             index = index_at(data, _DATA_SIZE)
             if index >= 0:
                 into.append((index, b"%b%b\n\n" % (DELTA_SSE, data)))
