@@ -94,7 +94,9 @@ class UpstreamError(Exception):
     """A leg failed: a non-200 answer, an ``error`` event, or a broken stream.
 
     ``body`` is what the caller should see if this error ends the request: the host's own bytes
-    when they already are an Anthropic error, otherwise an Anthropic-shaped wrapper.
+    when they already are an Anthropic error, otherwise an Anthropic-shaped wrapper. A leg
+    answered with a status that is not an error (``204``, ``304``, a redirect) is a misbehaving
+    upstream: ``502``, since no error body can go out with the status it gave.
     """
 
     def __init__(
@@ -103,6 +105,8 @@ class UpstreamError(Exception):
         body: bytes | dict[str, Any] | str,
         headers: list[tuple[bytes, bytes]] | None = None,
     ) -> None:
+        if not 400 <= status <= 599:
+            status, body = 502, f"upstream answered HTTP {status}, not a Messages answer"
         self.status = status
         self.headers = headers or []
         self.body = _normalise_body(status, body)

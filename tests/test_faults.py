@@ -37,6 +37,7 @@ from .upstream import (
     Script,
     Turn,
     reply_events,
+    reply_message,
     scripted_host,
     sse,
     text,
@@ -61,15 +62,29 @@ class Fault:
     """The executor leg's status, before the response started (and always in JSON mode)."""
     error_type: str
     via: str = ""
-    """``refused``, ``reset``, ``reset-mid`` or ``timeout``: the failing leg goes through an
-    ``HTTPRouter`` to a closed port, a server that resets the connection, or the scripted host
-    on a socket with a short read timeout."""
+    """``refused``, ``reset``, ``reset-mid``, ``timeout`` or ``http``: the failing leg goes through
+    an ``HTTPRouter`` to a closed port, a server that resets the connection, or the scripted host
+    on uvicorn (with a short read timeout for ``timeout``)."""
     mid: bool = False
     """On the first executor leg the fault comes after ``message_start``: the stream has started."""
 
 
 def _raw(status: int, body: bytes, headers: dict[str, str] | None = None) -> Fail:
     return Fail(status, raw=body, headers=headers or {})
+
+
+JSON = {"content-type": "application/json"}
+
+
+def _message(**fields: Any) -> Fail:
+    """A 200 JSON Message (the host ignored ``stream: true``) with these fields overridden."""
+    message = reply_message(Reply([text("Fine.")]), "exec")
+    return _raw(200, json.dumps({**message, **fields}).encode(), JSON)
+
+
+def _unreadable(turn: Turn, via: str = "") -> Fault:
+    """A leg answer that is no Messages answer: a 502 (executor), ``unavailable`` (advisor)."""
+    return Fault(turn, "unavailable", 502, "api_error", via=via)
 
 
 FAULTS: dict[str, Fault] = {
@@ -102,6 +117,17 @@ FAULTS: dict[str, Fault] = {
     "200-not-a-message": Fault(
         _raw(200, b'{"ok":true}', {"content-type": "application/json"}), "unavailable", 502, "api_error"
     ),
+    # Statuses that are no error: relayed, they could not carry the error body.
+    "204": _unreadable(_raw(204, b"")),
+    "304": _unreadable(_raw(304, b"")),
+    "204-http": _unreadable(_raw(204, b""), via="http"),
+    # A JSON Message of the wrong shape.
+    "message-content-ints": _unreadable(_message(content=[1])),
+    "message-content-string": _unreadable(_message(content="abc")),
+    "message-content-nulls": _unreadable(_message(content=[None])),
+    "message-usage-int": _unreadable(_message(usage=5)),
+    "message-text-int": _unreadable(_message(content=[{"type": "text", "text": 5}])),
+    "message-content-ints-http": _unreadable(_message(content=[1]), via="http"),
 }
 
 
@@ -197,7 +223,7 @@ async def _fault_url(fault: Fault, upstream: str) -> AsyncIterator[str | None]:
     elif fault.via in ("reset", "reset-mid"):
         async with resetting_server(STARTED_THEN_RESET if fault.via == "reset-mid" else b"") as url:
             yield url
-    elif fault.via == "timeout":
+    elif fault.via in ("timeout", "http"):
         yield upstream
     else:
         yield None
@@ -234,7 +260,7 @@ async def test_advisor_leg_fault_becomes_an_error_result(
 ) -> None:
     cell = FAULTS.get(fault) or Fault(Reply([text("too late")], delay=3.0), "execution_time_exceeded", 0, "")
     script.executor(asking(), Reply([text("Carrying on.")]))
-    if cell.turn is not None and cell.via in ("", "timeout"):
+    if cell.turn is not None and cell.via in ("", "timeout", "http"):
         script.advisor(cell.turn)
     if fault == "advisor_timeout":
         # The middleware's own advisor_timeout, with the default in-process router.
