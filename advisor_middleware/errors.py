@@ -104,6 +104,8 @@ class UpstreamError(Exception):
         status: int,
         body: bytes | dict[str, Any] | str,
         headers: list[tuple[bytes, bytes]] | None = None,
+        *,
+        detail: str | None = None,
     ) -> None:
         if not 400 <= status <= 599:
             status, body = 502, f"upstream answered HTTP {status}, not a Messages answer"
@@ -111,7 +113,15 @@ class UpstreamError(Exception):
         self.headers = headers or []
         self.body = _normalise_body(status, body)
         info = self.error
-        super().__init__(f"{status} {info.get('type')}: {info.get('message')}")
+        if detail is None:
+            # A str body is our own words; any other is the upstream's, which may quote the
+            # request or the model's output: only its size goes into the text that is logged.
+            size = len(str(info.get("message") or ""))
+            detail = body if isinstance(body, str) else f"the upstream's message ({size} characters)"
+        self.detail = detail
+        """What the error is, fit for logs at any level: sizes, positions and types, never a
+        body, advice or model output (``error`` holds the upstream's own message)."""
+        super().__init__(f"{status} {info.get('type')}: {detail}")
 
     @property
     def error(self) -> dict[str, Any]:

@@ -168,6 +168,7 @@ class Orchestration:
                 raise
             if isinstance(exc, UpstreamError):
                 log.warning("executor leg failed after the response started: %s", exc)
+                _log_upstream_message(exc)
                 error = exc.error or {"type": "api_error", "message": str(exc)}
             else:
                 log.exception("advisor loop failed after the response started")
@@ -490,6 +491,7 @@ class Orchestration:
             code = advisor_error_code(exc)
             if isinstance(exc, UpstreamError | TimeoutError):
                 log.warning("advisor leg failed (%s): %s", code, exc)
+                _log_upstream_message(exc)
             else:
                 log.exception("advisor leg failed (%s)", code)
             self._record_advisor(acc)
@@ -517,6 +519,13 @@ class Orchestration:
         for key in _USAGE_SUMS:
             entry[key] = _int(usage.get(key))
         self.iterations.append(entry)
+
+
+def _log_upstream_message(exc: Exception) -> None:
+    # The upstream's own message may quote the request or the model's output: DEBUG only
+    # (every level above holds sizes, positions and types; UpstreamError.detail).
+    if isinstance(exc, UpstreamError):
+        log.debug("the upstream's error message: %r", exc.error.get("message"))
 
 
 async def _emit_then_raise(emit: Emit, group: Batch, exc: Exception) -> None:

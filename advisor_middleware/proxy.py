@@ -157,7 +157,8 @@ class UpstreamProxy(PooledClient):
                 pass
             except (httpx.RequestError, OSError) as exc:
                 if started:
-                    log.warning("upstream %s broke off mid-response: %r", self.base_url, exc)
+                    # The type only: the transport's words may quote what the upstream sent.
+                    log.warning("upstream %s broke off mid-response: %s", self.base_url, type(exc).__name__)
                     raise  # the server aborts the connection: the client sees the body is cut short
                 timeout = isinstance(exc, httpx.TimeoutException)
                 status, kind = (504, "timeout_error") if timeout else (502, "api_error")
