@@ -545,10 +545,17 @@ def _tool_use_ids(messages: list[Any]) -> set[str]:
     return ids
 
 
+_EVENT_TYPES = frozenset(
+    ("message_start", "content_block_start", "content_block_delta", "content_block_stop", "message_delta")
+)
+
+
 def _malformed(kind: Any) -> UpstreamError:
     # A field of the wrong type (an index that is not a number, a block that is not an object):
-    # the leg's answer is broken, not the middleware.
-    return UpstreamError(502, f"the executor's stream sent a malformed {kind} event")
+    # the leg's answer is broken, not the middleware. The type is named only if it is one of
+    # Anthropic's: any other string is the host's, and this message is logged.
+    name = kind if isinstance(kind, str) and kind in _EVENT_TYPES else "unrecognised"
+    return UpstreamError(502, f"the executor's stream sent a malformed {name} event")
 
 
 def _forces_advisor(choice: Any) -> bool:

@@ -466,3 +466,24 @@ async def test_events_typed_only_by_their_event_line_are_read(
     assert block_types(message["content"]) == ONE_CONSULT
     assert message["content"][0] == {"type": "text", "text": ASKING}
     assert message["content"][2]["content"] == {"type": "advisor_result", "text": ADVICE}
+
+
+@STREAMING
+async def test_a_malformed_event_is_named_without_what_the_host_wrote(
+    servers: Servers, script: Script, streaming: bool
+) -> None:
+    # A type of the host's own, with an index we cannot read: the error names the event by
+    # Anthropic's types only, since the host's strings may hold what the model said and the
+    # failure is logged (nothing_said_is_logged checks it).
+    odd = {"type": f"{EXEC} says", "index": [1]}
+    events = reply_events(Reply([text(f"partial {EXEC}")]), "exec")
+    script.executor(_raw(200, b"".join(sse(e) for e in [*events[:3], odd, *events[3:]]), SSE))
+    servers.slots[0].app = AdvisorMiddleware(scripted_host(script))
+    async with httpx.AsyncClient(base_url=servers.gateway, timeout=10.0) as client:
+        response = await answer(client, streaming)
+    malformed = Fault(None, "unavailable", 502, "api_error")
+    if streaming:
+        assert_error_event(response, malformed, ["text"])
+    else:
+        assert_error_response(response, malformed)
+        assert EXEC not in response.text
