@@ -159,6 +159,7 @@ FAULTS: dict[str, Fault] = {
     # Statuses that are no error: relayed, they could not carry the error body.
     "204": _unreadable(_raw(204, b"")),
     "304": _unreadable(_raw(304, b"")),
+    "307": _unreadable(_raw(307, b"", {"location": "/elsewhere"})),
     "204-http": _unreadable(_raw(204, b""), via="http"),
     # A JSON Message of the wrong shape.
     "message-content-ints": _unreadable(_message(content=[1])),
