@@ -120,7 +120,9 @@ def _escape(match: re.Match[str]) -> str:
 
 
 def executor_id(srv_id: str) -> str:
-    """The executor-facing id for a ``server_tool_use`` id; ids we did not mint map to themselves."""
+    """The executor-facing id for a ``server_tool_use`` id. An id we could not have minted (not
+    ``srvtoolu_``, an escape of a character we never escape, of no character at all, or of a
+    lone surrogate) is used as it is."""
     if not srv_id.startswith(_SRV_PREFIX):
         return srv_id
     encoded = srv_id[len(_SRV_PREFIX) :]
@@ -134,8 +136,15 @@ def executor_id(srv_id: str) -> str:
         elif token == "_":
             return srv_id  # not our escaping (e.g. a real Anthropic id): use it as it is
         else:
-            out.append(chr(int(next(g for g in m.groups() if g), 16)))
+            cp = int(next(g for g in m.groups() if g), 16)
+            if cp > 0x10FFFF or 0xD800 <= cp <= 0xDFFF:
+                return srv_id  # no character, or half of one: nothing we would have escaped
+            out.append(chr(cp))
         pos = m.end()
     out.append(encoded[pos:])
     decoded = "".join(out)
-    return decoded or srv_id
+    # The escaping is canonical (one spelling per id): any other spelling, such as "_x41" for
+    # "A" or "_u00e9" for "\u00e9", is not ours.
+    if not decoded or server_tool_use_id(decoded) != srv_id:
+        return srv_id
+    return decoded

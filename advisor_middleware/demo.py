@@ -26,7 +26,7 @@ from ._types import Receive, Scope, Send
 from .accumulate import message_to_events
 from .sse import encode_event, encode_json
 
-__all__ = ["DemoGateway", "demo_app", "paced_events", "scripted_reply"]
+__all__ = ["DemoGateway", "demo_app", "paced_events", "request_problem", "scripted_reply"]
 
 _REMINDER = re.compile(r"<system-reminder>.*?</system-reminder>", re.DOTALL)
 _RUN = re.compile(r"\brun:\s*(.+?)\s*$", re.IGNORECASE | re.MULTILINE)
@@ -72,8 +72,9 @@ class DemoGateway:
         except ValueError:
             await _json(send, 400, _error("invalid_request_error", "body is not valid JSON"))
             return
-        if not isinstance(body, dict) or not isinstance(body.get("messages"), list) or not body.get("model"):
-            await _json(send, 400, _error("invalid_request_error", "model and messages are required"))
+        problem = request_problem(body)
+        if problem is not None:
+            await _json(send, 400, _error("invalid_request_error", problem))
             return
         if path.endswith("count_tokens"):
             await _json(send, 200, {"input_tokens": max(1, len(raw) // 4)})
@@ -93,6 +94,44 @@ class DemoGateway:
         async for event in paced_events(message, delay):
             await send({"type": "http.response.body", "body": encode_event(event), "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+# Top-level fields the demo model reads, and what each must be when present.
+_FIELD_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "tools": ((list,), "a list of tools"),
+    "stream": ((bool,), "a boolean"),
+}
+
+
+def request_problem(body: Any) -> str | None:
+    """Why ``body`` is not a Messages request the demo model can read, naming the field the way
+    the middleware does (``messages.2.content: ...``); None if it is one. Its types only: the
+    demo answers in Anthropic's error shape, never with a 500."""
+    if not isinstance(body, dict):
+        return "body: Input should be a valid object"
+    if not isinstance(body.get("model"), str) or not body["model"]:
+        return "model: Field required (a non-empty string)"
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        return "messages: Input should be a valid list"
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            return f"messages.{index}: Input should be an object with a role"
+        if not _blocks_or_text(message.get("content")):
+            return f"messages.{index}.content: Input should be a string or a list of content blocks"
+    for name, (kinds, what) in _FIELD_TYPES.items():
+        value = body.get(name)
+        if value is not None and not isinstance(value, kinds):
+            return f"{name}: Input should be {what}"
+    if body.get("system") is not None and not _blocks_or_text(body["system"]):
+        return "system: Input should be a string or a list of content blocks"
+    if not all(isinstance(tool, dict) for tool in body.get("tools") or ()):
+        return "tools: Input should be a list of objects"
+    return None
+
+
+def _blocks_or_text(content: Any) -> bool:
+    return isinstance(content, str) or (isinstance(content, list) and all(isinstance(b, dict) for b in content))
 
 
 def scripted_reply(body: dict[str, Any]) -> dict[str, Any]:

@@ -94,7 +94,9 @@ class UpstreamError(Exception):
     """A leg failed: a non-200 answer, an ``error`` event, or a broken stream.
 
     ``body`` is what the caller should see if this error ends the request: the host's own bytes
-    when they already are an Anthropic error, otherwise an Anthropic-shaped wrapper.
+    when they already are an Anthropic error, otherwise an Anthropic-shaped wrapper. A leg
+    answered with a status that is not an error (``204``, ``304``, a redirect) is a misbehaving
+    upstream: ``502``, since no error body can go out with the status it gave.
     """
 
     def __init__(
@@ -102,12 +104,24 @@ class UpstreamError(Exception):
         status: int,
         body: bytes | dict[str, Any] | str,
         headers: list[tuple[bytes, bytes]] | None = None,
+        *,
+        detail: str | None = None,
     ) -> None:
+        if not 400 <= status <= 599:
+            status, body = 502, f"upstream answered HTTP {status}, not a Messages answer"
         self.status = status
         self.headers = headers or []
         self.body = _normalise_body(status, body)
         info = self.error
-        super().__init__(f"{status} {info.get('type')}: {info.get('message')}")
+        if detail is None:
+            # A str body is our own words; any other is the upstream's, which may quote the
+            # request or the model's output: only its size goes into the text that is logged.
+            size = len(str(info.get("message") or ""))
+            detail = body if isinstance(body, str) else f"the upstream's message ({size} characters)"
+        self.detail = detail
+        """What the error is, fit for logs at any level: sizes, positions and types, never a
+        body, advice or model output (``error`` holds the upstream's own message)."""
+        super().__init__(f"{status} {info.get('type')}: {detail}")
 
     @property
     def error(self) -> dict[str, Any]:

@@ -132,8 +132,13 @@ class AdvisorMiddleware:
                 return
         try:
             data = pydantic_core.from_json(body)
-        except ValueError:
-            data = None
+        except ValueError as exc:
+            # Bytes that mention the advisor and that we cannot read (a lone surrogate escape,
+            # nesting past the parser's limit): replayed, a laxer parser could read them and
+            # see the advisor tool or blocks raw. The parser's message gives a position only.
+            message = f"request body is not JSON the advisor middleware can read: {exc}"
+            await _send_error(send, 400, error_body("invalid_request_error", message))
+            return
         if not isinstance(data, dict):
             await self.app(scope, _replay([raw], receive), send)  # the host answers bad JSON its way
             return

@@ -171,6 +171,7 @@ class Orchestration:
                 raise
             if isinstance(exc, UpstreamError):
                 log.warning("executor leg failed after the response started: %s", exc)
+                _log_upstream_message(exc)
                 error = exc.error or {"type": "api_error", "message": str(exc)}
             else:
                 log.exception("advisor loop failed after the response started")
@@ -503,6 +504,7 @@ class Orchestration:
             code = advisor_error_code(exc)
             if isinstance(exc, UpstreamError | TimeoutError):
                 log.warning("advisor leg failed (%s): %s", code, exc)
+                _log_upstream_message(exc)
             else:
                 log.exception("advisor leg failed (%s)", code)
             self._record_advisor(acc)
@@ -532,6 +534,13 @@ class Orchestration:
         self.iterations.append(entry)
 
 
+def _log_upstream_message(exc: Exception) -> None:
+    # The upstream's own message may quote the request or the model's output: DEBUG only
+    # (every level above holds sizes, positions and types; UpstreamError.detail).
+    if isinstance(exc, UpstreamError):
+        log.debug("the upstream's error message: %r", exc.error.get("message"))
+
+
 async def _emit_then_raise(emit: Emit, group: Batch, exc: Exception) -> None:
     if group:  # sent first, so the blocks they open can be closed
         await emit(group)
@@ -549,10 +558,17 @@ def _tool_use_ids(messages: list[Any]) -> set[str]:
     return ids
 
 
+_EVENT_TYPES = frozenset(
+    ("message_start", "content_block_start", "content_block_delta", "content_block_stop", "message_delta")
+)
+
+
 def _malformed(kind: Any) -> UpstreamError:
     # A field of the wrong type (an index that is not a number, a block that is not an object):
-    # the leg's answer is broken, not the middleware.
-    return UpstreamError(502, f"the executor's stream sent a malformed {kind} event")
+    # the leg's answer is broken, not the middleware. The type is named only if it is one of
+    # Anthropic's: any other string is the host's, and this message is logged.
+    name = kind if isinstance(kind, str) and kind in _EVENT_TYPES else "unrecognised"
+    return UpstreamError(502, f"the executor's stream sent a malformed {name} event")
 
 
 def _forces_advisor(choice: Any) -> bool:

@@ -153,6 +153,7 @@ class UpstreamProxy(PooledClient):
                 # Whatever the transport raised (httpx's errors, the protocol library's, the
                 # socket's): the upstream failed us, which is a 502 (504 on a timeout).
                 if started:
+                    # The type only: the transport's words may quote what the upstream sent.
                     log.warning("upstream %s broke off mid-response: %s", self._shown, type(exc).__name__)
                     raise  # the server aborts the connection: the client sees the body is cut short
                 timeout = isinstance(exc, httpx.TimeoutException)

@@ -167,18 +167,21 @@ def parse_event(name: str, data: str | bytes) -> dict[str, Any] | UpstreamError:
     """One decoded SSE event (``name``, ``data``) as a stream event dict, or why it is unusable."""
     try:
         event = pydantic_core.from_json(data)
-    except ValueError:
+    except ValueError as exc:
         text = data if isinstance(data, str) else data.decode("utf-8", "replace")
+        reason: ValueError = exc
         try:
             # Bytes that are not UTF-8 inside a string: read the way a text decoder reads
             # them (U+FFFD), which is what a client's SSE parser does too.
             event = pydantic_core.from_json(text) if text is not data else None
-        except ValueError:
-            event = None
+        except ValueError as again:
+            event, reason = None, again
         if event is None:
             if name == "error":
                 return {"type": "error", "error": {"type": "api_error", "message": text[:2000]}}
-            return UpstreamError(502, f"leg sent an SSE event whose data is not JSON: {text[:200]!r}")
+            # The parser's reason is a position ("... at line 1 column 57"); the data itself may
+            # be advice or model output, and this message is logged: its size only.
+            return UpstreamError(502, f"leg sent an SSE event whose data ({len(data)} bytes) is not JSON: {reason}")
     if not isinstance(event, dict):
         return UpstreamError(502, "leg sent an SSE event whose data is not a JSON object")
     if "type" not in event:

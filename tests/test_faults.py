@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import socket
 import struct
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +38,7 @@ from .upstream import (
     Script,
     Turn,
     reply_events,
+    reply_message,
     scripted_host,
     sse,
     text,
@@ -47,6 +49,16 @@ pytestmark = pytest.mark.anyio
 
 REQUEST = ADVISOR_PARAMS
 SSE = {"content-type": "text/event-stream"}
+EXEC = "exec-said-4d1f"
+ADVISOR = "advisor-said-9b2e"
+HOST = "host-said-c7a0"
+MARKERS = (EXEC, ADVISOR, HOST)
+"""Words in what the scripted executor, advisor and host say, in every cell: none may reach a
+log record at INFO or above (``nothing_said_is_logged``)."""
+ASKING = f"Asking ({EXEC})."
+CARRYING_ON = f"Carrying on ({EXEC})."
+ADVICE = f"Advice ({ADVISOR})."
+HOST_SAYS = f"scripted failure ({HOST})"
 READ_TIMEOUT = 0.3
 """The HTTPRouter's read timeout in the ``timeout`` cells; the leg answers after 3 s."""
 
@@ -61,9 +73,9 @@ class Fault:
     """The executor leg's status, before the response started (and always in JSON mode)."""
     error_type: str
     via: str = ""
-    """``refused``, ``reset``, ``reset-mid`` or ``timeout``: the failing leg goes through an
-    ``HTTPRouter`` to a closed port, a server that resets the connection, or the scripted host
-    on a socket with a short read timeout."""
+    """``refused``, ``reset``, ``reset-mid``, ``timeout`` or ``http``: the failing leg goes through
+    an ``HTTPRouter`` to a closed port, a server that resets the connection, or the scripted host
+    on uvicorn (with a short read timeout for ``timeout``)."""
     mid: bool = False
     """On the first executor leg the fault comes after ``message_start``: the stream has started."""
 
@@ -72,37 +84,104 @@ def _raw(status: int, body: bytes, headers: dict[str, str] | None = None) -> Fai
     return Fail(status, raw=body, headers=headers or {})
 
 
+JSON = {"content-type": "application/json"}
+
+
+def _message(**fields: Any) -> Fail:
+    """A 200 JSON Message (the host ignored ``stream: true``) with these fields overridden."""
+    message = reply_message(Reply([text("Fine.")]), "exec")
+    return _raw(200, json.dumps({**message, **fields}).encode(), JSON)
+
+
+def _unreadable(turn: Turn, via: str = "") -> Fault:
+    """A leg answer that is no Messages answer: a 502 (executor), ``unavailable`` (advisor)."""
+    return Fault(turn, "unavailable", 502, "api_error", via=via)
+
+
+def _start_event(said: str) -> bytes:
+    """A ``message_start`` event whose message has ``said`` in it."""
+    return sse(reply_events(Reply([text(said)]), said)[0])
+
+
 FAULTS: dict[str, Fault] = {
     "429": Fault(
-        Fail(429, "rate_limit_error", headers={"retry-after": "7"}), "too_many_requests", 429, "rate_limit_error"
+        Fail(429, "rate_limit_error", HOST_SAYS, headers={"retry-after": "7"}),
+        "too_many_requests",
+        429,
+        "rate_limit_error",
     ),
-    "529": Fault(Fail(529, "overloaded_error"), "overloaded", 529, "overloaded_error"),
-    "500": Fault(Fail(500, "api_error"), "unavailable", 500, "api_error"),
-    "500-html": Fault(_raw(500, b"<html>Internal Server Error</html>"), "unavailable", 500, "api_error"),
-    "404": Fault(Fail(404, "not_found_error", "model: adv-model not found"), "model_not_found", 404, "not_found_error"),
-    "401": Fault(Fail(401, "authentication_error"), "unavailable", 401, "authentication_error"),
-    "403": Fault(Fail(403, "permission_error"), "unavailable", 403, "permission_error"),
-    "timeout": Fault(Reply([text("late")], delay=3.0), "execution_time_exceeded", 504, "timeout_error", via="timeout"),
+    "529": Fault(Fail(529, "overloaded_error", HOST_SAYS), "overloaded", 529, "overloaded_error"),
+    "500": Fault(Fail(500, "api_error", HOST_SAYS), "unavailable", 500, "api_error"),
+    "500-html": Fault(
+        _raw(500, f"<html>Internal Server Error ({HOST})</html>".encode()), "unavailable", 500, "api_error"
+    ),
+    "404": Fault(
+        Fail(404, "not_found_error", f"model: adv-model not found ({HOST})"), "model_not_found", 404, "not_found_error"
+    ),
+    "401": Fault(Fail(401, "authentication_error", HOST_SAYS), "unavailable", 401, "authentication_error"),
+    "403": Fault(Fail(403, "permission_error", HOST_SAYS), "unavailable", 403, "permission_error"),
+    "timeout": Fault(
+        Reply([text(f"late {EXEC}")], delay=3.0), "execution_time_exceeded", 504, "timeout_error", via="timeout"
+    ),
     "refused": Fault(None, "unavailable", 502, "api_error", via="refused"),
     "reset": Fault(None, "unavailable", 502, "api_error", via="reset"),
     "reset-mid-stream": Fault(None, "unavailable", 502, "api_error", via="reset-mid", mid=True),
     "malformed-sse": Fault(
         _raw(200, b"event: message_start\ndata: {not json\n\n", SSE), "unavailable", 502, "api_error"
     ),
+    # Data that is not JSON, holding what the model said: a cut-off event, a lone surrogate.
+    "cut-off-json": _unreadable(_raw(200, _start_event(EXEC)[:-22] + b"\n\n", SSE)),
+    "lone-surrogate": _unreadable(
+        _raw(200, _start_event(EXEC).replace(EXEC.encode(), b"%s \\ud800" % EXEC.encode()), SSE)
+    ),
+    "error-event-not-json": Fault(
+        _raw(200, f"event: error\ndata: {HOST} is overloaded\n\n".encode(), SSE), "unavailable", 500, "api_error"
+    ),
     "sse-not-an-object": Fault(
         _raw(200, b"event: message_start\ndata: [1,2]\n\n", SSE), "unavailable", 502, "api_error"
     ),
-    "error-event-first": Fault(ErrorEvent(Reply([text("x")]), after=0), "overloaded", 529, "overloaded_error"),
-    "error-event-mid-stream": Fault(
-        ErrorEvent(Reply([text("partial")]), after=3), "overloaded", 529, "overloaded_error", mid=True
+    "error-event-first": Fault(
+        ErrorEvent(Reply([text(f"x {EXEC}")]), after=0, message=HOST_SAYS), "overloaded", 529, "overloaded_error"
     ),
-    "no-message-delta": Fault(Reply([text("cut")], drop_after=3), "unavailable", 502, "api_error", mid=True),
+    "error-event-mid-stream": Fault(
+        ErrorEvent(Reply([text(f"partial {EXEC}")]), after=3, message=HOST_SAYS),
+        "overloaded",
+        529,
+        "overloaded_error",
+        mid=True,
+    ),
+    "no-message-delta": Fault(Reply([text(f"cut {EXEC}")], drop_after=3), "unavailable", 502, "api_error", mid=True),
     "empty-200-sse": Fault(_raw(200, b"", SSE), "unavailable", 502, "api_error"),
     "empty-200-json": Fault(_raw(200, b""), "unavailable", 502, "api_error"),
     "200-not-a-message": Fault(
         _raw(200, b'{"ok":true}', {"content-type": "application/json"}), "unavailable", 502, "api_error"
     ),
+    # Statuses that are no error: relayed, they could not carry the error body.
+    "204": _unreadable(_raw(204, b"")),
+    "304": _unreadable(_raw(304, b"")),
+    "307": _unreadable(_raw(307, b"", {"location": "/elsewhere"})),
+    "204-http": _unreadable(_raw(204, b""), via="http"),
+    # A JSON Message of the wrong shape.
+    "message-content-ints": _unreadable(_message(content=[1])),
+    "message-content-string": _unreadable(_message(content="abc")),
+    "message-content-nulls": _unreadable(_message(content=[None])),
+    "message-usage-int": _unreadable(_message(usage=5)),
+    "message-text-int": _unreadable(_message(content=[{"type": "text", "text": 5}])),
+    "message-content-ints-http": _unreadable(_message(content=[1]), via="http"),
 }
+
+
+@pytest.fixture(autouse=True)
+def nothing_said_is_logged(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """Every test here: no log record at INFO or above (its message, traceback or stack) holds
+    what a scripted model or the host said (docs/reliability.md, security model)."""
+    caplog.set_level(logging.INFO)  # the root logger: every logger, the servers' included
+    yield
+    formatter = logging.Formatter()
+    for record in caplog.get_records("call"):
+        logged = formatter.format(record)
+        for marker in MARKERS:
+            assert marker not in logged, f"{record.name} logged {marker!r}:\n{logged}"
 
 
 @asynccontextmanager
@@ -133,7 +212,7 @@ def _chunk(data: bytes) -> bytes:
 
 STARTED_THEN_RESET = (
     b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
-    + _chunk(b"".join(sse(e) for e in reply_events(Reply([text("partial")]), "exec")[:3]))
+    + _chunk(b"".join(sse(e) for e in reply_events(Reply([text(f"partial {EXEC}")]), "exec")[:3]))
 )
 
 
@@ -197,14 +276,14 @@ async def _fault_url(fault: Fault, upstream: str) -> AsyncIterator[str | None]:
     elif fault.via in ("reset", "reset-mid"):
         async with resetting_server(STARTED_THEN_RESET if fault.via == "reset-mid" else b"") as url:
             yield url
-    elif fault.via == "timeout":
+    elif fault.via in ("timeout", "http"):
         yield upstream
     else:
         yield None
 
 
 def asking() -> Reply:
-    return Reply([text("Asking."), tool_use("advisor", id="toolu_F")], stop_reason="tool_use")
+    return Reply([text(ASKING), tool_use("advisor", id="toolu_F")], stop_reason="tool_use")
 
 
 async def answer(client: httpx.AsyncClient, streaming: bool) -> httpx.Response:
@@ -232,9 +311,9 @@ STREAMING = pytest.mark.parametrize("streaming", [True, False], ids=["stream", "
 async def test_advisor_leg_fault_becomes_an_error_result(
     servers: Servers, script: Script, fault: str, streaming: bool
 ) -> None:
-    cell = FAULTS.get(fault) or Fault(Reply([text("too late")], delay=3.0), "execution_time_exceeded", 0, "")
-    script.executor(asking(), Reply([text("Carrying on.")]))
-    if cell.turn is not None and cell.via in ("", "timeout"):
+    cell = FAULTS.get(fault) or Fault(Reply([text(f"too late {ADVISOR}")], delay=3.0), "execution_time_exceeded", 0, "")
+    script.executor(asking(), Reply([text(CARRYING_ON)]))
+    if cell.turn is not None and cell.via in ("", "timeout", "http"):
         script.advisor(cell.turn)
     if fault == "advisor_timeout":
         # The middleware's own advisor_timeout, with the default in-process router.
@@ -248,7 +327,7 @@ async def test_advisor_leg_fault_becomes_an_error_result(
     message = final_message(response, streaming)
     assert block_types(message["content"]) == ONE_CONSULT
     assert message["content"][2]["content"] == {"type": "advisor_tool_result_error", "error_code": cell.code}
-    assert message["content"][3] == {"type": "text", "text": "Carrying on."}
+    assert message["content"][3] == {"type": "text", "text": CARRYING_ON}
     assert message["stop_reason"] == "end_turn"
     legs = script.of("executor")
     assert len(legs) == 2, "the executor carried on after the failed consult"
@@ -301,7 +380,7 @@ async def test_first_executor_leg_fault(servers: Servers, script: Script, fault:
 @pytest.mark.parametrize("fault", list(FAULTS))
 async def test_later_executor_leg_fault(servers: Servers, script: Script, fault: str, streaming: bool) -> None:
     cell = FAULTS[fault]
-    script.executor(asking()).advisor(Reply([text("Advice.")]))
+    script.executor(asking()).advisor(Reply([text(ADVICE)]))
     if cell.turn is not None:
         script.executor(cell.turn)
     async with gateway(servers, script, cell, "executor", 2) as client:
@@ -330,14 +409,14 @@ async def test_a_stream_cut_between_message_delta_and_message_stop_lost_nothing(
     # The leg told how it ended (message_delta, with the usage); only message_stop is missing.
     # Nothing is lost, so it counts as complete: the advice is used, the answer is whole.
     cut = 5  # message_start, block start, delta, stop, message_delta
-    script.executor(asking(), Reply([text("Carrying on.")], drop_after=cut if role == "executor" else None))
-    script.advisor(Reply([text("Advice.")], drop_after=cut if role == "advisor" else None))
+    script.executor(asking(), Reply([text(CARRYING_ON)], drop_after=cut if role == "executor" else None))
+    script.advisor(Reply([text(ADVICE)], drop_after=cut if role == "advisor" else None))
     servers.slots[0].app = AdvisorMiddleware(scripted_host(script))
     async with httpx.AsyncClient(base_url=servers.gateway, timeout=10.0) as client:
         message = final_message(await answer(client, streaming), streaming)
     assert block_types(message["content"]) == ONE_CONSULT
-    assert message["content"][2]["content"] == {"type": "advisor_result", "text": "Advice."}
-    assert message["content"][3] == {"type": "text", "text": "Carrying on."}
+    assert message["content"][2]["content"] == {"type": "advisor_result", "text": ADVICE}
+    assert message["content"][3] == {"type": "text", "text": CARRYING_ON}
     assert message["stop_reason"] == "end_turn"
 
 
@@ -350,7 +429,7 @@ async def test_advice_with_bytes_that_are_not_utf8_is_read_as_a_client_would(
     # data as the bytes it came as (docs/performance.md, step 19), and must read the same text,
     # not fail the consult: the byte becomes U+FFFD.
     raw = b"".join(sse(event) for event in reply_events(Reply([text("Advice AB.")]), "adv"))
-    script.executor(asking(), Reply([text("Carrying on.")]))
+    script.executor(asking(), Reply([text(CARRYING_ON)]))
     script.advisor(Fail(200, raw=raw.replace(b"AB", b"A\xffB"), headers=SSE))
     host = scripted_host(script)
     servers.slots[1].app = host
@@ -380,11 +459,32 @@ async def test_events_typed_only_by_their_event_line_are_read(
 ) -> None:
     # The SSE event name stands in for a missing "type" field (both legs, through AppRouter);
     # what the client gets has the type again and passes the SDK.
-    script.executor(Fail(200, raw=_untyped(asking(), "exec"), headers=SSE), Reply([text("Carrying on.")]))
-    script.advisor(Fail(200, raw=_untyped(Reply([text("Advice.")]), "adv"), headers=SSE))
+    script.executor(Fail(200, raw=_untyped(asking(), "exec"), headers=SSE), Reply([text(CARRYING_ON)]))
+    script.advisor(Fail(200, raw=_untyped(Reply([text(ADVICE)]), "adv"), headers=SSE))
     servers.slots[0].app = AdvisorMiddleware(scripted_host(script))
     async with httpx.AsyncClient(base_url=servers.gateway, timeout=10.0) as client:
         message = final_message(await answer(client, streaming), streaming)
     assert block_types(message["content"]) == ONE_CONSULT
-    assert message["content"][0] == {"type": "text", "text": "Asking."}
-    assert message["content"][2]["content"] == {"type": "advisor_result", "text": "Advice."}
+    assert message["content"][0] == {"type": "text", "text": ASKING}
+    assert message["content"][2]["content"] == {"type": "advisor_result", "text": ADVICE}
+
+
+@STREAMING
+async def test_a_malformed_event_is_named_without_what_the_host_wrote(
+    servers: Servers, script: Script, streaming: bool
+) -> None:
+    # A type of the host's own, with an index we cannot read: the error names the event by
+    # Anthropic's types only, since the host's strings may hold what the model said and the
+    # failure is logged (nothing_said_is_logged checks it).
+    odd = {"type": f"{EXEC} says", "index": [1]}
+    events = reply_events(Reply([text(f"partial {EXEC}")]), "exec")
+    script.executor(_raw(200, b"".join(sse(e) for e in [*events[:3], odd, *events[3:]]), SSE))
+    servers.slots[0].app = AdvisorMiddleware(scripted_host(script))
+    async with httpx.AsyncClient(base_url=servers.gateway, timeout=10.0) as client:
+        response = await answer(client, streaming)
+    malformed = Fault(None, "unavailable", 502, "api_error")
+    if streaming:
+        assert_error_event(response, malformed, ["text"])
+    else:
+        assert_error_response(response, malformed)
+        assert EXEC not in response.text

@@ -22,7 +22,18 @@ from advisor_middleware.routers.events import decode_events
 from advisor_middleware.sse import RawDelta, SSEDecoder, encode_event, raw_delta_at, raw_delta_event
 
 from .helpers import block_types, check_stream, post, read_body
-from .upstream import ADVISOR_TOOL, Reply, Script, reply_events, scripted_host, sse, text, thinking, tool_use
+from .upstream import (
+    ADVISOR_TOOL,
+    Reply,
+    Script,
+    reply_events,
+    reply_message,
+    scripted_host,
+    sse,
+    text,
+    thinking,
+    tool_use,
+)
 
 SSE_EXAMPLES = 1000
 RELAY_EXAMPLES = 300
@@ -560,3 +571,54 @@ async def test_malformed_upstream_events_are_a_502_never_an_internal_error(
         assert response.json()["error"]["type"] == "api_error"
     elif streaming:
         check_stream(response.content, sdk=False)  # what the executor wrote is relayed as it is
+
+
+class JSONReplay:
+    """A host that ignores ``stream: true`` and answers the executor with this one JSON
+    Message, and the advisor with a good answer."""
+
+    def __init__(self, message: Any) -> None:
+        self.message = message
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await read_body(receive)
+        advisor = dict(scope["headers"]).get(b"x-advisor-leg") == b"advisor"
+        message = reply_message(Reply([text("advice")]), "adv") if advisor else self.message
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": json.dumps(message).encode()})
+
+
+@st.composite
+def malformed_message(draw: st.DrawFn) -> Any:
+    """A Message asking the advisor, with one to three fields (or fields of its blocks) replaced
+    by any JSON value."""
+    message: Any = json.loads(json.dumps(reply_message(ASKING_REPLY, "exec")))
+    for _ in range(draw(st.integers(1, 3))):
+        blocks = message.get("content") if isinstance(message, dict) else None
+        if isinstance(blocks, list) and blocks and isinstance(blocks[0], dict) and draw(st.booleans()):
+            target = blocks[draw(st.integers(0, len(blocks) - 1))]
+            if isinstance(target, dict):
+                target[draw(st.sampled_from([*sorted(target), "extra"]))] = draw(ANY_JSON)
+        elif isinstance(message, dict):
+            message[draw(st.sampled_from(sorted(message)))] = draw(ANY_JSON)
+    return message
+
+
+ASKING_REPLY = Reply([text("a"), tool_use("advisor", id="toolu_1")], stop_reason="tool_use")
+
+
+@pytest.mark.anyio
+@settings(FAST, max_examples=MALFORMED_EXAMPLES)
+@given(message=malformed_message(), streaming=st.booleans())
+async def test_malformed_json_messages_are_a_502_never_an_internal_error(message: Any, streaming: bool) -> None:
+    # A host that answers one JSON Message of the wrong shape: the same as a broken stream.
+    body = {"model": "exec", "max_tokens": 1024, "messages": [{"role": "user", "content": "go"}]}
+    response = await post(
+        AdvisorMiddleware(JSONReplay(message)), json={**body, "stream": streaming, "tools": [ADVISOR_TOOL]}
+    )
+    assert "internal error" not in response.text
+    assert response.status_code in (200, 502), response.text
+    if response.status_code == 502:
+        assert response.json()["error"]["type"] == "api_error"
+    elif streaming:
+        check_stream(response.content, sdk=False)

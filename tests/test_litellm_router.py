@@ -23,7 +23,7 @@ from starlette.routing import Route
 
 from advisor_middleware import AdvisorMiddleware, Leg, LiteLLMRouter, UpstreamError
 
-from .helpers import ONE_CONSULT, block_types, call
+from .helpers import ADVISOR_PARAMS, ONE_CONSULT, block_types, call, post
 from .openai_backend import ChatScript, openai_host
 from .servers import uvicorn_server
 from .upstream import Fail, Reply, Script, scripted_host, text, tool_use
@@ -365,3 +365,14 @@ async def test_closing_early_closes_litellms_stream() -> None:
     assert (await anext(stream))["type"] == "message_start"
     await stream.aclose()  # type: ignore[attr-defined]
     assert stand_in.closed
+
+
+@pytest.mark.parametrize("streaming", [True, False], ids=["stream", "json"])
+@pytest.mark.parametrize("fields", [{"content": [1]}, {"content": "abc"}, {"content": [None]}, {"usage": 5}])
+async def test_a_whole_message_of_the_wrong_shape_is_a_502(fields: dict[str, Any], streaming: bool) -> None:
+    # The same check as for the other routers: the executor's answer is unusable, not a bug of ours.
+    router = LiteLLMRouter(StandIn({**MESSAGE, **fields}))
+    app = AdvisorMiddleware(scripted_host(Script()), router=router)
+    response = await post(app, json={**ADVISOR_PARAMS, "stream": streaming})
+    assert response.status_code == 502, response.text
+    assert response.json()["error"]["type"] == "api_error"

@@ -135,7 +135,7 @@ async def test_plain_request_reaches_the_host_byte_for_byte(make_app: MakeApp, s
             b'"tools":{"type":"advisor_20260301"}}',
             id="tools-not-a-list",
         ),
-        pytest.param(b'{"model": "advisor", "messages": [', id="invalid-json"),
+        pytest.param(b'{"model": "exec", "messages": [', id="invalid-json"),
         pytest.param(b'["advisor_20260301"]', id="json-array"),
         pytest.param(b"advisor", id="not-json"),
         pytest.param(b"", id="empty"),

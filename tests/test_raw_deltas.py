@@ -356,3 +356,30 @@ async def test_a_router_streams_dicts_even_for_a_leg_that_takes_raw_deltas(via: 
             await router.aclose()
     assert all(type(e) is dict for e in seen[0])
     assert seen[0] == seen[1] == [json.loads(e.split(b"data: ", 1)[1]) for e in stream]
+
+
+def multi_line(event: dict[str, Any]) -> bytes:
+    """A legal SSE event whose JSON is split over two ``data:`` lines (joined with a newline,
+    which JSON reads as whitespace): in Anthropic's layout up to the index, but not one line."""
+    data = json.dumps(event, separators=(",", ":"))
+    cut = data.index('"delta"')
+    return f"event: {event['type']}\ndata: {data[:cut]}\ndata: {data[cut:]}\n\n".encode()
+
+
+@pytest.mark.parametrize("split", list(SPLITS))
+@pytest.mark.parametrize("via", ["app", "http"])
+async def test_a_delta_over_two_data_lines_is_parsed_and_encoded_again(via: str, split: str) -> None:
+    # Relayed as its bytes, the second data line would reach the client as a field of its own:
+    # only a delta on one data line goes on raw; this one is read and written in our layout.
+    leg1 = asking(texts(0, ["Asking."]))
+    leg2 = final(texts(0, [TRICKY[1], " and ", TRICKY[2]]))
+    written = [multi_line(e) if e["type"] == "content_block_delta" else layout(e) for e in leg2]
+    host = BytesHost([[layout(e) for e in leg1], written], [[layout(e) for e in ADVICE]], SPLITS[split])
+
+    status, raw = await ask(host, via)
+
+    assert status == 200
+    _, message = check_stream(raw)
+    assert message is not None
+    assert [b.text for b in message.content[3:]] == [TRICKY[1] + " and " + TRICKY[2]]  # type: ignore[union-attr]
+    assert b'\n"delta"' not in raw

@@ -16,7 +16,7 @@ from starlette.applications import Starlette
 
 from . import helpers
 from .helpers import ONE_CONSULT, block_types, consult
-from .upstream import ADVISOR_TOOL, Script
+from .upstream import ADVISOR_TOOL, Reply, Script, text
 
 pytestmark = pytest.mark.anyio
 
@@ -343,3 +343,60 @@ async def test_gzip_bomb_is_refused(make_app: MakeApp, script: Script) -> None:
         "message": "request body exceeds the 1000 byte limit",
     }
     assert script.requests == []
+
+
+UNREADABLE_SECRET = "UNREADABLE-5b1e-do-not-echo"
+LONE_SURROGATE = '"' + UNREADABLE_SECRET + ' \\ud83d"'  # half of an emoji, as a cut JS string writes it
+
+
+def nested(depth: int) -> str:
+    return "[" * depth + json.dumps(UNREADABLE_SECRET) + "]" * depth
+
+
+UNREADABLE = {
+    # The advisor tool, with a string we cannot read elsewhere in the body.
+    "tool-lone-surrogate": lambda: json.dumps(body_with()).replace('"hi"', LONE_SURROGATE),
+    "tool-in-metadata": lambda: json.dumps(body_with(metadata={"user_id": "u"})).replace('"u"', LONE_SURROGATE),
+    "tool-deep-nesting": lambda: json.dumps(body_with(metadata={"x": "N"})).replace('"N"', nested(300)),
+    # Advisor blocks in history, no tool on this turn.
+    "history-lone-surrogate": lambda: json.dumps(
+        {
+            "model": "exec",
+            "max_tokens": 10,
+            "messages": [
+                {"role": "user", "content": "hi"},
+                {"role": "assistant", "content": helpers.advisor_pair("srvtoolu_x", helpers.advice("Advice."))},
+                {"role": "user", "content": "more"},
+            ],
+        }
+    ).replace('"more"', LONE_SURROGATE),
+}
+
+
+@pytest.mark.parametrize("encoding", ["identity", "gzip"])
+@pytest.mark.parametrize("case", list(UNREADABLE))
+async def test_a_body_that_mentions_the_advisor_and_cannot_be_read_is_a_400(
+    make_app: MakeApp, script: Script, case: str, encoding: str
+) -> None:
+    # Replayed, a host with a laxer parser (Python's json takes lone surrogates) would see a raw
+    # advisor_20260301 tool or advisor blocks it cannot handle: we answer, saying why, not what.
+    raw = UNREADABLE[case]().encode()
+    json.loads(raw)  # Python's own parser reads it: a host may well have
+    response = await post(make_app(), gzip.compress(raw) if encoding == "gzip" else raw, {"content-encoding": encoding})
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error"
+    assert error["message"].startswith("request body is not JSON the advisor middleware can read:")
+    assert "line 1 column" in error["message"]
+    assert UNREADABLE_SECRET not in response.text
+    assert script.requests == []
+
+
+async def test_a_body_that_does_not_mention_the_advisor_is_replayed_unread(make_app: MakeApp, script: Script) -> None:
+    # No advisor in it: the host judges the bytes as it would without us.
+    script.direct(Reply([text("ok")]))
+    raw = json.dumps({"model": "exec", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]})
+    raw = raw.replace('"hi"', LONE_SURROGATE)
+    response = await post(make_app(), raw.encode())
+    assert response.status_code == 200
+    assert script.requests[0].raw == raw.encode()

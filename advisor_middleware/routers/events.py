@@ -17,6 +17,7 @@ __all__ = [
     "decode_events",
     "event_error",
     "json_message_events",
+    "message_events",
     "parse_event",
 ]
 
@@ -57,7 +58,8 @@ def decode_events(
     """Decode one chunk of a leg's SSE answer, appending its events to ``into``. Returns the
     leg's failure, if the chunk holds one (an event that is not JSON, or an ``error`` event):
     the events before it are in ``into`` and still the leg's output; nothing after it is read.
-    ``raw_deltas``: deltas in Anthropic's own layout go to ``into`` as :data:`RawDelta`."""
+    ``raw_deltas``: deltas in Anthropic's own layout (one ``data:`` line) go to ``into`` as
+    :data:`RawDelta`."""
     if (
         raw_deltas
         and chunk[:_HEAD_SIZE] == DELTA_HEAD
@@ -75,7 +77,9 @@ def decode_events(
             into.append((index, chunk))
             return None
     for name, data in decoder.feed(chunk):
-        if raw_deltas and name == "content_block_delta" and data[:_DATA_SIZE] == DELTA_DATA:
+        # Raw only on one data line: the relay writes it after one "data: ", so a second line
+        # would reach the client as a field of its own (the decoder joined them with "\n").
+        if raw_deltas and name == "content_block_delta" and data[:_DATA_SIZE] == DELTA_DATA and 10 not in data:
             index = index_at(data, _DATA_SIZE)
             if index >= 0:
                 into.append((index, b"%b%b\n\n" % (DELTA_SSE, data)))
@@ -105,6 +109,40 @@ def json_message_events(raw: bytes) -> Iterator[dict[str, Any]]:
         message = pydantic_core.from_json(raw)
     except ValueError:
         raise UpstreamError(502, "leg answered 200 with a body that is neither SSE nor JSON") from None
-    if not isinstance(message, dict) or message.get("type") != "message":
-        raise UpstreamError(502, "leg answered 200 with JSON that is not a Message")
+    return message_events(message)
+
+
+def message_events(message: Any) -> Iterator[dict[str, Any]]:
+    """A leg's answer as one Message (``dict``), replayed as the events a stream would carry;
+    a 502 if it is not shaped like a Message. Every router reads a whole Message here."""
+    problem = _message_problem(message)
+    if problem is not None:
+        raise UpstreamError(502, f"leg answered 200 with {problem}")
     return message_to_events(message)
+
+
+# The fields of a block that the replay writes as a delta's text: each must be a string.
+_TEXT_FIELDS = {"text": ("text",), "thinking": ("thinking", "signature")}
+_INPUT_BLOCKS = ("tool_use", "server_tool_use", "mcp_tool_use")
+
+
+def _message_problem(message: Any) -> str | None:
+    """What makes ``message`` unusable as a Message (types and positions, never its content)."""
+    if not isinstance(message, dict) or message.get("type") != "message":
+        return "JSON that is not a Message"
+    content = message.get("content")
+    if content is not None and not isinstance(content, list):
+        return f"a Message whose content is a {type(content).__name__}, not a list"
+    usage = message.get("usage")
+    if usage is not None and not isinstance(usage, dict):
+        return f"a Message whose usage is a {type(usage).__name__}, not an object"
+    for index, block in enumerate(content or ()):
+        kind = block.get("type") if isinstance(block, dict) else None
+        if not isinstance(kind, str):
+            return f"a Message whose content block {index} is not an object with a type"
+        for field in _TEXT_FIELDS.get(kind, ()):
+            if not isinstance(block.get(field, ""), str):
+                return f"a Message whose {kind} block {index} has a {field} that is not a string"
+        if kind in _INPUT_BLOCKS and not isinstance(block.get("input", {}), dict):
+            return f"a Message whose {kind} block {index} has an input that is not an object"
+    return None

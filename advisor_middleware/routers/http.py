@@ -188,10 +188,13 @@ class HTTPRouter(PooledClient, BatchRouter):
                 yield response
         except httpx.TimeoutException as exc:
             kind = type(exc).__name__
-            raise UpstreamError(504, {"type": "timeout_error", "message": f"upstream {kind} on {self._shown}"}) from exc
+            message = f"upstream {kind} on {self._shown}"
+            raise UpstreamError(504, {"type": "timeout_error", "message": message}, detail=message) from exc
         except httpx.RequestError as exc:
-            message = f"upstream {self._shown} failed: {type(exc).__name__}: {exc}"
-            raise UpstreamError(502, {"type": "api_error", "message": message}) from exc
+            # The transport's own words may quote what the upstream sent: kept out of the logs.
+            detail = f"upstream {self._shown} failed: {type(exc).__name__}"
+            message = f"{detail}: {exc}"
+            raise UpstreamError(502, {"type": "api_error", "message": message}, detail=detail) from exc
 
 
 def _is_sse(response: httpx.Response) -> bool:

@@ -11,11 +11,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any
 
-from ..accumulate import message_to_events
 from ..errors import UpstreamError, error_type_for_status, quoted_error_type
 from ..sse import SSEDecoder
 from .base import Batch, BatchRouter, Leg, closing, forwarded_headers
-from .events import decode_events, event_error
+from .events import decode_events, event_error, message_events
 
 __all__ = ["MESSAGES_FIELDS", "LiteLLMRouter"]
 
@@ -127,9 +126,7 @@ def _item_events(item: object, decoder: SSEDecoder, into: Batch, raw_deltas: boo
 def _message_events(response: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
     """A whole Message (the deployment ignored ``stream``) as its stream events."""
     message = {k: v for k, v in response.items() if not k.startswith("_")}  # LiteLLM's _hidden_params
-    if message.get("type") != "message":
-        raise UpstreamError(502, "LiteLLM answered with something that is not a Message")
-    return message_to_events(message)
+    return message_events(message)
 
 
 def _upstream_error(exc: Exception) -> UpstreamError:
