@@ -230,7 +230,15 @@ class Orchestration:
             held: list[list[dict[str, Any]]] = []
             calls: list[_Call] = []
             self._held, self._calls = held, calls
-            leg = Leg("executor", leg_body, self.exec_headers, self.scope, raw_deltas=True, encoder=encode)
+            leg = Leg(
+                "executor",
+                leg_body,
+                self.exec_headers,
+                self.scope,
+                raw_deltas=True,
+                encoder=encode,
+                max_bytes=self.config.max_leg_bytes,
+            )
             await run_leg(self.router, leg, self._on_batch)
             if not acc.finished:
                 raise UpstreamError(502, "the executor's stream ended before its message_delta")
@@ -471,7 +479,7 @@ class Orchestration:
         if isinstance(metadata, dict):
             body["metadata"] = metadata
         acc = MessageAccumulator()
-        leg = Leg("advisor", body, self.advisor_headers, self.scope)
+        leg = Leg("advisor", body, self.advisor_headers, self.scope, max_bytes=self.config.max_leg_bytes)
 
         def feed(batch: Batch) -> Awaitable[None]:
             acc.feed_all(batch)

@@ -11,7 +11,7 @@ import httpx
 from ..errors import UpstreamError
 from ..sse import SSEDecoder
 from .base import Batch, BatchRouter, Leg, OnBatch
-from .events import MAX_BUFFERED, decode_events, json_message_events
+from .events import decode_events, json_message_events, too_large
 
 __all__ = ["DEFAULT_TIMEOUT", "HTTPRouter", "PooledClient"]
 
@@ -96,7 +96,11 @@ class HTTPRouter(PooledClient, BatchRouter):
             if _is_sse(response):
                 decoder = SSEDecoder()
                 raw_deltas = leg.raw_deltas
+                left = leg.max_bytes
                 async for chunk in _body(response):
+                    left -= len(chunk)
+                    if left < 0:
+                        raise too_large(leg.max_bytes)
                     batch: Batch = []
                     error = decode_events(decoder, chunk, batch, raw_deltas)
                     if batch:  # what came before an error is still the leg's output
@@ -104,7 +108,7 @@ class HTTPRouter(PooledClient, BatchRouter):
                     if error is not None:
                         raise error
                 return
-            raw = await _read(response)
+            raw = await _read(response, leg.max_bytes)
         await on_batch([*json_message_events(raw)])
 
     @asynccontextmanager
@@ -129,7 +133,7 @@ class HTTPRouter(PooledClient, BatchRouter):
             ) as response:
                 if response.status_code != 200:
                     kept = [(k.encode(), response.headers[k].encode()) for k in _KEPT if k in response.headers]
-                    raise UpstreamError(response.status_code, await _read(response), kept)
+                    raise UpstreamError(response.status_code, await _read(response, leg.max_bytes), kept)
                 yield response
         except httpx.TimeoutException as exc:
             kind = type(exc).__name__
@@ -152,12 +156,12 @@ def _body(response: httpx.Response) -> AsyncIterator[bytes]:
     return response.aiter_bytes()
 
 
-async def _read(response: httpx.Response) -> bytes:
+async def _read(response: httpx.Response, limit: int) -> bytes:
     chunks: list[bytes] = []
     size = 0
     async for chunk in response.aiter_bytes():
         size += len(chunk)
-        if size > MAX_BUFFERED:
-            raise UpstreamError(502, "leg response too large to buffer")
+        if size > limit:
+            raise too_large(limit)
         chunks.append(chunk)
     return b"".join(chunks)
