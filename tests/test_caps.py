@@ -65,13 +65,14 @@ def _end() -> list[bytes]:
 
 
 def block_at(index: Any) -> Stream:
-    """A stream whose one block starts at ``index``."""
+    """A stream whose one block, of text, starts at ``index``."""
 
     async def stream() -> AsyncIterator[bytes]:
         for chunk in _start():
             yield chunk
         block = {"type": "text", "text": ""}
         yield sse({"type": "content_block_start", "index": index, "content_block": block})
+        yield sse({"type": "content_block_delta", "index": index, "delta": {"type": "text_delta", "text": "Hm."}})
         yield sse({"type": "content_block_stop", "index": index})
         for chunk in _end():
             yield chunk
