@@ -25,6 +25,7 @@ from advisor_middleware import AdvisorMiddleware
 from advisor_middleware.accumulate import MessageAccumulator
 from advisor_middleware.classify import classify
 from advisor_middleware.history import render_history
+from advisor_middleware.legs import LegEncoder
 from advisor_middleware.transcript import render_transcript
 
 from .helpers import advice, advisor_pair, assistant, parse_sse, post, request_body, system, tool_result, user
@@ -184,6 +185,23 @@ def test_accumulator_is_linear(make: Callable[[int], list[dict[str, Any]]]) -> N
     assert growth(prepare, 10_000) < LINEAR
 
 
+def test_leg_encoding_is_linear() -> None:
+    # Each executor leg re-sends the conversation plus what the last leg added.
+    def prepare(n: int) -> Callable[[], object]:
+        messages = consults(n // 2)
+
+        def run() -> object:
+            encode = LegEncoder().encode
+            legs = [messages]
+            for i in range(5):
+                legs.append([*legs[-1], assistant([tool_use("advisor", {}, f"toolu_a{i}")]), user("advice")])
+            return [encode({"model": "exec", "messages": leg}) for leg in legs]
+
+        return run
+
+    assert growth(prepare, 20_000) < LINEAR
+
+
 # --- through AdvisorMiddleware --------------------------------------------------------------------
 
 
@@ -248,3 +266,23 @@ async def test_big_history_reaches_the_host_in_linear_time() -> None:
 
     with anyio.fail_after(300):
         assert await async_growth(prepare, 40_000) < LINEAR
+
+
+async def test_a_consult_on_a_long_history_takes_linear_time() -> None:
+    # The whole loop on a long history: render, two executor legs, one consult's transcript.
+    def prepare(n: int) -> Callable[[], Awaitable[object]]:
+        raw = json.dumps(request_body(consults(n))).encode()
+
+        async def run() -> object:
+            script = Script().executor(
+                Reply([tool_use("advisor", id="toolu_new")], stop_reason="tool_use"), Reply([text("Done.")])
+            )
+            script.advisor(Reply([text("Advice.")]))
+            response = await post(AdvisorMiddleware(scripted_host(script)), raw, {"content-type": "application/json"})
+            assert response.json()["content"][-1] == {"type": "text", "text": "Done."}
+            return response
+
+        return run
+
+    with anyio.fail_after(300):
+        assert await async_growth(prepare, 5_000) < LINEAR
