@@ -222,21 +222,16 @@ class EndlessLiteLLM:
 
     def __init__(self) -> None:
         self.executor = [ASK, Reply([text("Without advice.")])]
-        self.sent = 0
+        self.sent = [0]
 
     async def aanthropic_messages(self, **kwargs: Any) -> AsyncIterator[bytes]:
         if kwargs["model"] == "exec":
             return self._events(self.executor.pop(0))
-        return self._endless()
+        return endless(self.sent)()
 
     async def _events(self, reply: Reply) -> AsyncIterator[bytes]:
         for event in reply_events(reply, "exec"):
             yield sse(event)
-
-    async def _endless(self) -> AsyncIterator[bytes]:
-        async for chunk in endless(sent := [0])():
-            self.sent = sent[0]
-            yield chunk
 
 
 async def test_litellm_router_cuts_an_endless_advisor_off() -> None:
@@ -246,7 +241,7 @@ async def test_litellm_router_cuts_an_endless_advisor_off() -> None:
     content = response.json()["content"]
     assert error_of(content[2]) == "unavailable"
     assert content[3] == {"type": "text", "text": "Without advice."}
-    assert CAP < stand_in.sent < 2 * CAP
+    assert CAP < stand_in.sent[0] < 2 * CAP
 
 
 # --- max_consults ----------------------------------------------------------------------------------------
