@@ -110,6 +110,8 @@ def advice_in_one_message(n: int) -> list[Any]:
     return [user("Go."), assistant(blocks)]
 
 
+SIZES = {"user-run": 20_000, "system-run": 20_000, "consults": 10_000, "advice-in-one-message": 10_000}
+"""N for each shape: a consult turn is two messages and a dozen blocks."""
 CONVERSATIONS = {
     "user-run": user_run,
     "system-run": system_run,
@@ -126,7 +128,7 @@ def test_history_render_is_linear(shape: str) -> None:
         messages = make(n)
         return lambda: render_history(messages)
 
-    assert growth(prepare, 20_000) < LINEAR
+    assert growth(prepare, SIZES[shape]) < LINEAR
 
 
 @pytest.mark.parametrize("shape", CONVERSATIONS)
@@ -138,7 +140,7 @@ def test_history_only_request_is_linear(shape: str) -> None:
         body = {"model": "exec", "max_tokens": 10, "messages": [*make(n), user([*advisor_pair("srvtoolu_x", "a")])]}
         return lambda: classify(body)
 
-    assert growth(prepare, 20_000) < LINEAR
+    assert growth(prepare, SIZES[shape]) < LINEAR
 
 
 @pytest.mark.parametrize("max_chars", [None, 20_000, 10**9], ids=["no-budget", "over-budget", "within-budget"])
@@ -151,7 +153,7 @@ def test_transcript_is_linear(shape: str, max_chars: int | None) -> None:
         rendered, _ = render_history(body["messages"])
         return lambda: render_transcript(body, rendered, max_chars=max_chars)
 
-    assert growth(prepare, 20_000) < LINEAR
+    assert growth(prepare, SIZES[shape]) < LINEAR
 
 
 def open_blocks_events(n: int) -> list[dict[str, Any]]:
