@@ -80,18 +80,20 @@ def block_at(index: Any) -> Stream:
     return stream
 
 
-def endless(sent: list[int]) -> Stream:
-    """A stream that writes text without end (counting the bytes it sent into ``sent``)."""
+def endless(sent: list[int], upto: int | None = None) -> Stream:
+    """A stream that writes text without end (counting the bytes it sent into ``sent``); with
+    ``upto``, it stops writing after that many bytes, but never ends."""
 
     async def stream() -> AsyncIterator[bytes]:
         for chunk in _start():
             yield chunk
         yield sse({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})
         delta = sse({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": CHUNK}})
-        while True:
+        while upto is None or sent[0] < upto:
             sent[0] += len(delta)
             yield delta
             await anyio.lowlevel.checkpoint()
+        await anyio.sleep_forever()
 
     return stream
 
@@ -172,6 +174,18 @@ async def test_endless_advisor_is_cut_off_at_the_cap() -> None:
     assert dumped[3] == {"type": "text", "text": "Without advice."}
     # Read up to the cap and not much further (the host is stopped at its next send).
     assert CAP < sent[0] < 2 * CAP
+
+
+async def test_the_default_cap_stops_an_advisor_that_never_ends() -> None:
+    # 40 MiB of advice and no end: read up to the default 32 MiB, not until advisor_timeout.
+    sent = [0]
+    script = Script().executor(ASK, Reply([text("Without advice.")]))
+    app = AdvisorMiddleware(host(script, {"advisor": [endless(sent, upto=40 * 1024 * 1024)]}))
+    response = await request(app, streaming=False)
+    content = response.json()["content"]
+    assert error_of(content[2]) == "unavailable"
+    assert content[3] == {"type": "text", "text": "Without advice."}
+    assert 32 * 1024 * 1024 < sent[0] < 40 * 1024 * 1024
 
 
 @pytest.mark.parametrize("streaming", [True, False])

@@ -144,7 +144,7 @@ def test_history_only_request_is_linear(shape: str) -> None:
 
 
 @pytest.mark.parametrize("max_chars", [None, 20_000, 10**9], ids=["no-budget", "over-budget", "within-budget"])
-@pytest.mark.parametrize("shape", ["user-run", "consults"])
+@pytest.mark.parametrize("shape", ["user-run", "system-run", "consults"])
 def test_transcript_is_linear(shape: str, max_chars: int | None) -> None:
     make = CONVERSATIONS[shape]
 
