@@ -74,9 +74,13 @@ class MessageAccumulator:
         return content
 
     def _join_text(self, index: int | None = None) -> None:
-        for key in [k for k in self._text if index is None or k[0] == index]:
-            block_index, field = key
-            self._content()[block_index][field] = "".join(self._text.pop(key))
+        # One block's two keys looked up, not every open block's scanned: a stream may hold
+        # thousands of blocks open, and each stop would walk them all.
+        keys = list(self._text) if index is None else [(index, "text"), (index, "thinking")]
+        for key in keys:
+            parts = self._text.pop(key, None)
+            if parts is not None:
+                self._content()[key[0]][key[1]] = "".join(parts)
 
     def feed_all(self, events: Iterable[dict[str, Any] | RawDelta]) -> None:
         """Feed a group of events: dicts are fed, RawDelta deltas kept (``pending``)."""
@@ -129,11 +133,17 @@ class MessageAccumulator:
             block = dict(event.get("content_block") or {})
             content = self._content()
             index = event.get("index", len(content))
+            if type(index) is not int or not 0 <= index <= len(content):
+                # Anthropic opens blocks at 0, 1, 2, ...: a block may start again where one
+                # did, or at the next index, never further (nothing is padded to reach it).
+                where = index if type(index) is int else f"of type {type(index).__name__}"
+                raise UpstreamError(502, f"the stream started a block at index {where}, not the next one")
             self._text.pop((index, "text"), None)
             self._text.pop((index, "thinking"), None)
-            while len(content) <= index:
-                content.append({})
-            content[index] = block
+            if index == len(content):
+                content.append(block)
+            else:
+                content[index] = block
             if block.get("type") in ("tool_use", "server_tool_use", "mcp_tool_use"):
                 self._json[index] = []
         elif kind == "content_block_stop":

@@ -154,7 +154,12 @@ def _render(messages: list[Any], resume: bool) -> tuple[list[Any], HistoryInfo]:
             return
         prev = out[-1] if out else None
         if isinstance(prev, dict) and prev.get("role") == role and set(prev) <= {"role", "content"}:
-            prev["content"] = _as_blocks(prev["content"]) + _as_blocks(content)
+            # Merged in place: a list here is always one this render made (below), and
+            # building a new one per message would copy a run of N messages N times.
+            merged = prev["content"]
+            if not isinstance(merged, list):
+                merged = prev["content"] = _as_blocks(merged)
+            merged.extend(_as_blocks(content))
         else:
             out.append({"role": role, "content": content if isinstance(content, str) else list(content)})
 

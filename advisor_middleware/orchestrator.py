@@ -244,6 +244,7 @@ class Orchestration:
                 raw_deltas=True,
                 encoder=encode,
                 response_headers=answer_headers,
+                max_bytes=self.config.max_leg_bytes,
             )
             await run_leg(self.router, leg, self._on_batch)
             if not acc.finished:
@@ -485,7 +486,7 @@ class Orchestration:
         if isinstance(metadata, dict):
             body["metadata"] = metadata
         acc = MessageAccumulator()
-        leg = Leg("advisor", body, self.advisor_headers, self.scope)
+        leg = Leg("advisor", body, self.advisor_headers, self.scope, max_bytes=self.config.max_leg_bytes)
 
         def feed(batch: Batch) -> Awaitable[None]:
             acc.feed_all(batch)

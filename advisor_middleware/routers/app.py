@@ -12,7 +12,7 @@ from .._types import ASGIApp, Message
 from ..errors import ClientGone, UpstreamError
 from ..sse import SSEDecoder
 from .base import Batch, BatchRouter, Leg, OnBatch, forwarded_headers
-from .events import MAX_BUFFERED, decode_events, json_message_events
+from .events import decode_events, json_message_events, too_large
 
 __all__ = ["CLIENT", "AppRouter", "Departure"]
 
@@ -80,7 +80,7 @@ class AppRouter(BatchRouter):
         if "path" in scope:
             scope["raw_path"] = scope["path"].encode()
 
-        response = _Response(leg.raw_deltas, leg.response_headers)
+        response = _Response(leg.raw_deltas, leg.response_headers, leg.max_bytes)
         body_sent = False
         waiting: anyio.Event | None = None  # made only if the app asks for a second message
         # Why the leg stopped early: on_batch raised (the client left, or the loop found the
@@ -195,21 +195,23 @@ class _Response:
         "encoding",
         "headers",
         "is_sse",
+        "limit",
         "raw_deltas",
         "size",
         "status",
         "streaming",
     )
 
-    def __init__(self, raw_deltas: bool, headers: list[tuple[bytes, bytes]]) -> None:
+    def __init__(self, raw_deltas: bool, headers: list[tuple[bytes, bytes]], limit: int) -> None:
         self.raw_deltas = raw_deltas
+        self.limit = limit  # the most bytes of body read, streamed or buffered
         self.status = 0
         self.is_sse = False
         self.encoding = b""
         self.headers = headers  # the leg's response_headers, filled at http.response.start
         headers.clear()
         self.buffered: list[bytes] = []  # a body that is not a readable stream
-        self.size = 0
+        self.size = 0  # bytes of body so far
         self.complete = False
         self.decoder = SSEDecoder()
         self.streaming = False  # a readable event stream with status 200: decoded as it comes
@@ -227,11 +229,11 @@ class _Response:
             if type(chunk) is not bytes:  # bytes() of bytes is a no-op that costs ~850 instructions
                 chunk = bytes(chunk)
             self.complete = not message.get("more_body", False)
+            self.size += len(chunk)
+            if self.size > self.limit:
+                return too_large(self.limit)
             if self.streaming:
                 return decode_events(self.decoder, chunk, batch, self.raw_deltas)
-            self.size += len(chunk)
-            if self.size > MAX_BUFFERED:
-                return UpstreamError(502, "leg response too large to buffer")
             self.buffered.append(chunk)
         elif kind == "http.response.start":
             self.status = int(message["status"])

@@ -14,11 +14,15 @@ from ..sse import RawDelta, encode_json, raw_delta_event
 
 T = TypeVar("T")
 
+MAX_LEG_BYTES = 32 * 1024 * 1024
+"""The default of :attr:`Leg.max_bytes` (and of ``AdvisorMiddleware``'s ``max_leg_bytes``)."""
+
 __all__ = [
     "FORWARDED_ANSWER_HEADERS",
     "FORWARDED_ANSWER_PREFIXES",
     "HOP_BY_HOP",
     "LEG_HEADER",
+    "MAX_LEG_BYTES",
     "NOTHING",
     "Batch",
     "BatchRouter",
@@ -124,6 +128,11 @@ class Leg:
     over the leg's first events (or raises its error). The middleware passes those of
     :data:`FORWARDED_ANSWER_HEADERS` on to the client from the request's first executor leg.
     A router that has no headers leaves it empty."""
+    max_bytes: int = MAX_LEG_BYTES
+    """The most bytes of the answer a router reads: past it, the leg fails with a 502
+    :class:`~advisor_middleware.UpstreamError` (:func:`~advisor_middleware.routers.events.too_large`).
+    The shipped routers count every byte they read, stream or not; a router of your own should
+    do the same, or a host that streams without end fills memory."""
 
     def encode(self) -> bytes:
         """``body`` as JSON bytes, as the shipped routers send it. For the executor's legs the

@@ -10,6 +10,7 @@ import pydantic_core
 from ..accumulate import message_to_events
 from ..errors import UpstreamError
 from ..sse import DELTA_DATA, DELTA_HEAD, DELTA_SSE, RawDelta, SSEDecoder, index_at, parse_event
+from .base import MAX_LEG_BYTES
 
 __all__ = [
     "MAX_BUFFERED",
@@ -19,6 +20,7 @@ __all__ = [
     "json_message_events",
     "message_events",
     "parse_event",
+    "too_large",
 ]
 
 # Anthropic error types -> the HTTP status they come with (https://docs.anthropic.com/en/api/errors).
@@ -35,8 +37,13 @@ _TYPE_STATUS = {
     "overloaded_error": 529,
 }
 
-MAX_BUFFERED = 32 * 1024 * 1024
-"""The most bytes of a leg's non-streamed answer (JSON or an error body) a router buffers."""
+MAX_BUFFERED = MAX_LEG_BYTES
+"""The default most bytes of a leg's answer a router reads (:attr:`Leg.max_bytes`)."""
+
+
+def too_large(limit: int) -> UpstreamError:
+    """The failure of a leg whose answer passed ``limit`` bytes (:attr:`Leg.max_bytes`)."""
+    return UpstreamError(502, f"the leg's answer is longer than max_leg_bytes ({limit} bytes)")
 
 
 def event_error(event: dict[str, Any]) -> UpstreamError:

@@ -12,7 +12,7 @@ import httpx
 from ..errors import UpstreamError
 from ..sse import SSEDecoder
 from .base import Batch, BatchRouter, Leg, OnBatch, end_to_end, forwarded_headers
-from .events import MAX_BUFFERED, decode_events, json_message_events
+from .events import decode_events, json_message_events, too_large
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -150,7 +150,11 @@ class HTTPRouter(PooledClient, BatchRouter):
             if _is_sse(response):
                 decoder = SSEDecoder()
                 raw_deltas = leg.raw_deltas
+                left = leg.max_bytes
                 async for chunk in _body(response):
+                    left -= len(chunk)
+                    if left < 0:
+                        raise too_large(leg.max_bytes)
                     batch: Batch = []
                     error = decode_events(decoder, chunk, batch, raw_deltas)
                     if batch:  # what came before an error is still the leg's output
@@ -158,7 +162,7 @@ class HTTPRouter(PooledClient, BatchRouter):
                     if error is not None:
                         raise error
                 return
-            raw = await _read(response)
+            raw = await _read(response, leg.max_bytes)
         await on_batch([*json_message_events(raw)])
 
     @asynccontextmanager
@@ -184,7 +188,7 @@ class HTTPRouter(PooledClient, BatchRouter):
                 leg.response_headers[:] = response.headers.raw
                 if response.status_code != 200:
                     kept = forwarded_headers(response.headers.raw)
-                    raise UpstreamError(response.status_code, await _read(response), kept)
+                    raise UpstreamError(response.status_code, await _read(response, leg.max_bytes), kept)
                 yield response
         except httpx.TimeoutException as exc:
             kind = type(exc).__name__
@@ -210,12 +214,12 @@ def _body(response: httpx.Response) -> AsyncIterator[bytes]:
     return response.aiter_bytes()
 
 
-async def _read(response: httpx.Response) -> bytes:
+async def _read(response: httpx.Response, limit: int) -> bytes:
     chunks: list[bytes] = []
     size = 0
     async for chunk in response.aiter_bytes():
         size += len(chunk)
-        if size > MAX_BUFFERED:
-            raise UpstreamError(502, "leg response too large to buffer")
+        if size > limit:
+            raise too_large(limit)
         chunks.append(chunk)
     return b"".join(chunks)

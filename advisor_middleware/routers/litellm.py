@@ -12,9 +12,9 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any
 
 from ..errors import UpstreamError, error_type_for_status, quoted_error_type
-from ..sse import SSEDecoder
+from ..sse import SSEDecoder, encode_json
 from .base import Batch, BatchRouter, Leg, closing, forwarded_headers
-from .events import decode_events, event_error, message_events
+from .events import decode_events, event_error, message_events, too_large
 
 __all__ = ["MESSAGES_FIELDS", "LiteLLMRouter"]
 
@@ -92,6 +92,7 @@ class LiteLLMRouter(BatchRouter):
             yield [*_message_events(response)]
             return
         decoder = SSEDecoder()
+        left = leg.max_bytes
         async with closing(aiter(response)) as items:
             while True:
                 try:
@@ -100,6 +101,9 @@ class LiteLLMRouter(BatchRouter):
                     return
                 except Exception as exc:
                     raise _upstream_error(exc) from exc
+                left -= _size(item)
+                if left < 0:
+                    raise too_large(leg.max_bytes)
                 batch: Batch = []
                 error = _item_events(item, decoder, batch, leg.raw_deltas)
                 if batch:  # what came before an error is still the leg's output
@@ -121,6 +125,14 @@ def _item_events(item: object, decoder: SSEDecoder, into: Batch, raw_deltas: boo
         return event_error(event)
     into.append(event)
     return None
+
+
+def _size(item: object) -> int:
+    """What one item of LiteLLM's stream counts against :attr:`Leg.max_bytes`: its length, or
+    an event's as JSON."""
+    if isinstance(item, bytes | bytearray | str):
+        return len(item)
+    return len(encode_json(dict(item))) if isinstance(item, Mapping) else 0
 
 
 def _message_events(response: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
