@@ -10,10 +10,8 @@ import pydantic_core
 from ..accumulate import message_to_events
 from ..errors import UpstreamError
 from ..sse import DELTA_DATA, DELTA_HEAD, DELTA_SSE, RawDelta, SSEDecoder, index_at, parse_event
-from .base import MAX_LEG_BYTES
 
 __all__ = [
-    "MAX_BUFFERED",
     "RawDelta",
     "decode_events",
     "event_error",
@@ -36,9 +34,6 @@ _TYPE_STATUS = {
     "timeout_error": 504,
     "overloaded_error": 529,
 }
-
-MAX_BUFFERED = MAX_LEG_BYTES
-"""The default most bytes of a leg's answer a router reads (:attr:`Leg.max_bytes`)."""
 
 
 def too_large(limit: int) -> UpstreamError:
