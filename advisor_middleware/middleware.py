@@ -17,13 +17,13 @@ from ._types import ASGIApp, Message, Receive, Scope, Send
 from .accumulate import MessageAccumulator
 from .classify import classify
 from .config import AdvisorConfig
-from .errors import AdvisorRequestError, ClientGone, UpstreamError, error_body
+from .errors import AdvisorRequestError, ClientGone, UpstreamError, error_body, send_error
 from .orchestrator import Orchestration
 from .routers.app import CLIENT, WIND_DOWN, AppRouter, Departure
 from .routers.base import LEG_HEADER, NOTHING, MessagesRouter, forwarded_headers
 from .sse import RawDelta, encode_event, encode_json
 
-__all__ = ["AdvisorMiddleware"]
+__all__ = ["LINGER", "AdvisorMiddleware"]
 
 log = logging.getLogger("advisor_middleware")
 
@@ -33,7 +33,7 @@ _SSE_HEADERS = [
     (b"cache-control", b"no-cache"),
     (b"x-accel-buffering", b"no"),
 ]
-_LINGER = 0.1
+LINGER = 0.1
 """Seconds the watcher may wait, once the response is out, for the server's ``http.disconnect``
 before it is cancelled. Only the cost depends on it: either way the request ends."""
 
@@ -110,7 +110,7 @@ class AdvisorMiddleware:
         try:
             chunks = await self._read_body(headers, receive)
         except AdvisorRequestError as exc:
-            await _send_error(send, exc.status, exc.body)
+            await send_error(send, exc.status, exc.body)
             return
         if chunks is None:
             return  # the client left while sending its body
@@ -127,7 +127,7 @@ class AdvisorMiddleware:
             try:
                 body = _decode(raw, encoding, self.config.max_body_bytes)
             except AdvisorRequestError as exc:
-                await _send_error(send, exc.status, exc.body)
+                await send_error(send, exc.status, exc.body)
                 return
             if not _has_needle(body):
                 await self.app(scope, _replay([raw], receive), send)
@@ -139,7 +139,7 @@ class AdvisorMiddleware:
             # nesting past the parser's limit): replayed, a laxer parser could read them and
             # see the advisor tool or blocks raw. The parser's message gives a position only.
             message = f"request body is not JSON the advisor middleware can read: {exc}"
-            await _send_error(send, 400, error_body("invalid_request_error", message))
+            await send_error(send, 400, error_body("invalid_request_error", message))
             return
         if not isinstance(data, dict):
             await self.app(scope, _replay([raw], receive), send)  # the host answers bad JSON its way
@@ -147,7 +147,7 @@ class AdvisorMiddleware:
         try:
             plan = classify(data)
         except AdvisorRequestError as exc:
-            await _send_error(send, exc.status, exc.body)
+            await send_error(send, exc.status, exc.body)
             return
         native = self.config.native_executor
         if plan.action == "pass" or (
@@ -245,9 +245,9 @@ class AdvisorMiddleware:
                     # httpx's ASGITransport wake a receive already waiting), and the watcher
                     # ends on its own: half the cost of cancelling it (docs/performance.md,
                     # step 14).
-                    # A server that stays silent gets _LINGER seconds, then the cancel.
+                    # A server that stays silent gets LINGER seconds, then the cancel.
                     watcher.answered = True
-                    tg.cancel_scope.deadline = anyio.current_time() + _LINGER
+                    tg.cancel_scope.deadline = anyio.current_time() + LINGER
                 else:
                     tg.cancel_scope.cancel()
                 CLIENT.reset(token)
@@ -265,11 +265,11 @@ class AdvisorMiddleware:
         except OSError:
             raise  # the client is gone (ClientGone): nobody to answer
         except UpstreamError as exc:
-            await _send_error(send, exc.status, exc.body, exc.headers)
+            await send_error(send, exc.status, exc.body, exc.headers)
             return
         except Exception:
             log.exception("advisor loop failed")
-            await _send_error(send, 500, error_body("api_error", "internal error in the advisor middleware"))
+            await send_error(send, 500, error_body("api_error", "internal error in the advisor middleware"))
             return
         payload = encode_json(message)
         await send(
@@ -299,11 +299,11 @@ class AdvisorMiddleware:
             if writer.started:
                 log.error("advisor loop failed after the response started", exc_info=exc)
             elif isinstance(exc, UpstreamError):
-                await _send_error(writer.send, exc.status, exc.body, exc.headers)
+                await send_error(writer.send, exc.status, exc.body, exc.headers)
                 return
             else:
                 log.error("advisor loop failed", exc_info=exc)
-                await _send_error(writer.send, 500, error_body("api_error", "internal error in the advisor middleware"))
+                await send_error(writer.send, 500, error_body("api_error", "internal error in the advisor middleware"))
                 return
         if writer.started:
             await writer.write([], more_body=False)
@@ -520,10 +520,3 @@ def _with_length(headers: Any, length: int) -> list[tuple[bytes, bytes]]:
     out = [(k, v) for k, v in headers if k not in (b"content-length", b"content-encoding", b"transfer-encoding")]
     out.append((b"content-length", str(length).encode()))
     return out
-
-
-async def _send_error(send: Send, status: int, body: bytes, extra: list[tuple[bytes, bytes]] | None = None) -> None:
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    headers.extend(extra or [])
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body, "more_body": False})

@@ -17,8 +17,8 @@ import anyio
 import httpx
 
 from ._types import Receive, Scope, Send
-from .errors import error_body
-from .middleware import _LINGER
+from .errors import error_body, send_error
+from .middleware import LINGER
 from .routers.base import end_to_end
 from .routers.http import DEFAULT_TIMEOUT, InvalidTarget, PooledClient, parse_base_url, shown_url, upstream_url
 
@@ -97,11 +97,11 @@ class UpstreamProxy(PooledClient):
         try:
             url = upstream_url(self._base, _target_path(scope), bytes(scope.get("query_string") or b""))
         except InvalidTarget as exc:
-            await _answer(send, 400, error_body("invalid_request_error", str(exc)))
+            await send_error(send, 400, error_body("invalid_request_error", str(exc)))
             return
         headers = self._forwarded_headers(scope["headers"])
         if headers is None:
-            await _answer(send, 508, error_body("api_error", "request loop: the upstream leads back here"))
+            await send_error(send, 508, error_body("api_error", "request loop: the upstream leads back here"))
             return
 
         body_read = anyio.Event()
@@ -159,14 +159,14 @@ class UpstreamProxy(PooledClient):
                 timeout = isinstance(exc, httpx.TimeoutException)
                 status, kind = (504, "timeout_error") if timeout else (502, "api_error")
                 message = f"upstream {self._shown} failed: {type(exc).__name__}: {exc}"
-                await _answer(send, status, error_body(kind, message))
+                await send_error(send, status, error_body(kind, message))
             finally:
                 if answered:
                     # As in the middleware (docs/performance.md, step 14): once the response is
                     # out, the server answers the watcher's receive with http.disconnect and the
                     # watcher ends by itself, cheaper than cancelling it. A silent server gets
-                    # _LINGER seconds.
-                    tg.cancel_scope.deadline = anyio.current_time() + _LINGER
+                    # LINGER seconds.
+                    tg.cancel_scope.deadline = anyio.current_time() + LINGER
                 else:
                     tg.cancel_scope.cancel()
 
@@ -198,9 +198,3 @@ def _target_path(scope: Scope) -> bytes:
     """The request-target's path as the client sent it (the server's ``raw_path``)."""
     raw = scope.get("raw_path")
     return bytes(raw) if raw is not None else quote(scope["path"]).encode()
-
-
-async def _answer(send: Send, status: int, body: bytes) -> None:
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body, "more_body": False})
