@@ -18,12 +18,32 @@ __all__ = [
     "AdvisorTool",
     "advisor_result_block",
     "executor_id",
+    "is_advisor_block",
     "server_tool_use_block",
     "server_tool_use_id",
 ]
 
 ADVISOR_TOOL_TYPE = "advisor_20260301"
 ADVISOR_NAME = "advisor"
+
+
+def is_advisor_block(block: Any) -> bool:
+    """Whether a content block belongs to the advisor: its call (a ``server_tool_use`` named
+    ``advisor``), its result (``advisor_tool_result``), or a ``tool_addition`` /
+    ``tool_removal`` of the advisor tool (docs/protocol.md §2, §7). Each holds a JSON string
+    that starts with ``advisor``: the middleware's byte scan looks for that."""
+    if not isinstance(block, dict):
+        return False
+    kind = block.get("type")
+    if kind == "advisor_tool_result":
+        return True
+    if kind == "server_tool_use":
+        return block.get("name") == ADVISOR_NAME
+    if kind in ("tool_addition", "tool_removal"):
+        tool = block.get("tool")
+        return isinstance(tool, dict) and tool.get("name") == ADVISOR_NAME
+    return False
+
 
 # advisor-wire-spec §2.2: the seven codes of advisor_tool_result_error.
 ADVISOR_ERROR_CODES = frozenset(

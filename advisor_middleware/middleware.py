@@ -6,8 +6,8 @@ import logging
 import re
 import time
 import zlib
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from collections.abc import Awaitable, Sequence
+from typing import Any, Unpack
 
 import anyio
 import pydantic_core
@@ -15,8 +15,8 @@ from anyio.abc import TaskGroup
 
 from ._types import ASGIApp, Message, Receive, Scope, Send
 from .accumulate import MessageAccumulator
-from .classify import classify
-from .config import AdvisorConfig
+from .classify import Plan, classify
+from .config import AdvisorConfig, AdvisorOptions
 from .errors import AdvisorRequestError, ClientGone, UpstreamError, error_body, send_error
 from .orchestrator import Orchestration
 from .routers.app import CLIENT, WIND_DOWN, AppRouter, Departure
@@ -52,141 +52,107 @@ class AdvisorMiddleware:
         app.add_middleware(AdvisorMiddleware)                     # Starlette / FastAPI
         application = AdvisorMiddleware(get_asgi_application())  # Django
 
-    Options (all keyword-only) are those of :class:`AdvisorConfig`, plus ``router``.
+    Options (all keyword-only) are the fields of :class:`AdvisorConfig`, which declares their
+    defaults and checks them, plus ``router``.
     """
 
     def __init__(
-        self,
-        app: ASGIApp,
-        *,
-        router: MessagesRouter | None = None,
-        paths: set[str] | frozenset[str] | list[str] | tuple[str, ...] = ("/v1/messages",),
-        max_body_bytes: int = 32 * 1024 * 1024,
-        ping_interval: float = 10.0,
-        advisor_timeout: float = 300.0,
-        advisor_max_tokens: int = 8192,
-        max_consults: int | None = 10,
-        max_leg_bytes: int = 32 * 1024 * 1024,
-        max_executor_legs: int = 25,
-        max_transcript_block_chars: int = 50_000,
-        max_transcript_chars: int = 400_000,
-        advisor_system_prompt: str | None = None,
-        native_executor: Callable[[str], bool] | None = None,
+        self, app: ASGIApp, *, router: MessagesRouter | None = None, **options: Unpack[AdvisorOptions]
     ) -> None:
         self.app = app
-        self.config = AdvisorConfig(
-            paths=frozenset(p.rstrip("/") or "/" for p in paths),
-            max_body_bytes=max_body_bytes,
-            ping_interval=ping_interval,
-            advisor_timeout=advisor_timeout,
-            advisor_max_tokens=advisor_max_tokens,
-            max_consults=max_consults,
-            max_leg_bytes=max_leg_bytes,
-            max_executor_legs=max_executor_legs,
-            max_transcript_block_chars=max_transcript_block_chars,
-            max_transcript_chars=max_transcript_chars,
-            advisor_system_prompt=advisor_system_prompt,
-            native_executor=native_executor,
-        )
+        self.config = AdvisorConfig.model_validate(options)
         self.router: MessagesRouter = router if router is not None else AppRouter(app)
         # Each matched spelling -> the path as configured: legs go there, not to the caller's
         # spelling of it (a trailing slash the host would redirect or refuse).
-        self._routes = {p.rstrip("/") or "/": p for p in paths}
+        self._routes = {p.rstrip("/") or "/": p for p in self.config.paths}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        route = self._route(scope) if scope["type"] == "http" and scope.get("method") == "POST" else None
+        route = self._route(scope)
         if route is None:
             await self.app(scope, receive, send)
             return
         headers = scope.get("headers") or []
-        encoding = b""
-        for name, value in headers:
-            if name == LEG_HEADER:
-                # A leg we (or another instance) made: never handle it twice.
-                await self.app(scope, receive, send)
-                return
-            if name == b"content-encoding":
-                encoding = value.strip().lower()
         try:
             chunks = await self._read_body(headers, receive)
+            if chunks is None:
+                return  # the client left while sending its body
+            plan = self._plan(headers, chunks)
         except AdvisorRequestError as exc:
             await send_error(send, exc.status, exc.body)
             return
-        if chunks is None:
-            return  # the client left while sending its body
-        # Cheap byte scan first: with no string starting "advisor" there is nothing to do, and the
-        # original chunks go to the app as they came, without a parse or even a join (issue 3;
-        # design §2.3; issue 7: one scan of the bytes is the whole cost). A compressed body is
-        # scanned once decoded.
+        if isinstance(plan, list):
+            await self.app(scope, _replay(plan, receive), send)
+        elif plan.action == "rewrite":
+            body = encode_json(plan.body)
+            await self.app({**scope, "headers": _with_length(headers, len(body))}, _replay([body], receive), send)
+        else:
+            await self._respond(self._orchestration(plan, scope, route), receive, send)
+
+    def _route(self, scope: Scope) -> str | None:
+        """The path an ``AppRouter``'s legs take if the request is one to handle (a ``POST`` on
+        one of ``paths``, not a leg): the configured path, under the request's ``root_path`` if
+        its path starts with it."""
+        if scope["type"] != "http" or scope.get("method") != "POST":
+            return None
+        if any(name == LEG_HEADER for name, _ in scope.get("headers") or ()):
+            return None  # a leg we (or another instance) made: never handle it twice
+        path: str = scope.get("path", "")
+        root_path: str = scope.get("root_path", "")
+        prefix = ""
+        # As Starlette's routing does: strip root_path only at a "/" boundary (docs/protocol.md §8).
+        if root_path and path.startswith(root_path) and (len(path) == len(root_path) or path[len(root_path)] == "/"):
+            path = path[len(root_path) :]
+            prefix = root_path
+        configured = self._routes.get(path.rstrip("/") or "/")
+        return None if configured is None else prefix + configured
+
+    def _plan(self, headers: Any, chunks: list[bytes]) -> Plan | list[bytes]:
+        """What to do with the request whose body is ``chunks``: a plan to rewrite or
+        orchestrate it, or the chunks to hand to the app as the request's body.
+
+        The byte scan (:func:`_mentions_advisor`) is a cheaper, necessary condition of
+        :func:`~advisor_middleware.classify.involves_advisor`: a body without its needle goes
+        to the app in the chunks it came in, without a parse or even a join. A compressed body
+        is scanned once decoded. A body that was read goes on as one chunk."""
+        encoding = _content_encoding(headers)
         identity = encoding in (b"", b"identity")
         if identity and not _mentions_advisor(chunks):
-            await self.app(scope, _replay(chunks, receive), send)
-            return
+            return chunks
         raw = body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         if not identity:
-            try:
-                body = _decode(raw, encoding, self.config.max_body_bytes)
-            except AdvisorRequestError as exc:
-                await send_error(send, exc.status, exc.body)
-                return
+            body = _decode(raw, encoding, self.config.max_body_bytes)
             if not _has_needle(body):
-                await self.app(scope, _replay([raw], receive), send)
-                return
+                return [raw]
         try:
             data = pydantic_core.from_json(body)
         except ValueError as exc:
             # Bytes that mention the advisor and that we cannot read (a lone surrogate escape,
             # nesting past the parser's limit): replayed, a laxer parser could read them and
             # see the advisor tool or blocks raw. The parser's message gives a position only.
-            message = f"request body is not JSON the advisor middleware can read: {exc}"
-            await send_error(send, 400, error_body("invalid_request_error", message))
-            return
+            raise AdvisorRequestError(f"request body is not JSON the advisor middleware can read: {exc}") from None
         if not isinstance(data, dict):
-            await self.app(scope, _replay([raw], receive), send)  # the host answers bad JSON its way
-            return
-        try:
-            plan = classify(data)
-        except AdvisorRequestError as exc:
-            await send_error(send, exc.status, exc.body)
-            return
+            return [raw]  # the host answers bad JSON its way
+        plan = classify(data)
         native = self.config.native_executor
         if plan.action == "pass" or (
             plan.action == "orchestrate" and native is not None and native(str(data.get("model")))
         ):
-            await self.app(scope, _replay([raw], receive), send)
-            return
-        if plan.action == "rewrite":
-            new_body = encode_json(plan.body)
-            new_scope = dict(scope)
-            new_scope["headers"] = _with_length(headers, len(new_body))
-            await self.app(new_scope, _replay([new_body], receive), send)
-            return
+            return [raw]
+        return plan
+
+    def _orchestration(self, plan: Plan, scope: Scope, route: str) -> Orchestration:
         assert plan.tool is not None
-        orchestration = Orchestration(
+        return Orchestration(
             router=self.router,
             config=self.config,
             body=plan.body,
             tool_index=plan.tool_index,
             tool=plan.tool,
-            headers=list(headers),
+            headers=list(scope.get("headers") or []),
             scope=scope if scope.get("path") == route else {**scope, "path": route, "raw_path": route.encode()},
             streaming=bool(plan.body.get("stream")),
             history=plan.history,
         )
-        await self._respond(orchestration, receive, send)
-
-    def _route(self, scope: Scope) -> str | None:
-        """The path an ``AppRouter``'s legs take if the request's path is one of ``paths``: the
-        configured path, under the request's ``root_path`` if its path starts with it."""
-        path: str = scope.get("path", "")
-        root_path: str = scope.get("root_path", "")
-        prefix = ""
-        # Starlette's get_route_path: strip root_path only at a "/" boundary (asgi-ecosystem §2.6).
-        if root_path and path.startswith(root_path) and (len(path) == len(root_path) or path[len(root_path)] == "/"):
-            path = path[len(root_path) :]
-            prefix = root_path
-        configured = self._routes.get(path.rstrip("/") or "/")
-        return None if configured is None else prefix + configured
 
     async def _read_body(self, headers: Any, receive: Receive) -> list[bytes] | None:
         """The body's chunks as they came (never empty: an empty body is ``[b""]``), or None
@@ -429,6 +395,13 @@ class _StreamWriter:
 
 def _too_large(cap: int) -> AdvisorRequestError:
     return AdvisorRequestError(f"request body exceeds the {cap} byte limit", status=413, error_type="request_too_large")
+
+
+def _content_encoding(headers: Any) -> bytes:
+    for name, value in headers:
+        if name == b"content-encoding":
+            return bytes(value).strip().lower()
+    return b""
 
 
 def _decode(raw: bytes, encoding: bytes, cap: int) -> bytes:

@@ -400,3 +400,21 @@ async def test_a_body_that_does_not_mention_the_advisor_is_replayed_unread(make_
     response = await post(make_app(), raw.encode())
     assert response.status_code == 200
     assert script.requests[0].raw == raw.encode()
+
+
+async def _no_app(scope: Any, receive: Any, send: Any) -> None:
+    raise AssertionError("not called")
+
+
+def test_the_middlewares_options_are_the_fields_of_advisor_config() -> None:
+    # AdvisorConfig declares the options and their defaults; AdvisorOptions only names them for
+    # type checkers, and must name the same ones.
+    from advisor_middleware import AdvisorMiddleware
+    from advisor_middleware.config import AdvisorConfig, AdvisorOptions
+
+    assert set(AdvisorOptions.__annotations__) == set(AdvisorConfig.model_fields)
+    middleware = AdvisorMiddleware(_no_app, max_consults=3, paths=["/x/"])
+    assert middleware.config.max_consults == 3
+    assert middleware.config.ping_interval == AdvisorConfig.model_fields["ping_interval"].default
+    with pytest.raises(ValueError, match="max_consult"):
+        AdvisorMiddleware(_no_app, max_consult=3)  # type: ignore[call-arg]
