@@ -6,7 +6,7 @@ import logging
 import re
 import time
 import zlib
-from collections.abc import Awaitable, Sequence
+from collections.abc import Sequence
 from typing import Any, Unpack
 
 import anyio
@@ -20,7 +20,7 @@ from .config import AdvisorConfig, AdvisorOptions
 from .errors import AdvisorRequestError, ClientGone, UpstreamError, error_body, send_error
 from .orchestrator import Orchestration
 from .routers.app import CLIENT, WIND_DOWN, AppRouter, Departure
-from .routers.base import LEG_HEADER, NOTHING, MessagesRouter, forwarded_headers
+from .routers.base import LEG_HEADER, MessagesRouter, forwarded_headers
 from .sse import RawDelta, encode_event, encode_json
 
 __all__ = ["LINGER", "AdvisorMiddleware"]
@@ -184,104 +184,90 @@ class AdvisorMiddleware:
                 return chunks or [b""]
 
     async def _respond(self, orchestration: Orchestration, receive: Receive, send: Send) -> None:
+        """Run the advisor loop in this task and answer with what it makes, while a watcher
+        task reads ``receive`` for the client's departure."""
         departure = Departure()
         token = CLIENT.set(departure)
-        async with anyio.create_task_group() as tg:
-            writer = (
-                _StreamWriter(send, self.config.ping_interval, tg, orchestration.first_leg_headers)
-                if orchestration.streaming
-                else None
-            )
-            watcher = _Watcher(receive, tg, writer, departure)
-            tg.start_soon(watcher.run)
-            answered = False
-            try:
-                if writer is not None:
-                    await self._write_stream(orchestration, writer)
+        try:
+            async with anyio.create_task_group() as tg:
+                writer = None
+                if orchestration.streaming:
+                    writer = _StreamWriter(send, self.config.ping_interval, tg, orchestration.first_leg_headers)
+                watcher = _Watcher(receive, tg, writer, departure)
+                tg.start_soon(watcher.run)
+                try:
+                    if writer is not None:
+                        await self._write_stream(orchestration, writer)
+                    else:
+                        await self._write_json(orchestration, send)
+                except OSError:
+                    tg.cancel_scope.cancel()  # the client is gone (docs/protocol.md §8)
                 else:
-                    await self._write_json(orchestration, send)
-                answered = True
-            except OSError:
-                pass  # ASGI 2.4 servers raise from send once the client is gone
-            finally:
-                if answered:
-                    # The response is out. Servers answer the watcher's pending receive with
-                    # http.disconnect once it is (the ASGI HTTP spec's "sent if receive is
-                    # called after a response has been sent"; uvicorn, hypercorn, granian and
-                    # httpx's ASGITransport wake a receive already waiting), and the watcher
-                    # ends on its own: half the cost of cancelling it (docs/performance.md,
-                    # step 14).
-                    # A server that stays silent gets LINGER seconds, then the cancel.
-                    watcher.answered = True
-                    tg.cancel_scope.deadline = anyio.current_time() + LINGER
-                else:
-                    tg.cancel_scope.cancel()
-                CLIENT.reset(token)
+                    watcher.response_sent()
+        finally:
+            CLIENT.reset(token)
 
     async def _write_json(self, orchestration: Orchestration, send: Send) -> None:
         acc = MessageAccumulator()
 
-        def feed(group: Sequence[dict[str, Any] | RawDelta]) -> Awaitable[None]:
+        async def feed(group: Sequence[dict[str, Any] | RawDelta]) -> None:
             acc.feed_all(group)  # RawDelta deltas are parsed at complete()
-            return NOTHING  # a plain function, not a coroutine (routers/base.py)
 
         try:
             await orchestration.run(feed)
-            message = acc.complete()  # parses the deltas kept as bytes
+            message = acc.complete()
         except OSError:
             raise  # the client is gone (ClientGone): nobody to answer
-        except UpstreamError as exc:
-            await send_error(send, exc.status, exc.body, exc.headers)
-            return
-        except Exception:
-            log.exception("advisor loop failed")
-            await send_error(send, 500, error_body("api_error", "internal error in the advisor middleware"))
+        except Exception as exc:
+            await _send_failure(send, exc)
             return
         payload = encode_json(message)
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(payload)).encode()),
-                    *forwarded_headers(orchestration.first_leg_headers),
-                ],
-            }
-        )
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(payload)).encode()),
+            *forwarded_headers(orchestration.first_leg_headers),
+        ]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": payload, "more_body": False})
 
     async def _write_stream(self, orchestration: Orchestration, writer: _StreamWriter) -> None:
         # The loop (and an AppRouter's host) runs in this task and every group of events is
-        # sent as it comes, in one send: what one send of the host or one network read carried
-        # (docs/performance.md steps 7 and 11). http.response.start waits for the first event,
-        # so a failure of the first executor leg keeps its own status and body; once started,
-        # the loop reports failures as an error event itself.
+        # sent as it comes, in one send: what one send of the host or one network read carried.
+        # http.response.start waits for the first event, so a failure of the first executor leg
+        # keeps its own status and body; once started, the loop reports failures as an error
+        # event itself.
         try:
             await orchestration.run(writer.write)
         except OSError:
             raise
         except Exception as exc:
-            if writer.started:
-                log.error("advisor loop failed after the response started", exc_info=exc)
-            elif isinstance(exc, UpstreamError):
-                await send_error(writer.send, exc.status, exc.body, exc.headers)
+            if not writer.started:
+                await _send_failure(writer.send, exc)
                 return
-            else:
-                log.error("advisor loop failed", exc_info=exc)
-                await send_error(writer.send, 500, error_body("api_error", "internal error in the advisor middleware"))
-                return
+            log.error("advisor loop failed after the response started", exc_info=exc)
         if writer.started:
             await writer.write([], more_body=False)
 
 
+async def _send_failure(send: Send, exc: Exception) -> None:
+    """Answer a request whose advisor loop failed before its response started: a leg's failure
+    with its own status and body, any other as a 500."""
+    if isinstance(exc, UpstreamError):
+        await send_error(send, exc.status, exc.body, exc.headers)
+        return
+    log.error("advisor loop failed", exc_info=exc)
+    await send_error(send, 500, error_body("api_error", "internal error in the advisor middleware"))
+
+
 class _Watcher:
-    """The one reader of the real ``receive`` (asgi-ecosystem §2.2): a disconnect ends every leg
-    in flight (uvicorn's send() stays silent after a disconnect, so receive is the only signal):
-    an ``AppRouter`` leg is told as its host would be by a server, any other is cancelled. While
-    streaming it is also the keep-alive clock: it stops listening every ``ping_interval`` to ping
-    if nothing was written meanwhile. One task for both instead of a second keep-alive task: each
-    anyio task costs ~20 µs to start (docs/performance.md)."""
+    """The one reader of the real ``receive`` while the advisor loop runs.
+
+    A disconnect ends every leg in flight (a server's ``send`` may stay silent once the client
+    is gone, so ``receive`` is the only signal, docs/protocol.md §8): an ``AppRouter`` leg is
+    told as its host would be by a server, any other is cancelled. While streaming it is also
+    the keep-alive clock: it stops listening every ``ping_interval`` to ping if nothing was
+    written meanwhile, so one task does both.
+    """
 
     __slots__ = ("answered", "departure", "receive", "tg", "writer")
 
@@ -290,71 +276,75 @@ class _Watcher:
         self.tg = tg
         self.writer = writer
         self.departure = departure
-        # Set once the whole response is sent: the disconnect that follows is the server's
-        # end of the exchange, not the client leaving, and no ping may follow the last body.
         self.answered = False
+        """The whole response is sent: the disconnect that follows is the server's end of the
+        exchange, not the client leaving, and no ping may follow the last body."""
 
     async def run(self) -> None:
-        receive, writer = self.receive, self.writer
         while True:
-            message: Message | None = None
-            if writer is None or self.answered:
-                message = await receive()
-            else:
-                with anyio.move_on_after(writer.next_check()):
-                    message = await receive()
-                if message is None:
-                    if not self.answered:
-                        await writer.ping_if_quiet()
-                    continue
-            if message["type"] == "http.disconnect":
-                if self.answered:
-                    return
-                if self.departure.leave():
-                    # An AppRouter leg was in flight: its host now ends it the way it ends
-                    # any request whose client left (docs/reliability.md), and the loop
-                    # stops on the ClientGone that comes out of it. A host that carries on
-                    # is cancelled after WIND_DOWN seconds.
-                    self.tg.cancel_scope.deadline = anyio.current_time() + WIND_DOWN
-                else:
-                    self.tg.cancel_scope.cancel()
+            message = await self._next_message()
+            if message is not None and message["type"] == "http.disconnect":
+                if not self.answered:
+                    self._client_left()
                 return
+
+    async def _next_message(self) -> Message | None:
+        """The next message of ``receive``; None if a ping fell due first."""
+        writer = self.writer
+        if writer is None or self.answered:
+            return await self.receive()
+        with anyio.move_on_after(writer.next_check()):
+            return await self.receive()
+        if not self.answered:
+            await writer.ping_if_quiet()
+        return None
+
+    def _client_left(self) -> None:
+        if self.departure.leave():
+            # An AppRouter leg was in flight: its host now ends it the way it ends any request
+            # whose client left, and the loop stops on the ClientGone that comes out of it. A
+            # host that carries on is cancelled after WIND_DOWN seconds.
+            self.tg.cancel_scope.deadline = anyio.current_time() + WIND_DOWN
+        else:
+            self.tg.cancel_scope.cancel()
+
+    def response_sent(self) -> None:
+        """The response is out. Servers answer a ``receive`` waiting then with
+        ``http.disconnect`` (docs/protocol.md §8), and the watcher ends on its own, which is
+        cheaper than cancelling it; a server that stays silent gets :data:`LINGER` seconds."""
+        self.answered = True
+        self.tg.cancel_scope.deadline = anyio.current_time() + LINGER
 
 
 class _StreamWriter:
-    """The one writer of a streaming response. The first body starts the response; after that
-    the watcher pings whenever nothing was written for ``interval`` seconds (a slow advisor;
-    Claude Code's idle timeout, claude-code-client §4.3). Events and pings share the ASGI
-    ``send``, never two sends at once: a ping is skipped while an event is being sent, and an
-    event waits for a ping that is on its way out. This replaces a producer task, a memory
-    stream and a timer per event (~0.34 ms per streamed consult, docs/performance.md)."""
+    """The one writer of a streaming response.
 
-    __slots__ = ("_last", "_leg_headers", "_pinging", "_sending", "_tg", "interval", "send", "started")
+    The first body starts the response; after that the watcher pings whenever nothing was
+    written for ``interval`` seconds (a slow advisor; Claude Code's idle timeout,
+    docs/protocol.md §7). Events and pings share the ASGI ``send``, never two sends at once: a
+    ping is skipped while an event is being sent, and an event waits for a ping that is on its
+    way out.
+    """
+
+    __slots__ = ("_last_write", "_leg_headers", "_ping", "_sending", "_tg", "interval", "send", "started")
 
     def __init__(self, send: Send, interval: float, tg: TaskGroup, leg_headers: list[tuple[bytes, bytes]]) -> None:
         self.send = send
-        self._leg_headers = leg_headers  # the first executor leg's answer headers, once it has them
         self.interval = interval
-        self.started = False
+        self.started = False  # http.response.start is sent
+        self._leg_headers = leg_headers  # the first executor leg's answer headers, once it has them
         self._tg = tg
-        self._last = 0.0  # time.monotonic() of the last write
-        self._sending = False
-        self._pinging: anyio.Event | None = None
+        self._last_write = 0.0  # time.monotonic() of the last body sent
+        self._sending = False  # an event's body is being sent
+        self._ping: anyio.Event | None = None  # set once the ping being sent is out
 
     async def write(self, group: Sequence[dict[str, Any] | RawDelta], *, more_body: bool = True) -> None:
         """Send one group of events (the loop's ``emit``) in one body; ``more_body=False`` ends
-        the response. Encoding is done here rather than in a wrapper: a coroutine per level
-        costs ~1,000 instructions on every relayed event (docs/performance.md, step 19)."""
-        # Most groups are one event: what a host sends per send (no list, no join then).
-        if len(group) == 1:
-            event = group[0]
-            # A RawDelta is (index, its SSE bytes): sent as they are. `type() is`, not isinstance:
-            # ~260 instructions less per event; mypy does not narrow the else branch.
-            body = event[1] if type(event) is tuple else encode_event(event)  # type: ignore[arg-type]
-        else:
-            body = b"".join([e[1] if isinstance(e, tuple) else encode_event(e) for e in group])
-        if self._pinging is not None:
-            await self._pinging.wait()
+        the response."""
+        # Most groups are one event (what a host sends per send): no list or join for those.
+        body = _encoded(group[0]) if len(group) == 1 else b"".join([_encoded(event) for event in group])
+        if self._ping is not None:
+            await self._ping.wait()
         self._sending = True
         try:
             if not self.started:
@@ -363,34 +353,39 @@ class _StreamWriter:
                 await self.send({"type": "http.response.start", "status": 200, "headers": headers})
             await self.send({"type": "http.response.body", "body": body, "more_body": more_body})
         except OSError as exc:
-            # ASGI 2.4: the client is gone. The loop ends on a ClientGone quietly, as when a
-            # leg learns it; any other failure of an emit would be reported as the loop's own.
+            # The client is gone. The loop ends on a ClientGone quietly, as when a leg learns
+            # it; any other failure of an emit would be reported as the loop's own.
             raise ClientGone("the client left during the response") from exc
         finally:
             self._sending = False
-        self._last = time.monotonic()
+        self._last_write = time.monotonic()
 
     def next_check(self) -> float:
         """Seconds until a ping may be due."""
         if not self.started:
             return self.interval
-        return max(0.0, self.interval - (time.monotonic() - self._last))
+        return max(0.0, self.interval - (time.monotonic() - self._last_write))
 
     async def ping_if_quiet(self) -> None:
-        # No ping can follow the last body: the watcher is cancelled right after it, with no
-        # checkpoint in between, and a ping is skipped while a body is being sent.
-        if not self.started or self._sending or time.monotonic() - self._last < self.interval:
+        # No ping can follow the last body: the watcher is told the response is sent right
+        # after it, with no checkpoint in between, and a ping is skipped while a body is sent.
+        if not self.started or self._sending or time.monotonic() - self._last_write < self.interval:
             return
-        self._pinging = pinging = anyio.Event()
+        self._ping = ping = anyio.Event()
         try:
             await self.send({"type": "http.response.body", "body": _PING, "more_body": True})
-        except OSError:  # ASGI 2.4 servers raise from send once the client is gone
+        except OSError:  # the client is gone
             self._tg.cancel_scope.cancel()
             return
         finally:
-            self._pinging = None
-            pinging.set()
-        self._last = time.monotonic()
+            self._ping = None
+            ping.set()
+        self._last_write = time.monotonic()
+
+
+def _encoded(event: dict[str, Any] | RawDelta) -> bytes:
+    """One event as SSE bytes: a :data:`RawDelta` holds them already."""
+    return event[1] if isinstance(event, tuple) else encode_event(event)
 
 
 def _too_large(cap: int) -> AdvisorRequestError:
@@ -421,18 +416,16 @@ def _decode(raw: bytes, encoding: bytes, cap: int) -> bytes:
 
 # Every name the middleware acts on is a JSON string that starts with "advisor": the tool type
 # advisor_20260301, the block type advisor_tool_result, and the name advisor of a server_tool_use
-# or of a tool_addition/tool_removal's tool (advisor-wire-spec §1.2, §2, §5; claude-code-client
-# §3). Any JSON encoder writes each of them with this needle at its start, so prose that mentions
-# an advisor does not cost a parse of the whole body (step 22). A name spelled with \u escapes
-# ("\u0061dvisor") is missed: it reaches the host as sent, which answers as it would without us.
+# or of a tool_addition/tool_removal's tool (blocks.is_advisor_block, docs/protocol.md §1, §2, §7).
+# Any JSON encoder writes each of them with this needle at its start, so prose that mentions an
+# advisor does not cost a parse of the whole body. A name spelled with \u escapes ("\u0061dvisor")
+# is missed: it reaches the host as sent, which answers as it would without us.
 _NEEDLE = b'"advisor'
 
-# The scan looks for "visor" with sre, then checks the three bytes before each hit. sre finds a
-# literal at about a byte a cycle, slowed only by how often the literal's first byte occurs;
-# bytes.find's two-way search slows with how often the needle's letters do. Measured over 1 MB
-# (docs/performance.md, step 25): 290 µs for this scan on the bench's conversation against 422 µs
-# for bytes.find, 280-300 against 935 on random letters. It starts at "v", not at the quote, because
-# quotes are frequent in JSON (sre on the whole needle: 1,380 µs over a body of short strings).
+# The scan looks for "visor" with a regular expression, then checks the three bytes before each
+# hit. The regex engine finds a literal at a pace slowed only by how often its first byte occurs;
+# bytes.find slows with how often any of the needle's letters do, and is markedly slower on long
+# conversations. It starts at "v", not at the quote, because quotes are frequent in JSON.
 _TAIL = re.compile(rb"visor")
 _HEAD = b'"ad'
 _MISSES = 16
@@ -474,7 +467,7 @@ def _mentions_advisor(chunks: list[bytes]) -> bool:
 def _replay(chunks: list[bytes], receive: Receive) -> Receive:
     """Hand the buffered body over (in the chunks it came in), then wait on the real
     ``receive``: answering at once with a disconnect makes Django cancel the view, and a second
-    ``http.request`` after the last trips its assertion (asgi-ecosystem §2.2; nginx/unit#1561)."""
+    ``http.request`` after the last trips its assertion (docs/protocol.md §8)."""
     position = 0
     last = len(chunks) - 1
 

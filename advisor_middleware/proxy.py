@@ -162,7 +162,7 @@ class UpstreamProxy(PooledClient):
                 await send_error(send, status, error_body(kind, message))
             finally:
                 if answered:
-                    # As in the middleware (docs/performance.md, step 14): once the response is
+                    # As in the middleware: once the response is
                     # out, the server answers the watcher's receive with http.disconnect and the
                     # watcher ends by itself, cheaper than cancelling it. A silent server gets
                     # LINGER seconds.
