@@ -185,27 +185,33 @@ class AdvisorMiddleware:
 
     async def _respond(self, orchestration: Orchestration, receive: Receive, send: Send) -> None:
         """Run the advisor loop in this task and answer with what it makes, while a watcher
-        task reads ``receive`` for the client's departure."""
+        task reads ``receive`` for the client's departure (:class:`Departure`, which the
+        ``AppRouter`` legs in flight listen to)."""
         departure = Departure()
         token = CLIENT.set(departure)
         try:
-            async with anyio.create_task_group() as tg:
-                writer = None
-                if orchestration.streaming:
-                    writer = _StreamWriter(send, self.config.ping_interval, tg, orchestration.first_leg_headers)
-                watcher = _Watcher(receive, tg, writer, departure)
-                tg.start_soon(watcher.run)
-                try:
-                    if writer is not None:
-                        await self._write_stream(orchestration, writer)
-                    else:
-                        await self._write_json(orchestration, send)
-                except OSError:
-                    tg.cancel_scope.cancel()  # the client is gone (docs/protocol.md §8)
-                else:
-                    watcher.response_sent()
+            await self._run_watched(orchestration, receive, send, departure)
         finally:
             CLIENT.reset(token)
+
+    async def _run_watched(
+        self, orchestration: Orchestration, receive: Receive, send: Send, departure: Departure
+    ) -> None:
+        async with anyio.create_task_group() as tg:
+            writer = None
+            if orchestration.streaming:
+                writer = _StreamWriter(send, self.config.ping_interval, tg, orchestration.first_leg_headers)
+            watcher = _Watcher(receive, tg, writer, departure)
+            tg.start_soon(watcher.run)
+            try:
+                if writer is None:
+                    await self._write_json(orchestration, send)
+                else:
+                    await self._write_stream(orchestration, writer)
+            except OSError:
+                tg.cancel_scope.cancel()  # the client is gone (docs/protocol.md §8)
+            else:
+                watcher.response_sent()
 
     async def _write_json(self, orchestration: Orchestration, send: Send) -> None:
         acc = MessageAccumulator()

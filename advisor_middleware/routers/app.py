@@ -134,13 +134,12 @@ class _HostCall:
     async def run(self, app: ASGIApp, scope: Scope) -> None:
         try:
             with self.cancel_scope:
-                try:
-                    await app(scope, self.receive, self.send)
-                except Exception as exc:
-                    if self.stopped is None:  # the host crashed: that is this leg's answer
-                        # A server would log the traceback; the client only sees a 500 for the leg.
-                        log.exception("the host app raised on a %s leg", self.role)
-                        raise UpstreamError(500, f"the host app raised {type(exc).__name__} on this leg") from None
+                await app(scope, self.receive, self.send)
+        except Exception as exc:
+            if self.stopped is None:  # the host crashed: that is this leg's answer
+                # A server would log the traceback; the client only sees a 500 for the leg.
+                log.exception("the host app raised on a %s leg", self.role)
+                raise UpstreamError(500, f"the host app raised {type(exc).__name__} on this leg") from None
         finally:
             self.over = True
             self._wake()
