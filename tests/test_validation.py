@@ -418,3 +418,13 @@ def test_the_middlewares_options_are_the_fields_of_advisor_config() -> None:
     assert middleware.config.ping_interval == AdvisorConfig.model_fields["ping_interval"].default
     with pytest.raises(ValueError, match="max_consult"):
         AdvisorMiddleware(_no_app, max_consult=3)  # type: ignore[call-arg]
+
+
+def test_each_error_type_and_its_status_map_to_each_other() -> None:
+    # One table: the status an error event's type implies reads back as the same type.
+    from advisor_middleware.errors import ERROR_TYPES, error_type_for_status, status_for_error_type
+
+    for error_type in ERROR_TYPES:
+        assert error_type_for_status(status_for_error_type(error_type)) == error_type
+    assert (status_for_error_type("timeout_error"), status_for_error_type("api_error")) == (504, 500)
+    assert status_for_error_type("not_an_anthropic_type") == 500
