@@ -1,7 +1,7 @@
 """Pydantic models of what the client sends us about the advisor, and of what we synthesise.
 
 The tool entry keeps unknown fields (``extra="allow"``): Anthropic keeps adding optional ones
-(advisor-wire-spec §1.2). Synthesised blocks are dumped with ``exclude_none`` so only the fields
+(docs/protocol.md §1). Synthesised blocks are dumped with ``exclude_none`` so only the fields
 the wire format has reach the client.
 """
 
@@ -18,6 +18,7 @@ __all__ = [
     "AdvisorTool",
     "advisor_result_block",
     "executor_id",
+    "is_advisor_block",
     "server_tool_use_block",
     "server_tool_use_id",
 ]
@@ -25,7 +26,26 @@ __all__ = [
 ADVISOR_TOOL_TYPE = "advisor_20260301"
 ADVISOR_NAME = "advisor"
 
-# advisor-wire-spec §2.2: the seven codes of advisor_tool_result_error.
+
+def is_advisor_block(block: Any) -> bool:
+    """Whether a content block belongs to the advisor: its call (a ``server_tool_use`` named
+    ``advisor``), its result (``advisor_tool_result``), or a ``tool_addition`` /
+    ``tool_removal`` of the advisor tool (docs/protocol.md §2, §7). Each holds a JSON string
+    that starts with ``advisor``: the middleware's byte scan looks for that."""
+    if not isinstance(block, dict):
+        return False
+    kind = block.get("type")
+    if kind == "advisor_tool_result":
+        return True
+    if kind == "server_tool_use":
+        return block.get("name") == ADVISOR_NAME
+    if kind in ("tool_addition", "tool_removal"):
+        tool = block.get("tool")
+        return isinstance(tool, dict) and tool.get("name") == ADVISOR_NAME
+    return False
+
+
+# The seven codes of advisor_tool_result_error (docs/protocol.md §2).
 ADVISOR_ERROR_CODES = frozenset(
     {
         "max_uses_exceeded",
@@ -40,7 +60,7 @@ ADVISOR_ERROR_CODES = frozenset(
 
 
 class AdvisorTool(BaseModel):
-    """The ``advisor_20260301`` entry of ``tools`` (advisor-wire-spec §1.2)."""
+    """The ``advisor_20260301`` entry of ``tools`` (docs/protocol.md §1)."""
 
     model_config = ConfigDict(extra="allow")
 
@@ -48,7 +68,7 @@ class AdvisorTool(BaseModel):
     name: Literal["advisor"]
     model: StrictStr = Field(min_length=1)
     max_uses: StrictInt | None = Field(default=None, ge=1)
-    # §1.2: "Minimum 1024."
+    # Anthropic asks for at least 1024 (docs/protocol.md §1).
     max_tokens: StrictInt | None = Field(default=None, ge=1024)
     defer_loading: StrictBool | None = None
     caching: dict[str, Any] | None = None
@@ -98,7 +118,7 @@ def advisor_result_block(
 
 # Ids. The client sees ``srvtoolu_<escaped executor id>``; the executor sees its own id. The
 # mapping is a bijection, so a later turn renders history with exactly the id the executor saw
-# (prompt caches keep hitting, design §4). Escaping keeps the id inside the
+# (prompt caches keep hitting, docs/protocol.md §6). Escaping keeps the id inside the
 # ``^srvtoolu_[a-zA-Z0-9_]+$`` pattern the API reference gives for these ids: "_" doubles,
 # any other character outside [A-Za-z0-9] becomes "_x" + 2 hex digits, "_u" + 4 or "_U" + 6.
 _NOT_PLAIN = re.compile(r"[^A-Za-z0-9]")
@@ -107,7 +127,7 @@ _UNESCAPE = re.compile(r"__|_x([0-9a-f]{2})|_u([0-9a-f]{4})|_U([0-9a-f]{6})|_")
 
 
 def server_tool_use_id(exec_id: str) -> str:
-    # One regex pass over the id (a per-character loop cost ~8 µs per consult, issue 7).
+    # One regex pass over the id: only the characters that need escaping cost a call.
     return _SRV_PREFIX + _NOT_PLAIN.sub(_escape, exec_id)
 
 

@@ -1,4 +1,4 @@
-"""What to do with one parsed ``/v1/messages`` body (design §2.3)."""
+"""What to do with one parsed ``/v1/messages`` body: pass it on, rewrite it, or orchestrate it."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from .blocks import ADVISOR_NAME, ADVISOR_TOOL_TYPE, AdvisorTool
 from .errors import AdvisorRequestError
 from .history import HistoryInfo, has_advisor_history, render_history
 
-__all__ = ["Plan", "classify"]
+__all__ = ["Plan", "classify", "involves_advisor"]
 
 
 @dataclass
@@ -26,16 +26,29 @@ class Plan:
     """For ``"orchestrate"``: ``render_history`` of the messages, so the loop need not redo it."""
 
 
-def classify(data: dict[str, Any]) -> Plan:
-    tools = data.get("tools")
-    entries = (
-        [(i, t) for i, t in enumerate(tools) if isinstance(t, dict) and t.get("type") == ADVISOR_TOOL_TYPE]
-        if isinstance(tools, list)
-        else []
-    )
+def involves_advisor(data: dict[str, Any]) -> bool:
+    """Whether a Messages request involves the advisor: it offers the advisor tool, or its
+    messages hold advisor blocks. Every other request reaches the host as it was sent."""
     messages = data.get("messages")
-    if not entries and not (isinstance(messages, list) and has_advisor_history(messages)):
+    return bool(_advisor_entries(data)) or (isinstance(messages, list) and has_advisor_history(messages))
+
+
+def _advisor_entries(data: dict[str, Any]) -> list[tuple[int, Any]]:
+    """``(index, entry)`` of each ``advisor_20260301`` entry of ``tools`` (docs/protocol.md §1)."""
+    tools = data.get("tools")
+    if not isinstance(tools, list):
+        return []
+    return [(i, t) for i, t in enumerate(tools) if isinstance(t, dict) and t.get("type") == ADVISOR_TOOL_TYPE]
+
+
+def classify(data: dict[str, Any]) -> Plan:
+    """What to do with the request ``data``; :class:`AdvisorRequestError` if its advisor parts
+    are invalid."""
+    if not involves_advisor(data):
         return Plan("pass", data)
+    entries = _advisor_entries(data)
+    tools = data.get("tools")
+    messages = data.get("messages")
     if entries and not isinstance(messages, list):
         raise AdvisorRequestError("messages: Input should be a valid list")
     if len(entries) > 1:
@@ -79,7 +92,7 @@ def classify(data: dict[str, Any]) -> Plan:
 
 
 def _describe(exc: ValidationError, index: int) -> str:
-    # Anthropic names the field: "tools.3.model: Field required" (advisor-wire-spec §1.4).
+    # Anthropic names the field: "tools.3.model: Field required" (docs/protocol.md §1).
     parts = []
     for err in exc.errors(include_url=False):
         loc = ".".join(str(p) for p in err["loc"])

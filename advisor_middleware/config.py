@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
+from typing import TypedDict
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["AdvisorConfig"]
+__all__ = ["AdvisorConfig", "AdvisorOptions"]
 
 
 class AdvisorConfig(BaseModel):
+    """``AdvisorMiddleware``'s options: the one place that declares their defaults and limits."""
+
     model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
 
     paths: frozenset[str] = Field(default=frozenset({"/v1/messages"}))
@@ -41,3 +44,21 @@ class AdvisorConfig(BaseModel):
     """Replaces the built-in advisor system prompt."""
     native_executor: Callable[[str], bool] | None = None
     """``native_executor(model)`` true: the host serves the advisor tool itself; pass through."""
+
+
+class AdvisorOptions(TypedDict, total=False):
+    """The keyword options of ``AdvisorMiddleware``, for type checkers: the fields of
+    :class:`AdvisorConfig`, which gives their defaults (a test keeps the two in step)."""
+
+    paths: Collection[str]
+    max_body_bytes: int
+    ping_interval: float
+    advisor_timeout: float
+    advisor_max_tokens: int
+    max_consults: int | None
+    max_leg_bytes: int
+    max_executor_legs: int
+    max_transcript_block_chars: int
+    max_transcript_chars: int
+    advisor_system_prompt: str | None
+    native_executor: Callable[[str], bool] | None

@@ -41,32 +41,23 @@ class DemoGateway:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
-        if scope["type"] != "http":
-            return
+            await _lifespan(receive, send)
+        elif scope["type"] == "http":
+            await self._http(scope, receive, send)
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope["path"].rstrip("/")
         method = scope["method"]
         if method in ("GET", "HEAD") and path in ("", "/"):
-            # Claude Code 2.1.197 sends HEAD / as a preflight.
+            # Claude Code sends HEAD / as a preflight (docs/protocol.md §7).
             await _json(send, 200, {"name": "advisor-middleware demo gateway", "messages": "/v1/messages"})
             return
         if method != "POST" or path not in ("/v1/messages", "/v1/messages/count_tokens"):
             await _json(send, 404, _error("not_found_error", f"{method} {scope['path']} is not served here"))
             return
-        raw = b""
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            raw += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        raw = await _read_body(receive)
+        if raw is None:
+            return  # the client left
         try:
             body = pydantic_core.from_json(raw)
         except ValueError:
@@ -75,25 +66,43 @@ class DemoGateway:
         problem = request_problem(body)
         if problem is not None:
             await _json(send, 400, _error("invalid_request_error", problem))
-            return
-        if path.endswith("count_tokens"):
+        elif path.endswith("count_tokens"):
             await _json(send, 200, {"input_tokens": max(1, len(raw) // 4)})
-            return
-        message = scripted_reply(body)
-        if not body.get("stream"):
-            await _json(send, 200, message)
-            return
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [(b"content-type", b"text/event-stream")],
-            }
-        )
+        elif not body.get("stream"):
+            await _json(send, 200, scripted_reply(body))
+        else:
+            await self._stream(body, send)
+
+    async def _stream(self, body: dict[str, Any], send: Send) -> None:
+        """The scripted reply to ``body`` as a paced event stream."""
+        headers = [(b"content-type", b"text/event-stream")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
         delay = self.advisor_delay / 8 if _is_advisor(body) else self.delay
-        async for event in paced_events(message, delay):
+        async for event in paced_events(scripted_reply(body), delay):
             await send({"type": "http.response.body", "body": encode_event(event), "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+async def _read_body(receive: Receive) -> bytes | None:
+    """The request's body; None if the client left first."""
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body"):
+            return b"".join(chunks)
 
 
 # Top-level fields the demo model reads, and what each must be when present.

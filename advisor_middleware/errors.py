@@ -7,6 +7,8 @@ from typing import Any
 
 import pydantic_core
 
+from ._types import Send
+
 __all__ = [
     "ERROR_TYPES",
     "AdvisorRequestError",
@@ -15,34 +17,50 @@ __all__ = [
     "error_body",
     "error_type_for_status",
     "quoted_error_type",
+    "send_error",
+    "status_for_error_type",
 ]
 
-# https://docs.anthropic.com/en/api/errors
-_STATUS_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    402: "billing_error",
-    403: "permission_error",
-    404: "not_found_error",
-    408: "timeout_error",
-    413: "request_too_large",
-    415: "invalid_request_error",
-    429: "rate_limit_error",
-    500: "api_error",
-    502: "api_error",
-    503: "api_error",
-    504: "timeout_error",
-    529: "overloaded_error",
+_ERROR_STATUSES: dict[str, tuple[int, ...]] = {
+    "invalid_request_error": (400, 415),
+    "authentication_error": (401,),
+    "billing_error": (402,),
+    "permission_error": (403,),
+    "not_found_error": (404,),
+    "request_too_large": (413,),
+    "rate_limit_error": (429,),
+    "api_error": (500, 502, 503),
+    "timeout_error": (504, 408),
+    "overloaded_error": (529,),
 }
+"""Anthropic's error types and the HTTP statuses each comes with (docs/protocol.md §5). The
+first status of a type is the one an ``error`` stream event of that type implies."""
 
-ERROR_TYPES = frozenset(_STATUS_TYPES.values())
+_STATUS_TYPES = {status: kind for kind, statuses in _ERROR_STATUSES.items() for status in statuses}
+
+ERROR_TYPES = frozenset(_ERROR_STATUSES)
 """Every ``error.type`` Anthropic's API answers with."""
 
 
 def error_type_for_status(status: int) -> str:
+    """The error type an answer with ``status`` carries."""
     if status in _STATUS_TYPES:
         return _STATUS_TYPES[status]
     return "invalid_request_error" if 400 <= status < 500 else "api_error"
+
+
+def status_for_error_type(error_type: str) -> int:
+    """The status an error of ``error_type`` comes with (500 for a type Anthropic does not use)."""
+    statuses = _ERROR_STATUSES.get(error_type)
+    return statuses[0] if statuses else 500
+
+
+async def send_error(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    """Answer with ``status`` and ``body`` (an error in Anthropic's shape, :func:`error_body`),
+    plus ``headers``: the one way the middleware and the proxy answer an error of their own."""
+    start = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *(headers or ())]
+    await send({"type": "http.response.start", "status": status, "headers": start})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
 def error_body(error_type: str, message: str) -> bytes:

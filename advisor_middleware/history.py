@@ -15,7 +15,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from .blocks import ADVISOR_NAME, executor_id
+from .blocks import ADVISOR_NAME, executor_id, is_advisor_block
 
 __all__ = ["HistoryInfo", "advice_tool_result", "advisor_tool_use", "has_advisor_history", "render_history"]
 
@@ -85,20 +85,11 @@ def _is_advisor_ref(block: Any) -> bool:
 
 
 def has_advisor_history(messages: list[Any]) -> bool:
+    """Whether any message holds an advisor block (:func:`~advisor_middleware.blocks.is_advisor_block`)."""
     for message in messages:
-        if not isinstance(message, dict):
-            continue
-        content = message.get("content")
-        if not isinstance(content, list):
-            continue
-        for block in content:
-            if not isinstance(block, dict):
-                continue
-            kind = block.get("type")
-            if kind == "advisor_tool_result" or _is_advisor_ref(block):
-                return True
-            if kind == "server_tool_use" and block.get("name") == ADVISOR_NAME:
-                return True
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, list) and any(is_advisor_block(block) for block in content):
+            return True
     return False
 
 

@@ -6,8 +6,8 @@ import logging
 import re
 import time
 import zlib
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Unpack
 
 import anyio
 import pydantic_core
@@ -15,15 +15,15 @@ from anyio.abc import TaskGroup
 
 from ._types import ASGIApp, Message, Receive, Scope, Send
 from .accumulate import MessageAccumulator
-from .classify import classify
-from .config import AdvisorConfig
-from .errors import AdvisorRequestError, ClientGone, UpstreamError, error_body
+from .classify import Plan, classify
+from .config import AdvisorConfig, AdvisorOptions
+from .errors import AdvisorRequestError, ClientGone, UpstreamError, error_body, send_error
 from .orchestrator import Orchestration
 from .routers.app import CLIENT, WIND_DOWN, AppRouter, Departure
-from .routers.base import LEG_HEADER, NOTHING, MessagesRouter, forwarded_headers
+from .routers.base import LEG_HEADER, MessagesRouter, forwarded_headers
 from .sse import RawDelta, encode_event, encode_json
 
-__all__ = ["AdvisorMiddleware"]
+__all__ = ["LINGER", "AdvisorMiddleware"]
 
 log = logging.getLogger("advisor_middleware")
 
@@ -33,7 +33,7 @@ _SSE_HEADERS = [
     (b"cache-control", b"no-cache"),
     (b"x-accel-buffering", b"no"),
 ]
-_LINGER = 0.1
+LINGER = 0.1
 """Seconds the watcher may wait, once the response is out, for the server's ``http.disconnect``
 before it is cancelled. Only the cost depends on it: either way the request ends."""
 
@@ -52,141 +52,107 @@ class AdvisorMiddleware:
         app.add_middleware(AdvisorMiddleware)                     # Starlette / FastAPI
         application = AdvisorMiddleware(get_asgi_application())  # Django
 
-    Options (all keyword-only) are those of :class:`AdvisorConfig`, plus ``router``.
+    Options (all keyword-only) are the fields of :class:`AdvisorConfig`, which declares their
+    defaults and checks them, plus ``router``.
     """
 
     def __init__(
-        self,
-        app: ASGIApp,
-        *,
-        router: MessagesRouter | None = None,
-        paths: set[str] | frozenset[str] | list[str] | tuple[str, ...] = ("/v1/messages",),
-        max_body_bytes: int = 32 * 1024 * 1024,
-        ping_interval: float = 10.0,
-        advisor_timeout: float = 300.0,
-        advisor_max_tokens: int = 8192,
-        max_consults: int | None = 10,
-        max_leg_bytes: int = 32 * 1024 * 1024,
-        max_executor_legs: int = 25,
-        max_transcript_block_chars: int = 50_000,
-        max_transcript_chars: int = 400_000,
-        advisor_system_prompt: str | None = None,
-        native_executor: Callable[[str], bool] | None = None,
+        self, app: ASGIApp, *, router: MessagesRouter | None = None, **options: Unpack[AdvisorOptions]
     ) -> None:
         self.app = app
-        self.config = AdvisorConfig(
-            paths=frozenset(p.rstrip("/") or "/" for p in paths),
-            max_body_bytes=max_body_bytes,
-            ping_interval=ping_interval,
-            advisor_timeout=advisor_timeout,
-            advisor_max_tokens=advisor_max_tokens,
-            max_consults=max_consults,
-            max_leg_bytes=max_leg_bytes,
-            max_executor_legs=max_executor_legs,
-            max_transcript_block_chars=max_transcript_block_chars,
-            max_transcript_chars=max_transcript_chars,
-            advisor_system_prompt=advisor_system_prompt,
-            native_executor=native_executor,
-        )
+        self.config = AdvisorConfig.model_validate(options)
         self.router: MessagesRouter = router if router is not None else AppRouter(app)
         # Each matched spelling -> the path as configured: legs go there, not to the caller's
         # spelling of it (a trailing slash the host would redirect or refuse).
-        self._routes = {p.rstrip("/") or "/": p for p in paths}
+        self._routes = {p.rstrip("/") or "/": p for p in self.config.paths}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        route = self._route(scope) if scope["type"] == "http" and scope.get("method") == "POST" else None
+        route = self._route(scope)
         if route is None:
             await self.app(scope, receive, send)
             return
         headers = scope.get("headers") or []
-        encoding = b""
-        for name, value in headers:
-            if name == LEG_HEADER:
-                # A leg we (or another instance) made: never handle it twice.
-                await self.app(scope, receive, send)
-                return
-            if name == b"content-encoding":
-                encoding = value.strip().lower()
         try:
             chunks = await self._read_body(headers, receive)
+            if chunks is None:
+                return  # the client left while sending its body
+            plan = self._plan(headers, chunks)
         except AdvisorRequestError as exc:
-            await _send_error(send, exc.status, exc.body)
+            await send_error(send, exc.status, exc.body)
             return
-        if chunks is None:
-            return  # the client left while sending its body
-        # Cheap byte scan first: with no string starting "advisor" there is nothing to do, and the
-        # original chunks go to the app as they came, without a parse or even a join (issue 3;
-        # design §2.3; issue 7: one scan of the bytes is the whole cost). A compressed body is
-        # scanned once decoded.
+        if isinstance(plan, list):
+            await self.app(scope, _replay(plan, receive), send)
+        elif plan.action == "rewrite":
+            body = encode_json(plan.body)
+            await self.app({**scope, "headers": _with_length(headers, len(body))}, _replay([body], receive), send)
+        else:
+            await self._respond(self._orchestration(plan, scope, route), receive, send)
+
+    def _route(self, scope: Scope) -> str | None:
+        """The path an ``AppRouter``'s legs take if the request is one to handle (a ``POST`` on
+        one of ``paths``, not a leg): the configured path, under the request's ``root_path`` if
+        its path starts with it."""
+        if scope["type"] != "http" or scope.get("method") != "POST":
+            return None
+        if any(name == LEG_HEADER for name, _ in scope.get("headers") or ()):
+            return None  # a leg we (or another instance) made: never handle it twice
+        path: str = scope.get("path", "")
+        root_path: str = scope.get("root_path", "")
+        prefix = ""
+        # As Starlette's routing does: strip root_path only at a "/" boundary (docs/protocol.md §8).
+        if root_path and path.startswith(root_path) and (len(path) == len(root_path) or path[len(root_path)] == "/"):
+            path = path[len(root_path) :]
+            prefix = root_path
+        configured = self._routes.get(path.rstrip("/") or "/")
+        return None if configured is None else prefix + configured
+
+    def _plan(self, headers: Any, chunks: list[bytes]) -> Plan | list[bytes]:
+        """What to do with the request whose body is ``chunks``: a plan to rewrite or
+        orchestrate it, or the chunks to hand to the app as the request's body.
+
+        The byte scan (:func:`_mentions_advisor`) is a cheaper, necessary condition of
+        :func:`~advisor_middleware.classify.involves_advisor`: a body without its needle goes
+        to the app in the chunks it came in, without a parse or even a join. A compressed body
+        is scanned once decoded. A body that was read goes on as one chunk."""
+        encoding = _content_encoding(headers)
         identity = encoding in (b"", b"identity")
         if identity and not _mentions_advisor(chunks):
-            await self.app(scope, _replay(chunks, receive), send)
-            return
+            return chunks
         raw = body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         if not identity:
-            try:
-                body = _decode(raw, encoding, self.config.max_body_bytes)
-            except AdvisorRequestError as exc:
-                await _send_error(send, exc.status, exc.body)
-                return
+            body = _decode(raw, encoding, self.config.max_body_bytes)
             if not _has_needle(body):
-                await self.app(scope, _replay([raw], receive), send)
-                return
+                return [raw]
         try:
             data = pydantic_core.from_json(body)
         except ValueError as exc:
             # Bytes that mention the advisor and that we cannot read (a lone surrogate escape,
             # nesting past the parser's limit): replayed, a laxer parser could read them and
             # see the advisor tool or blocks raw. The parser's message gives a position only.
-            message = f"request body is not JSON the advisor middleware can read: {exc}"
-            await _send_error(send, 400, error_body("invalid_request_error", message))
-            return
+            raise AdvisorRequestError(f"request body is not JSON the advisor middleware can read: {exc}") from None
         if not isinstance(data, dict):
-            await self.app(scope, _replay([raw], receive), send)  # the host answers bad JSON its way
-            return
-        try:
-            plan = classify(data)
-        except AdvisorRequestError as exc:
-            await _send_error(send, exc.status, exc.body)
-            return
+            return [raw]  # the host answers bad JSON its way
+        plan = classify(data)
         native = self.config.native_executor
         if plan.action == "pass" or (
             plan.action == "orchestrate" and native is not None and native(str(data.get("model")))
         ):
-            await self.app(scope, _replay([raw], receive), send)
-            return
-        if plan.action == "rewrite":
-            new_body = encode_json(plan.body)
-            new_scope = dict(scope)
-            new_scope["headers"] = _with_length(headers, len(new_body))
-            await self.app(new_scope, _replay([new_body], receive), send)
-            return
+            return [raw]
+        return plan
+
+    def _orchestration(self, plan: Plan, scope: Scope, route: str) -> Orchestration:
         assert plan.tool is not None
-        orchestration = Orchestration(
+        return Orchestration(
             router=self.router,
             config=self.config,
             body=plan.body,
             tool_index=plan.tool_index,
             tool=plan.tool,
-            headers=list(headers),
+            headers=list(scope.get("headers") or []),
             scope=scope if scope.get("path") == route else {**scope, "path": route, "raw_path": route.encode()},
             streaming=bool(plan.body.get("stream")),
             history=plan.history,
         )
-        await self._respond(orchestration, receive, send)
-
-    def _route(self, scope: Scope) -> str | None:
-        """The path an ``AppRouter``'s legs take if the request's path is one of ``paths``: the
-        configured path, under the request's ``root_path`` if its path starts with it."""
-        path: str = scope.get("path", "")
-        root_path: str = scope.get("root_path", "")
-        prefix = ""
-        # Starlette's get_route_path: strip root_path only at a "/" boundary (asgi-ecosystem §2.6).
-        if root_path and path.startswith(root_path) and (len(path) == len(root_path) or path[len(root_path)] == "/"):
-            path = path[len(root_path) :]
-            prefix = root_path
-        configured = self._routes.get(path.rstrip("/") or "/")
-        return None if configured is None else prefix + configured
 
     async def _read_body(self, headers: Any, receive: Receive) -> list[bytes] | None:
         """The body's chunks as they came (never empty: an empty body is ``[b""]``), or None
@@ -218,104 +184,96 @@ class AdvisorMiddleware:
                 return chunks or [b""]
 
     async def _respond(self, orchestration: Orchestration, receive: Receive, send: Send) -> None:
+        """Run the advisor loop in this task and answer with what it makes, while a watcher
+        task reads ``receive`` for the client's departure (:class:`Departure`, which the
+        ``AppRouter`` legs in flight listen to)."""
         departure = Departure()
         token = CLIENT.set(departure)
+        try:
+            await self._run_watched(orchestration, receive, send, departure)
+        finally:
+            CLIENT.reset(token)
+
+    async def _run_watched(
+        self, orchestration: Orchestration, receive: Receive, send: Send, departure: Departure
+    ) -> None:
         async with anyio.create_task_group() as tg:
-            writer = (
-                _StreamWriter(send, self.config.ping_interval, tg, orchestration.first_leg_headers)
-                if orchestration.streaming
-                else None
-            )
+            writer = None
+            if orchestration.streaming:
+                writer = _StreamWriter(send, self.config.ping_interval, tg, orchestration.first_leg_headers)
             watcher = _Watcher(receive, tg, writer, departure)
             tg.start_soon(watcher.run)
-            answered = False
             try:
-                if writer is not None:
-                    await self._write_stream(orchestration, writer)
-                else:
+                if writer is None:
                     await self._write_json(orchestration, send)
-                answered = True
-            except OSError:
-                pass  # ASGI 2.4 servers raise from send once the client is gone
-            finally:
-                if answered:
-                    # The response is out. Servers answer the watcher's pending receive with
-                    # http.disconnect once it is (the ASGI HTTP spec's "sent if receive is
-                    # called after a response has been sent"; uvicorn, hypercorn, granian and
-                    # httpx's ASGITransport wake a receive already waiting), and the watcher
-                    # ends on its own: half the cost of cancelling it (docs/performance.md,
-                    # step 14).
-                    # A server that stays silent gets _LINGER seconds, then the cancel.
-                    watcher.answered = True
-                    tg.cancel_scope.deadline = anyio.current_time() + _LINGER
                 else:
-                    tg.cancel_scope.cancel()
-                CLIENT.reset(token)
+                    await self._write_stream(orchestration, writer)
+            except OSError:
+                tg.cancel_scope.cancel()  # the client is gone (docs/protocol.md §8)
+            else:
+                watcher.response_sent()
 
     async def _write_json(self, orchestration: Orchestration, send: Send) -> None:
         acc = MessageAccumulator()
 
-        def feed(group: Sequence[dict[str, Any] | RawDelta]) -> Awaitable[None]:
+        async def feed(group: Sequence[dict[str, Any] | RawDelta]) -> None:
             acc.feed_all(group)  # RawDelta deltas are parsed at complete()
-            return NOTHING  # a plain function, not a coroutine (routers/base.py)
 
         try:
             await orchestration.run(feed)
-            message = acc.complete()  # parses the deltas kept as bytes
+            message = acc.complete()
         except OSError:
             raise  # the client is gone (ClientGone): nobody to answer
-        except UpstreamError as exc:
-            await _send_error(send, exc.status, exc.body, exc.headers)
-            return
-        except Exception:
-            log.exception("advisor loop failed")
-            await _send_error(send, 500, error_body("api_error", "internal error in the advisor middleware"))
+        except Exception as exc:
+            await _send_failure(send, exc)
             return
         payload = encode_json(message)
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(payload)).encode()),
-                    *forwarded_headers(orchestration.first_leg_headers),
-                ],
-            }
-        )
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(payload)).encode()),
+            *forwarded_headers(orchestration.first_leg_headers),
+        ]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": payload, "more_body": False})
 
     async def _write_stream(self, orchestration: Orchestration, writer: _StreamWriter) -> None:
         # The loop (and an AppRouter's host) runs in this task and every group of events is
-        # sent as it comes, in one send: what one send of the host or one network read carried
-        # (docs/performance.md steps 7 and 11). http.response.start waits for the first event,
-        # so a failure of the first executor leg keeps its own status and body; once started,
-        # the loop reports failures as an error event itself.
+        # sent as it comes, in one send: what one send of the host or one network read carried.
+        # http.response.start waits for the first event, so a failure of the first executor leg
+        # keeps its own status and body; once started, the loop reports failures as an error
+        # event itself.
         try:
             await orchestration.run(writer.write)
         except OSError:
             raise
         except Exception as exc:
-            if writer.started:
-                log.error("advisor loop failed after the response started", exc_info=exc)
-            elif isinstance(exc, UpstreamError):
-                await _send_error(writer.send, exc.status, exc.body, exc.headers)
+            if not writer.started:
+                await _send_failure(writer.send, exc)
                 return
-            else:
-                log.error("advisor loop failed", exc_info=exc)
-                await _send_error(writer.send, 500, error_body("api_error", "internal error in the advisor middleware"))
-                return
+            log.error("advisor loop failed after the response started", exc_info=exc)
         if writer.started:
             await writer.write([], more_body=False)
 
 
+async def _send_failure(send: Send, exc: Exception) -> None:
+    """Answer a request whose advisor loop failed before its response started: a leg's failure
+    with its own status and body, any other as a 500."""
+    if isinstance(exc, UpstreamError):
+        await send_error(send, exc.status, exc.body, exc.headers)
+        return
+    log.error("advisor loop failed", exc_info=exc)
+    await send_error(send, 500, error_body("api_error", "internal error in the advisor middleware"))
+
+
 class _Watcher:
-    """The one reader of the real ``receive`` (asgi-ecosystem §2.2): a disconnect ends every leg
-    in flight (uvicorn's send() stays silent after a disconnect, so receive is the only signal):
-    an ``AppRouter`` leg is told as its host would be by a server, any other is cancelled. While
-    streaming it is also the keep-alive clock: it stops listening every ``ping_interval`` to ping
-    if nothing was written meanwhile. One task for both instead of a second keep-alive task: each
-    anyio task costs ~20 µs to start (docs/performance.md)."""
+    """The one reader of the real ``receive`` while the advisor loop runs.
+
+    A disconnect ends every leg in flight (a server's ``send`` may stay silent once the client
+    is gone, so ``receive`` is the only signal, docs/protocol.md §8): an ``AppRouter`` leg is
+    told as its host would be by a server, any other is cancelled. While streaming it is also
+    the keep-alive clock: it stops listening every ``ping_interval`` to ping if nothing was
+    written meanwhile, so one task does both.
+    """
 
     __slots__ = ("answered", "departure", "receive", "tg", "writer")
 
@@ -324,71 +282,75 @@ class _Watcher:
         self.tg = tg
         self.writer = writer
         self.departure = departure
-        # Set once the whole response is sent: the disconnect that follows is the server's
-        # end of the exchange, not the client leaving, and no ping may follow the last body.
         self.answered = False
+        """The whole response is sent: the disconnect that follows is the server's end of the
+        exchange, not the client leaving, and no ping may follow the last body."""
 
     async def run(self) -> None:
-        receive, writer = self.receive, self.writer
         while True:
-            message: Message | None = None
-            if writer is None or self.answered:
-                message = await receive()
-            else:
-                with anyio.move_on_after(writer.next_check()):
-                    message = await receive()
-                if message is None:
-                    if not self.answered:
-                        await writer.ping_if_quiet()
-                    continue
-            if message["type"] == "http.disconnect":
-                if self.answered:
-                    return
-                if self.departure.leave():
-                    # An AppRouter leg was in flight: its host now ends it the way it ends
-                    # any request whose client left (docs/reliability.md), and the loop
-                    # stops on the ClientGone that comes out of it. A host that carries on
-                    # is cancelled after WIND_DOWN seconds.
-                    self.tg.cancel_scope.deadline = anyio.current_time() + WIND_DOWN
-                else:
-                    self.tg.cancel_scope.cancel()
+            message = await self._next_message()
+            if message is not None and message["type"] == "http.disconnect":
+                if not self.answered:
+                    self._client_left()
                 return
+
+    async def _next_message(self) -> Message | None:
+        """The next message of ``receive``; None if a ping fell due first."""
+        writer = self.writer
+        if writer is None or self.answered:
+            return await self.receive()
+        with anyio.move_on_after(writer.next_check()):
+            return await self.receive()
+        if not self.answered:
+            await writer.ping_if_quiet()
+        return None
+
+    def _client_left(self) -> None:
+        if self.departure.leave():
+            # An AppRouter leg was in flight: its host now ends it the way it ends any request
+            # whose client left, and the loop stops on the ClientGone that comes out of it. A
+            # host that carries on is cancelled after WIND_DOWN seconds.
+            self.tg.cancel_scope.deadline = anyio.current_time() + WIND_DOWN
+        else:
+            self.tg.cancel_scope.cancel()
+
+    def response_sent(self) -> None:
+        """The response is out. Servers answer a ``receive`` waiting then with
+        ``http.disconnect`` (docs/protocol.md §8), and the watcher ends on its own, which is
+        cheaper than cancelling it; a server that stays silent gets :data:`LINGER` seconds."""
+        self.answered = True
+        self.tg.cancel_scope.deadline = anyio.current_time() + LINGER
 
 
 class _StreamWriter:
-    """The one writer of a streaming response. The first body starts the response; after that
-    the watcher pings whenever nothing was written for ``interval`` seconds (a slow advisor;
-    Claude Code's idle timeout, claude-code-client §4.3). Events and pings share the ASGI
-    ``send``, never two sends at once: a ping is skipped while an event is being sent, and an
-    event waits for a ping that is on its way out. This replaces a producer task, a memory
-    stream and a timer per event (~0.34 ms per streamed consult, docs/performance.md)."""
+    """The one writer of a streaming response.
 
-    __slots__ = ("_last", "_leg_headers", "_pinging", "_sending", "_tg", "interval", "send", "started")
+    The first body starts the response; after that the watcher pings whenever nothing was
+    written for ``interval`` seconds (a slow advisor; Claude Code's idle timeout,
+    docs/protocol.md §7). Events and pings share the ASGI ``send``, never two sends at once: a
+    ping is skipped while an event is being sent, and an event waits for a ping that is on its
+    way out.
+    """
+
+    __slots__ = ("_last_write", "_leg_headers", "_ping", "_sending", "_tg", "interval", "send", "started")
 
     def __init__(self, send: Send, interval: float, tg: TaskGroup, leg_headers: list[tuple[bytes, bytes]]) -> None:
         self.send = send
-        self._leg_headers = leg_headers  # the first executor leg's answer headers, once it has them
         self.interval = interval
-        self.started = False
+        self.started = False  # http.response.start is sent
+        self._leg_headers = leg_headers  # the first executor leg's answer headers, once it has them
         self._tg = tg
-        self._last = 0.0  # time.monotonic() of the last write
-        self._sending = False
-        self._pinging: anyio.Event | None = None
+        self._last_write = 0.0  # time.monotonic() of the last body sent
+        self._sending = False  # an event's body is being sent
+        self._ping: anyio.Event | None = None  # set once the ping being sent is out
 
     async def write(self, group: Sequence[dict[str, Any] | RawDelta], *, more_body: bool = True) -> None:
         """Send one group of events (the loop's ``emit``) in one body; ``more_body=False`` ends
-        the response. Encoding is done here rather than in a wrapper: a coroutine per level
-        costs ~1,000 instructions on every relayed event (docs/performance.md, step 19)."""
-        # Most groups are one event: what a host sends per send (no list, no join then).
-        if len(group) == 1:
-            event = group[0]
-            # A RawDelta is (index, its SSE bytes): sent as they are. `type() is`, not isinstance:
-            # ~260 instructions less per event; mypy does not narrow the else branch.
-            body = event[1] if type(event) is tuple else encode_event(event)  # type: ignore[arg-type]
-        else:
-            body = b"".join([e[1] if isinstance(e, tuple) else encode_event(e) for e in group])
-        if self._pinging is not None:
-            await self._pinging.wait()
+        the response."""
+        # Most groups are one event (what a host sends per send): no list or join for those.
+        body = _encoded(group[0]) if len(group) == 1 else b"".join([_encoded(event) for event in group])
+        if self._ping is not None:
+            await self._ping.wait()
         self._sending = True
         try:
             if not self.started:
@@ -397,38 +359,50 @@ class _StreamWriter:
                 await self.send({"type": "http.response.start", "status": 200, "headers": headers})
             await self.send({"type": "http.response.body", "body": body, "more_body": more_body})
         except OSError as exc:
-            # ASGI 2.4: the client is gone. The loop ends on a ClientGone quietly, as when a
-            # leg learns it; any other failure of an emit would be reported as the loop's own.
+            # The client is gone. The loop ends on a ClientGone quietly, as when a leg learns
+            # it; any other failure of an emit would be reported as the loop's own.
             raise ClientGone("the client left during the response") from exc
         finally:
             self._sending = False
-        self._last = time.monotonic()
+        self._last_write = time.monotonic()
 
     def next_check(self) -> float:
         """Seconds until a ping may be due."""
         if not self.started:
             return self.interval
-        return max(0.0, self.interval - (time.monotonic() - self._last))
+        return max(0.0, self.interval - (time.monotonic() - self._last_write))
 
     async def ping_if_quiet(self) -> None:
-        # No ping can follow the last body: the watcher is cancelled right after it, with no
-        # checkpoint in between, and a ping is skipped while a body is being sent.
-        if not self.started or self._sending or time.monotonic() - self._last < self.interval:
+        # No ping can follow the last body: the watcher is told the response is sent right
+        # after it, with no checkpoint in between, and a ping is skipped while a body is sent.
+        if not self.started or self._sending or time.monotonic() - self._last_write < self.interval:
             return
-        self._pinging = pinging = anyio.Event()
+        self._ping = ping = anyio.Event()
         try:
             await self.send({"type": "http.response.body", "body": _PING, "more_body": True})
-        except OSError:  # ASGI 2.4 servers raise from send once the client is gone
+        except OSError:  # the client is gone
             self._tg.cancel_scope.cancel()
             return
         finally:
-            self._pinging = None
-            pinging.set()
-        self._last = time.monotonic()
+            self._ping = None
+            ping.set()
+        self._last_write = time.monotonic()
+
+
+def _encoded(event: dict[str, Any] | RawDelta) -> bytes:
+    """One event as SSE bytes: a :data:`RawDelta` holds them already."""
+    return event[1] if isinstance(event, tuple) else encode_event(event)
 
 
 def _too_large(cap: int) -> AdvisorRequestError:
     return AdvisorRequestError(f"request body exceeds the {cap} byte limit", status=413, error_type="request_too_large")
+
+
+def _content_encoding(headers: Any) -> bytes:
+    for name, value in headers:
+        if name == b"content-encoding":
+            return bytes(value).strip().lower()
+    return b""
 
 
 def _decode(raw: bytes, encoding: bytes, cap: int) -> bytes:
@@ -448,18 +422,16 @@ def _decode(raw: bytes, encoding: bytes, cap: int) -> bytes:
 
 # Every name the middleware acts on is a JSON string that starts with "advisor": the tool type
 # advisor_20260301, the block type advisor_tool_result, and the name advisor of a server_tool_use
-# or of a tool_addition/tool_removal's tool (advisor-wire-spec §1.2, §2, §5; claude-code-client
-# §3). Any JSON encoder writes each of them with this needle at its start, so prose that mentions
-# an advisor does not cost a parse of the whole body (step 22). A name spelled with \u escapes
-# ("\u0061dvisor") is missed: it reaches the host as sent, which answers as it would without us.
+# or of a tool_addition/tool_removal's tool (blocks.is_advisor_block, docs/protocol.md §1, §2, §7).
+# Any JSON encoder writes each of them with this needle at its start, so prose that mentions an
+# advisor does not cost a parse of the whole body. A name spelled with \u escapes ("\u0061dvisor")
+# is missed: it reaches the host as sent, which answers as it would without us.
 _NEEDLE = b'"advisor'
 
-# The scan looks for "visor" with sre, then checks the three bytes before each hit. sre finds a
-# literal at about a byte a cycle, slowed only by how often the literal's first byte occurs;
-# bytes.find's two-way search slows with how often the needle's letters do. Measured over 1 MB
-# (docs/performance.md, step 25): 290 µs for this scan on the bench's conversation against 422 µs
-# for bytes.find, 280-300 against 935 on random letters. It starts at "v", not at the quote, because
-# quotes are frequent in JSON (sre on the whole needle: 1,380 µs over a body of short strings).
+# The scan looks for "visor" with a regular expression, then checks the three bytes before each
+# hit. The regex engine finds a literal at a pace slowed only by how often its first byte occurs;
+# bytes.find slows with how often any of the needle's letters do, and is markedly slower on long
+# conversations. It starts at "v", not at the quote, because quotes are frequent in JSON.
 _TAIL = re.compile(rb"visor")
 _HEAD = b'"ad'
 _MISSES = 16
@@ -501,7 +473,7 @@ def _mentions_advisor(chunks: list[bytes]) -> bool:
 def _replay(chunks: list[bytes], receive: Receive) -> Receive:
     """Hand the buffered body over (in the chunks it came in), then wait on the real
     ``receive``: answering at once with a disconnect makes Django cancel the view, and a second
-    ``http.request`` after the last trips its assertion (asgi-ecosystem §2.2; nginx/unit#1561)."""
+    ``http.request`` after the last trips its assertion (docs/protocol.md §8)."""
     position = 0
     last = len(chunks) - 1
 
@@ -520,10 +492,3 @@ def _with_length(headers: Any, length: int) -> list[tuple[bytes, bytes]]:
     out = [(k, v) for k, v in headers if k not in (b"content-length", b"content-encoding", b"transfer-encoding")]
     out.append((b"content-length", str(length).encode()))
     return out
-
-
-async def _send_error(send: Send, status: int, body: bytes, extra: list[tuple[bytes, bytes]] | None = None) -> None:
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    headers.extend(extra or [])
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body, "more_body": False})

@@ -17,8 +17,8 @@ import anyio
 import httpx
 
 from ._types import Receive, Scope, Send
-from .errors import error_body
-from .middleware import _LINGER
+from .errors import error_body, send_error
+from .middleware import LINGER
 from .routers.base import end_to_end
 from .routers.http import DEFAULT_TIMEOUT, InvalidTarget, PooledClient, parse_base_url, shown_url, upstream_url
 
@@ -97,78 +97,87 @@ class UpstreamProxy(PooledClient):
         try:
             url = upstream_url(self._base, _target_path(scope), bytes(scope.get("query_string") or b""))
         except InvalidTarget as exc:
-            await _answer(send, 400, error_body("invalid_request_error", str(exc)))
+            await send_error(send, 400, error_body("invalid_request_error", str(exc)))
             return
         headers = self._forwarded_headers(scope["headers"])
         if headers is None:
-            await _answer(send, 508, error_body("api_error", "request loop: the upstream leads back here"))
+            await send_error(send, 508, error_body("api_error", "request loop: the upstream leads back here"))
             return
-
         body_read = anyio.Event()
-        first = await receive()
-        if first["type"] == "http.disconnect":
-            return
-        body: bytes = first.get("body", b"")
-        content: bytes | AsyncIterator[bytes] = body
-        if first.get("more_body", False):
-            content = _rest_of_body(body, receive, body_read)
-        else:
-            body_read.set()
-
-        started = False
-        answered = False
+        content = await _request_content(receive, body_read)
+        if content is None:
+            return  # the client left before its body started
         async with anyio.create_task_group() as tg:
+            tg.start_soon(_watch, receive, body_read, tg.cancel_scope)
+            if await self._forward(scope["method"], url, headers, content, send):
+                # As in the middleware: once the response is out, the server answers the
+                # watcher's receive with http.disconnect and the watcher ends by itself. A
+                # silent server gets LINGER seconds.
+                tg.cancel_scope.deadline = anyio.current_time() + LINGER
+            else:
+                tg.cancel_scope.cancel()
 
-            async def watch() -> None:
-                # One reader of receive: after the body, its only news is a disconnect (uvicorn's
-                # send stays silent once the client is gone). Event.wait() checkpoints even when
-                # the event is set: not waited on for a body already read (one loop turn less).
-                if not body_read.is_set():
-                    await body_read.wait()
-                while (await receive())["type"] != "http.disconnect":
-                    pass
-                if not answered:
-                    tg.cancel_scope.cancel()
+    async def _forward(
+        self,
+        method: str,
+        url: httpx.URL,
+        headers: list[tuple[bytes, bytes]],
+        content: bytes | AsyncIterator[bytes],
+        send: Send,
+    ) -> bool:
+        """Send the request upstream and relay the answer as it streams; whether it went out whole."""
+        started = False
+        try:
+            async with self.client.stream(
+                method, url, content=content, headers=headers, timeout=self.timeout, follow_redirects=False
+            ) as response:
+                out = _framed(end_to_end(response.headers.raw), response.headers.raw)
+                await send({"type": "http.response.start", "status": response.status_code, "headers": out})
+                started = True
+                async for chunk in response.aiter_raw():
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return True
+        except _Disconnected:
+            return False
+        except Exception as exc:
+            # Whatever the transport raised (httpx's errors, the protocol library's, the
+            # socket's): the upstream failed us, which is a 502 (504 on a timeout).
+            if started:
+                # The type only: the transport's words may quote what the upstream sent.
+                log.warning("upstream %s broke off mid-response: %s", self._shown, type(exc).__name__)
+                raise  # the server aborts the connection: the client sees the body is cut short
+            timeout = isinstance(exc, httpx.TimeoutException)
+            status, kind = (504, "timeout_error") if timeout else (502, "api_error")
+            message = f"upstream {self._shown} failed: {type(exc).__name__}: {exc}"
+            await send_error(send, status, error_body(kind, message))
+            return False
 
-            tg.start_soon(watch)
-            try:
-                async with self.client.stream(
-                    scope["method"],
-                    url,
-                    content=content,
-                    headers=headers,
-                    timeout=self.timeout,
-                    follow_redirects=False,
-                ) as response:
-                    out = _framed(end_to_end(response.headers.raw), response.headers.raw)
-                    await send({"type": "http.response.start", "status": response.status_code, "headers": out})
-                    started = True
-                    async for chunk in response.aiter_raw():
-                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
-                answered = True
-            except _Disconnected:
-                pass
-            except Exception as exc:
-                # Whatever the transport raised (httpx's errors, the protocol library's, the
-                # socket's): the upstream failed us, which is a 502 (504 on a timeout).
-                if started:
-                    # The type only: the transport's words may quote what the upstream sent.
-                    log.warning("upstream %s broke off mid-response: %s", self._shown, type(exc).__name__)
-                    raise  # the server aborts the connection: the client sees the body is cut short
-                timeout = isinstance(exc, httpx.TimeoutException)
-                status, kind = (504, "timeout_error") if timeout else (502, "api_error")
-                message = f"upstream {self._shown} failed: {type(exc).__name__}: {exc}"
-                await _answer(send, status, error_body(kind, message))
-            finally:
-                if answered:
-                    # As in the middleware (docs/performance.md, step 14): once the response is
-                    # out, the server answers the watcher's receive with http.disconnect and the
-                    # watcher ends by itself, cheaper than cancelling it. A silent server gets
-                    # _LINGER seconds.
-                    tg.cancel_scope.deadline = anyio.current_time() + _LINGER
-                else:
-                    tg.cancel_scope.cancel()
+
+async def _request_content(receive: Receive, body_read: anyio.Event) -> bytes | AsyncIterator[bytes] | None:
+    """The request's body as httpx sends it: the bytes if they came in one message, else an
+    iterator that reads the rest as it is sent (``body_read`` is set once all of it is in).
+    None if the client left first."""
+    first = await receive()
+    if first["type"] == "http.disconnect":
+        return None
+    body: bytes = first.get("body", b"")
+    if first.get("more_body", False):
+        return _rest_of_body(body, receive, body_read)
+    body_read.set()
+    return body
+
+
+async def _watch(receive: Receive, body_read: anyio.Event, scope: anyio.CancelScope) -> None:
+    """The one reader of ``receive`` once the body is read: its only news then is a disconnect
+    (a server's send may stay silent once the client is gone, docs/protocol.md §8), which
+    cancels the forwarding. After a complete answer the cancel only ends this task."""
+    # Event.wait() checkpoints even when the event is set: not waited on for a body already read.
+    if not body_read.is_set():
+        await body_read.wait()
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    scope.cancel()
 
 
 def _framed(headers: list[tuple[bytes, bytes]], received: Any) -> list[tuple[bytes, bytes]]:
@@ -198,9 +207,3 @@ def _target_path(scope: Scope) -> bytes:
     """The request-target's path as the client sent it (the server's ``raw_path``)."""
     raw = scope.get("raw_path")
     return bytes(raw) if raw is not None else quote(scope["path"]).encode()
-
-
-async def _answer(send: Send, status: int, body: bytes) -> None:
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body, "more_body": False})

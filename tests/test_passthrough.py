@@ -560,3 +560,42 @@ async def test_near_misses_alone_are_not_parsed(mentions: int) -> None:
     echo = ChunkEcho()
     await send_chunks(AdvisorMiddleware(echo), chunks)
     assert echo.chunks == [(chunks[0], True), (chunks[1], False)]  # as they came: not joined for a parse
+
+
+_ADVISOR_TOOL = {"type": "advisor_20260301", "name": "advisor", "model": "adv"}
+_ADVISOR_BLOCKS = [
+    {"type": "server_tool_use", "id": "srvtoolu_x", "name": "advisor", "input": {}},
+    {"type": "advisor_tool_result", "tool_use_id": "srvtoolu_x", "content": {"type": "advisor_result", "text": "t"}},
+    {"type": "tool_addition", "tool": {"type": "advisor_20260301", "name": "advisor"}},
+    {"type": "tool_removal", "tool": {"name": "advisor"}},
+]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [{"tools": [_ADVISOR_TOOL], "messages": []}]
+    + [{"messages": [{"role": "assistant", "content": [block]}]} for block in _ADVISOR_BLOCKS],
+)
+def test_every_request_that_involves_the_advisor_holds_the_byte_scans_needle(data: dict[str, Any]) -> None:
+    # The middleware parses only bodies holding the needle; that is safe because every request
+    # the predicate accepts holds it, however it is encoded.
+    from advisor_middleware.classify import involves_advisor
+
+    assert involves_advisor(data)
+    assert b'"advisor' in json.dumps(data).encode()
+    assert b'"advisor' in json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"tools": [{"name": "advisor", "input_schema": {"type": "object"}}], "messages": []},
+        {"messages": [{"role": "assistant", "content": [{"type": "server_tool_use", "name": "web_search"}]}]},
+        {"messages": [{"role": "user", "content": [{"type": "tool_addition", "tool": {"name": "Bash"}}]}]},
+        {"messages": "advisor_tool_result", "tools": "advisor_20260301"},
+    ],
+)
+def test_requests_without_advisor_parts_do_not_involve_it(data: dict[str, Any]) -> None:
+    from advisor_middleware.classify import involves_advisor
+
+    assert not involves_advisor(data)

@@ -400,3 +400,31 @@ async def test_a_body_that_does_not_mention_the_advisor_is_replayed_unread(make_
     response = await post(make_app(), raw.encode())
     assert response.status_code == 200
     assert script.requests[0].raw == raw.encode()
+
+
+async def _no_app(scope: Any, receive: Any, send: Any) -> None:
+    raise AssertionError("not called")
+
+
+def test_the_middlewares_options_are_the_fields_of_advisor_config() -> None:
+    # AdvisorConfig declares the options and their defaults; AdvisorOptions only names them for
+    # type checkers, and must name the same ones.
+    from advisor_middleware import AdvisorMiddleware
+    from advisor_middleware.config import AdvisorConfig, AdvisorOptions
+
+    assert set(AdvisorOptions.__annotations__) == set(AdvisorConfig.model_fields)
+    middleware = AdvisorMiddleware(_no_app, max_consults=3, paths=["/x/"])
+    assert middleware.config.max_consults == 3
+    assert middleware.config.ping_interval == AdvisorConfig.model_fields["ping_interval"].default
+    with pytest.raises(ValueError, match="max_consult"):
+        AdvisorMiddleware(_no_app, max_consult=3)  # type: ignore[call-arg]
+
+
+def test_each_error_type_and_its_status_map_to_each_other() -> None:
+    # One table: the status an error event's type implies reads back as the same type.
+    from advisor_middleware.errors import ERROR_TYPES, error_type_for_status, status_for_error_type
+
+    for error_type in ERROR_TYPES:
+        assert error_type_for_status(status_for_error_type(error_type)) == error_type
+    assert (status_for_error_type("timeout_error"), status_for_error_type("api_error")) == (504, 500)
+    assert status_for_error_type("not_an_anthropic_type") == 500

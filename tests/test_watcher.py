@@ -69,14 +69,14 @@ async def test_the_watcher_ends_on_the_servers_disconnect(stream: bool) -> None:
     assert client.complete.is_set()
     # The watcher's receive was answered, not cancelled, and the app returned at once.
     assert client.returned == ["disconnect"]
-    assert returned_at - client.completed_at < middleware._LINGER / 2
+    assert returned_at - client.completed_at < middleware.LINGER / 2
 
 
 @pytest.mark.parametrize("stream", [True, False])
 async def test_a_silent_server_costs_the_linger_then_the_watcher_is_cancelled(
     stream: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(middleware, "_LINGER", 0.3)
+    monkeypatch.setattr(middleware, "LINGER", 0.3)
     body = small_consult_body(stream)
     client = Client(body, wakes=False)
     # Pings due all the time: none may follow the last body while the watcher lingers.

@@ -13,8 +13,8 @@ if TYPE_CHECKING:
 
 
 def __getattr__(name: str) -> Any:
-    # HTTPRouter imports httpx (~40 ms, ~13 MB, docs/performance.md row 5); apps that only use
-    # the in-process default should not pay for it at import.
+    # HTTPRouter imports httpx, which takes a noticeable time and memory to import; apps that
+    # only use the in-process default should not pay for it.
     if name == "HTTPRouter":
         from .http import HTTPRouter
 

@@ -8,13 +8,13 @@ from contextvars import ContextVar
 
 import anyio
 
-from .._types import ASGIApp, Message
+from .._types import ASGIApp, Message, Scope
 from ..errors import ClientGone, UpstreamError
 from ..sse import SSEDecoder
 from .base import Batch, BatchRouter, Leg, OnBatch, forwarded_headers
 from .events import decode_events, json_message_events, too_large
 
-__all__ = ["CLIENT", "AppRouter", "Departure"]
+__all__ = ["CLIENT", "WIND_DOWN", "AppRouter", "Departure"]
 
 log = logging.getLogger("advisor_middleware")
 
@@ -68,101 +68,128 @@ class AppRouter(BatchRouter):
         """Call the app in this task and hand each ``http.response.body`` it sends to
         ``on_batch`` as one group, from inside the app's ``send``: the leg's events reach the
         client (and the app feels the client's back-pressure) with no task, channel or loop turn
-        in between (docs/performance.md, round 3)."""
-        body = leg.encode()
-        headers = [(k, v) for k, v in leg.headers if k != b"content-type"]
-        headers += [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-        scope = dict(leg.scope)
-        scope.update(type="http", method="POST", headers=headers)
-        scope.pop("extensions", None)
-        if isinstance(scope.get("state"), dict):
-            scope["state"] = dict(scope["state"])
-        if "path" in scope:
-            scope["raw_path"] = scope["path"].encode()
-
-        response = _Response(leg.raw_deltas, leg.response_headers, leg.max_bytes)
-        body_sent = False
-        waiting: anyio.Event | None = None  # made only if the app asks for a second message
-        # Why the leg stopped early: on_batch raised (the client left, or the loop found the
-        # stream malformed), the stream itself failed, or the watcher saw the client leave
-        # (client_left, below). It is raised from push once the app is done, whatever the app
-        # made of the OSError or the disconnect it got instead.
-        stopped: Exception | None = None
-        # An app that carries on after that OSError is cancelled once it had WIND_DOWN seconds.
-        leg_scope = anyio.CancelScope()
-        # The leg is over for us, however it ended (cancelled included). Some apps leave tasks
-        # running when cancelled (Django's ASGIHandler serves each request from two asyncio
-        # tasks of its own): what those send must never reach the loop or the client, and what
-        # they wait to receive is a disconnect.
-        over = False
-
-        async def receive() -> Message:
-            nonlocal body_sent, waiting
-            if not body_sent:
-                body_sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            # Block until the response is complete (or the leg is cancelled), like a real server:
-            # an early disconnect would make Django cancel the view (asgi-ecosystem §2.2).
-            if not response.complete and stopped is None and not over:
-                waiting = waiting or anyio.Event()
-                await waiting.wait()
-            return {"type": "http.disconnect"}
-
-        async def send(message: Message) -> None:
-            nonlocal stopped
-            if stopped is not None or over:
-                raise _LegClosed
-            batch: Batch = []
-            error: Exception | None = response.take(message, batch)
-            if response.complete and waiting is not None:
-                waiting.set()
-            try:
-                if batch:  # what came before an error is still the leg's output
-                    await on_batch(batch)
-            except Exception as exc:
-                error = exc
-            if stopped is None:  # else the client left while on_batch was writing: that stands
-                stopped = error
-            if stopped is not None:
-                # Not cancelled at once: an app told the way a server tells it (send raises,
-                # receive reports http.disconnect) ends by itself, cleanly. Django's
-                # ASGIHandler, cancelled instead, leaves its two tasks running and their
-                # exceptions unretrieved (logged by asyncio on every stopped leg).
-                leg_scope.deadline = anyio.current_time() + WIND_DOWN
-                if waiting is not None:
-                    waiting.set()
-                # To the app we are a client that has gone away (ASGI 2.4: send raises OSError).
-                raise _LegClosed
-
-        def client_left() -> None:
-            nonlocal stopped
-            if stopped is None:
-                stopped = ClientGone("the client left during the leg")
-            if waiting is not None:
-                waiting.set()
-
+        in between."""
+        call = _HostCall(leg, on_batch)
         departure = CLIENT.get()
         if departure is not None:
             if departure.gone:
                 raise ClientGone("the client left before the leg")
-            departure.listen(client_left)
+            departure.listen(call.client_left)
         try:
-            with leg_scope:
-                try:
-                    await self.app(scope, receive, send)
-                except Exception as exc:
-                    if stopped is None:  # the host crashed: that is this leg's answer
-                        # A server would log the traceback; the client only sees a 500 for the leg.
-                        log.exception("the host app raised on a %s leg", leg.role)
-                        raise UpstreamError(500, f"the host app raised {type(exc).__name__} on this leg") from None
+            await call.run(self.app, _leg_scope(leg, call.body))
         finally:
-            over = True
-            if waiting is not None:
-                waiting.set()
             if departure is not None:
-                departure.forget(client_left)
-        if stopped is not None:
-            raise stopped
+                departure.forget(call.client_left)
+        raw = call.answer()
+        if raw is not None:
+            # The host ignored ``stream: true`` and answered one JSON Message: replay it as events.
+            await on_batch([*json_message_events(raw)])
+
+
+def _leg_scope(leg: Leg, body: bytes) -> Scope:
+    """The scope of a leg's request: a ``POST`` of ``body`` on the caller's scope."""
+    headers = [(k, v) for k, v in leg.headers if k != b"content-type"]
+    headers += [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    scope = dict(leg.scope)
+    scope.update(type="http", method="POST", headers=headers)
+    scope.pop("extensions", None)
+    if isinstance(scope.get("state"), dict):
+        scope["state"] = dict(scope["state"])
+    if "path" in scope:
+        scope["raw_path"] = scope["path"].encode()
+    return scope
+
+
+class _HostCall:
+    """One leg as a request to the host: the ``receive`` and ``send`` the host is called with,
+    and what it has answered so far.
+
+    The leg stops early when ``on_batch`` raises (the client left, or the loop found the stream
+    malformed), when the stream itself fails, or when the client leaves (:meth:`client_left`).
+    The host is then told the way a server tells an app whose client has gone (``send`` raises
+    ``OSError``, ``receive`` reports ``http.disconnect``) and ends the leg itself, cleanly:
+    Django's ``ASGIHandler``, cancelled instead, leaves its two tasks running and asyncio logs
+    their exceptions on every stopped leg. A host that carries on is cancelled after
+    :data:`WIND_DOWN` seconds.
+    """
+
+    __slots__ = ("body", "body_sent", "cancel_scope", "on_batch", "over", "response", "role", "stopped", "waiting")
+
+    def __init__(self, leg: Leg, on_batch: OnBatch) -> None:
+        self.role = leg.role
+        self.on_batch = on_batch
+        self.body = leg.encode()
+        self.body_sent = False
+        self.response = _Response(leg.raw_deltas, leg.response_headers, leg.max_bytes)
+        self.stopped: Exception | None = None
+        """Why the leg stopped early; raised once the host is done, whatever the host made of
+        the ``OSError`` or the disconnect it got instead."""
+        self.over = False
+        """The leg is over for us, however it ended (cancelled included). Some hosts leave tasks
+        running when cancelled (Django's ``ASGIHandler``): what those send must never reach the
+        loop or the client, and what they wait to receive is a disconnect."""
+        self.waiting: anyio.Event | None = None  # made only if the host asks for a second message
+        self.cancel_scope = anyio.CancelScope()
+
+    async def run(self, app: ASGIApp, scope: Scope) -> None:
+        try:
+            with self.cancel_scope:
+                await app(scope, self.receive, self.send)
+        except Exception as exc:
+            if self.stopped is None:  # the host crashed: that is this leg's answer
+                # A server would log the traceback; the client only sees a 500 for the leg.
+                log.exception("the host app raised on a %s leg", self.role)
+                raise UpstreamError(500, f"the host app raised {type(exc).__name__} on this leg") from None
+        finally:
+            self.over = True
+            self._wake()
+
+    async def receive(self) -> Message:
+        if not self.body_sent:
+            self.body_sent = True
+            return {"type": "http.request", "body": self.body, "more_body": False}
+        # Block until the response is complete (or the leg is over), like a real server: an
+        # early disconnect would make Django cancel the view (docs/protocol.md §8).
+        if not self.response.complete and self.stopped is None and not self.over:
+            self.waiting = self.waiting or anyio.Event()
+            await self.waiting.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(self, message: Message) -> None:
+        if self.stopped is not None or self.over:
+            raise _LegClosed
+        batch: Batch = []
+        error: Exception | None = self.response.take(message, batch)
+        if self.response.complete:
+            self._wake()
+        try:
+            if batch:  # what came before an error is still the leg's output
+                await self.on_batch(batch)
+        except Exception as exc:
+            error = exc
+        if self.stopped is None:  # else the client left while on_batch was writing: that stands
+            self.stopped = error
+        if self.stopped is not None:
+            self.cancel_scope.deadline = anyio.current_time() + WIND_DOWN
+            self._wake()
+            raise _LegClosed
+
+    def client_left(self) -> None:
+        """The watcher saw the client leave (a :class:`Departure` listener)."""
+        if self.stopped is None:
+            self.stopped = ClientGone("the client left during the leg")
+        self._wake()
+
+    def _wake(self) -> None:
+        if self.waiting is not None:
+            self.waiting.set()
+
+    def answer(self) -> bytes | None:
+        """Once the host is done: raises the leg's failure; else the JSON Message the host
+        answered instead of a stream, or None if it streamed."""
+        response = self.response
+        if self.stopped is not None:
+            raise self.stopped
         if response.status == 0:
             raise UpstreamError(502, "the host app returned without answering this leg")
         raw = b"".join(response.buffered)
@@ -171,9 +198,7 @@ class AppRouter(BatchRouter):
         if not response.readable:
             encoding = response.encoding.decode()
             raise UpstreamError(502, f"leg answered with content-encoding {encoding!r}, which cannot be read")
-        if not response.is_sse:
-            # The host ignored ``stream: true`` and answered one JSON Message: replay it as events.
-            await on_batch([*json_message_events(raw)])
+        return None if response.is_sse else raw
 
 
 WIND_DOWN = 0.1
@@ -182,7 +207,7 @@ WIND_DOWN = 0.1
 
 class _LegClosed(OSError):
     """Raised into the app's ``send`` once the leg is over for us, the way a server's ``send``
-    raises once its client is gone (ASGI spec 2.4), so the app stops producing."""
+    raises once its client is gone (docs/protocol.md §8), so the app stops producing."""
 
 
 class _Response:
@@ -226,7 +251,7 @@ class _Response:
         kind = message["type"]
         if kind == "http.response.body":
             chunk = message.get("body", b"")
-            if type(chunk) is not bytes:  # bytes() of bytes is a no-op that costs ~850 instructions
+            if type(chunk) is not bytes:  # a bytearray or memoryview is allowed by ASGI
                 chunk = bytes(chunk)
             self.complete = not message.get("more_body", False)
             self.size += len(chunk)

@@ -82,7 +82,7 @@ the proxy or on a leg, and neither are the headers a ``connection`` header names
 
 # Headers that describe the caller's body, or ask how our answer should be encoded, and so are
 # not copied onto a leg: the leg has its own body (new length, no encoding) and we must be able
-# to parse its answer (no accept-encoding, asgi-ecosystem §2.7).
+# to parse its answer (no accept-encoding, docs/protocol.md §8).
 _BODY = frozenset({b"content-length", b"content-encoding", b"accept-encoding", b"expect", LEG_HEADER})
 
 FORWARDED_ANSWER_HEADERS = frozenset(
@@ -168,8 +168,8 @@ class BatchRouter:
       whose ``send`` is the natural place to hand events on, or reads a socket in a loop).
 
     The middleware drives every leg with ``push``: the loop, the host and the client's writer
-    then share the request's task, with no task or channel per leg (docs/performance.md,
-    round 3). Exceptions raised by ``on_batch`` come out of ``push`` unchanged.
+    then share the request's task, with no task or channel per leg. Exceptions raised by
+    ``on_batch`` come out of ``push`` unchanged.
     """
 
     def __init_subclass__(cls, **kwargs: Any) -> None:

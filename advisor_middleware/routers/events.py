@@ -8,7 +8,7 @@ from typing import Any
 import pydantic_core
 
 from ..accumulate import message_to_events
-from ..errors import UpstreamError
+from ..errors import UpstreamError, status_for_error_type
 from ..sse import DELTA_DATA, DELTA_HEAD, DELTA_SSE, RawDelta, SSEDecoder, index_at, parse_event
 
 __all__ = [
@@ -21,20 +21,6 @@ __all__ = [
     "too_large",
 ]
 
-# Anthropic error types -> the HTTP status they come with (https://docs.anthropic.com/en/api/errors).
-_TYPE_STATUS = {
-    "invalid_request_error": 400,
-    "authentication_error": 401,
-    "billing_error": 402,
-    "permission_error": 403,
-    "not_found_error": 404,
-    "request_too_large": 413,
-    "rate_limit_error": 429,
-    "api_error": 500,
-    "timeout_error": 504,
-    "overloaded_error": 529,
-}
-
 
 def too_large(limit: int) -> UpstreamError:
     """The failure of a leg whose answer passed ``limit`` bytes (:attr:`Leg.max_bytes`)."""
@@ -46,7 +32,7 @@ def event_error(event: dict[str, Any]) -> UpstreamError:
     inner = event.get("error")
     if not isinstance(inner, dict):
         inner = {"type": "api_error", "message": str(inner)}
-    status = _TYPE_STATUS.get(str(inner.get("type")), 500)
+    status = status_for_error_type(str(inner.get("type")))
     return UpstreamError(status, {"type": "error", "error": inner})
 
 

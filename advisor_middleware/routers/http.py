@@ -143,24 +143,11 @@ class HTTPRouter(PooledClient, BatchRouter):
         """Await ``on_batch`` with each network read's events, as they arrive.
 
         Pushed, not pulled (``batches``, derived from this, is for the protocol's ``stream``):
-        the middleware drives every leg with ``push``, and a loop here in its task costs two
-        async generator levels fewer per read than iterating ``batches`` (docs/performance.md,
-        step 23)."""
+        the middleware drives every leg with ``push``, and a loop here in its task saves two
+        async generator levels per read over iterating ``batches``."""
         async with self._exchange(leg) as response:
             if _is_sse(response):
-                decoder = SSEDecoder()
-                raw_deltas = leg.raw_deltas
-                left = leg.max_bytes
-                async for chunk in _body(response):
-                    left -= len(chunk)
-                    if left < 0:
-                        raise too_large(leg.max_bytes)
-                    batch: Batch = []
-                    error = decode_events(decoder, chunk, batch, raw_deltas)
-                    if batch:  # what came before an error is still the leg's output
-                        await on_batch(batch)
-                    if error is not None:
-                        raise error
+                await _relay(response, leg, on_batch)
                 return
             raw = await _read(response, leg.max_bytes)
         await on_batch([*json_message_events(raw)])
@@ -199,6 +186,22 @@ class HTTPRouter(PooledClient, BatchRouter):
             detail = f"upstream {self._shown} failed: {type(exc).__name__}"
             message = f"{detail}: {exc}"
             raise UpstreamError(502, {"type": "api_error", "message": message}, detail=detail) from exc
+
+
+async def _relay(response: httpx.Response, leg: Leg, on_batch: OnBatch) -> None:
+    """Hand each network read of an SSE answer to ``on_batch`` as one group of events."""
+    decoder = SSEDecoder()
+    left = leg.max_bytes
+    async for chunk in _body(response):
+        left -= len(chunk)
+        if left < 0:
+            raise too_large(leg.max_bytes)
+        batch: Batch = []
+        error = decode_events(decoder, chunk, batch, leg.raw_deltas)
+        if batch:  # what came before an error is still the leg's output
+            await on_batch(batch)
+        if error is not None:
+            raise error
 
 
 def _is_sse(response: httpx.Response) -> bool:
