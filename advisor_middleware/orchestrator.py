@@ -277,6 +277,7 @@ class Orchestration:
                 break
             if tail:
                 await out(tail)
+                tail = []
             if legs >= self.config.max_executor_legs:
                 log.warning("executor kept calling the advisor; stopping after %d legs", legs)
                 stop_reason = "end_turn"
