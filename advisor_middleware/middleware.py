@@ -6,7 +6,7 @@ import logging
 import re
 import time
 import zlib
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import anyio
@@ -20,7 +20,7 @@ from .config import AdvisorConfig
 from .errors import AdvisorRequestError, ClientGone, UpstreamError, error_body
 from .orchestrator import Orchestration
 from .routers.app import CLIENT, WIND_DOWN, AppRouter, Departure
-from .routers.base import LEG_HEADER, NOTHING, MessagesRouter, forwarded_headers
+from .routers.base import LEG_HEADER, MessagesRouter, forwarded_headers
 from .sse import RawDelta, encode_event, encode_json
 
 __all__ = ["AdvisorMiddleware"]
@@ -255,9 +255,8 @@ class AdvisorMiddleware:
     async def _write_json(self, orchestration: Orchestration, send: Send) -> None:
         acc = MessageAccumulator()
 
-        def feed(group: Sequence[dict[str, Any] | RawDelta]) -> Awaitable[None]:
+        async def feed(group: Sequence[dict[str, Any] | RawDelta]) -> None:
             acc.feed_all(group)  # RawDelta deltas are parsed at complete()
-            return NOTHING  # a plain function, not a coroutine (routers/base.py)
 
         try:
             await orchestration.run(feed)

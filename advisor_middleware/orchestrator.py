@@ -22,7 +22,7 @@ from .errors import ClientGone, UpstreamError
 from .history import HistoryInfo, advice_tool_result, advisor_tool_use, render_history
 from .legs import LegEncoder
 from .prompts import ADVISOR_SYSTEM_PROMPT, EXECUTOR_TOOL_DESCRIPTION, budget_note
-from .routers.base import LEG_HEADER, NOTHING, Batch, Leg, MessagesRouter, leg_headers, run_leg
+from .routers.base import LEG_HEADER, Batch, Leg, MessagesRouter, leg_headers, run_leg
 from .sse import RawDelta, raw_delta_at, raw_delta_event
 from .transcript import render_transcript
 
@@ -293,17 +293,15 @@ class Orchestration:
         tail.append({"type": "message_stop"})
         await out(tail)
 
-    def _on_batch(self, batch: Batch) -> Awaitable[None]:
-        # A function that hands back emit's awaitable, not a coroutine that awaits it (see
-        # NOTHING): this runs for every group a leg sends.
+    async def _on_batch(self, batch: Batch) -> None:
         emit = self._emit
         assert emit is not None
         group: Batch = []
         try:
             self._relay(batch, group, self._acc, self._held, self._calls)
-        except Exception as exc:
-            return _emit_then_raise(emit, group, exc)
-        return emit(group) if group else NOTHING
+        finally:
+            if group:  # on a malformed event too: what came before it opened blocks to close
+                await emit(group)
 
     def _relay(
         self,
@@ -489,9 +487,8 @@ class Orchestration:
         acc = MessageAccumulator()
         leg = Leg("advisor", body, self.advisor_headers, self.scope, max_bytes=self.config.max_leg_bytes)
 
-        def feed(batch: Batch) -> Awaitable[None]:
+        async def feed(batch: Batch) -> None:
             acc.feed_all(batch)
-            return NOTHING
 
         try:
             # A bare deadline scope, not anyio.fail_after: same effect, a third of the cost
@@ -541,12 +538,6 @@ def _log_upstream_message(exc: Exception) -> None:
     # (every level above holds sizes, positions and types; UpstreamError.detail).
     if isinstance(exc, UpstreamError):
         log.debug("the upstream's error message: %r", exc.error.get("message"))
-
-
-async def _emit_then_raise(emit: Emit, group: Batch, exc: Exception) -> None:
-    if group:  # sent first, so the blocks they open can be closed
-        await emit(group)
-    raise exc
 
 
 def _tool_use_ids(messages: list[Any]) -> set[str]:

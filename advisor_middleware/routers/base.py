@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, TypeVar, cast, runtime_checkable
+from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
@@ -23,7 +23,6 @@ __all__ = [
     "HOP_BY_HOP",
     "LEG_HEADER",
     "MAX_LEG_BYTES",
-    "NOTHING",
     "Batch",
     "BatchRouter",
     "Leg",
@@ -47,22 +46,8 @@ Batch = list[dict[str, Any] | RawDelta]
 :data:`~advisor_middleware.sse.RawDelta` when the leg asked for them (``Leg.raw_deltas``)."""
 
 OnBatch = Callable[[Batch], Awaitable[None]]
-"""Takes a leg's events as they arrive (:meth:`BatchRouter.push`)."""
+"""An async function that takes a leg's events as they arrive (:meth:`BatchRouter.push`)."""
 
-
-class _Nothing:
-    # ``__await__`` is an empty tuple's C ``__iter__`` (a fresh, exhausted iterator per await):
-    # awaiting NOTHING runs no Python frame. A ``def __await__`` generator costs as much as the
-    # coroutine it replaces.
-    __slots__ = ()
-    __await__ = staticmethod(().__iter__)
-
-
-NOTHING = cast("Awaitable[None]", _Nothing())  # awaitable by its C __iter__; mypy wants a generator
-"""An awaitable that is done at once, reusable. An ``OnBatch`` with nothing to wait for is a
-plain function that returns it (or another awaitable it has, such as the client's write) rather
-than a coroutine: one runs for every group of every leg, and a coroutine level costs ~950
-instructions (docs/performance.md, step 30)."""
 
 HOP_BY_HOP = frozenset(
     {
