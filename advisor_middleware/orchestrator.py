@@ -20,7 +20,6 @@ from .blocks import ADVISOR_NAME, AdvisorTool, advisor_result_block, server_tool
 from .config import AdvisorConfig
 from .errors import ClientGone, UpstreamError
 from .history import HistoryInfo, advice_tool_result, advisor_tool_use, render_history
-from .legs import LegEncoder
 from .prompts import ADVISOR_SYSTEM_PROMPT, EXECUTOR_TOOL_DESCRIPTION, budget_note
 from .routers.base import LEG_HEADER, Batch, Leg, MessagesRouter, leg_headers, run_leg
 from .sse import RawDelta, raw_delta_at, raw_delta_event
@@ -220,7 +219,6 @@ class Orchestration:
         stop_reason: Any = None
         stop_sequence: Any = None
         legs = 0
-        encode = LegEncoder().encode  # each leg encodes only the messages the last did not have
         while True:
             legs += 1
             leg_body = dict(self.base)
@@ -242,7 +240,6 @@ class Orchestration:
                 self.exec_headers,
                 self.scope,
                 raw_deltas=True,
-                encoder=encode,
                 response_headers=answer_headers,
                 max_bytes=self.config.max_leg_bytes,
             )

@@ -106,8 +106,6 @@ class Leg:
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     scope: Mapping[str, Any] = field(default_factory=dict)
     raw_deltas: bool = False
-    encoder: Callable[[dict[str, Any]], bytes] | None = field(default=None, repr=False, compare=False)
-    """What :meth:`encode` uses instead of :func:`~advisor_middleware.sse.encode_json`, if set."""
     response_headers: list[tuple[bytes, bytes]] = field(default_factory=list, repr=False, compare=False)
     """Where the router puts the headers of the leg's answer, if it has them, before it hands
     over the leg's first events (or raises its error). The middleware passes those of
@@ -120,12 +118,8 @@ class Leg:
     do the same, or a host that streams without end fills memory."""
 
     def encode(self) -> bytes:
-        """``body`` as JSON bytes, as the shipped routers send it. For the executor's legs the
-        middleware sets an ``encoder`` that encodes only the messages the previous leg did not
-        have (:class:`~advisor_middleware.legs.LegEncoder`); the bytes are the same. It takes
-        a message it has encoded before, the same object, to be unchanged: a router that edits
-        messages in place should encode ``body`` itself."""
-        return encode_json(self.body) if self.encoder is None else self.encoder(self.body)
+        """``body`` as JSON bytes, as the shipped routers send it."""
+        return encode_json(self.body)
 
 
 @runtime_checkable
