@@ -352,26 +352,27 @@ class Orchestration:
             messages = await self._resume(messages, info.pending, emit)
         for legs in range(1, self.config.max_executor_legs + 1):
             leg = await self._executor_leg(messages, ids, emit, first=legs == 1)
+            ended = leg.accumulator.message
+            self._record_leg(ended.get("usage") or {})
             tail = leg.close()
-            self._record_leg(leg.accumulator.message.get("usage") or {})
-            stop = leg.accumulator.message
-            if leg.calls:
-                messages = _append_assistant(messages, leg.content())
-                if tail:  # sent before the consults, which take a while
-                    await emit(tail)
-                    tail = []
-                results = await self._consult_calls(messages, [(c.exec_id, c.srv_id) for c in leg.calls], emit)
-            tail += leg.release_held()
-            if not leg.calls or leg.held_client_tools():
+            if not leg.calls:
+                tail += leg.release_held()
                 break
+            messages = _append_assistant(messages, leg.content())
+            if tail:  # sent before the consults, which take a while
+                await emit(tail)
+            results = await self._consult_calls(messages, [(c.exec_id, c.srv_id) for c in leg.calls], emit)
+            tail = leg.release_held()
+            if leg.held_client_tools():
+                break  # the client's turn: its tools run before the executor goes on
             if tail:
                 await emit(tail)
                 tail = []
             messages = _answer(messages, results)
         else:
             log.warning("executor kept calling the advisor; stopping after %d legs", legs)
-            stop = {"stop_reason": "end_turn", "stop_sequence": stop.get("stop_sequence")}
-        delta = {"stop_reason": stop.get("stop_reason"), "stop_sequence": stop.get("stop_sequence")}
+            ended = {"stop_reason": "end_turn", "stop_sequence": ended.get("stop_sequence")}
+        delta = {"stop_reason": ended.get("stop_reason"), "stop_sequence": ended.get("stop_sequence")}
         await emit([*tail, {"type": "message_delta", "delta": delta, "usage": self._usage()}, {"type": "message_stop"}])
 
     async def _resume(self, messages: list[Any], pending: list[tuple[str, str]], emit: Emit) -> list[Any]:
