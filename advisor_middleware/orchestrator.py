@@ -2,11 +2,18 @@
 
 ``Orchestration.run(emit)`` is the single code path behind both response modes: the streaming
 writer's ``emit`` sends each group of events as it comes, the JSON writer's accumulates them into
-one Message (design §2.4).
+one Message.
+
+How a streamed event reaches the client: ``Orchestration._loop`` runs an executor leg through
+``run_leg``; the router hands each group of the leg's events to that leg's
+``ExecutorLegRelay.on_batch`` (an ``AppRouter``, from inside the host's own ``send``), which maps
+them onto the client's message and awaits ``emit``, the client's writer. No task or channel
+stands between the host and the client, so the client's back-pressure reaches the host.
 """
 
 from __future__ import annotations
 
+import enum
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -20,9 +27,8 @@ from .blocks import ADVISOR_NAME, AdvisorTool, advisor_result_block, server_tool
 from .config import AdvisorConfig
 from .errors import ClientGone, UpstreamError
 from .history import HistoryInfo, advice_tool_result, advisor_tool_use, render_history
-from .legs import LegEncoder
 from .prompts import ADVISOR_SYSTEM_PROMPT, EXECUTOR_TOOL_DESCRIPTION, budget_note
-from .routers.base import LEG_HEADER, NOTHING, Batch, Leg, MessagesRouter, leg_headers, run_leg
+from .routers.base import LEG_HEADER, Batch, Leg, MessagesRouter, leg_headers, run_leg
 from .sse import RawDelta, raw_delta_at, raw_delta_event
 from .transcript import render_transcript
 
@@ -38,7 +44,7 @@ _USAGE_SUMS = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_
 
 
 def advisor_error_code(exc: BaseException) -> str:
-    """Map a failed advisor leg to one of the ``advisor_tool_result_error`` codes (§2.2)."""
+    """Map a failed advisor leg to one of the ``advisor_tool_result_error`` codes (docs/protocol.md §2)."""
     if isinstance(exc, TimeoutError):
         return "execution_time_exceeded"
     if not isinstance(exc, UpstreamError):
@@ -62,11 +68,226 @@ def _says_too_long(message: str) -> bool:
     return any(s in message for s in ("prompt is too long", "context length", "context window", "too many tokens"))
 
 
-@dataclass
-class _Call:
+class BlockMode(enum.Enum):
+    """How the relay treats one block of an executor leg."""
+
+    TEXT = "text"
+    """Text or thinking, relayed live; its deltas go on as the bytes they came in."""
+    LIVE = "live"
+    """Any other block of the executor's own, relayed live as events."""
+    ADVISOR = "advisor"
+    """The executor's call of the advisor, relayed as a ``server_tool_use`` block without input."""
+    HELD = "held"
+    """A client tool, or any block after an advisor call: sent once the leg's consults are."""
+
+
+@dataclass(slots=True)
+class RelayedBlock:
+    """A block of the leg in flight, from its ``content_block_start`` to its stop."""
+
+    mode: BlockMode
+    index: int
+    """The client's index of the block; for a held block, its place in the relay's ``held``."""
+
+
+@dataclass(slots=True)
+class AdvisorCall:
+    """The executor's call of the advisor: its block index in the leg, its id and ours."""
+
     upstream_index: int
     exec_id: str
     srv_id: str
+
+
+class ClientMessage:
+    """The one message the client receives across the request's legs: whether it has started,
+    and the index its next block takes (each leg's own indices are mapped onto these)."""
+
+    __slots__ = ("next_index", "started")
+
+    def __init__(self) -> None:
+        self.started = False
+        self.next_index = 0
+
+    def new_index(self) -> int:
+        index = self.next_index
+        self.next_index += 1
+        return index
+
+    def start(self, message: dict[str, Any]) -> dict[str, Any]:
+        """The client's ``message_start``: ``message`` with no content (the legs bring it)."""
+        self.started = True
+        return {"type": "message_start", "message": {**message, "content": []}}
+
+
+class ToolUseIds:
+    """The ``tool_use`` ids the conversation has taken, so that each advisor call gets its own.
+    The history is walked at the first call only: most requests that offer the advisor never
+    call it."""
+
+    __slots__ = ("_messages", "_taken")
+
+    def __init__(self, messages: list[Any]) -> None:
+        self._messages = messages
+        self._taken: set[str] | None = None
+
+    def claim(self, proposed: Any) -> str:
+        """The executor's own id when usable; a fresh one if it is missing or reused (some
+        OpenAI-compatible servers number calls per response), so ``srvtoolu_`` ids stay unique."""
+        if self._taken is None:
+            self._taken = _tool_use_ids(self._messages)
+        if isinstance(proposed, str) and proposed and proposed not in self._taken:
+            self._taken.add(proposed)
+            return proposed
+        fresh = f"toolu_adv{uuid.uuid4().hex[:20]}"
+        self._taken.add(fresh)
+        return fresh
+
+
+class ExecutorLegRelay:
+    """One executor leg, relayed onto the client's message as its events arrive.
+
+    Text and thinking (and any other block of the executor's own) go on live, re-indexed to the
+    client's numbering; a call of the advisor goes on as a ``server_tool_use`` block and joins
+    ``calls``; client tools, and every block after an advisor call, wait in ``held`` until the
+    leg's consults are done (the advisor pair comes first, docs/protocol.md §3). The
+    accumulator keeps the whole leg, for the next leg's conversation. Every group of events
+    reaches ``on_batch`` in the request's task; for an ``AppRouter`` leg, from inside the host's
+    own ``send``, so the client's back-pressure reaches the host."""
+
+    __slots__ = ("accumulator", "blocks", "calls", "emit", "held", "ids", "message")
+
+    def __init__(self, message: ClientMessage, ids: ToolUseIds, emit: Emit) -> None:
+        self.message = message
+        self.ids = ids
+        self.emit = emit
+        self.accumulator = MessageAccumulator()
+        self.blocks: dict[int, RelayedBlock] = {}
+        """The leg's open blocks by their index in the leg."""
+        self.held: list[list[dict[str, Any]]] = []
+        """The events of each held block, in the order the blocks started."""
+        self.calls: list[AdvisorCall] = []
+
+    async def on_batch(self, batch: Batch) -> None:
+        """Relay one group of the leg's events to ``emit`` as one group; a malformed stream
+        raises :class:`UpstreamError`."""
+        group: Batch = []
+        try:
+            self.relay(batch, group)
+        finally:
+            if group:  # on a malformed event too: what came before it opened blocks to close
+                await self.emit(group)
+
+    def relay(self, batch: Batch, out: Batch) -> None:
+        """Map ``batch`` onto the client's events, appended to ``out``."""
+        blocks = self.blocks
+        kept = self.accumulator.pending
+        for event in batch:
+            if not isinstance(event, dict):
+                # A delta as its bytes, nearly every event: those of a text or thinking block go
+                # on as they are, kept unparsed for a consult that may follow.
+                block = blocks.get(event[0])
+                if block is not None and block.mode is BlockMode.TEXT:
+                    kept.append(event)
+                    out.append(event if block.index == event[0] else raw_delta_at(event, block.index))
+                    continue
+                event = raw_delta_event(event)  # a block held, an advisor call or no block
+            self._relay_event(event, out)
+
+    def _relay_event(self, event: dict[str, Any], out: Batch) -> None:
+        kind = event.get("type")
+        try:
+            self.accumulator.feed(event)
+            upstream_index = event.get("index", -1)
+            block = self.blocks.get(upstream_index)
+        except (TypeError, ValueError, AttributeError, IndexError, KeyError):
+            raise _malformed(kind) from None
+        if kind == "content_block_delta" or kind == "content_block_stop":
+            if block is not None:  # else a block never started, or already stopped: not relayed
+                self._continue_block(event, upstream_index, block, out)
+        elif kind == "content_block_start":
+            self._start_block(event, upstream_index, block, out)
+        elif kind == "message_start" and not self.message.started:
+            out.append(self.message.start(dict(event.get("message") or {})))
+
+    def _continue_block(self, event: dict[str, Any], upstream_index: int, block: RelayedBlock, out: Batch) -> None:
+        stop = event.get("type") == "content_block_stop"
+        if stop:
+            del self.blocks[upstream_index]
+        if block.mode is BlockMode.HELD:
+            self.held[block.index].append(event)
+        elif block.mode is not BlockMode.ADVISOR:
+            # Copied only to re-index: a block keeps its index until a consult comes first.
+            out.append(event if block.index == upstream_index else {**event, "index": block.index})
+        elif stop:  # the call's input is ours to give: none
+            out.append({"type": "content_block_stop", "index": block.index})
+
+    def _start_block(self, event: dict[str, Any], upstream_index: int, block: RelayedBlock | None, out: Batch) -> None:
+        content = event.get("content_block") or {}
+        if not isinstance(content, dict):
+            raise _malformed("content_block_start")
+        if not self.message.started or block is not None:
+            # Relayed, this would break the client's stream (docs/protocol.md §3).
+            problem = "before message_start" if not self.message.started else "twice"
+            raise UpstreamError(502, f"the executor's stream started block {upstream_index} {problem}")
+        kind = content.get("type")
+        if kind == "tool_use" and content.get("name") == ADVISOR_NAME:
+            out += self._advisor_call(upstream_index, content.get("id"))
+        elif kind == "tool_use" or self.calls:
+            self.blocks[upstream_index] = RelayedBlock(BlockMode.HELD, len(self.held))
+            self.held.append([event])
+        else:
+            index = self.message.new_index()
+            mode = BlockMode.TEXT if kind in ("text", "thinking") else BlockMode.LIVE
+            self.blocks[upstream_index] = RelayedBlock(mode, index)
+            out.append({**event, "index": index})
+
+    def _advisor_call(self, upstream_index: int, proposed_id: Any) -> list[dict[str, Any]]:
+        exec_id = self.ids.claim(proposed_id)
+        call = AdvisorCall(upstream_index, exec_id, server_tool_use_id(exec_id))
+        self.calls.append(call)
+        index = self.message.new_index()
+        self.blocks[upstream_index] = RelayedBlock(BlockMode.ADVISOR, index)
+        block = server_tool_use_block(call.srv_id)
+        # Real advisor streams carry one empty input_json_delta (docs/protocol.md §3).
+        delta = {"type": "input_json_delta", "partial_json": ""}
+        return [
+            {"type": "content_block_start", "index": index, "content_block": block},
+            {"type": "content_block_delta", "index": index, "delta": delta},
+        ]
+
+    def close(self) -> list[dict[str, Any]]:
+        """Stop events for the blocks the client has open (held ones were not sent yet); the
+        leg is over for the relay."""
+        indexes = sorted(block.index for block in self.blocks.values() if block.mode is not BlockMode.HELD)
+        self.blocks = {}
+        return [{"type": "content_block_stop", "index": index} for index in indexes]
+
+    def release_held(self) -> list[dict[str, Any]]:
+        """The held blocks' events, at the client's next indices, each block stopped."""
+        events: list[dict[str, Any]] = []
+        for block_events in self.held:
+            index = self.message.new_index()
+            events += ({**event, "index": index} for event in block_events)
+            if block_events[-1].get("type") != "content_block_stop":
+                events.append({"type": "content_block_stop", "index": index})
+        return events
+
+    def held_client_tools(self) -> bool:
+        """Whether the executor called a client tool: the client's turn, not another leg."""
+        return any((events[0].get("content_block") or {}).get("type") == "tool_use" for events in self.held)
+
+    def content(self) -> list[dict[str, Any]]:
+        """The leg's blocks, verbatim (thinking keeps its signature), with the advisor calls in
+        the canonical form later turns render from history (docs/protocol.md §6)."""
+        by_index = {call.upstream_index: call for call in self.calls}
+        out = []
+        for index, block in enumerate(self.accumulator.content):
+            if not block:
+                continue
+            call = by_index.get(index)
+            out.append(advisor_tool_use(call.exec_id) if call else block)
+        return out
 
 
 class Orchestration:
@@ -86,374 +307,148 @@ class Orchestration:
         history: tuple[list[Any], HistoryInfo] | None = None,
     ) -> None:
         self.router = router
-        self._history = history  # render_history of body's messages, when classify already ran it
         self.config = config
         self.body = body
         self.tool = tool
         self.scope = scope
         self.streaming = streaming
+        self._history = history  # render_history of body's messages, when classify already ran it
         self.exec_headers = leg_headers(headers, "executor")
         # The same headers but the role marker, which leg_headers puts last.
         self.advisor_headers = [*self.exec_headers[:-1], (LEG_HEADER, b"advisor")]
-        self.base = self._executor_base(body, tool_index, tool)
+        self.executor_body = _executor_body(body, tool_index, tool)
+        self.message = ClientMessage()
+        self.leg: ExecutorLegRelay | None = None
+        """The executor leg in flight, whose open blocks a failure closes."""
         self.consults = 0
         self.iterations: list[dict[str, Any]] = []
         self.leg_usages: list[dict[str, Any]] = []
-        self._next_index = 0
-        # Upstream block index -> ("text" | "live" | "advisor" | "held", client index) for the
-        # leg in flight; an entry lives from its content_block_start to its content_block_stop.
-        # "text": a text or thinking block relayed live, whose RawDelta deltas go out as bytes.
-        self._blocks: dict[int, tuple[str, int]] = {}
-        self._ids: set[str] | None = None  # tool_use ids taken; collected at the first advisor call
-        self._history_messages: list[Any] = []
-        self._started = False
-        # The executor leg in flight: what _on_batch feeds.
-        self._acc = MessageAccumulator()
-        self._held: list[list[dict[str, Any]]] = []
-        self._calls: list[_Call] = []
-        self._emit: Emit | None = None
         self.first_leg_headers: list[tuple[bytes, bytes]] = []
         """The headers of the first executor leg's answer, as its router gave them; filled
         before that leg's first events are emitted."""
-
-    @staticmethod
-    def _executor_base(body: dict[str, Any], tool_index: int, tool: AdvisorTool) -> dict[str, Any]:
-        # Swap the advisor entry in place for a plain function tool: the other tools keep their
-        # positions (and the host's prompt-cache prefix). Advisor-only fields such as
-        # defer_loading go with it; a cache breakpoint on the entry stays.
-        tools = list(body["tools"])
-        function_tool: dict[str, Any] = {
-            "name": ADVISOR_NAME,
-            "description": EXECUTOR_TOOL_DESCRIPTION,
-            "input_schema": {"type": "object", "properties": {}},
-        }
-        if tool.cache_control is not None:
-            function_tool["cache_control"] = tool.cache_control
-        tools[tool_index] = function_tool
-        base = dict(body)
-        base["tools"] = tools
-        base["stream"] = True
-        return base
-
-    def _index(self) -> int:
-        index = self._next_index
-        self._next_index += 1
-        return index
-
-    def _exec_id(self, proposed: Any) -> str:
-        # The executor's own id when usable; a fresh one if it is missing or reused (some
-        # OpenAI-compatible servers number calls per response), so srvtoolu_ ids stay unique.
-        if self._ids is None:
-            # Only now: most requests that offer the advisor never call it (a walk of the whole
-            # history, ~0.2 ms per MB, issue 7).
-            self._ids = _tool_use_ids(self._history_messages)
-        if isinstance(proposed, str) and proposed and proposed not in self._ids:
-            self._ids.add(proposed)
-            return proposed
-        fresh = f"toolu_adv{uuid.uuid4().hex[:20]}"
-        self._ids.add(fresh)
-        return fresh
 
     async def run(self, emit: Emit) -> None:
         """Run the loop, handing the client's events to ``emit`` in groups that are ready
         together (what one ``send`` of the host or one network read carried), as soon as they
         are. The loop, the host of an ``AppRouter`` leg and ``emit`` all run in the caller's
-        task. Before anything was
-        emitted (and always in JSON mode) a failure raises, so the caller can answer with the
-        upstream's own status; once streaming has started it ends the stream instead: open
-        blocks closed, then one ``error`` event. :class:`ClientGone` (which ``emit`` raises
-        once the client is gone, as a leg does) propagates unchanged."""
-        self._emit = emit
+        task. Before anything was emitted (and always in JSON mode) a failure raises, so the
+        caller can answer with the upstream's own status; once streaming has started it ends
+        the stream instead: open blocks closed, then one ``error`` event. :class:`ClientGone`
+        (which ``emit`` raises once the client is gone, as a leg does) propagates unchanged."""
         try:
-            await self._loop()
+            await self._loop(emit)
         except Exception as exc:
-            if isinstance(exc, ClientGone) or not self.streaming or not self._started:
+            if isinstance(exc, ClientGone) or not self.streaming or not self.message.started:
                 raise
-            if isinstance(exc, UpstreamError):
-                log.warning("executor leg failed after the response started: %s", exc)
-                _log_upstream_message(exc)
-                error = exc.error or {"type": "api_error", "message": str(exc)}
-            else:
-                log.exception("advisor loop failed after the response started")
-                error = {"type": "api_error", "message": "internal error in the advisor middleware"}
-            closing_events: list[dict[str, Any]] = [
-                {"type": "content_block_stop", "index": index} for index in self._open_blocks()
-            ]
-            self._blocks = {}
-            await emit([*closing_events, {"type": "error", "error": error}])
+            closing = self.leg.close() if self.leg is not None else []
+            await emit([*closing, {"type": "error", "error": _stream_error(exc)}])
 
-    async def _loop(self) -> None:
-        out = self._emit
-        assert out is not None
+    async def _loop(self, emit: Emit) -> None:
+        """Executor leg, consult the advisor for each call it made, feed the advice back as the
+        calls' results, repeat; until a leg calls no advisor, or calls a client tool."""
         messages, info = self._history or render_history(self.body.get("messages") or [])
-        self._history_messages = messages
+        ids = ToolUseIds(messages)
         if info.pending:
-            # A resumed pause_turn: the pending consults run first and the response begins with
-            # their results (advisor-wire-spec §2.3). No executor leg has started yet, so the
-            # message_start is ours; the legs' usage arrives in message_delta as usual.
-            self._started = True
-            await out(
+            messages = await self._resume(messages, info.pending, emit)
+        for legs in range(1, self.config.max_executor_legs + 1):
+            leg = await self._executor_leg(messages, ids, emit, first=legs == 1)
+            ended = leg.accumulator.message
+            self._record_leg(ended.get("usage") or {})
+            tail = leg.close()
+            if not leg.calls:
+                tail += leg.release_held()
+                break
+            messages = _append_assistant(messages, leg.content())
+            if tail:  # sent before the consults, which take a while
+                await emit(tail)
+            results = await self._consult_calls(messages, [(c.exec_id, c.srv_id) for c in leg.calls], emit)
+            tail = leg.release_held()
+            if leg.held_client_tools():
+                break  # the client's turn: its tools run before the executor goes on
+            if tail:
+                await emit(tail)
+                tail = []
+            messages = _answer(messages, results)
+        else:
+            log.warning("executor kept calling the advisor; stopping after %d legs", legs)
+            ended = {"stop_reason": "end_turn", "stop_sequence": ended.get("stop_sequence")}
+        delta = {"stop_reason": ended.get("stop_reason"), "stop_sequence": ended.get("stop_sequence")}
+        await emit([*tail, {"type": "message_delta", "delta": delta, "usage": self._usage()}, {"type": "message_stop"}])
+
+    async def _resume(self, messages: list[Any], pending: list[tuple[str, str]], emit: Emit) -> list[Any]:
+        """A resumed ``pause_turn``: run the pending consults first; the response begins with
+        their results (docs/protocol.md §6). No executor leg has started yet, so the
+        ``message_start`` is ours; the legs' usage arrives in ``message_delta`` as usual."""
+        start: dict[str, Any] = {
+            "id": f"msg_{uuid.uuid4().hex[:24]}",
+            "type": "message",
+            "role": "assistant",
+            "model": self.body.get("model"),
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": {"input_tokens": 0, "output_tokens": 0},
+        }
+        await emit([self.message.start(start)])
+        # The advisor reads up to the call, as in the loop: the client's tool results come
+        # after the advice, so the next consult's transcript extends this one.
+        last = messages[-1] if messages else None
+        upto = messages[:-1] if isinstance(last, dict) and last.get("role") == "user" else messages
+        return _answer(messages, await self._consult_calls(upto, pending, emit))
+
+    async def _executor_leg(self, messages: list[Any], ids: ToolUseIds, emit: Emit, *, first: bool) -> ExecutorLegRelay:
+        """Run one executor leg on ``messages``, relayed to ``emit`` as it comes."""
+        body = dict(self.executor_body)
+        body["messages"] = messages
+        if self.consults and _forces_advisor(body.get("tool_choice")):
+            # A forced consult is honoured once; forcing it again would loop forever.
+            body["tool_choice"] = {**body["tool_choice"], "type": "auto"}
+            body["tool_choice"].pop("name", None)
+        relay = self.leg = ExecutorLegRelay(self.message, ids, emit)
+        leg = Leg(
+            "executor",
+            body,
+            self.exec_headers,
+            self.scope,
+            raw_deltas=True,
+            # Where the client's response start finds them.
+            response_headers=self.first_leg_headers if first else [],
+            max_bytes=self.config.max_leg_bytes,
+        )
+        await run_leg(self.router, leg, relay.on_batch)
+        if not relay.accumulator.finished:
+            raise UpstreamError(502, "the executor's stream ended before its message_delta")
+        if not self.message.started:
+            raise UpstreamError(502, "the executor's stream had no message_start")
+        return relay
+
+    async def _consult_calls(
+        self, messages: list[Any], calls: Sequence[tuple[str, str]], emit: Emit
+    ) -> list[dict[str, Any]]:
+        """Consult the advisor on ``messages`` for each call (executor id, ``srvtoolu_`` id), in
+        order; emit each ``advisor_tool_result`` whole, in one start event (docs/protocol.md
+        §3), as it is ready. Returns the executor's ``tool_result`` blocks."""
+        results: list[dict[str, Any]] = []
+        for exec_id, srv_id in calls:
+            block = advisor_result_block(srv_id, **await self._consult(messages))
+            index = self.message.new_index()
+            results.append(advice_tool_result(exec_id, block["content"]))
+            await emit(
                 [
-                    {
-                        "type": "message_start",
-                        "message": {
-                            "id": f"msg_{uuid.uuid4().hex[:24]}",
-                            "type": "message",
-                            "role": "assistant",
-                            "model": self.body.get("model"),
-                            "content": [],
-                            "stop_reason": None,
-                            "stop_sequence": None,
-                            "usage": {"input_tokens": 0, "output_tokens": 0},
-                        },
-                    }
+                    {"type": "content_block_start", "index": index, "content_block": block},
+                    {"type": "content_block_stop", "index": index},
                 ]
             )
-            # The advisor reads up to the call, as in the loop: the client's tool results come
-            # after the advice, so the next consult's transcript extends this one (design §5).
-            last = messages[-1] if messages else None
-            upto = messages[:-1] if isinstance(last, dict) and last.get("role") == "user" else messages
-            results: list[dict[str, Any]] = []
-            for exec_id, srv_id in info.pending:
-                await out(await self._consult_events(upto, srv_id, exec_id, results))
-            messages = _answer(messages, results)
-        stop_reason: Any = None
-        stop_sequence: Any = None
-        legs = 0
-        encode = LegEncoder().encode  # each leg encodes only the messages the last did not have
-        while True:
-            legs += 1
-            leg_body = dict(self.base)
-            leg_body["messages"] = messages
-            if self.consults and _forces_advisor(leg_body.get("tool_choice")):
-                # A forced consult is honoured once; forcing it again would loop forever.
-                leg_body["tool_choice"] = {**leg_body["tool_choice"], "type": "auto"}
-                leg_body["tool_choice"].pop("name", None)
-            acc = self._acc = MessageAccumulator()
-            self._blocks = {}
-            held: list[list[dict[str, Any]]] = []
-            calls: list[_Call] = []
-            self._held, self._calls = held, calls
-            # The first leg's answer headers are kept where the client's response start finds them.
-            answer_headers = self.first_leg_headers if legs == 1 else []
-            leg = Leg(
-                "executor",
-                leg_body,
-                self.exec_headers,
-                self.scope,
-                raw_deltas=True,
-                encoder=encode,
-                response_headers=answer_headers,
-                max_bytes=self.config.max_leg_bytes,
-            )
-            await run_leg(self.router, leg, self._on_batch)
-            if not acc.finished:
-                raise UpstreamError(502, "the executor's stream ended before its message_delta")
-            if not self._started:
-                raise UpstreamError(502, "the executor's stream had no message_start")
-            # Blocks the leg never stopped.
-            tail: list[dict[str, Any]] = [{"type": "content_block_stop", "index": i} for i in self._open_blocks()]
-            self._blocks = {}
-            self._record_leg(acc.message.get("usage") or {})
-            stop_reason = acc.message.get("stop_reason")
-            stop_sequence = acc.message.get("stop_sequence")
-            if calls:
-                content = self._leg_content(acc.content, calls)
-                messages = _append_assistant(messages, content)
-                results = []
-                for call in calls:
-                    if tail:  # sent before the consult, which takes a while
-                        await out(tail)
-                        tail = []
-                    await out(await self._consult_events(messages, call.srv_id, call.exec_id, results))
-            client_tools = False
-            for events in held:
-                index = self._index()
-                client_tools = client_tools or (events[0].get("content_block") or {}).get("type") == "tool_use"
-                tail.extend({**event, "index": index} for event in events)
-                if events[-1].get("type") != "content_block_stop":
-                    tail.append({"type": "content_block_stop", "index": index})
-            if not calls or client_tools:
-                break
-            if tail:
-                await out(tail)
-            if legs >= self.config.max_executor_legs:
-                log.warning("executor kept calling the advisor; stopping after %d legs", legs)
-                stop_reason = "end_turn"
-                break
-            messages = _answer(messages, results)
-        tail.append(
-            {
-                "type": "message_delta",
-                "delta": {"stop_reason": stop_reason, "stop_sequence": stop_sequence},
-                "usage": self._usage(),
-            }
-        )
-        tail.append({"type": "message_stop"})
-        await out(tail)
-
-    def _on_batch(self, batch: Batch) -> Awaitable[None]:
-        # A function that hands back emit's awaitable, not a coroutine that awaits it (see
-        # NOTHING): this runs for every group a leg sends.
-        emit = self._emit
-        assert emit is not None
-        group: Batch = []
-        try:
-            self._relay(batch, group, self._acc, self._held, self._calls)
-        except Exception as exc:
-            return _emit_then_raise(emit, group, exc)
-        return emit(group) if group else NOTHING
-
-    def _relay(
-        self,
-        batch: Batch,
-        out: Batch,
-        acc: MessageAccumulator,
-        held: list[list[dict[str, Any]]],
-        calls: list[_Call],
-    ) -> None:
-        """Map one group of the executor's events onto the client's message: relay text and
-        thinking live (re-indexed), turn advisor calls into ``server_tool_use``, hold client
-        tools. Client events go to ``out``; a malformed stream raises."""
-        index_map = self._blocks
-        kept = acc.pending
-        for event in batch:
-            if type(event) is not dict:
-                # A RawDelta, nearly every event: a delta of a block relayed live goes on as its
-                # bytes, and the accumulator keeps them for a consult that may follow (issue 7,
-                # docs/performance.md step 21). `type() is`, not isinstance: ~260 instructions
-                # less per event, and mypy narrows it no further than this.
-                delta: RawDelta = event  # type: ignore[assignment]
-                target = index_map.get(delta[0])
-                if target is not None and target[0] == "text":
-                    kept.append(delta)
-                    ref = target[1]
-                    out.append(delta if ref == delta[0] else raw_delta_at(delta, ref))
-                    continue
-                event = raw_delta_event(delta)  # a block held, an advisor call or no block
-            kind = event.get("type")
-            try:
-                acc.feed(event)
-                upstream_index = event.get("index", -1)
-                target = index_map.get(upstream_index)
-            except (TypeError, ValueError, AttributeError, IndexError, KeyError):
-                raise _malformed(kind) from None
-            if kind == "content_block_delta" or kind == "content_block_stop":
-                if target is None:
-                    continue  # a block never started, or already stopped: not relayed
-                mode, ref = target
-                if kind == "content_block_stop":
-                    del index_map[upstream_index]
-                if mode == "held":
-                    held[ref].append(event)
-                elif mode != "advisor":
-                    # Copied only to re-index: a block keeps its index until a consult comes first.
-                    out.append(event if ref == upstream_index else {**event, "index": ref})
-                elif kind == "content_block_stop":
-                    out.append({"type": "content_block_stop", "index": ref})
-            elif kind == "content_block_start":
-                block = event.get("content_block") or {}
-                if not isinstance(block, dict):
-                    raise _malformed(kind)
-                if not self._started or target is not None:
-                    # Relayed, this would break the client's stream (advisor-wire-spec §4).
-                    problem = "before message_start" if not self._started else "twice"
-                    raise UpstreamError(502, f"the executor's stream started block {upstream_index} {problem}")
-                if block.get("type") == "tool_use" and block.get("name") == ADVISOR_NAME:
-                    exec_id = self._exec_id(block.get("id"))
-                    call = _Call(upstream_index, exec_id, server_tool_use_id(exec_id))
-                    calls.append(call)
-                    index = self._index()
-                    index_map[upstream_index] = ("advisor", index)
-                    out.append(
-                        {
-                            "type": "content_block_start",
-                            "index": index,
-                            "content_block": server_tool_use_block(call.srv_id),
-                        }
-                    )
-                    # Real advisor streams carry one empty input_json_delta (§4).
-                    out.append(
-                        {
-                            "type": "content_block_delta",
-                            "index": index,
-                            "delta": {"type": "input_json_delta", "partial_json": ""},
-                        }
-                    )
-                elif block.get("type") == "tool_use" or calls:
-                    # Client tools wait for the consults of this leg (§2.3 order:
-                    # advisor pair first, then the client's tool_use blocks).
-                    index_map[upstream_index] = ("held", len(held))
-                    held.append([event])
-                else:
-                    index = self._index()
-                    mode = "text" if block.get("type") in ("text", "thinking") else "live"
-                    index_map[upstream_index] = (mode, index)
-                    out.append({**event, "index": index})
-            elif kind == "message_start":
-                if not self._started:
-                    message = dict(event.get("message") or {})
-                    message["content"] = []
-                    self._started = True
-                    out.append({"type": "message_start", "message": message})
-
-    def _open_blocks(self) -> list[int]:
-        """Client indexes of blocks started and not yet stopped (held blocks are not sent yet)."""
-        return sorted(ref for mode, ref in self._blocks.values() if mode != "held")
-
-    async def _consult_events(
-        self, messages: list[Any], srv_id: str, exec_id: str, results: list[dict[str, Any]]
-    ) -> list[dict[str, Any]]:
-        """Run one consult; return its ``advisor_tool_result`` events (whole, in one start
-        event, §4) and add the executor's ``tool_result`` to ``results``."""
-        result = await self._consult(messages)
-        block = advisor_result_block(srv_id, **result)
-        index = self._index()
-        results.append(advice_tool_result(exec_id, block["content"]))
-        return [
-            {"type": "content_block_start", "index": index, "content_block": block},
-            {"type": "content_block_stop", "index": index},
-        ]
-
-    @staticmethod
-    def _leg_content(content: list[dict[str, Any]], calls: list[_Call]) -> list[dict[str, Any]]:
-        # The executor's own blocks of this leg, verbatim (thinking keeps its signature), with
-        # the advisor calls in the canonical form later turns render from history (design §4).
-        by_index = {call.upstream_index: call for call in calls}
-        out = []
-        for index, block in enumerate(content):
-            if not block:
-                continue
-            call = by_index.get(index)
-            out.append(advisor_tool_use(call.exec_id) if call else block)
-        return out
+        return results
 
     def _record_leg(self, usage: dict[str, Any]) -> None:
         self.leg_usages.append(usage)
-        entry: dict[str, Any] = {"type": "message"}
-        for key in _USAGE_SUMS:
-            entry[key] = _int(usage.get(key))
-        self.iterations.append(entry)
+        self.iterations.append(_iteration({"type": "message"}, usage))
 
     def _usage(self) -> dict[str, Any]:
         # Top-level usage: every field summed over executor legs only; advisor tokens bill at
-        # the advisor's rates and live only in iterations (advisor-wire-spec §3.2, D4).
-        usage: dict[str, Any] = {}
-        for leg in self.leg_usages:
-            for key, value in leg.items():
-                if key == "iterations":
-                    continue
-                if key in _USAGE_SUMS:
-                    usage[key] = usage.get(key, 0) + _int(value)
-                elif isinstance(value, dict) and all(isinstance(v, int) for v in value.values()):
-                    bucket = usage.setdefault(key, {})
-                    if isinstance(bucket, dict):
-                        for k, v in value.items():
-                            bucket[k] = bucket.get(k, 0) + v
-                else:
-                    usage[key] = value
-        for key in _USAGE_SUMS:
-            usage.setdefault(key, 0)
+        # the advisor's rates and live only in iterations (docs/protocol.md §4).
+        usage = _sum_usage(self.leg_usages)
         usage["iterations"] = self.iterations
         return usage
 
@@ -466,6 +461,18 @@ class Orchestration:
         ):
             return {"error_code": "max_uses_exceeded"}
         max_tokens = self.tool.max_tokens or self.config.advisor_max_tokens
+        acc = MessageAccumulator()
+        try:
+            await self._advisor_leg(self._advisor_body(messages, max_tokens), acc)
+        except ClientGone:
+            raise  # not the advisor's failure: the request is over
+        except Exception as exc:
+            self._record_advisor(acc)
+            return {"error_code": _advisor_failure(exc)}
+        self._record_advisor(acc)
+        return self._advice(acc, max_tokens)
+
+    def _advisor_body(self, messages: list[Any], max_tokens: int) -> dict[str, Any]:
         system = self.config.advisor_system_prompt or ADVISOR_SYSTEM_PROMPT
         if self.tool.max_tokens:
             system += budget_note(max_tokens)
@@ -485,32 +492,23 @@ class Orchestration:
         metadata = self.body.get("metadata")
         if isinstance(metadata, dict):
             body["metadata"] = metadata
-        acc = MessageAccumulator()
+        return body
+
+    async def _advisor_leg(self, body: dict[str, Any], acc: MessageAccumulator) -> None:
         leg = Leg("advisor", body, self.advisor_headers, self.scope, max_bytes=self.config.max_leg_bytes)
 
-        def feed(batch: Batch) -> Awaitable[None]:
+        async def feed(batch: Batch) -> None:
             acc.feed_all(batch)
-            return NOTHING
 
-        try:
-            # A bare deadline scope, not anyio.fail_after: same effect, a third of the cost
-            # (fail_after is a generator-based context manager; ~6 µs per consult).
-            with anyio.CancelScope(deadline=anyio.current_time() + self.config.advisor_timeout) as deadline:
-                await run_leg(self.router, leg, feed)
-            if deadline.cancelled_caught:
-                raise TimeoutError(f"the advisor took longer than {self.config.advisor_timeout} s")
-        except ClientGone:
-            raise  # not the advisor's failure: the request is over
-        except Exception as exc:
-            code = advisor_error_code(exc)
-            if isinstance(exc, UpstreamError | TimeoutError):
-                log.warning("advisor leg failed (%s): %s", code, exc)
-                _log_upstream_message(exc)
-            else:
-                log.exception("advisor leg failed (%s)", code)
-            self._record_advisor(acc)
-            return {"error_code": code}
-        self._record_advisor(acc)
+        timeout = self.config.advisor_timeout
+        # A deadline scope rather than fail_after, so that the error says how long it had.
+        with anyio.CancelScope(deadline=anyio.current_time() + timeout) as deadline:
+            await run_leg(self.router, leg, feed)
+        if deadline.cancelled_caught:
+            raise TimeoutError(f"the advisor took longer than {timeout} s")
+
+    def _advice(self, acc: MessageAccumulator, max_tokens: int) -> dict[str, Any]:
+        """The fields of a finished advisor leg's result: its text, or an error code."""
         if not acc.finished:
             log.warning("advisor stream ended before its message_delta")
             return {"error_code": "unavailable"}
@@ -520,8 +518,8 @@ class Orchestration:
             text += f"\n\n[Advisor output truncated at max_tokens={max_tokens}.]"
         if not text.strip() and stop != "refusal":
             return {"error_code": "unavailable"}
-        # stop_reason appears on results when the tool sets max_tokens (§2.2); a refusal is
-        # passed on too, since it is what makes Claude Code show "Advisor declined".
+        # stop_reason appears on results when the tool sets max_tokens (docs/protocol.md §2);
+        # a refusal is passed on too, since it is what makes Claude Code show "Advisor declined".
         show_stop = self.tool.max_tokens is not None or stop == "refusal"
         return {"text": text, "stop_reason": stop if show_stop else None}
 
@@ -529,10 +527,73 @@ class Orchestration:
         usage = acc.message.get("usage")
         if not acc.message or not isinstance(usage, dict):
             return  # no sub-inference ran (or none we can bill)
-        entry: dict[str, Any] = {"type": "advisor_message", "model": self.tool.model}
-        for key in _USAGE_SUMS:
-            entry[key] = _int(usage.get(key))
-        self.iterations.append(entry)
+        self.iterations.append(_iteration({"type": "advisor_message", "model": self.tool.model}, usage))
+
+
+def _executor_body(body: dict[str, Any], tool_index: int, tool: AdvisorTool) -> dict[str, Any]:
+    """What every executor leg sends but its messages. The advisor entry is swapped in place
+    for a plain function tool: the other tools keep their positions (and the host's prompt-cache
+    prefix). Advisor-only fields such as defer_loading go with it; a cache breakpoint stays."""
+    tools = list(body["tools"])
+    function_tool: dict[str, Any] = {
+        "name": ADVISOR_NAME,
+        "description": EXECUTOR_TOOL_DESCRIPTION,
+        "input_schema": {"type": "object", "properties": {}},
+    }
+    if tool.cache_control is not None:
+        function_tool["cache_control"] = tool.cache_control
+    tools[tool_index] = function_tool
+    return {**body, "tools": tools, "stream": True}
+
+
+def _stream_error(exc: Exception) -> dict[str, Any]:
+    """The ``error`` event's error for a failure after the stream started; logs it."""
+    if isinstance(exc, UpstreamError):
+        log.warning("executor leg failed after the response started: %s", exc)
+        _log_upstream_message(exc)
+        return exc.error or {"type": "api_error", "message": str(exc)}
+    log.exception("advisor loop failed after the response started")
+    return {"type": "api_error", "message": "internal error in the advisor middleware"}
+
+
+def _advisor_failure(exc: Exception) -> str:
+    """The error code of a failed advisor leg; logs it."""
+    code = advisor_error_code(exc)
+    if isinstance(exc, UpstreamError | TimeoutError):
+        log.warning("advisor leg failed (%s): %s", code, exc)
+        _log_upstream_message(exc)
+    else:
+        log.exception("advisor leg failed (%s)", code)
+    return code
+
+
+def _iteration(entry: dict[str, Any], usage: dict[str, Any]) -> dict[str, Any]:
+    for key in _USAGE_SUMS:
+        entry[key] = _int(usage.get(key))
+    return entry
+
+
+def _sum_usage(legs: list[dict[str, Any]]) -> dict[str, Any]:
+    usage: dict[str, Any] = {}
+    for leg in legs:
+        for key, value in leg.items():
+            if key == "iterations":
+                continue
+            if key in _USAGE_SUMS:
+                usage[key] = usage.get(key, 0) + _int(value)
+            elif isinstance(value, dict) and all(isinstance(v, int) for v in value.values()):
+                _add_counts(usage.setdefault(key, {}), value)
+            else:
+                usage[key] = value
+    for key in _USAGE_SUMS:
+        usage.setdefault(key, 0)
+    return usage
+
+
+def _add_counts(bucket: Any, counts: dict[str, int]) -> None:
+    if isinstance(bucket, dict):  # else an earlier leg gave the field another shape: it stays
+        for key, value in counts.items():
+            bucket[key] = bucket.get(key, 0) + value
 
 
 def _log_upstream_message(exc: Exception) -> None:
@@ -542,20 +603,12 @@ def _log_upstream_message(exc: Exception) -> None:
         log.debug("the upstream's error message: %r", exc.error.get("message"))
 
 
-async def _emit_then_raise(emit: Emit, group: Batch, exc: Exception) -> None:
-    if group:  # sent first, so the blocks they open can be closed
-        await emit(group)
-    raise exc
-
-
 def _tool_use_ids(messages: list[Any]) -> set[str]:
-    ids = set()
+    ids: set[str] = set()
     for message in messages:
         content = message.get("content") if isinstance(message, dict) else None
-        if isinstance(content, list):
-            for block in content:
-                if isinstance(block, dict) and block.get("type") == "tool_use":
-                    ids.add(str(block.get("id")))
+        blocks = content if isinstance(content, list) else ()
+        ids.update(str(b.get("id")) for b in blocks if isinstance(b, dict) and b.get("type") == "tool_use")
     return ids
 
 

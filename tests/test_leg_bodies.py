@@ -1,6 +1,5 @@
-"""The executor's legs re-send the conversation, encoding only the messages the previous leg did
-not have (``LegEncoder``, docs/performance.md step 28): every leg must still carry the bytes of
-its body encoded whole."""
+"""The executor's legs re-send the conversation: every leg carries the bytes of its whole body,
+the last leg's messages and what the executor and the advisor added since."""
 
 from __future__ import annotations
 
@@ -10,13 +9,9 @@ from typing import Any
 
 import orjson
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from starlette.applications import Starlette
 
 from advisor_middleware.cli import build_app
-from advisor_middleware.legs import _FEW, LegEncoder
-from advisor_middleware.sse import encode_json
 
 from .helpers import assistant, post, request_body, user
 from .servers import uvicorn_server
@@ -99,57 +94,3 @@ async def test_a_continued_prefill_is_encoded_whole(make_app: MakeApp, script: S
     prefill = second.body["messages"][len(messages) - 1]
     assert prefill["role"] == "assistant" and prefill["content"][0] == text("Arr,")
     assert second.body["messages"][-1]["role"] == "user"
-
-
-# --- LegEncoder against encoding each body whole ------------------------------------------------
-
-
-def message(draw: Any, n: int) -> dict[str, Any]:
-    value = draw(st.sampled_from(["plain", 'ünï"co\\de\n', 7, 2.5, 2**70, None, True]))
-    return {"role": ["user", "assistant"][n % 2], "content": [{"type": "text", "text": str(n), "extra": value}]}
-
-
-@st.composite
-def legs(draw: Any) -> list[Any]:
-    """Bodies as a request's legs could be: each step appends, replaces the last, repeats the
-    list, starts afresh or is not a list; the messages key anywhere among the others."""
-    keys = draw(st.permutations(["model", "messages", "max_tokens", "tools"]))
-    counter = iter(range(10_000))
-    messages: Any = [message(draw, next(counter)) for _ in range(draw(st.integers(0, 12)))]
-    bodies = []
-    for _ in range(draw(st.integers(1, 6))):
-        step = draw(st.sampled_from(["append", "append", "replace", "same", "fresh", "odd"]))
-        if step == "append" and isinstance(messages, list):
-            messages = [*messages, *(message(draw, next(counter)) for _ in range(draw(st.integers(1, 3))))]
-        elif step == "replace" and isinstance(messages, list) and messages:
-            messages = [*messages[:-1], message(draw, next(counter))]
-        elif step == "fresh":
-            messages = [message(draw, next(counter)) for _ in range(draw(st.integers(0, 12)))]
-        elif step == "odd":
-            messages = draw(st.sampled_from(["not a list", None, {"a": 1}]))
-        values = {"model": "m", "messages": messages, "max_tokens": 10, "tools": [{"name": "t"}]}
-        bodies.append({key: values[key] for key in keys})
-    return bodies
-
-
-@settings(max_examples=300, deadline=None)
-@given(legs())
-def test_the_encoder_gives_the_bytes_of_each_body_encoded_whole(bodies: list[dict[str, Any]]) -> None:
-    encoder = LegEncoder()
-    for body in bodies:
-        assert encoder.encode(body) == encode_json(body)
-
-
-@pytest.mark.parametrize("count", [_FEW - 1, _FEW, 30])
-def test_a_leg_that_extends_the_last_reuses_the_shared_messages_bytes(count: int) -> None:
-    # A message changed after the first leg (the middleware never does: it is how this test
-    # sees which bytes were reused) keeps its old bytes in the second leg, once the
-    # conversation has enough messages for the splice to pay.
-    messages: list[Any] = [{"role": "user", "content": str(n)} for n in range(count)]
-    encoder = LegEncoder()
-    assert encoder.encode({"model": "m", "messages": messages}) == encode_json({"model": "m", "messages": messages})
-    messages[0]["content"] = "changed after the first leg"
-    extended = [*messages, {"role": "assistant", "content": "more"}]
-    sent = json.loads(encoder.encode({"model": "m", "messages": extended}))
-    assert sent["messages"][1:] == extended[1:]
-    assert sent["messages"][0]["content"] == ("0" if count >= _FEW else "changed after the first leg")

@@ -571,6 +571,20 @@ async def test_operator_max_executor_legs(make_app: MakeApp, script: Script) -> 
     assert message.stop_reason == "end_turn"
 
 
+async def test_the_last_allowed_leg_sends_its_held_blocks_once(make_app: MakeApp, script: Script) -> None:
+    # The executor writes on after its advisor call: that text waits for the consult, and on
+    # the leg where max_executor_legs stops the loop it is sent once, before message_delta.
+    script.executor(
+        Reply([tool_use("advisor", id="toolu_1"), text("After one.")], stop_reason="tool_use"),
+        Reply([tool_use("advisor", id="toolu_2"), text("After two.")], stop_reason="tool_use"),
+    ).advisor(Reply([text("a1")]), Reply([text("a2")]))
+    response = await post_raw(make_app(max_executor_legs=2), params(stream=True))
+    events = parse_sse(response.content)
+    assert_well_formed_stream(events)
+    starts = [event["content_block"]["type"] for name, event in events if name == "content_block_start"]
+    assert starts == ["server_tool_use", "advisor_tool_result", "text"] * 2
+
+
 # --- result stop_reason -----------------------------------------------------------------------
 
 

@@ -25,7 +25,6 @@ from advisor_middleware import AdvisorMiddleware
 from advisor_middleware.accumulate import MessageAccumulator
 from advisor_middleware.classify import classify
 from advisor_middleware.history import render_history
-from advisor_middleware.legs import LegEncoder
 from advisor_middleware.transcript import render_transcript
 
 from .helpers import advice, advisor_pair, assistant, parse_sse, post, request_body, system, tool_result, user
@@ -185,23 +184,6 @@ def test_accumulator_is_linear(make: Callable[[int], list[dict[str, Any]]]) -> N
         return run
 
     assert growth(prepare, 10_000) < LINEAR
-
-
-def test_leg_encoding_is_linear() -> None:
-    # Each executor leg re-sends the conversation plus what the last leg added.
-    def prepare(n: int) -> Callable[[], object]:
-        messages = consults(n // 2)
-
-        def run() -> object:
-            encode = LegEncoder().encode
-            legs = [messages]
-            for i in range(5):
-                legs.append([*legs[-1], assistant([tool_use("advisor", {}, f"toolu_a{i}")]), user("advice")])
-            return [encode({"model": "exec", "messages": leg}) for leg in legs]
-
-        return run
-
-    assert growth(prepare, 20_000) < LINEAR
 
 
 # --- through AdvisorMiddleware --------------------------------------------------------------------

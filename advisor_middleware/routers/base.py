@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, TypeVar, cast, runtime_checkable
+from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
@@ -23,7 +23,6 @@ __all__ = [
     "HOP_BY_HOP",
     "LEG_HEADER",
     "MAX_LEG_BYTES",
-    "NOTHING",
     "Batch",
     "BatchRouter",
     "Leg",
@@ -47,22 +46,8 @@ Batch = list[dict[str, Any] | RawDelta]
 :data:`~advisor_middleware.sse.RawDelta` when the leg asked for them (``Leg.raw_deltas``)."""
 
 OnBatch = Callable[[Batch], Awaitable[None]]
-"""Takes a leg's events as they arrive (:meth:`BatchRouter.push`)."""
+"""An async function that takes a leg's events as they arrive (:meth:`BatchRouter.push`)."""
 
-
-class _Nothing:
-    # ``__await__`` is an empty tuple's C ``__iter__`` (a fresh, exhausted iterator per await):
-    # awaiting NOTHING runs no Python frame. A ``def __await__`` generator costs as much as the
-    # coroutine it replaces.
-    __slots__ = ()
-    __await__ = staticmethod(().__iter__)
-
-
-NOTHING = cast("Awaitable[None]", _Nothing())  # awaitable by its C __iter__; mypy wants a generator
-"""An awaitable that is done at once, reusable. An ``OnBatch`` with nothing to wait for is a
-plain function that returns it (or another awaitable it has, such as the client's write) rather
-than a coroutine: one runs for every group of every leg, and a coroutine level costs ~950
-instructions (docs/performance.md, step 30)."""
 
 HOP_BY_HOP = frozenset(
     {
@@ -121,8 +106,6 @@ class Leg:
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     scope: Mapping[str, Any] = field(default_factory=dict)
     raw_deltas: bool = False
-    encoder: Callable[[dict[str, Any]], bytes] | None = field(default=None, repr=False, compare=False)
-    """What :meth:`encode` uses instead of :func:`~advisor_middleware.sse.encode_json`, if set."""
     response_headers: list[tuple[bytes, bytes]] = field(default_factory=list, repr=False, compare=False)
     """Where the router puts the headers of the leg's answer, if it has them, before it hands
     over the leg's first events (or raises its error). The middleware passes those of
@@ -135,12 +118,8 @@ class Leg:
     do the same, or a host that streams without end fills memory."""
 
     def encode(self) -> bytes:
-        """``body`` as JSON bytes, as the shipped routers send it. For the executor's legs the
-        middleware sets an ``encoder`` that encodes only the messages the previous leg did not
-        have (:class:`~advisor_middleware.legs.LegEncoder`); the bytes are the same. It takes
-        a message it has encoded before, the same object, to be unchanged: a router that edits
-        messages in place should encode ``body`` itself."""
-        return encode_json(self.body) if self.encoder is None else self.encoder(self.body)
+        """``body`` as JSON bytes, as the shipped routers send it."""
+        return encode_json(self.body)
 
 
 @runtime_checkable
