@@ -1,12 +1,24 @@
-"""``advisor-middleware serve``: run the middleware under uvicorn."""
+"""``advisor-middleware serve``: run the middleware under uvicorn.
+
+Usage errors are one line naming the argument and what is wrong, with exit status 2; the banner
+is printed once the server listens.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import socket
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+import uvicorn
+from uvicorn.supervisors import Multiprocess
+
+from . import __version__
 
 __all__ = ["app_from_env", "build_app", "main"]
 
@@ -21,11 +33,14 @@ Try it with curl:
     "messages": [{{"role": "user", "content": "Plan a birthday party"}}],
     "tools": [{{"type": "advisor_20260301", "name": "advisor", "model": "demo-advisor"}}]}}'
 
-Or with Claude Code (npm install -g @anthropic-ai/claude-code@2.1.331):
+Or with Claude Code (npm install -g @anthropic-ai/claude-code@{claude_code}):
   ANTHROPIC_BASE_URL=http://{host}:{port} ANTHROPIC_API_KEY=sk-demo \\
     CLAUDE_CODE_ENABLE_EXPERIMENTAL_ADVISOR_TOOL=1 DISABLE_TELEMETRY=1 CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1 \\
-    claude --advisor opus -p "Consult the advisor, then run: echo hello"
+    claude --model sonnet --advisor opus -p "Consult the advisor, then run: echo hello"
 """
+
+CLAUDE_CODE = "2.1.332"
+"""The Claude Code version the banner and the README suggest (the one the test suite pins)."""
 
 _PROXY = """\
 advisor-middleware proxy on http://{host}:{port}  ->  {upstream}
@@ -33,6 +48,18 @@ Every request is forwarded to the upstream gateway; requests with the advisor to
 executor and advisor legs there, with the caller's own headers. Point clients at
 ANTHROPIC_BASE_URL=http://{host}:{port}
 """
+
+
+class _Parser(argparse.ArgumentParser):
+    """Reports a usage error as one line (which argument, what is wrong) and exits with 2."""
+
+    def error(self, message: str) -> NoReturn:
+        _usage_error(self.prog, message)
+
+
+def _usage_error(prog: str, message: str) -> NoReturn:
+    print(f"{prog}: error: {message.rstrip('.')} (see --help)", file=sys.stderr, flush=True)
+    raise SystemExit(2)
 
 
 def _url(value: str) -> str:
@@ -47,12 +74,50 @@ def _url(value: str) -> str:
     return value
 
 
+def _number(value: str, kind: type[int] | type[float], what: str, valid: Callable[[float], bool]) -> Any:
+    try:
+        number = kind(value)
+    except ValueError:
+        number = None
+    if number is None or not math.isfinite(number) or not valid(number):
+        raise argparse.ArgumentTypeError(f"{value!r} is not {what}")
+    return number
+
+
+def _port(value: str) -> int:
+    port: int = _number(value, int, "a port number (1-65535)", lambda n: 1 <= n <= 65535)
+    return port
+
+
+def _count(value: str) -> int:
+    count: int = _number(value, int, "a whole number of at least 1", lambda n: n >= 1)
+    return count
+
+
+def _seconds(value: str) -> float:
+    seconds: float = _number(value, float, "a number of seconds (0 or more)", lambda n: n >= 0)
+    return seconds
+
+
+def _interval(value: str) -> float:
+    seconds: float = _number(value, float, "a number of seconds above 0", lambda n: n > 0)
+    return seconds
+
+
+def _app(value: str) -> str:
+    module, _, attribute = value.partition(":")
+    if not module or not attribute:
+        raise argparse.ArgumentTypeError(f"{value!r} is not module:attribute (e.g. mypkg.asgi:app)")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="advisor-middleware",
         description="Give any /v1/messages gateway Anthropic's advisor tool (advisor_20260301).",
         epilog="Run 'advisor-middleware serve --help' for the options of serve.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     serve = commands.add_parser(
         "serve",
@@ -77,7 +142,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     target = serve.add_argument_group("what to serve (APP and --upstream are mutually exclusive)")
     exclusive = target.add_mutually_exclusive_group()
-    exclusive.add_argument("app", nargs="?", metavar="APP", help="ASGI app to wrap, as module:attribute")
+    exclusive.add_argument("app", nargs="?", metavar="APP", type=_app, help="ASGI app to wrap, as module:attribute")
     exclusive.add_argument(
         "--upstream",
         metavar="URL",
@@ -92,15 +157,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     target.add_argument(
         "--upstream-timeout",
-        type=float,
+        type=_interval,
         default=600.0,
         metavar="SECONDS",
         help="--upstream only: longest wait for the next bytes of an answer (default: %(default)s)",
     )
     server = serve.add_argument_group("server")
     server.add_argument("--host", default="127.0.0.1", help="bind address (default: %(default)s)")
-    server.add_argument("--port", type=int, default=8080, help="port (default: %(default)s)")
-    server.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (default: %(default)s)")
+    server.add_argument("--port", type=_port, default=8080, help="port (default: %(default)s)")
+    server.add_argument("--workers", type=_count, default=1, help="uvicorn worker processes (default: %(default)s)")
     server.add_argument(
         "--log-level",
         default="info",
@@ -110,14 +175,14 @@ def _parser() -> argparse.ArgumentParser:
     middleware = serve.add_argument_group("middleware")
     middleware.add_argument(
         "--ping-interval",
-        type=float,
+        type=_interval,
         default=None,
         metavar="SECONDS",
         help="send a ping on a stream quiet this long (default: 10, the demo: 2)",
     )
     middleware.add_argument(
         "--demo-delay",
-        type=float,
+        type=_seconds,
         default=0.04,
         metavar="SECONDS",
         help="demo gateway only: pause between streamed text pieces (default: %(default)s)",
@@ -162,14 +227,22 @@ def build_app(
     return AdvisorMiddleware(import_from_string(app_path), **options)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    if args.command != "serve":
-        _parser().print_help()
-        return 2
-    import uvicorn
+SERVE = "advisor-middleware serve"
 
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command != "serve":
+        parser.print_help()
+        return 2
+    if not os.path.isdir(args.app_dir):
+        _usage_error(SERVE, f"argument --app-dir: {args.app_dir!r} is not a directory")
     sys.path.insert(0, os.path.abspath(args.app_dir))
+    if args.app is not None:
+        _check_importable(args.app)
+    if args.upstream is not None:
+        _warn_if_silent(args.upstream)
     options = {
         "app_path": args.app,
         "upstream": args.upstream,
@@ -177,24 +250,85 @@ def main(argv: list[str] | None = None) -> int:
         "demo_delay": args.demo_delay,
         "ping_interval": args.ping_interval,
     }
+    return _serve(args, options)
+
+
+def _check_importable(app_path: str) -> None:
+    """Imports APP once, turning a missing module or attribute into a usage error."""
+    from uvicorn.importer import ImportFromStringError, import_from_string
+
+    module = app_path.partition(":")[0]
+    try:
+        import_from_string(app_path)
+    except ImportFromStringError as exc:
+        _usage_error(SERVE, f"argument APP: {exc}")
+    except ModuleNotFoundError as exc:
+        if exc.name is None or not (module == exc.name or module.startswith(exc.name + ".")):
+            raise  # the app's own import failed: its traceback says where
+        _usage_error(SERVE, f"argument APP: no module named {exc.name!r} (looked in --app-dir and sys.path)")
+
+
+def _warn_if_silent(upstream: str) -> None:
+    """Warns (once, at start-up) when the upstream gateway does not answer HTTP at all."""
+    import httpx
+
+    try:
+        httpx.get(upstream, timeout=5.0)  # any answer, even a 404, means it is there
+    except httpx.HTTPError as exc:
+        reason = str(exc) or type(exc).__name__
+        print(
+            f"advisor-middleware: warning: --upstream {upstream} does not answer ({reason}); "
+            "serving anyway: requests get 502 until it does",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def _banner(args: argparse.Namespace, port: int) -> str:
     if args.upstream is not None:
-        print(_PROXY.format(host=args.host, port=args.port, upstream=args.upstream), file=sys.stderr, flush=True)
-    elif args.app is None:
-        print(_TRY.format(host=args.host, port=args.port), file=sys.stderr, flush=True)
-    if args.workers > 1:
+        return _PROXY.format(host=args.host, port=port, upstream=args.upstream)
+    if args.app is None:
+        return _TRY.format(host=args.host, port=port, claude_code=CLAUDE_CODE)
+    return ""
+
+
+def _serve(args: argparse.Namespace, options: dict[str, Any]) -> int:
+    """Runs uvicorn in this process or, with ``--workers N``, in N worker processes."""
+    common = {"host": args.host, "port": args.port, "log_level": args.log_level}
+    try:
+        if args.workers == 1:
+            server = _BannerServer(uvicorn.Config(build_app(**options), **common), args)
+            server.run()
+            return 0 if server.started else 1
         # Worker processes import the app themselves: hand them the options through the env.
         os.environ[_ENV] = json.dumps(options)
-        uvicorn.run(
-            "advisor_middleware.cli:app_from_env",
-            factory=True,
-            host=args.host,
-            port=args.port,
-            log_level=args.log_level,
-            workers=args.workers,
-        )
-    else:
-        uvicorn.run(build_app(**options), host=args.host, port=args.port, log_level=args.log_level)
+        config = uvicorn.Config("advisor_middleware.cli:app_from_env", factory=True, workers=args.workers, **common)
+        sock = config.bind_socket()
+        sock.listen(config.backlog)
+        _print_banner(args, sock)
+        Multiprocess(config, sockets=[sock]).run()
+    except KeyboardInterrupt:
+        pass  # Ctrl+C once the server has shut down
     return 0
+
+
+def _print_banner(args: argparse.Namespace, sock: socket.socket) -> None:
+    banner = _banner(args, sock.getsockname()[1])
+    if banner:
+        print(banner, file=sys.stderr, flush=True)
+
+
+class _BannerServer(uvicorn.Server):
+    """A uvicorn server that prints the banner once it listens."""
+
+    def __init__(self, config: uvicorn.Config, args: argparse.Namespace) -> None:
+        super().__init__(config)
+        self.args = args
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            _print_banner(self.args, self.servers[0].sockets[0])
 
 
 def app_from_env() -> Any:

@@ -362,7 +362,7 @@ def machine() -> dict[str, str]:
         pass
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 0
     versions = []
-    for package in ("advisor-middleware", "anyio", "pydantic-core", "uvicorn", "httpx", "litellm"):
+    for package in ("asgi-advisor", "anyio", "pydantic-core", "uvicorn", "httpx", "litellm"):
         try:
             versions.append(f"{package} {metadata.version(package)}")
         except metadata.PackageNotFoundError:

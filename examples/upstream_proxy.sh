@@ -25,6 +25,10 @@ delay = float('$DEMO_DELAY')
 uvicorn.run(DemoGateway(delay=delay, advisor_delay=delay * 30), port=$GATEWAY_PORT, log_level='warning')
 " &
 gateway=$!
+for _ in $(seq 100); do
+  curl -s -o /dev/null "http://127.0.0.1:$GATEWAY_PORT/" && break
+  sleep 0.1
+done
 # 2. The advisor proxy in front of it.
 "$PYTHON" -m advisor_middleware serve --upstream "http://127.0.0.1:$GATEWAY_PORT" --port "$PROXY_PORT" \
   --log-level warning &

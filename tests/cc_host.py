@@ -13,10 +13,10 @@ import os
 
 import anyio
 
-from advisor_middleware._types import Message, Receive, Scope, Send
+from advisor_middleware._types import Receive, Scope, Send
 from advisor_middleware.demo import DemoGateway
 
-from .helpers import read_body
+from .helpers import read_body, replaying
 
 LOG_ENV = "CC_HOST_LOG"
 
@@ -33,13 +33,4 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
     record = {"path": scope["path"], "leg": leg.decode() if leg else None, "body": body.decode()}
     async with await anyio.open_file(os.environ[LOG_ENV], "a", encoding="utf-8") as log:
         await log.write(json.dumps(record) + "\n")
-    replayed = False
-
-    async def replay() -> Message:
-        nonlocal replayed
-        if replayed:
-            return await receive()
-        replayed = True
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    await gateway(scope, replay, send)
+    await gateway(scope, replaying(body, receive), send)

@@ -16,6 +16,8 @@ import pytest
 from anthropic.lib.streaming._beta_messages import accumulate_event
 from anthropic.types.beta import BetaMessage
 
+from advisor_middleware._types import Message, Receive
+
 from .upstream import ADVISOR_TOOL, Reply, Script, reply_events, sse, text, tool_use
 
 ONE_CONSULT = ["text", "server_tool_use", "advisor_tool_result", "text"]
@@ -252,6 +254,20 @@ async def read_body(receive: Callable[[], Awaitable[Any]]) -> bytes:
         body += chunk
         if not message.get("more_body", False):
             return body
+
+
+def replaying(body: bytes, receive: Receive) -> Receive:
+    """A ``receive`` that hands ``body`` (already read) over as one message, then defers to ``receive``."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if sent:
+            return await receive()
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay
 
 
 # --- waiting ------------------------------------------------------------------------------------

@@ -1,118 +1,149 @@
-"""The real Claude Code CLI, headless, against ``advisor-middleware serve`` (the demo gateway).
+"""The real Claude Code CLI, headless, against ``advisor-middleware serve`` around the demo gateway.
 
-Runs ``shared/claude-code/ci_acceptance.sh`` (two turns: an advisor consult plus a Bash call,
-then ``--continue`` with the advisor blocks in history) and checks its verdict and the turn-1
-stream-json output. Needs npm: the pinned CLI (~380 MB) is installed once into the cache dir
-and reused. Without npm this test fails; it is never skipped.
+Two turns: "Consult the advisor, then run: echo probe-ok" (an advisor consult, then a Bash call),
+then ``--continue`` with the advisor blocks in the history. Claude Code's own stream-json report
+must show each advisor call answered by one known result, no error, and the advisor priced under
+its own model in ``modelUsage``. ``tests.cc_host:app`` logs each leg the host receives, which
+names the models Claude Code asked for.
+
+Runs the pinned version and the newest one npm serves today. Needs npm: each version (~380 MB) is
+installed once into the cache folder ``tests/support/claude_code.py`` names. Without npm these
+tests fail; they are never skipped for it.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
-import shutil
-import subprocess
-import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from .servers import serving
+from .cc_host import LOG_ENV
+from .fixtures.record import record
+from .servers import ROOT, serving
+from .support.claude_code import (
+    PINNED,
+    Turn,
+    claude_env,
+    install,
+    newest_version,
+    run_turn,
+    transcript_problems,
+)
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-ACCEPTANCE = SHARED / "claude-code" / "ci_acceptance.sh"
-EXECUTOR_MODEL_ID = "claude-sonnet-5-5"  # what Claude Code 2.1.331 sends for --model sonnet
-ADVISOR_MODEL_ID = "claude-opus-5-5"  # ... and for --advisor opus
+pytestmark = pytest.mark.claude_code
 
-
-def run_dir() -> Path:
-    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(cache) / "cc-accept"
+PROMPT = "Consult the advisor, then run: echo probe-ok"
 
 
 def load_jsonl(path: Path) -> list[dict[str, Any]]:
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            item = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(item, dict):
-            out.append(item)
-    return out
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def require_acceptance_tools() -> None:
-    """Fail (never skip) without npm or the acceptance script."""
-    if shutil.which("npm") is None:
-        pytest.fail("npm is not on PATH: the Claude Code acceptance test needs npm (and node) to install the CLI")
-    if not ACCEPTANCE.is_file():
-        pytest.fail(f"{ACCEPTANCE} not found: CI must check out shared/ beside the repository")
+@dataclass
+class Acceptance:
+    version: str
+    turns: list[Turn]
+    legs: list[dict[str, Any]]
+    """Every request the host received, as ``tests/cc_host.py`` logs it."""
+
+    def leg_models(self, leg: str) -> set[str]:
+        """The models the host was asked for on ``leg`` ("executor" or "advisor") legs."""
+        return {str(json.loads(r["body"])["model"]) for r in self.legs if r["leg"] == leg}
+
+    def leg_model(self, leg: str) -> str:
+        (model,) = self.leg_models(leg)
+        return model
+
+    def problems(self) -> list[str]:
+        """What Claude Code ``version`` reported wrong, over both turns."""
+        first, second = self.turns
+        advisors = self.leg_models("advisor")
+        problems = [] if len(advisors) == 1 else [f"the host saw advisor legs for {sorted(advisors)}, not one model"]
+        problems += [f"turn 1: {p}" for p in transcript_problems(first, min(advisors, default=None))]
+        if second.returncode != 0 or second.result().get("is_error") is not False:
+            problems.append(f"turn 2 (--continue, the advisor blocks in history) failed: {second.report()}")
+        return problems
 
 
-def acceptance_runs() -> Path:
-    """The acceptance script's run dir, without a previous turn 1 (see require_acceptance_tools)."""
-    require_acceptance_tools()
-    runs = run_dir()
-    runs.mkdir(parents=True, exist_ok=True)
-    (runs / "turn1.jsonl").unlink(missing_ok=True)
-    return runs
+@contextmanager
+def logging_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, Path]]:
+    """``advisor-middleware serve tests.cc_host:app`` (log: ``serve.log`` in ``tmp_path``); yields
+    its URL and the file it logs each request of the host to."""
+    host_log = tmp_path / "host.jsonl"
+    host_log.touch()
+    monkeypatch.setenv(LOG_ENV, str(host_log))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    with serving("tests.cc_host:app", log=tmp_path / "serve.log") as (url, _):
+        yield url, host_log
 
 
-def assert_acceptance_passed(stdout: str, returncode: int, report: str) -> None:
-    """``ci_acceptance.sh`` printed ``N passed, 0 failed`` (N >= 7) and exited 0."""
-    verdict = re.search(r"^(\d+) passed, (\d+) failed$", stdout, re.MULTILINE)
-    assert verdict is not None, report
-    passed, failed = int(verdict[1]), int(verdict[2])
-    assert failed == 0 and passed >= 7, report
-    assert returncode == 0, report
+def home_and_work(tmp_path: Path) -> tuple[Path, Path]:
+    """A fresh HOME and working directory for Claude Code."""
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir()
+    work.mkdir()
+    return home, work
 
 
-def advisor_blocks(events: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], ...]:
-    """All content blocks of a stream-json run, its advisor calls and their results (each call
-    answered by one result)."""
-    blocks = [b for e in events if e.get("type") == "assistant" for b in e["message"]["content"]]
-    calls = [b for b in blocks if b.get("type") == "server_tool_use" and b.get("name") == "advisor"]
-    results = [b for b in blocks if b.get("type") == "advisor_tool_result"]
-    assert calls and results, [b.get("type") for b in blocks]
-    assert {r["tool_use_id"] for r in results} == {c["id"] for c in calls}
-    return blocks, calls, results
+def accept(version: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Acceptance:
+    """Runs the two turns with Claude Code ``version`` against the logging demo host."""
+    binary = install(version)
+    home, work = home_and_work(tmp_path)
+    with logging_host(tmp_path, monkeypatch) as (url, host_log):
+        env = claude_env(url, home)
+        first = run_turn(binary, PROMPT, env=env, cwd=work)
+        second = run_turn(binary, "Now say done.", env=env, cwd=work, extra=("--continue",))
+    return Acceptance(version, [first, second], load_jsonl(host_log))
 
 
-@pytest.mark.claude_code
-def test_claude_code_acceptance(tmp_path: Path) -> None:
-    runs = acceptance_runs()
-    turn1 = runs / "turn1.jsonl"
-
-    log = tmp_path / "serve.log"
-    with serving("--demo-delay", "0", log=log) as (url, _):
-        env = {**os.environ, "BASE_URL": url, "ADVISOR_MODEL_ID": ADVISOR_MODEL_ID, "RUN_DIR": str(runs)}
-        done = subprocess.run(
-            ["bash", str(ACCEPTANCE)],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=1200,  # a first npm install, then two turns of at most 300 s each
-        )
-    report = f"ci_acceptance.sh exited {done.returncode}\n{done.stdout}\n{done.stderr}\n--- server log ---\n"
-    report += log.read_text()[-4000:]
-    sys.stdout.write(done.stdout)  # shown with -s or on failure
-
-    assert_acceptance_passed(done.stdout, done.returncode, report)
-
-    # Turn 1 as Claude Code itself reported it.
-    events = load_jsonl(turn1)
-    blocks, _, results = advisor_blocks(events)
+def test_the_pinned_claude_code(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    run = accept(PINNED, tmp_path, monkeypatch)
+    report = "\n".join(run.problems()) + "\n--- server log ---\n" + (tmp_path / "serve.log").read_text()[-3000:]
+    assert run.problems() == [], report
+    first = run.turns[0]
+    # Two models, priced apart: the executor's and the advisor's.
+    executor_id, advisor_id = run.leg_model("executor"), run.leg_model("advisor")
+    assert executor_id != advisor_id
+    usage = first.result()["modelUsage"]
+    assert {executor_id, advisor_id} <= set(usage), list(usage)
+    assert usage[advisor_id]["outputTokens"] > 0, usage
+    results = first.blocks("advisor_tool_result")
     assert all(r["content"]["type"] == "advisor_result" and r["content"]["text"] for r in results), results
-    result = next(e for e in events if e.get("type") == "result")
-    assert result["is_error"] is False, result
-    model_usage = result.get("modelUsage") or {}
-    assert EXECUTOR_MODEL_ID in model_usage and ADVISOR_MODEL_ID in model_usage, list(model_usage)
-    assert model_usage[ADVISOR_MODEL_ID]["outputTokens"] > 0, model_usage
-    # The demo executor ran the Bash command once advised.
-    tools = [b for b in blocks if b.get("type") == "tool_use"]
-    assert [t["name"] for t in tools] == ["Bash"], tools
-    assert "echo probe-ok" in tools[0]["input"]["command"]
+    # The demo executor ran the Bash command once advised, and Claude Code ran it.
+    (bash,) = first.blocks("tool_use")
+    assert bash["name"] == "Bash" and "echo probe-ok" in bash["input"]["command"], bash
+    (output,) = first.blocks("tool_result")
+    assert "probe-ok" in str(output["content"])
+
+
+def test_the_newest_claude_code(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    newest = newest_version()
+    if newest == PINNED:
+        pytest.skip(f"the newest Claude Code on npm is the pinned {PINNED}, tested by test_the_pinned_claude_code")
+    problems = accept(newest, tmp_path, monkeypatch).problems()
+    assert problems == [], (
+        f"Claude Code {newest}, the newest on npm, fails where the pinned {PINNED} passes:\n" + "\n".join(problems)
+    )
+
+
+def test_the_fixture_recorder_captures_advisor_history(tmp_path: Path) -> None:
+    log = record("probe", ["Consult the advisor, then say hi", "Now say done."], tmp_path, keep=200)
+    first, second = load_jsonl(log)
+    assert first["path"].startswith("/v1/messages") and "advisor-tool-2026-03-01" in first["headers"]["anthropic-beta"]
+    assert first["body"]["tools"][-1]["type"] == "advisor_20260301"
+    replayed = [b["type"] for m in second["body"]["messages"] if isinstance(m["content"], list) for b in m["content"]]
+    assert {"server_tool_use", "advisor_tool_result"} <= set(replayed), replayed
+    assert "x-claude-code-session-id" not in {k.lower() for k in second["headers"]}
+    assert all(
+        len(t["text"]) <= 200 + len("...[+99999 chars]")
+        for m in first["body"]["messages"]
+        if isinstance(m["content"], list)
+        for t in m["content"]
+        if t.get("type") == "text"
+    )

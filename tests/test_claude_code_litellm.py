@@ -6,10 +6,10 @@ proxy, whose models are scripted OpenAI-compatible servers.
                                                              └─ claude-opus-5-5   → hosted_vllm/cc-adv
 
 Both legs reach LiteLLM over HTTP with Claude Code's key (LiteLLM's master key here), and LiteLLM
-translates each to Chat Completions. ``shared/claude-code/ci_acceptance.sh`` runs two turns (a
-consult plus a Bash call, then ``--continue``) and checks Claude Code's own report, including the
-advisor priced under its own model in ``modelUsage``. Needs npm (the pinned CLI is installed once
-into the cache dir, as in ``test_claude_code.py``); without it this test fails, it is never skipped.
+translates each to Chat Completions. Claude Code runs two turns (a consult plus a Bash call, then
+``--continue``) and its own report is checked, including the advisor priced under its own model in
+``modelUsage``. Needs npm (the pinned CLI is installed once into the cache folder, as in
+``test_claude_code.py``); without it this test fails, it is never skipped.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,21 +28,14 @@ import pytest
 from .litellm_config import Deployment, write_config
 from .openai_backend import ChatScript, openai_host
 from .servers import ROOT, SERVER_COMMANDS, free_port, server_process, serving, uvicorn_server
-from .test_claude_code import (
-    ACCEPTANCE,
-    ADVISOR_MODEL_ID,
-    EXECUTOR_MODEL_ID,
-    advisor_blocks,
-    assert_acceptance_passed,
-    load_jsonl,
-    require_acceptance_tools,
-    run_dir,
-)
+from .support.claude_code import PINNED, Turn, claude_env, install, run_turn, transcript_problems
 from .upstream import Reply, text, tool_use
 
 pytestmark = [pytest.mark.claude_code, pytest.mark.anyio]
 
 MASTER_KEY = "sk-master-cc-5e8d1f0a2b7c"
+EXECUTOR_MODEL_ID = "claude-sonnet-5-5"  # what Claude Code sends for --model sonnet
+ADVISOR_MODEL_ID = "claude-opus-5-5"  # ... and for --advisor opus
 PRICES = {"cc-exec": (3e-6, 15e-6), "cc-adv": (15e-6, 75e-6)}
 
 _REMINDER = re.compile(r"<system-reminder>.*?</system-reminder>", re.DOTALL)
@@ -100,25 +92,23 @@ def litellm_proxy(config: Path, log: Path, legs: Path) -> Iterator[str]:
         yield url
 
 
-def private_runs(tmp_path: Path) -> Path:
-    """A run dir of this test's own for the acceptance script (Claude Code's HOME, work dir and
-    outputs), with the pinned CLI of the shared one: the script clears its run dir's HOME and work
-    dir, and other test runs on this machine may be using the shared one right now."""
-    require_acceptance_tools()
-    runs = tmp_path / "cc-run"
-    runs.mkdir()
-    (runs / "cc").symlink_to(run_dir() / "cc", target_is_directory=True)  # dangling: the script installs
-    return runs
-
-
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
 
 
-async def test_claude_code_through_serve_upstream_and_litellm(tmp_path: Path) -> None:
-    runs = private_runs(tmp_path)
+def two_turns(url: str, tmp_path: Path) -> list[Turn]:
+    """Turn 1 consults and runs a Bash command; turn 2 continues with the advisor blocks in history."""
+    binary = install(PINNED)
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir()
+    work.mkdir()
+    env = claude_env(url, home, api_key=MASTER_KEY)
+    first = run_turn(binary, "Consult the advisor, then run: echo probe-ok", env=env, cwd=work)
+    return [first, run_turn(binary, "Now say done.", env=env, cwd=work, extra=("--continue",))]
 
+
+async def test_claude_code_through_serve_upstream_and_litellm(tmp_path: Path) -> None:
     chat = ChatScript(responders={"cc-exec": executor, "cc-adv": advisor})
     legs = tmp_path / "legs.jsonl"
     async with uvicorn_server(openai_host(chat)) as backend:
@@ -133,32 +123,22 @@ async def test_claude_code_through_serve_upstream_and_litellm(tmp_path: Path) ->
             litellm_proxy(config, litellm_log, legs) as litellm_url,
             serving("--upstream", litellm_url, log=serve_log) as (url, _),
         ):
-            env = {
-                **os.environ,
-                "BASE_URL": url,
-                "ANTHROPIC_API_KEY": MASTER_KEY,
-                "ADVISOR_MODEL_ID": ADVISOR_MODEL_ID,
-                "RUN_DIR": str(runs),
-            }
-            done = await anyio.run_process(["bash", str(ACCEPTANCE)], env=env, check=False)
-    stdout = done.stdout.decode()
-    report = f"ci_acceptance.sh exited {done.returncode}\n{stdout}\n{done.stderr.decode()}\n"
+            first, second = await anyio.to_thread.run_sync(two_turns, url, tmp_path)
+    report = f"turn 1: {first.report()}\nturn 2: {second.report()}\n"
     report += f"--- serve log ---\n{serve_log.read_text()[-3000:]}\n"
     report += f"--- LiteLLM log ---\n{litellm_log.read_text()[-6000:]}"
-    sys.stdout.write(stdout)
 
-    assert_acceptance_passed(stdout, done.returncode, report)
+    assert transcript_problems(first, ADVISOR_MODEL_ID) == [], report
+    assert second.returncode == 0 and second.result()["is_error"] is False, report
 
     # Turn 1 as Claude Code reported it: a consult, then Bash, each advisor call answered.
-    events = load_jsonl(runs / "turn1.jsonl")
-    blocks, calls, results = advisor_blocks(events)
+    calls, results = first.advisor_calls(), first.blocks("advisor_tool_result")
     assert all(r["content"] == {"type": "advisor_result", "text": results[0]["content"]["text"]} for r in results)
     assert "probe-ok" in results[0]["content"]["text"]
-    assert [b["input"]["command"] for b in blocks if b.get("type") == "tool_use"] == ["echo probe-ok"]
-    usage = next(e for e in events if e.get("type") == "result")["modelUsage"]
+    assert [b["input"]["command"] for b in first.blocks("tool_use")] == ["echo probe-ok"]
+    usage = first.result()["modelUsage"]
     assert usage[ADVISOR_MODEL_ID]["inputTokens"] == 900 * len(calls)
     assert usage[ADVISOR_MODEL_ID]["outputTokens"] == 30 * len(calls)
-
     # What LiteLLM sent its backends: Chat Completions, the advisor as a function tool.
     executor_legs, advisor_legs = chat.of("cc-exec"), chat.of("cc-adv")
     assert len(executor_legs) >= 4 and len(advisor_legs) >= 2  # turn 1: 3 + 1, turn 2: 2 + 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -15,12 +16,14 @@ import anthropic
 import httpx
 import pytest
 
+import advisor_middleware
 from advisor_middleware import AdvisorMiddleware, HTTPRouter
-from advisor_middleware.cli import app_from_env, build_app, main
+from advisor_middleware.cli import CLAUDE_CODE, app_from_env, build_app, main
 from advisor_middleware.proxy import UpstreamProxy
 
 from .helpers import ONE_CONSULT, block_types, consult, parse_sse
-from .servers import free_port, server_process, serving, threaded, uvicorn_server
+from .servers import ROOT, free_port, server_process, serving, threaded, uvicorn_server
+from .support.claude_code import PINNED
 from .upstream import ADVISOR_TOOL, Reply, Script, scripted_host, text
 
 SCRIPT = Path(sys.executable).with_name("advisor-middleware")
@@ -243,3 +246,102 @@ def test_the_upstream_proxy_example_runs() -> None:
     assert block_types(starts) == ONE_CONSULT
     assert starts[2]["content"]["text"].startswith("1. Restate the goal")
     assert events[-1] == {"type": "message_stop"}
+
+
+# --- a friendly command line ------------------------------------------------------------------
+
+
+def test_version() -> None:
+    done = run(str(SCRIPT), "--version")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"advisor-middleware {advisor_middleware.__version__}\n"
+
+
+@pytest.mark.parametrize(
+    ("args", "argument", "wrong"),
+    [
+        (["--port", "99999"], "argument --port", "'99999' is not a port number"),
+        (["--port", "0"], "argument --port", "'0' is not a port number"),
+        (["--port", "http"], "argument --port", "'http' is not a port number"),
+        (["nonexistent.mod:app"], "argument APP", "no module named 'nonexistent'"),
+        (["nonexistent:app"], "argument APP", 'Could not import module "nonexistent"'),
+        (["examples.fastapi_app:nope"], "argument APP", 'Attribute "nope" not found'),
+        (["mygateway.asgi"], "argument APP", "'mygateway.asgi' is not module:attribute"),
+        (["--ping-interval", "-3"], "argument --ping-interval", "'-3' is not a number of seconds above 0"),
+        (["--ping-interval", "0"], "argument --ping-interval", "'0' is not a number of seconds above 0"),
+        (["--upstream-timeout", "-1"], "argument --upstream-timeout", "is not a number of seconds above 0"),
+        (["--demo-delay", "-0.5"], "argument --demo-delay", "'-0.5' is not a number of seconds (0 or more)"),
+        (["--workers", "0"], "argument --workers", "'0' is not a whole number of at least 1"),
+        (["--app-dir", "no/such/dir", "x:app"], "argument --app-dir", "'no/such/dir' is not a directory"),
+    ],
+)
+def test_a_usage_error_is_one_line_naming_the_argument(args: list[str], argument: str, wrong: str) -> None:
+    done = subprocess.run(
+        [str(SCRIPT), "serve", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+        cwd=ROOT,
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stdout == ""  # no banner
+    (line,) = done.stderr.splitlines()
+    assert line.startswith(f"advisor-middleware serve: error: {argument}: "), line
+    assert wrong in line
+
+
+def test_an_app_whose_own_import_fails_shows_where(tmp_path: Path) -> None:
+    (tmp_path / "brokenapp.py").write_text("import no_such_dependency_here\napp = None\n")
+    done = run(str(SCRIPT), "serve", "--app-dir", str(tmp_path), "brokenapp:app")
+    assert done.returncode == 1
+    assert "Traceback" in done.stderr and "no_such_dependency_here" in done.stderr
+
+
+def test_the_banner_comes_once_the_server_listens(tmp_path: Path) -> None:
+    log = tmp_path / "serve.log"
+    with serving(log=log):
+        pass
+    text = log.read_text()
+    assert text.index("Uvicorn running on") < text.index("advisor-middleware demo gateway on"), text
+    # It suggests the Claude Code the suite tests, with two models priced apart.
+    assert CLAUDE_CODE == PINNED
+    assert f"@anthropic-ai/claude-code@{PINNED})" in text and "--model sonnet --advisor opus" in text
+
+
+def test_no_banner_when_the_port_is_taken() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = run(str(SCRIPT), "serve", "--port", str(port))
+    assert done.returncode != 0
+    assert "address already in use" in done.stderr
+    assert "demo gateway on" not in done.stderr + done.stdout
+    assert "Traceback" not in done.stderr
+
+
+def test_an_upstream_that_does_not_answer_is_warned_about_once(tmp_path: Path) -> None:
+    closed = f"http://127.0.0.1:{free_port()}"
+    log = tmp_path / "serve.log"
+    with serving("--upstream", closed, log=log) as (url, _):
+        response = httpx.post(url + "/v1/messages", json=ADVISOR_REQUEST, timeout=30)
+    text = log.read_text()
+    warnings = [line for line in text.splitlines() if "warning:" in line]
+    assert warnings == [
+        f"advisor-middleware: warning: --upstream {closed} does not answer ([Errno 111] Connection refused); "
+        "serving anyway: requests get 502 until it does"
+    ], text
+    assert text.index("warning:") < text.index("advisor-middleware proxy on")
+    assert response.status_code == 502
+
+
+def test_an_upstream_that_answers_is_not_warned_about(tmp_path: Path) -> None:
+    script = Script()
+    with threaded(uvicorn_server, scripted_host(script)) as upstream:
+        log = tmp_path / "serve.log"
+        with serving("--upstream", upstream, log=log):
+            pass
+    text = log.read_text()
+    assert "advisor-middleware proxy on" in text
+    assert "warning" not in text.lower(), text

@@ -49,7 +49,7 @@ from .upstream import ADVISOR_TOOL, Fail, Reply, Script, text, thinking, tool_us
 pytestmark = pytest.mark.anyio
 
 MakeApp = Callable[..., Starlette]
-CAPTURES = Path("/work/shared/claude-code/captures/runs-2.1.331")
+CAPTURES = Path(__file__).parent / "fixtures" / "claude-code-2.1.331"
 CLOCK = {"name": "clock", "description": "The time.", "input_schema": {"type": "object", "properties": {}}}
 DEFERRED_ADVISOR = {**ADVISOR_TOOL, "defer_loading": True}
 

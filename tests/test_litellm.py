@@ -5,7 +5,7 @@ The executor is ``hosted_vllm/exec-m``: LiteLLM translates each executor leg fro
 Messages to Chat Completions and sends it to a scripted OpenAI-compatible server. The advisor is
 another deployment: ``anthropic/adv-m`` (a scripted Anthropic-format host) or
 ``hosted_vllm/adv-oai-m``. Legs re-enter the proxy app (``AppRouter``) with the caller's key, so
-LiteLLM's auth, per-key model access and logging callbacks see every leg. LiteLLM 1.109.1 is a
+LiteLLM's auth, per-key model access and logging callbacks see every leg. LiteLLM 1.110.2 is a
 test dependency: without it these tests fail, they are never skipped.
 """
 
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 pytestmark = [
     pytest.mark.anyio,
-    # LiteLLM 1.109.1 uses Pydantic APIs deprecated since 2.0/2.11; not ours to fix.
+    # LiteLLM 1.110 uses Pydantic APIs deprecated since 2.0/2.11; not ours to fix.
     pytest.mark.filterwarnings(r"ignore::DeprecationWarning:litellm\..*"),
 ]
 

@@ -4,7 +4,7 @@ The app is what a team with a ``litellm.Router`` in its own service writes: a St
 that answers ``/v1/messages`` with ``router.aanthropic_messages``. ``AdvisorMiddleware`` wraps it
 with ``router=LiteLLMRouter(router)``, so both legs go through the same Router, to scripted
 backends on 127.0.0.1: the executor ``hosted_vllm/exec-m`` (Anthropic→OpenAI translation) and the
-advisor ``anthropic/adv-m`` or ``hosted_vllm/adv-oai-m``. LiteLLM 1.109.1 is a test dependency:
+advisor ``anthropic/adv-m`` or ``hosted_vllm/adv-oai-m``. LiteLLM 1.110.2 is a test dependency:
 without it these tests fail, they are never skipped.
 """
 
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 pytestmark = [
     pytest.mark.anyio,
-    # LiteLLM 1.109.1 uses Pydantic APIs deprecated since 2.0/2.11; not ours to fix.
+    # LiteLLM 1.110 uses Pydantic APIs deprecated since 2.0/2.11; not ours to fix.
     pytest.mark.filterwarnings(r"ignore::DeprecationWarning:litellm\..*"),
 ]
 

@@ -3,7 +3,7 @@
 Nothing here imports LiteLLM: the router is used through ``aanthropic_messages`` and its
 exceptions through their ``status_code``, so ``import advisor_middleware`` never pays LiteLLM's
 start-up (seconds) and installs without it. Install the extra with
-``pip install 'advisor-middleware[litellm]'``.
+``pip install 'asgi-advisor[litellm]'``.
 """
 
 from __future__ import annotations
