@@ -42,7 +42,7 @@ def make_app(script: Script) -> Callable[..., Starlette]:
 
 @pytest.fixture
 async def client(make_app: Callable[..., Starlette]) -> AsyncIterator[anthropic.AsyncAnthropic]:
-    """The official SDK, in-process, as the oracle for the wire format (asgi-ecosystem §3.6)."""
+    """The official SDK, in-process, as the oracle for the wire format (docs/protocol.md §3)."""
     http = httpx2.AsyncClient(transport=httpx2.ASGITransport(app=make_app()))
     async with anthropic.AsyncAnthropic(api_key="sk-test", base_url="http://testserver", http_client=http) as sdk:
         yield sdk

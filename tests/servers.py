@@ -1,4 +1,4 @@
-"""Real HTTP servers on 127.0.0.1 for streaming and disconnect tests (asgi-ecosystem §3.3).
+"""Real HTTP servers on 127.0.0.1 for streaming and disconnect tests (docs/protocol.md §8).
 
 ``httpx.ASGITransport`` buffers the whole response and never delivers a mid-stream disconnect,
 so timing and cancellation can only be tested over a socket. Both helpers run the server in the

@@ -426,7 +426,7 @@ async def test_advice_with_bytes_that_are_not_utf8_is_read_as_a_client_would(
     servers: Servers, script: Script, via: str, streaming: bool
 ) -> None:
     # An SSE client decodes the stream with replacement (WHATWG); the relay parses each event's
-    # data as the bytes it came as (docs/performance.md, step 19), and must read the same text,
+    # data as the bytes it came as, and must read the same text,
     # not fail the consult: the byte becomes U+FFFD.
     raw = b"".join(sse(event) for event in reply_events(Reply([text("Advice AB.")]), "adv"))
     script.executor(asking(), Reply([text(CARRYING_ON)]))

@@ -3,7 +3,7 @@
 A ``pause_turn`` (or a mixed turn whose client tools have run) leaves the last assistant message
 with a ``server_tool_use(advisor)`` and no result. Sent back with the advisor tool present, the
 turn resumes: the response begins with that call's ``advisor_tool_result`` and the executor
-continues (advisor-wire-spec §2.3). Also the histories clients build afterwards, where a result
+continues (docs/protocol.md §6). Also the histories clients build afterwards, where a result
 sits in a later message than its call.
 """
 

@@ -2,7 +2,7 @@
 
 ``httpx.ASGITransport`` buffers whole responses, so everything about *when* bytes reach the
 client, and what happens when the client goes away, is tested here against real servers
-(asgi-ecosystem §3.3). Timing bounds are loose (>= 100 ms margins): CI has 2 cores.
+(docs/protocol.md §8). Timing bounds are loose (>= 100 ms margins): CI has 2 cores.
 """
 
 from __future__ import annotations

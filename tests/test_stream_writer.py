@@ -1,6 +1,6 @@
 """The streaming writer: events and keep-alive pings share one ASGI ``send``, one call at a time,
-and a client gone during a ping ends the response quietly (docs/performance.md, step 1); the
-events of one host send go out in one send, and nothing waits to fill a group (steps 7, 11)."""
+and a client gone during a ping ends the response quietly; the events of one host send go out in
+one send, and nothing waits to fill a group."""
 
 from __future__ import annotations
 

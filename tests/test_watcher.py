@@ -1,8 +1,8 @@
 """The request's watcher, the one reader of the client's ``receive``. Once the response is out
-(docs/performance.md, step 14) it ends on the server's own ``http.disconnect`` instead of being
+it ends on the server's own ``http.disconnect`` instead of being
 cancelled, and a server that never sends one costs a short linger, never a hang or a ping after
 the last body. Before that, a disconnect is the client leaving: an ``AppRouter`` leg in flight is
-told the way a server tells its app, and cancelled only if its host carries on (step 16)."""
+told the way a server tells its app, and cancelled only if its host carries on."""
 
 from __future__ import annotations
 
