@@ -19,26 +19,8 @@ import anyio
 import httpx
 
 from advisor_middleware import AdvisorMiddleware
-from advisor_middleware._types import ASGIApp, Message, Receive, Scope, Send
 
-from .hosts import EchoHost, ForwardingHost, read_body
-
-__all__ = [
-    "CHUNK",
-    "Recorder",
-    "Row",
-    "Scenario",
-    "check_consult",
-    "consult_scenario",
-    "exchange",
-    "measure",
-    "passthrough_scenario",
-    "receiver",
-    "request_scope",
-    "split",
-    "upstream_passthrough_scenario",
-    "upstream_scenario",
-]
+from .hosts import ASGIApp, EchoHost, ForwardingHost, Message, Receive, Scope, Send, read_body
 
 Call = Callable[[], Awaitable[None]]
 
@@ -341,11 +323,9 @@ STRETCHES = 5
 
 async def measure(scenario: Scenario, warmup: int) -> Row:
     """Warm up, then alternate host-alone and through-middleware requests (and the reference, if
-    any, once per pair). The machine's load
-    moves within a run (the host alone's median moved 50 → 85 µs between runs minutes apart), so
-    the requests come in ``STRETCHES`` consecutive stretches and the row gives the medians of the one
-    where the host alone was fastest: both sides from the same stretch (docs/performance.md,
-    Method)."""
+    any, once per pair). The machine's load moves within a run, so the requests come in
+    ``STRETCHES`` consecutive stretches and the row gives the medians of the one where the host
+    alone was fastest: both sides from the same stretch."""
     for _ in range(warmup):
         await scenario.base()
         await scenario.through()

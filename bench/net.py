@@ -20,18 +20,6 @@ from .backend import ROOT, serve_in_subprocess
 from .hosts import FINAL_DELTAS_HEADER, PACED_HEADER, ModelHost, small_consult_body
 from .inproc import record_legs
 
-__all__ = [
-    "Concurrency",
-    "LiteLLMRun",
-    "Relay",
-    "Startup",
-    "litellm_installed",
-    "measure_concurrency",
-    "measure_litellm",
-    "measure_relay",
-    "measure_startup",
-]
-
 _CONSULT_HEADERS = {
     "content-type": "application/json",
     "x-api-key": "sk-bench",
@@ -366,10 +354,9 @@ def measure_startup(module: str, runs: int, preload: tuple[str, ...] = ()) -> St
     modules, untimed): time and resident memory added.
 
     Timed with bytecode cached, as a deployed package runs: an installed wheel carries its
-    ``.pyc`` files, and an editable checkout writes them on its first import. An environment
-    that sets ``PYTHONDONTWRITEBYTECODE`` (this machine's sandbox does) would otherwise compile
-    our sources on every timed import, ~35-60 ms more on this machine (round 9, step 26); a
-    first untimed run writes the cache."""
+    ``.pyc`` files, and an editable checkout writes them on its first import. Under
+    ``PYTHONDONTWRITEBYTECODE`` every timed import would compile the sources again, so the
+    variable is dropped and a first, untimed run writes the cache."""
     env = dict(os.environ, LITELLM_LOCAL_MODEL_COST_MAP="True")
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     results = []
