@@ -226,32 +226,14 @@ def _prose(rng: random.Random, words: int) -> str:
 
 
 def _code(rng: random.Random, lines: int) -> str:
-    out = []
-    for n in range(1, lines + 1):
-        indent = "\t" * rng.randint(0, 3)
-        out.append(f"{n:>5}\t{indent}{rng.choice(_WORDS)} := {rng.choice(_WORDS)}({rng.choice(_WORDS)}, {n})")
-    return "\n".join(out)
+    words = [rng.choice(_WORDS) for _ in range(3 * lines)]
+    return "\n".join(f"{n:>5}\t{words[3 * n]} := {words[3 * n + 1]}({words[3 * n + 2]}, {n})" for n in range(lines))
 
 
-def _tools(rng: random.Random) -> list[dict[str, Any]]:
-    names = ["Bash", "Read", "Edit", "Write", "Glob", "Grep", "Task", "TodoWrite", "WebFetch", "NotebookEdit"]
-    return [
-        {
-            "name": name,
-            "description": "\n".join(_prose(rng, 25) for _ in range(12)),
-            "input_schema": {
-                "type": "object",
-                "properties": {
-                    "file_path": {"type": "string", "description": _prose(rng, 12)},
-                    "command": {"type": "string", "description": _prose(rng, 12)},
-                    "timeout": {"type": "number", "description": _prose(rng, 8)},
-                },
-                "required": ["file_path"],
-                "additionalProperties": False,
-            },
-        }
-        for name in names
-    ]
+def _tool(rng: random.Random, name: str) -> dict[str, Any]:
+    properties = {key: {"type": "string", "description": _prose(rng, 12)} for key in ("file_path", "command")}
+    schema = {"type": "object", "properties": properties, "required": ["file_path"]}
+    return {"name": name, "description": "\n".join(_prose(rng, 25) for _ in range(12)), "input_schema": schema}
 
 
 def claude_code_body(size: int, *, advisor: bool, stream: bool, mention_advisor: bool = False) -> bytes:
@@ -259,71 +241,36 @@ def claude_code_body(size: int, *, advisor: bool, stream: bool, mention_advisor:
     long agentic conversation (assistant text + tool_use, user tool_result with file contents),
     ending in a tool_result, which is when an executor typically consults."""
     rng = random.Random(20260301)
-    system = [
-        {"type": "text", "text": "You are Claude Code, Anthropic's official CLI for Claude."},
-        {"type": "text", "text": "\n".join(_prose(rng, 30) for _ in range(40)), "cache_control": {"type": "ephemeral"}},
-    ]
-    tools = _tools(rng)
-    if advisor:
-        tools.append(dict(ADVISOR_TOOL))
+    names = ["Bash", "Read", "Edit", "Write", "Glob", "Grep", "Task", "TodoWrite", "WebFetch", "NotebookEdit"]
+    tools = [_tool(rng, name) for name in names] + ([ADVISOR_TOOL] if advisor else [])
     first = "Refactor the worker pool so shutdown drains in-flight jobs."
     if mention_advisor:
-        # Quoted, so the body holds the bytes `"advisor` (an escaped quote, then the word): the
-        # scan's needle, which prose alone does not match. A key named so in a file, say.
+        # The bytes `"advisor` (a quote, then the word), which prose alone does not hold.
         first += ' Do not use the advisor for this one, and keep the "advisor" key in config.json.'
-    messages: list[dict[str, Any]] = [
-        {"role": "user", "content": [{"type": "text", "text": _prose(rng, 60)}, {"type": "text", "text": first}]}
-    ]
-    data: dict[str, Any] = {
-        "model": EXEC_MODEL,
-        "max_tokens": 32000,
-        "stream": stream,
-        "system": system,
-        "tools": tools,
-        "messages": messages,
-        "metadata": {"user_id": "user_bench_session_0001"},
-    }
-    total = len(_dumps(data))
-    n = 0
+    messages: list[dict[str, Any]] = [{"role": "user", "content": [text(_prose(rng, 60)), text(first)]}]
+    system = [text("You are Claude Code."), text("\n".join(_prose(rng, 30) for _ in range(40)))]
+    data = {"model": EXEC_MODEL, "max_tokens": 32000, "stream": stream, "system": system, "tools": tools}
+    total = len(_dumps(data)) + len(_dumps(messages))
     while total < size:
-        n += 1
-        call_id = f"toolu_01Bench{n:08d}"
-        name = rng.choice(["Read", "Bash", "Grep", "Edit"])
-        assistant = {
-            "role": "assistant",
-            "content": [
-                {"type": "text", "text": _prose(rng, rng.randint(10, 60))},
-                {
-                    "type": "tool_use",
-                    "id": call_id,
-                    "name": name,
-                    "input": {"file_path": f"/repo/internal/pool/file{n}.go", "command": _prose(rng, 6)},
-                },
-            ],
-        }
-        result = {
-            "role": "user",
-            "content": [{"type": "tool_result", "tool_use_id": call_id, "content": _code(rng, rng.randint(20, 120))}],
-        }
-        messages += [assistant, result]
-        total += len(_dumps(assistant)) + len(_dumps(result)) + 2
-    return _dumps(data).encode()
+        call = tool_use(
+            rng.choice(names), {"file_path": f"/repo/pool/file{len(messages)}.go"}, f"toolu_{len(messages)}"
+        )
+        result = {"type": "tool_result", "tool_use_id": call["id"], "content": _code(rng, rng.randint(20, 120))}
+        turn = [{"role": "assistant", "content": [text(_prose(rng, 30)), call]}, {"role": "user", "content": [result]}]
+        messages += turn
+        total += len(_dumps(turn))
+    return _dumps({**data, "messages": messages}).encode()
 
 
 def small_consult_body(stream: bool) -> bytes:
-    """The shape LiteLLM's benchmark used: one short user message, the advisor as the only tool."""
-    data = {
-        "model": EXEC_MODEL,
-        "max_tokens": 1024,
-        "stream": stream,
-        "messages": [{"role": "user", "content": "Write a Go worker pool with graceful shutdown."}],
-        "tools": [ADVISOR_TOOL],
-    }
-    return _dumps(data).encode()
+    """One short user message, the advisor as the only tool."""
+    message = {"role": "user", "content": "Write a Go worker pool with graceful shutdown."}
+    return _dumps(
+        {"model": EXEC_MODEL, "max_tokens": 1024, "stream": stream, "messages": [message], "tools": [ADVISOR_TOOL]}
+    ).encode()
 
 
 def small_plain_body() -> bytes:
     """About 1 KB, no advisor anywhere."""
-    rng = random.Random(7)
-    data = {"model": EXEC_MODEL, "max_tokens": 1024, "messages": [{"role": "user", "content": _prose(rng, 150)}]}
-    return _dumps(data).encode()
+    message = {"role": "user", "content": _prose(random.Random(7), 150)}
+    return _dumps({"model": EXEC_MODEL, "max_tokens": 1024, "messages": [message]}).encode()

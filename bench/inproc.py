@@ -82,20 +82,17 @@ async def exchange(app: ASGIApp, scope: Scope, chunks: Sequence[bytes]) -> tuple
 
 def request_scope(body: bytes, *, stream: bool, beta: bool, path: str = "/v1/messages") -> Scope:
     """The scope uvicorn gives an app for Claude Code's ``POST /v1/messages``."""
-    headers = [
-        (b"host", b"127.0.0.1:8000"),
-        (b"user-agent", b"claude-cli/2.1.0 (external, cli)"),
-        (b"accept", b"text/event-stream" if stream else b"application/json"),
-        (b"accept-encoding", b"gzip, deflate"),
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-        (b"x-api-key", b"sk-bench-0123456789"),
-        (b"anthropic-version", b"2023-06-01"),
-        (b"x-stainless-lang", b"js"),
-        (b"x-stainless-retry-count", b"0"),
-    ]
+    headers = {
+        "host": "127.0.0.1:8000",
+        "user-agent": "claude-cli/2.1.0 (external, cli)",
+        "accept": "text/event-stream" if stream else "application/json",
+        "content-type": "application/json",
+        "content-length": str(len(body)),
+        "x-api-key": "sk-bench-0123456789",
+        "anthropic-version": "2023-06-01",
+    }
     if beta:
-        headers.append((b"anthropic-beta", b"claude-code-20250219,advisor-tool-2026-03-01"))
+        headers["anthropic-beta"] = "claude-code-20250219,advisor-tool-2026-03-01"
     return {
         "type": "http",
         "asgi": {"version": "3.0", "spec_version": "2.4"},
@@ -106,7 +103,7 @@ def request_scope(body: bytes, *, stream: bool, beta: bool, path: str = "/v1/mes
         "raw_path": path.encode(),
         "query_string": b"",
         "root_path": "",
-        "headers": headers,
+        "headers": [(k.encode(), v.encode()) for k, v in headers.items()],
         "client": ("127.0.0.1", 50123),
         "server": ("127.0.0.1", 8000),
         "state": {},
@@ -190,9 +187,8 @@ async def consult_scenario(
     label: str,
     host: ASGIApp,
     body: bytes,
-    *,
-    stream: bool,
     n: int,
+    stream: bool = True,
     consulted: bool = True,
     reference: Callable[[], object] | None = None,
 ) -> Scenario:
@@ -219,7 +215,7 @@ async def consult_scenario(
     return Scenario(key, label, base, through, n, reference)
 
 
-async def upstream_scenario(key: str, label: str, url: str, body: bytes, *, stream: bool, n: int) -> Scenario:
+async def upstream_scenario(key: str, label: str, url: str, body: bytes, n: int, stream: bool) -> Scenario:
     """``advisor-middleware serve --upstream URL``: the CLI's own app, ``AdvisorMiddleware``
     around an ``UpstreamProxy``, whose legs go straight to ``url`` over ``HTTPRouter``. Alone: the
     same three leg requests posted directly with the app's own ``httpx`` client and read to the

@@ -33,7 +33,7 @@ import httpx
 import pydantic_core
 
 from .backend import ROOT, serve_in_subprocess
-from .hosts import BusyHost, ForwardingHost, ModelHost, claude_code_body, small_consult_body, small_plain_body
+from .hosts import ASGIApp, BusyHost, ForwardingHost, ModelHost, claude_code_body, small_consult_body, small_plain_body
 from .inproc import (
     CHUNK,
     Row,
@@ -139,82 +139,37 @@ async def inproc_scenarios(sizes: Sizes, floors: dict[str, float], only: Sequenc
     huge = claude_code_body(sizes.huge, advisor=True, stream=True)
     plain = claude_code_body(sizes.large, advisor=False, stream=False)
     mention = claude_code_body(sizes.large, advisor=False, stream=False, mention_advisor=True)
-    small, short = small_plain_body(), small_consult_body(True)
+    small, short, short_json = small_plain_body(), small_consult_body(True), small_consult_body(False)
     if b"advisor" in plain or b"advisor" in small or b'"advisor' not in mention:
         raise RuntimeError("pass-through bodies are not what their rows claim")
     floors["find_large"] = floor_us(lambda: plain.find(b'"advisor'), 30 if sizes is QUICK else 300)
     floors["find_small"] = floor_us(lambda: small.find(b'"advisor'), 30 if sizes is QUICK else 300)
-    host, at_once = ModelHost(), ModelHost(consults=False)
+    host, at_once, relay = ModelHost(), ModelHost(consults=False), ModelHost(final_deltas=sizes.relay_deltas)
+    c, o = "Consult, streaming, ", "Advisor offered, not called (one leg), streaming, "
     cc = f"Claude-Code-sized conversation ({_size(len(large))})"
-    consults: list[tuple[str, str, Any, bytes, int, bool]] = [
-        ("consult_stream", f"Consult, streaming, short conversation ({_size(len(short))})", host, short, 0, True),
-        ("consult_json", "Consult, JSON response, short conversation", host, small_consult_body(False), 0, True),
-        (
-            "consult_busy",
-            "Consult, streaming, short conversation, the host busy before each leg (cold caches)",
-            BusyHost(host),
-            short,
-            sizes.n_busy,
-            True,
-        ),
-        (
-            "consult_relay",
-            f"Consult, streaming, final leg of {sizes.relay_deltas} text deltas",
-            ModelHost(final_deltas=sizes.relay_deltas),
-            short,
-            sizes.n_relay,
-            True,
-        ),
-        ("consult_large", f"Consult, streaming, {cc}", host, large, sizes.n_large, True),
-        (
-            "consult_huge",
-            f"Consult, streaming, Claude-Code-sized conversation ({_size(len(huge))})",
-            host,
-            huge,
-            sizes.n_huge,
-            True,
-        ),
-        (
-            "offered_stream",
-            "Advisor offered, not called (one leg), streaming, short conversation",
-            at_once,
-            short,
-            0,
-            False,
-        ),
-        (
-            "offered_large",
-            f"Advisor offered, not called (one leg), streaming, {cc}",
-            at_once,
-            large,
-            sizes.n_large,
-            False,
-        ),
+    busy = "short conversation, the host busy before each leg (cold caches)"
+    consults: list[tuple[str, str, ASGIApp, bytes, int]] = [  # key, label, host, body, N
+        ("consult_stream", f"{c}short conversation ({_size(len(short))})", host, short, sizes.n_consult),
+        ("consult_json", "Consult, JSON response, short conversation", host, short_json, sizes.n_consult),
+        ("consult_busy", c + busy, BusyHost(host), short, sizes.n_busy),
+        ("consult_relay", f"{c}final leg of {sizes.relay_deltas} text deltas", relay, short, sizes.n_relay),
+        ("consult_large", c + cc, host, large, sizes.n_large),
+        ("consult_huge", f"{c}Claude-Code-sized conversation ({_size(len(huge))})", host, huge, sizes.n_huge),
+        ("offered_stream", o + "short conversation", at_once, short, sizes.n_consult),
+        ("offered_large", o + cc, at_once, large, sizes.n_large),
     ]
     out = []
-    for key, label, app, body, n, consulted in consults:
-        if only and key not in only:
-            continue
-        stream = key != "consult_json"
-        reference = _parse(body) if len(body) > CHUNK else None
-        n = n or sizes.n_consult
-        out.append(
-            await consult_scenario(key, label, app, body, stream=stream, n=n, consulted=consulted, reference=reference)
-        )
+    for key, label, app, body, n in consults:
+        if not only or key in only:
+            reference = _parse(body) if len(body) > CHUNK else None
+            stream, consulted = body is not short_json, app is not at_once
+            out.append(await consult_scenario(key, label, app, body, n, stream, consulted, reference))
+    p, chunks = "Pass-through, ", f"{CHUNK // 1024} KB chunks"
+    quoted = 'no advisor tool but the quoted word "advisor" in a message'
     passes = [
-        ("pass_small", f"Pass-through, small body ({_size(len(small))})", small, sizes.n_pass_small),
-        (
-            "pass_large",
-            f"Pass-through, Claude-Code-sized body ({_size(len(plain))}, {CHUNK // 1024} KB chunks)",
-            plain,
-            sizes.n_pass_large,
-        ),
-        (
-            "pass_parsed",
-            f'Pass-through, no advisor tool but the quoted word "advisor" in a message ({_size(len(mention))}): parsed',
-            mention,
-            sizes.n_pass_parse,
-        ),
+        ("pass_small", f"{p}small body ({_size(len(small))})", small, sizes.n_pass_small),
+        ("pass_large", f"{p}Claude-Code-sized body ({_size(len(plain))}, {chunks})", plain, sizes.n_pass_large),
+        ("pass_parsed", f"{p}{quoted} ({_size(len(mention))}): parsed", mention, sizes.n_pass_parse),
     ]
     for key, label, body, n in passes:
         if not only or key in only:
@@ -237,31 +192,27 @@ async def http_rows(sizes: Sizes, report: Report, progress: Callable[[str], None
     answering the same three legs; and ``serve --upstream`` vs its three legs posted directly.
     LiteLLM's: its loop vs the three legs it sends, posted directly."""
     with serve_in_subprocess() as (port, _):
-        url = f"http://127.0.0.1:{port}"
+        url, n = f"http://127.0.0.1:{port}", sizes.n_http
         modes = (("stream", True, "streaming"), ("json", False, "JSON response"))
+        forwarding = "short conversation, host forwarding over HTTP to the backend"
+        upstream = "short conversation, `serve --upstream` (legs over `HTTPRouter`); alone: the legs posted directly"
         async with httpx.AsyncClient(base_url=url) as client:
             for suffix, stream, mode in modes:
-                label = f"Consult, {mode}, short conversation, host forwarding over HTTP to the backend"
-                body = small_consult_body(stream)
+                body, forwarder = small_consult_body(stream), ForwardingHost(client)
                 scenario = await consult_scenario(
-                    f"http_{suffix}", label, ForwardingHost(client), body, stream=stream, n=sizes.n_http
+                    f"http_{suffix}", f"Consult, {mode}, {forwarding}", forwarder, body, n, stream
                 )
                 report.rows.append(await _measure_then_close(scenario, sizes.warmup, progress))
         for suffix, stream, mode in modes:
-            label = (
-                f"Consult, {mode}, short conversation, `serve --upstream` (legs over `HTTPRouter`); "
-                "alone: the legs posted directly"
-            )
-            scenario = await upstream_scenario(
-                f"upstream_{suffix}", label, url, small_consult_body(stream), stream=stream, n=sizes.n_http
-            )
+            body, label = small_consult_body(stream), f"Consult, {mode}, {upstream}"
+            scenario = await upstream_scenario(f"upstream_{suffix}", label, url, body, n, stream)
             report.rows.append(await _measure_then_close(scenario, sizes.warmup, progress))
         small = small_plain_body()
         label = (
             f"Pass-through, small body ({_size(len(small))}), `serve --upstream` (the middleware, then "
             "`UpstreamProxy`); alone: a minimal `httpx` forwarder (`ForwardingHost`)"
         )
-        scenario = await upstream_passthrough_scenario("upstream_pass", label, url, small, n=sizes.n_http)
+        scenario = await upstream_passthrough_scenario("upstream_pass", label, url, small, n=n)
         report.rows.append(await _measure_then_close(scenario, sizes.warmup, progress))
         progress(f"  LiteLLM's loop on the same backend (N={sizes.litellm_n}) ...")
         report.litellm = measure_litellm(url, sizes.litellm_n, sizes.warmup)
@@ -322,24 +273,28 @@ def _us(value: float) -> str:
     return f"{value:,.0f}" if abs(value) >= 100 else f"{value:,.1f}"
 
 
-def _table(head: str, rows: list[list[str]]) -> list[str]:
-    """A markdown table: ``head`` is its header row, every column after the first right-aligned."""
-    columns = head.count("|") - 1
-    return [head, "|---" + "|--:" * (columns - 1) + "|", *("| " + " | ".join(r) + " |" for r in rows)]
+def _table(head: str, rows: list[str]) -> list[str]:
+    """A markdown table: ``head`` and ``rows`` are its cells joined by `` | ``; every column after
+    the first right-aligned."""
+    columns = head.count(" | ") + 1
+    return [f"| {head} |", "|---" + "|--:" * (columns - 1) + "|", *(f"| {row} |" for row in rows)]
 
 
 def _rows_table(report: Report) -> list[str]:
-    refs = {"pass_large": "find_large", "pass_small": "find_small"}
+    floors = {"pass_large": "find_large", "pass_small": "find_small"}
     rows = []
     for r in report.rows:
         ref = ""
         if r.reference_us is not None:
             ref = f"`from_json` of the body: {_us(r.reference_us)}"
-        elif refs.get(r.key) in report.floors:
-            ref = f"`bytes.find` over the body: {_us(report.floors[refs[r.key]])}"
-        values = (r.base_cpu_us, r.base_wall_us, r.through_cpu_us, r.through_wall_us)
-        added = [f"**{_us(r.added_cpu_us)}**", _us(r.added_wall_us)]
-        rows.append([r.label, str(r.n), *map(_us, values), *added, ref])
+        elif floors.get(r.key) in report.floors:
+            ref = f"`bytes.find` over the body: {_us(report.floors[floors[r.key]])}"
+        values = " | ".join(map(_us, (r.base_cpu_us, r.base_wall_us, r.through_cpu_us, r.through_wall_us)))
+        rows.append(f"{r.label} | {r.n} | {values} | **{_us(r.added_cpu_us)}** | {_us(r.added_wall_us)} | {ref}")
+    head = (
+        "Scenario | N | Host alone CPU | Host alone wall | Through middleware CPU | Through middleware wall "
+        "| **Added CPU** | Added wall | Reference"
+    )
     return [
         "### Side by side: the same host alone and behind the middleware",
         "",
@@ -348,124 +303,84 @@ def _rows_table(report: Report) -> list[str]:
         "leg requests the middleware sends: three, or one when the executor does not call the advisor). "
         "CPU is this process's; the HTTP backend's is not in it.",
         "",
-        *_table(
-            "| Scenario | N | Host alone CPU | Host alone wall | Through middleware CPU | Through middleware wall "
-            "| **Added CPU** | Added wall | Reference |",
-            rows,
-        ),
+        *_table(head, rows),
     ]
 
 
 def _litellm_table(ll: LiteLLMRun) -> list[str]:
     if ll.status != "measured":
         return [f"LiteLLM: {ll.status}."]
+    json_cpu, json_wall = ll.json_cpu_us - ll.raw3_cpu_us, ll.json_wall_us - ll.raw3_wall_us
+    stream_cpu, stream_wall = ll.stream_cpu_us - ll.raw3_cpu_us, ll.stream_wall_us - ll.raw3_wall_us
     rows = [
-        ["The three legs LiteLLM sends, posted directly (`httpx`)", _us(ll.raw3_cpu_us), _us(ll.raw3_wall_us)],
-        ["LiteLLM's loop, JSON", _us(ll.json_cpu_us), _us(ll.json_wall_us)],
-        ["LiteLLM's loop, `stream=True` (consumed)", _us(ll.stream_cpu_us), _us(ll.stream_wall_us)],
-        [
-            "**Added by LiteLLM, JSON**",
-            f"**{_us(ll.json_cpu_us - ll.raw3_cpu_us)}**",
-            _us(ll.json_wall_us - ll.raw3_wall_us),
-        ],
-        [
-            "**Added by LiteLLM, streaming**",
-            f"**{_us(ll.stream_cpu_us - ll.raw3_cpu_us)}**",
-            _us(ll.stream_wall_us - ll.raw3_wall_us),
-        ],
+        f"The three legs LiteLLM sends, posted directly (`httpx`) | {_us(ll.raw3_cpu_us)} | {_us(ll.raw3_wall_us)}",
+        f"LiteLLM's loop, JSON | {_us(ll.json_cpu_us)} | {_us(ll.json_wall_us)}",
+        f"LiteLLM's loop, `stream=True` (consumed) | {_us(ll.stream_cpu_us)} | {_us(ll.stream_wall_us)}",
+        f"**Added by LiteLLM, JSON** | **{_us(json_cpu)}** | {_us(json_wall)}",
+        f"**Added by LiteLLM, streaming** | **{_us(stream_cpu)}** | {_us(stream_wall)}",
     ]
     return [
         f"LiteLLM {ll.version}, `litellm.anthropic_messages` with `hosted_vllm/` executor, in its own "
         f"process; medians over {ll.n} requests per side; first (cold) request {ll.first_ms:,.0f} ms.",
         "",
-        *_table("| | CPU µs | wall µs |", rows),
+        *_table(" | CPU µs | wall µs", rows),
     ]
 
 
 def _relay_table(r: Relay) -> list[str]:
+    ttfb = f"{_us(r.alone_ttfb_us)} µs | {_us(r.through_ttfb_us)} µs | {_us(r.added_ttfb_us)} µs"
+    paced = f"{r.paced_alone_events_s:,.0f} | {r.paced_through_events_s:,.0f} | {r.paced_ratio:.0%}"
+    burst = f"{r.alone_events_s:,.0f} | {r.through_events_s:,.0f} | {r.throughput_ratio:.0%}"
     per = f"final leg of {r.events:,} deltas"
     rows = [
-        [
-            f"Time to first byte, median of {r.ttfb_n} (consult vs its first leg)",
-            f"{_us(r.alone_ttfb_us)} µs",
-            f"{_us(r.through_ttfb_us)} µs",
-            f"{_us(r.added_ttfb_us)} µs",
-        ],
-        [
-            f"Events/s, {per}, host paced, median of {r.rounds}",
-            f"{r.paced_alone_events_s:,.0f}",
-            f"{r.paced_through_events_s:,.0f}",
-            f"{r.paced_ratio:.0%}",
-        ],
-        [
-            f"Events/s, {per}, host bursting, median of {r.rounds}",
-            f"{r.alone_events_s:,.0f}",
-            f"{r.through_events_s:,.0f}",
-            f"{r.throughput_ratio:.0%}",
-        ],
+        f"Time to first byte, median of {r.ttfb_n} (consult vs its first leg) | {ttfb}",
+        f"Events/s, {per}, host paced, median of {r.rounds} | {paced}",
+        f"Events/s, {per}, host bursting, median of {r.rounds} | {burst}",
     ]
     return [
         "### Streaming relay under uvicorn",
         "",
-        *_table("| | Host alone | Through middleware | Added / ratio |", rows),
+        *_table(" | Host alone | Through middleware | Added / ratio", rows),
     ]
 
 
 def _concurrency_table(c: Concurrency) -> list[str]:
     rows = []
     for name, side in (("Host alone (three legs each)", c.alone), ("Through middleware", c.through)):
-        latencies = (side.p50_s, side.p99_s, side.p99_s - c.advisor_delay)
-        rows.append(
-            [
-                name,
-                str(side.completed),
-                str(side.failed),
-                *(f"{s * 1000:,.0f} ms" for s in latencies),
-                f"{side.wall_s:.2f} s",
-                f"{side.idle_rss_mb:.0f} → {side.peak_rss_mb:.0f} MB",
-                f"{c.kb_per_request(side):.0f} KB",
-            ]
-        )
+        latencies = " | ".join(f"{s * 1000:,.0f} ms" for s in (side.p50_s, side.p99_s, side.p99_s - c.advisor_delay))
+        memory = f"{side.idle_rss_mb:.0f} → {side.peak_rss_mb:.0f} MB | {c.kb_per_request(side):.0f} KB"
+        rows.append(f"{name} | {side.completed} | {side.failed} | {latencies} | {side.wall_s:.2f} s | {memory}")
     head = (
-        "| | completed | failed | p50 latency | p99 latency | p99 − advisor's time | wall "
-        "| server RSS idle → peak | per in-flight |"
+        " | completed | failed | p50 latency | p99 latency | p99 − advisor's time | wall "
+        "| server RSS idle → peak | per in-flight"
     )
     title = f"### {c.clients} concurrent streaming consults, advisor thinking {c.advisor_delay:g} s, uvicorn"
     return [title, "", *_table(head, rows)]
 
 
-def _startup_table(report: Report) -> list[str]:
-    s, ls = report.startup, report.litellm_startup
-    assert s is not None and ls is not None
+def _startup_table(s: Startup, ls: Startup, hosted: list[tuple[str, Startup]]) -> list[str]:
     measured = ls.status == "measured"
+    theirs = (f"{ls.import_ms:,.0f} ms", f"{ls.rss_added_mb:.0f} MB") if measured else (ls.status, "—")
     rows = [
-        [
-            f"Import time, fresh interpreter (median of {s.runs})",
-            f"{s.import_ms:,.0f} ms",
-            f"{ls.import_ms:,.0f} ms" if measured else ls.status,
-        ],
-        [
-            f"RSS added by the import (bare interpreter: {s.rss_before_mb:.0f} MB)",
-            f"{s.rss_added_mb:.0f} MB",
-            f"{ls.rss_added_mb:.0f} MB" if measured else "—",
-        ],
+        f"Import time, fresh interpreter (median of {s.runs}) | {s.import_ms:,.0f} ms | {theirs[0]}",
+        f"RSS added by the import (bare interpreter: {s.rss_before_mb:.0f} MB) | {s.rss_added_mb:.0f} MB | {theirs[1]}",
     ]
-    hosted = [[loaded, f"{h.import_ms:,.0f} ms", f"{h.rss_added_mb:.1f} MB"] for loaded, h in report.hosted_startup]
+    loaded = [f"{what} | {h.import_ms:,.0f} ms | {h.rss_added_mb:.1f} MB" for what, h in hosted]
     return [
         "### Start-up",
         "",
-        *_table("| | advisor-middleware | LiteLLM |", rows),
+        *_table(" | advisor-middleware | LiteLLM", rows),
         "",
         "The same import in a process that already holds a host's modules (what a gateway pays):",
         "",
-        *_table("| Already loaded | Import time | RSS added |", hosted),
+        *_table("Already loaded | Import time | RSS added", loaded),
     ]
 
 
 def render_markdown(report: Report) -> str:
     quick = " (quick mode: tiny sizes, not representative)" if report.quick else ""
-    machine = [[k, v] for k, v in report.machine.items()]
-    sections = [[f"Measured {report.date}{quick}.", "", *_table("| Machine | |", machine)]]
+    machine = [f"{k} | {v}" for k, v in report.machine.items()]
+    sections = [[f"Measured {report.date}{quick}.", "", *_table("Machine | ", machine)]]
     if report.rows:
         sections.append(_rows_table(report))
     if report.litellm is not None:
@@ -474,8 +389,8 @@ def render_markdown(report: Report) -> str:
         sections.append(_relay_table(report.relay))
     if report.concurrency:
         sections.append(_concurrency_table(report.concurrency))
-    if report.startup:
-        sections.append(_startup_table(report))
+    if report.startup and report.litellm_startup:
+        sections.append(_startup_table(report.startup, report.litellm_startup, report.hosted_startup))
     return "\n\n".join("\n".join(lines) for lines in sections) + "\n"
 
 
@@ -504,41 +419,41 @@ async def _child_rows(sizes: Sizes) -> dict[str, Any]:
     return out
 
 
+def _child(sizes: Sizes, package: Path | None) -> dict[str, Any]:
+    env = {k: v for k, v in os.environ.items() if k != PACKAGE_PATH}
+    if package is not None:
+        env[PACKAGE_PATH] = str(package.resolve())
+    command = [sys.executable, "-m", "bench", "--child", json.dumps(vars(sizes))]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env, check=True)
+    out: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    out["per_event"] = (out["consult_relay"] - out["consult_stream"]) / max(1, sizes.relay_deltas - 1)
+    return out
+
+
 def compare(other: Path, sizes: Sizes, rounds: int, progress: Callable[[str], None]) -> str:
     """The rows users feel, this checkout's package against ``other``'s, in child processes that
     take turns (old, new, new, old, ...), each with 1/``rounds`` of the requests."""
-    child = Sizes(
-        **{k: max(1, v // rounds) if k.startswith("n_") or k == "ttfb_n" else v for k, v in vars(sizes).items()}
-    )
-    results: dict[str, list[dict[str, Any]]] = {"old": [], "new": []}
+    shares = {k: max(1, v // rounds) for k, v in vars(sizes).items() if k.startswith("n_") or k == "ttfb_n"}
+    child = Sizes(**(vars(sizes) | shares))
+    runs: dict[Path | None, list[dict[str, Any]]] = {other: [], None: []}
     for i in range(rounds):
-        for side in ("old", "new") if i % 2 == 0 else ("new", "old"):
-            progress(f"  round {i + 1}/{rounds}: {side} ...")
-            env = {k: v for k, v in os.environ.items() if k != PACKAGE_PATH}
-            if side == "old":
-                env[PACKAGE_PATH] = str(other.resolve())
-            command = [sys.executable, "-m", "bench", "--child", json.dumps(vars(child))]
-            done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env, check=True)
-            results[side].append(json.loads(done.stdout.strip().splitlines()[-1]))
-    old_package, new_package = results["old"][0]["package"], results["new"][0]["package"]
-    if old_package == new_package:
-        raise RuntimeError(f"both sides imported the package from {old_package}")
-    median = {
-        side: {k: statistics.median(r[k] for r in rs) for k in rs[0] if k != "package"} for side, rs in results.items()
-    }
-    for figures in median.values():
-        figures["per_event"] = (figures["consult_relay"] - figures["consult_stream"]) / max(1, child.relay_deltas - 1)
-    labels = {k: k for k in median["new"]} | {
+        for package in (other, None) if i % 2 == 0 else (None, other):
+            progress(f"  round {i + 1}/{rounds}: {package or 'this checkout'} ...")
+            runs[package].append(_child(child, package))
+    old, new = runs[other], runs[None]
+    if old[0]["package"] == new[0]["package"]:
+        raise RuntimeError(f"both sides imported the package from {old[0]['package']}")
+    labels = {k: f"{k}, added CPU µs" for k in COMPARED} | {
+        "per_event": "Added CPU per relayed event, µs",
         "ttfb": "Time to first byte added (uvicorn), µs",
         "events_s": "Events/s through the middleware, host paced (uvicorn)",
-        "per_event": "Added CPU per relayed event, µs",
     }
-    rows = [
-        [labels[k], _us(median["old"][k]), _us(median["new"][k]), f"{median['new'][k] / median['old'][k] - 1:+.0%}"]
-        for k in median["new"]
-    ]
-    intro = f"Old: {old_package}. New: {new_package}. Added CPU µs unless said; medians of {rounds} runs per side."
-    return "\n".join([intro, "", *_table("| Row | Old | New | Change |", rows)]) + "\n"
+    rows = []
+    for key, label in labels.items():
+        before, after = statistics.median(r[key] for r in old), statistics.median(r[key] for r in new)
+        rows.append(f"{label} | {_us(before)} | {_us(after)} | {after / before - 1:+.0%}")
+    intro = f"Old: {old[0]['package']}. New: {new[0]['package']}. Medians of {rounds} child processes per side."
+    return "\n".join([intro, "", *_table("Row | Old | New | Change", rows)]) + "\n"
 
 
 def main(argv: Sequence[str] | None = None) -> Report:

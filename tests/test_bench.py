@@ -4,6 +4,7 @@ No timing assertions."""
 from __future__ import annotations
 
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -113,3 +114,18 @@ def test_startup_is_timed_with_bytecode_cached(tmp_path: Path, monkeypatch: pyte
     assert log.read_text() == "xx", "one untimed run that writes the bytecode, then the timed one"
     assert list((tmp_path / "__pycache__").glob("probe_module.*.pyc")), "the probe ran without writing bytecode"
     assert startup.runs == 1 and 0 < startup.import_ms < 700, startup  # loose: 1.5 s if the first were timed
+
+
+def test_compare_times_another_checkout_in_its_own_processes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    package = Path(bench.run.__file__).resolve().parent.parent / "advisor_middleware"
+    shutil.copytree(package, tmp_path / "advisor_middleware")
+
+    main(["--quick", "--compare", str(tmp_path), "--rounds", "2"])
+
+    out = capsys.readouterr().out
+    assert f"Old: {tmp_path}." in out and f"New: {package.parent}." in out
+    rows = [line for line in out.splitlines() if line.startswith("| ") and "Old" not in line]
+    assert len(rows) == len(bench.run.COMPARED) + 3
+    assert all(key in out for key in bench.run.COMPARED)
