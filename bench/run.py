@@ -173,7 +173,7 @@ async def inproc_scenarios(sizes: Sizes, floors: dict[str, float], only: Sequenc
     ]
     for key, label, body, n in passes:
         if not only or key in only:
-            out.append(await passthrough_scenario(key, label, body, n=n))
+            out.append(await passthrough_scenario(key, label, body, n))
     return out
 
 
@@ -212,7 +212,7 @@ async def http_rows(sizes: Sizes, report: Report, progress: Callable[[str], None
             f"Pass-through, small body ({_size(len(small))}), `serve --upstream` (the middleware, then "
             "`UpstreamProxy`); alone: a minimal `httpx` forwarder (`ForwardingHost`)"
         )
-        scenario = await upstream_passthrough_scenario("upstream_pass", label, url, small, n=n)
+        scenario = await upstream_passthrough_scenario("upstream_pass", label, url, small, n)
         report.rows.append(await _measure_then_close(scenario, sizes.warmup, progress))
         progress(f"  LiteLLM's loop on the same backend (N={sizes.litellm_n}) ...")
         report.litellm = measure_litellm(url, sizes.litellm_n, sizes.warmup)
