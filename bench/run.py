@@ -90,7 +90,13 @@ class Sizes:
 
 
 FULL = Sizes()
-QUICK = Sizes(64 * 1024, 128 * 1024, 20, 5, 3, 3, 2, 3, 3, 5, 5, 3, 1, 1, 3, 3, 200, 1, 20, 0.05)
+# fmt: off
+QUICK = Sizes(
+    large=64 * 1024, huge=128 * 1024, relay_deltas=20, n_consult=5, n_relay=3, n_large=3, n_huge=2, n_http=3,
+    n_busy=3, n_pass_small=5, n_pass_large=5, n_pass_parse=3, warmup=1, import_runs=1, litellm_n=3, ttfb_n=3,
+    stream_events=200, stream_rounds=1, clients=20, advisor_delay=0.05
+)
+# fmt: on
 
 
 def _size(size: int) -> str:
