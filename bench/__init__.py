@@ -4,6 +4,8 @@
 import os
 import sys
 
-# ``python -m bench --compare DIR`` runs its children with this set: they import DIR's package.
-if os.environ.get("BENCH_PACKAGE_PATH"):
-    sys.path.insert(0, os.environ["BENCH_PACKAGE_PATH"])
+PACKAGE_PATH = "BENCH_PACKAGE_PATH"
+"""``python -m bench --compare DIR`` runs its children with this set to DIR: they import DIR's package."""
+
+if os.environ.get(PACKAGE_PATH):
+    sys.path.insert(0, os.environ[PACKAGE_PATH])
