@@ -1,2 +1,11 @@
 """Benchmarks of ``AdvisorMiddleware`` against the host alone and LiteLLM (``python -m bench``; see
 ``bench/run.py`` and docs/performance.md)."""
+
+import os
+import sys
+
+PACKAGE_PATH = "BENCH_PACKAGE_PATH"
+"""``python -m bench --compare DIR`` runs its children with this set to DIR: they import DIR's package."""
+
+if os.environ.get(PACKAGE_PATH):
+    sys.path.insert(0, os.environ[PACKAGE_PATH])

@@ -21,8 +21,6 @@ import uvicorn
 
 from .hosts import ModelHost
 
-__all__ = ["serve_in_subprocess"]
-
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -37,7 +35,7 @@ def _listening_socket() -> socket.socket:
     return sock
 
 
-async def _serve(app: Any) -> None:
+async def serve_app(app: Any) -> None:
     sock = _listening_socket()
     config = uvicorn.Config(app, lifespan="off", ws="none", log_config=None, log_level="error", access_log=False)
     config.backlog = 4096
@@ -59,7 +57,7 @@ def main() -> None:
         from advisor_middleware import AdvisorMiddleware
 
         app = AdvisorMiddleware(app)
-    asyncio.run(_serve(app))
+    asyncio.run(serve_app(app))
 
 
 @contextmanager

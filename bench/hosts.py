@@ -1,15 +1,16 @@
 """The hosts the bench measures against, and the request bodies it sends them.
 
-Every host is a minimal pure-ASGI app with zero think time (unless told otherwise), so what the
-bench measures is the middleware, not the host. ``ModelHost`` is the scripted model backend of
-every consult row: in-process behind the middleware, and over HTTP (``python -m bench.backend``)
-for the like-for-like rows, where it also speaks OpenAI chat completions for LiteLLM's executor.
+Every host is a minimal pure-ASGI app with no think time (unless told otherwise), so what the
+bench measures is the middleware. ``ModelHost`` is the scripted model of every consult row, its
+answers encoded by the test suite's scripted model (``tests/upstream.py``), so the bench and the
+tests speak one dialect of the protocol.
 """
 
 from __future__ import annotations
 
 import json
 import random
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 import anyio
@@ -17,23 +18,14 @@ import anyio.lowlevel
 import httpx
 import pydantic_core
 
-__all__ = [
-    "ADVISOR_MODEL",
-    "ADVISOR_TOOL",
-    "EXEC_MODEL",
-    "FINAL_DELTAS_HEADER",
-    "PACED_HEADER",
-    "BusyHost",
-    "EchoHost",
-    "ForwardingHost",
-    "ModelHost",
-    "claude_code_body",
-    "read_body",
-    "small_consult_body",
-    "small_plain_body",
-]
+from tests.openai_backend import chat_message
+from tests.upstream import Reply, reply_events, reply_message, sse, text, tool_use
 
-from advisor_middleware._types import ASGIApp, Receive, Scope, Send
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 EXEC_MODEL = "exec-model"
 # A name LiteLLM's provider inference maps to Anthropic, so its advisor leg comes to our backend.
@@ -43,11 +35,12 @@ ADVISOR_CALL_ID = "toolu_01BenchAdvisorCallAbcdef"
 FINAL_DELTAS_HEADER = b"x-bench-final-deltas"
 """Overrides ``ModelHost(final_deltas=...)`` for one request (the middleware copies it onto legs)."""
 PACED_HEADER = b"x-bench-paced"
-"""With any value: the host yields to the event loop after each event it sends, as a host does
-that reads each event off the network (then no two events are ready at once)."""
+"""With any value: the host yields to the event loop after each event, as a host reading each
+event off the network does."""
 
 SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache")]
-_JSON_HEADERS = [(b"content-type", b"application/json")]
+_ADVICE = "Close the jobs channel once, then wait on the WaitGroup; add a deadline."
+_FINAL = "Done: the pool drains on SIGTERM."
 
 
 async def read_body(receive: Receive) -> bytes:
@@ -58,129 +51,76 @@ async def read_body(receive: Receive) -> bytes:
             raise RuntimeError(f"unexpected {message['type']} while reading the body")
         chunks.append(message.get("body", b""))
         if not message.get("more_body", False):
-            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            return b"".join(chunks)
 
 
 def _dumps(data: Any) -> str:
     return json.dumps(data, separators=(",", ":"))
 
 
-def _message(model: str, blocks: list[dict[str, Any]], stop_reason: str) -> dict[str, Any]:
-    return {
-        "id": "msg_01BenchReply",
-        "type": "message",
-        "role": "assistant",
-        "model": model,
-        "content": blocks,
-        "stop_reason": stop_reason,
-        "stop_sequence": None,
-        "usage": {
-            "input_tokens": 50,
-            "cache_creation_input_tokens": 0,
-            "cache_read_input_tokens": 0,
-            "output_tokens": 40,
-        },
-    }
-
-
-def _stream(model: str, blocks: list[dict[str, Any]], stop_reason: str, text_deltas: int = 1) -> list[bytes]:
-    """The SSE chunks (one per event, as real servers send them) of one model turn; a text block's
-    text arrives in ``text_deltas`` deltas."""
-    start = {**_message(model, [], stop_reason), "stop_reason": None}
-    start["usage"] = {**start["usage"], "output_tokens": 1}
-    events: list[dict[str, Any]] = [{"type": "message_start", "message": start}]
-    for i, block in enumerate(blocks):
-        if block["type"] == "text":
-            events.append({"type": "content_block_start", "index": i, "content_block": {"type": "text", "text": ""}})
-            words = block["text"].split(" ")
-            pieces = (
-                [" ".join(words[k::text_deltas]) for k in range(text_deltas)] if text_deltas > 1 else [block["text"]]
-            )
-            for piece in pieces:
-                delta = {"type": "text_delta", "text": piece + " "}
-                events.append({"type": "content_block_delta", "index": i, "delta": delta})
-        else:
-            raw = _dumps(block["input"])
-            events.append({"type": "content_block_start", "index": i, "content_block": {**block, "input": {}}})
-            for part in (raw[:3], raw[3:]):
-                delta = {"type": "input_json_delta", "partial_json": part}
-                events.append({"type": "content_block_delta", "index": i, "delta": delta})
-        events.append({"type": "content_block_stop", "index": i})
-    events.append(
-        {
-            "type": "message_delta",
-            "delta": {"stop_reason": stop_reason, "stop_sequence": None},
-            "usage": {"output_tokens": 40},
-        }
-    )
-    events.append({"type": "message_stop"})
-    return [f"event: {e['type']}\ndata: {_dumps(e)}\n\n".encode() for e in events]
-
-
 class _Turn:
-    """One scripted answer, pre-encoded both ways (SSE chunks and a JSON Message)."""
+    """One scripted answer, pre-encoded both ways: SSE chunks (one per event) and a JSON Message.
+    With ``text_deltas`` > 1, each text block's text arrives in that many deltas."""
 
-    def __init__(self, model: str, blocks: list[dict[str, Any]], stop_reason: str, text_deltas: int = 1) -> None:
-        self.sse = _stream(model, blocks, stop_reason, text_deltas)
-        self.json = _dumps(_message(model, blocks, stop_reason)).encode()
-
-
-_ADVICE = "Close the jobs channel once, then wait on the WaitGroup; add a deadline."
-_QUESTION = "Should I close the jobs channel or cancel the context first?"
-_FINAL = "Done: the pool drains on SIGTERM."
+    def __init__(self, model: str, reply: Reply, text_deltas: int = 1) -> None:
+        events: list[dict[str, Any]] = []
+        for event in reply_events(reply, model):
+            delta = event.get("delta", {})
+            if delta.get("type") == "text_delta" and text_deltas > 1:
+                words = delta["text"].split(" ")
+                for k in range(text_deltas):
+                    piece = {"type": "text_delta", "text": " ".join(words[k::text_deltas]) + " "}
+                    events.append({**event, "delta": piece})
+            else:
+                events.append(event)
+        self.sse = [sse(event) for event in events]
+        self.json = _dumps(reply_message(reply, model)).encode()
 
 
 def _chat(message: dict[str, Any], finish_reason: str) -> bytes:
-    return _dumps(
-        {
-            "id": "chatcmpl-bench",
-            "object": "chat.completion",
-            "created": 1_764_000_000,
-            "model": EXEC_MODEL,
-            "choices": [{"index": 0, "message": message, "finish_reason": finish_reason}],
-            "usage": {"prompt_tokens": 50, "completion_tokens": 40, "total_tokens": 90},
-        }
-    ).encode()
+    choice = {"index": 0, "message": message, "finish_reason": finish_reason}
+    usage = {"prompt_tokens": 50, "completion_tokens": 40, "total_tokens": 90}
+    data = {"id": "chatcmpl-bench", "object": "chat.completion", "created": 0, "model": EXEC_MODEL}
+    return _dumps({**data, "choices": [choice], "usage": usage}).encode()
 
 
 class ModelHost:
-    """A scripted Anthropic-compatible model host. Stateless: the body alone picks the answer.
+    """A scripted model host. Stateless: the body alone picks the answer.
 
-    ``/v1/messages``: the advisor model gets advice text (after ``advisor_delay`` seconds); an
-    executor request whose last message answers our advisor call gets the final text (in
-    ``final_deltas`` text deltas, or as many as the ``x-bench-final-deltas`` header says: the relay
-    rows stream many); any other executor request gets
-    text + ``tool_use`` of ``advisor``. SSE for ``stream: true``, one JSON Message otherwise.
-    ``/v1/chat/completions`` plays the same executor in OpenAI's format (LiteLLM's executor legs):
-    a call of ``advisor`` until a ``tool`` message is present, then the final text. The host
-    parses the body (as any real host does) and sends pre-encoded answers.
+    ``/v1/messages``: the advisor model gets advice (after ``advisor_delay`` seconds); an executor
+    request whose last message answers our advisor call gets the final text (in ``final_deltas``
+    deltas, or as many as the ``x-bench-final-deltas`` header says); any other executor request
+    gets text + ``tool_use`` of ``advisor`` (or, with ``consults=False``, the final text at once).
+    ``/v1/chat/completions`` plays the same executor in OpenAI's format, for LiteLLM's executor
+    legs. The host parses each body, as any host does, and sends pre-encoded answers.
     """
 
     def __init__(self, *, advisor_delay: float = 0.0, final_deltas: int = 1, consults: bool = True) -> None:
         self.advisor_delay = advisor_delay
-        self.consults = consults  # False: the executor answers at once (the advisor offered, not called)
+        self.consults = consults
         self.calls = 0
-        self.call_advisor = _Turn(
-            EXEC_MODEL,
-            [
-                {"type": "text", "text": "Let me check the plan with the advisor first."},
-                {"type": "tool_use", "id": ADVISOR_CALL_ID, "name": "advisor", "input": {}},
-            ],
-            "tool_use",
-        )
         self.final_deltas = final_deltas
         self._finals: dict[int, _Turn] = {}
-        self.advice = _Turn(ADVISOR_MODEL, [{"type": "text", "text": _ADVICE}], "end_turn")
-        arguments = _dumps({"question": _QUESTION})
-        call = {"id": "call_bench", "type": "function", "function": {"name": "advisor", "arguments": arguments}}
-        self.chat_call = _chat({"role": "assistant", "content": None, "tool_calls": [call]}, "tool_calls")
-        self.chat_final = _chat({"role": "assistant", "content": _FINAL}, "stop")
+        call = tool_use("advisor", {}, id=ADVISOR_CALL_ID)
+        self.call_advisor = _Turn(EXEC_MODEL, Reply([text("Let me check the plan first."), call], "tool_use"))
+        self.advice = _Turn(ADVISOR_MODEL, Reply([text(_ADVICE)]))
+        question = tool_use("advisor", {"question": "Close the channel or cancel the context first?"})
+        self.chat_call = _chat(chat_message(Reply([question])), "tool_calls")
+        self.chat_final = _chat(chat_message(Reply([text(_FINAL)])), "stop")
 
     def final(self, deltas: int) -> _Turn:
         if deltas not in self._finals:
-            text = _FINAL if deltas <= 1 else " ".join(f"w{i}" for i in range(deltas))
-            self._finals[deltas] = _Turn(EXEC_MODEL, [{"type": "text", "text": text}], "end_turn", deltas)
+            words = _FINAL if deltas <= 1 else " ".join(f"w{i}" for i in range(deltas))
+            self._finals[deltas] = _Turn(EXEC_MODEL, Reply([text(words)]), deltas)
         return self._finals[deltas]
+
+    def _turn(self, request: dict[str, Any], headers: dict[bytes, bytes]) -> _Turn:
+        if request.get("model") == ADVISOR_MODEL:
+            return self.advice
+        if not self.consults or _answers_advisor_call(request.get("messages")):
+            deltas = headers.get(FINAL_DELTAS_HEADER)
+            return self.final(int(deltas) if deltas else self.final_deltas)
+        return self.call_advisor
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -188,24 +128,18 @@ class ModelHost:
         request = json.loads(await read_body(receive))
         self.calls += 1
         if scope["path"].endswith("/chat/completions"):
-            messages = request.get("messages") or []
-            answered = any(m.get("role") == "tool" for m in messages if isinstance(m, dict))
-            await _send_json(send, self.chat_final if answered else self.chat_call)
+            answered = any(m.get("role") == "tool" for m in request.get("messages") or [])
+            await send_json(send, self.chat_final if answered else self.chat_call)
             return
-        if request.get("model") == ADVISOR_MODEL:
-            if self.advisor_delay:
-                await anyio.sleep(self.advisor_delay)
-            turn = self.advice
-        elif not self.consults or _answers_advisor_call(request.get("messages")):
-            deltas = dict(scope["headers"]).get(FINAL_DELTAS_HEADER)
-            turn = self.final(int(deltas) if deltas else self.final_deltas)
-        else:
-            turn = self.call_advisor
+        if self.advisor_delay and request.get("model") == ADVISOR_MODEL:
+            await anyio.sleep(self.advisor_delay)
+        headers = dict(scope["headers"])
+        turn = self._turn(request, headers)
         if not request.get("stream"):
-            await _send_json(send, turn.json)
+            await send_json(send, turn.json)
             return
         await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
-        paced = PACED_HEADER in dict(scope["headers"])
+        paced = PACED_HEADER in headers
         for chunk in turn.sse:
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
             if paced:
@@ -213,8 +147,8 @@ class ModelHost:
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-async def _send_json(send: Send, body: bytes, status: int = 200) -> None:
-    headers = [*_JSON_HEADERS, (b"content-length", str(len(body)).encode())]
+async def send_json(send: Send, body: bytes, status: int = 200) -> None:
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
@@ -230,44 +164,37 @@ def _answers_advisor_call(messages: Any) -> bool:
 
 
 class EchoHost:
-    """A host that does nothing but parse the body (``pydantic_core.from_json``, the fastest
-    parser here) and answer one small fixed JSON Message: the pass-through rows' host."""
+    """Parses the body (``pydantic_core.from_json``) and answers a small fixed JSON Message: the
+    pass-through rows' host."""
 
     def __init__(self) -> None:
-        self.calls = 0
         self.last_body = b""
-        self.answer = _dumps(_message(EXEC_MODEL, [{"type": "text", "text": "ok"}], "end_turn")).encode()
+        self.answer = _dumps(reply_message(Reply([text("ok")]), EXEC_MODEL)).encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self.last_body = await read_body(receive)
         pydantic_core.from_json(self.last_body)
-        self.calls += 1
-        await _send_json(send, self.answer)
+        await send_json(send, self.answer)
 
 
 class BusyHost:
-    """``ModelHost`` (or any app) behind a gateway that does other work before each request:
-    a ``json.loads`` of a fixed 75 KB document, standing in for the auth, routing and logging
-    code a real gateway runs. Between two legs of a consult, the middleware's code and data then
-    leave the CPU's caches, as they do in front of an HTTP backend, where httpx and the socket I/O
-    run in between; with no network in the row to add noise (docs/performance.md, round 8)."""
+    """An app behind a gateway that does other work before each request (a ``json.loads`` of a
+    75 KB document, standing in for auth, routing and logging): between two legs of a consult the
+    middleware's code and data leave the CPU's caches, as they do in front of an HTTP backend."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
         rng = random.Random(7)
-        items = [{f"k{i}": "v" * rng.randrange(50), "n": list(range(i % 20))} for i in range(1000)]
-        self.document = json.dumps(items)
+        self.document = _dumps([{f"k{i}": "v" * rng.randrange(50), "n": list(range(i % 20))} for i in range(1000)])
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            json.loads(self.document)
+        json.loads(self.document)
         await self.app(scope, receive, send)
 
 
 class ForwardingHost:
-    """A gateway in front of a real HTTP backend: each request is forwarded with ``httpx`` and the
-    answer relayed as it arrives. It makes the in-process rows like-for-like with LiteLLM, which
-    also talks HTTP to the backend."""
+    """A gateway in front of an HTTP backend: each request forwarded with ``httpx``, the answer
+    relayed as it arrives (like-for-like with LiteLLM, which also talks HTTP to the backend)."""
 
     def __init__(self, client: httpx.AsyncClient) -> None:
         self.client = client
@@ -278,7 +205,7 @@ class ForwardingHost:
         request = self.client.build_request("POST", scope["path"], content=body, headers=headers)
         response = await self.client.send(request, stream=True)
         try:
-            out = [(k.lower(), v) for k, v in response.headers.raw if k.lower() not in (b"content-length",)]
+            out = [(k.lower(), v) for k, v in response.headers.raw if k.lower() != b"content-length"]
             await send({"type": "http.response.start", "status": response.status_code, "headers": out})
             async for chunk in response.aiter_raw():
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
@@ -286,9 +213,6 @@ class ForwardingHost:
         finally:
             await response.aclose()
 
-
-# --------------------------------------------------------------------------------------------
-# Request bodies.
 
 _WORDS = (
     "the worker pool drains jobs from a buffered channel and each goroutine returns its result to the "
@@ -302,32 +226,14 @@ def _prose(rng: random.Random, words: int) -> str:
 
 
 def _code(rng: random.Random, lines: int) -> str:
-    out = []
-    for n in range(1, lines + 1):
-        indent = "\t" * rng.randint(0, 3)
-        out.append(f"{n:>5}\t{indent}{rng.choice(_WORDS)} := {rng.choice(_WORDS)}({rng.choice(_WORDS)}, {n})")
-    return "\n".join(out)
+    words = [rng.choice(_WORDS) for _ in range(3 * lines)]
+    return "\n".join(f"{n:>5}\t{words[3 * n]} := {words[3 * n + 1]}({words[3 * n + 2]}, {n})" for n in range(lines))
 
 
-def _tools(rng: random.Random) -> list[dict[str, Any]]:
-    names = ["Bash", "Read", "Edit", "Write", "Glob", "Grep", "Task", "TodoWrite", "WebFetch", "NotebookEdit"]
-    return [
-        {
-            "name": name,
-            "description": "\n".join(_prose(rng, 25) for _ in range(12)),
-            "input_schema": {
-                "type": "object",
-                "properties": {
-                    "file_path": {"type": "string", "description": _prose(rng, 12)},
-                    "command": {"type": "string", "description": _prose(rng, 12)},
-                    "timeout": {"type": "number", "description": _prose(rng, 8)},
-                },
-                "required": ["file_path"],
-                "additionalProperties": False,
-            },
-        }
-        for name in names
-    ]
+def _tool(rng: random.Random, name: str) -> dict[str, Any]:
+    properties = {key: {"type": "string", "description": _prose(rng, 12)} for key in ("file_path", "command")}
+    schema = {"type": "object", "properties": properties, "required": ["file_path"]}
+    return {"name": name, "description": "\n".join(_prose(rng, 25) for _ in range(12)), "input_schema": schema}
 
 
 def claude_code_body(size: int, *, advisor: bool, stream: bool, mention_advisor: bool = False) -> bytes:
@@ -335,71 +241,36 @@ def claude_code_body(size: int, *, advisor: bool, stream: bool, mention_advisor:
     long agentic conversation (assistant text + tool_use, user tool_result with file contents),
     ending in a tool_result, which is when an executor typically consults."""
     rng = random.Random(20260301)
-    system = [
-        {"type": "text", "text": "You are Claude Code, Anthropic's official CLI for Claude."},
-        {"type": "text", "text": "\n".join(_prose(rng, 30) for _ in range(40)), "cache_control": {"type": "ephemeral"}},
-    ]
-    tools = _tools(rng)
-    if advisor:
-        tools.append(dict(ADVISOR_TOOL))
+    names = ["Bash", "Read", "Edit", "Write", "Glob", "Grep", "Task", "TodoWrite", "WebFetch", "NotebookEdit"]
+    tools = [_tool(rng, name) for name in names] + ([ADVISOR_TOOL] if advisor else [])
     first = "Refactor the worker pool so shutdown drains in-flight jobs."
     if mention_advisor:
-        # Quoted, so the body holds the bytes `"advisor` (an escaped quote, then the word): the
-        # scan's needle, which prose alone does not match. A key named so in a file, say.
+        # The bytes `"advisor` (a quote, then the word), which prose alone does not hold.
         first += ' Do not use the advisor for this one, and keep the "advisor" key in config.json.'
-    messages: list[dict[str, Any]] = [
-        {"role": "user", "content": [{"type": "text", "text": _prose(rng, 60)}, {"type": "text", "text": first}]}
-    ]
-    data: dict[str, Any] = {
-        "model": EXEC_MODEL,
-        "max_tokens": 32000,
-        "stream": stream,
-        "system": system,
-        "tools": tools,
-        "messages": messages,
-        "metadata": {"user_id": "user_bench_session_0001"},
-    }
-    total = len(_dumps(data))
-    n = 0
+    messages: list[dict[str, Any]] = [{"role": "user", "content": [text(_prose(rng, 60)), text(first)]}]
+    system = [text("You are Claude Code."), text("\n".join(_prose(rng, 30) for _ in range(40)))]
+    data = {"model": EXEC_MODEL, "max_tokens": 32000, "stream": stream, "system": system, "tools": tools}
+    total = len(_dumps(data)) + len(_dumps(messages))
     while total < size:
-        n += 1
-        call_id = f"toolu_01Bench{n:08d}"
-        name = rng.choice(["Read", "Bash", "Grep", "Edit"])
-        assistant = {
-            "role": "assistant",
-            "content": [
-                {"type": "text", "text": _prose(rng, rng.randint(10, 60))},
-                {
-                    "type": "tool_use",
-                    "id": call_id,
-                    "name": name,
-                    "input": {"file_path": f"/repo/internal/pool/file{n}.go", "command": _prose(rng, 6)},
-                },
-            ],
-        }
-        result = {
-            "role": "user",
-            "content": [{"type": "tool_result", "tool_use_id": call_id, "content": _code(rng, rng.randint(20, 120))}],
-        }
-        messages += [assistant, result]
-        total += len(_dumps(assistant)) + len(_dumps(result)) + 2
-    return _dumps(data).encode()
+        call = tool_use(
+            rng.choice(names), {"file_path": f"/repo/pool/file{len(messages)}.go"}, f"toolu_{len(messages)}"
+        )
+        result = {"type": "tool_result", "tool_use_id": call["id"], "content": _code(rng, rng.randint(20, 120))}
+        turn = [{"role": "assistant", "content": [text(_prose(rng, 30)), call]}, {"role": "user", "content": [result]}]
+        messages += turn
+        total += len(_dumps(turn))
+    return _dumps({**data, "messages": messages}).encode()
 
 
 def small_consult_body(stream: bool) -> bytes:
-    """The shape LiteLLM's benchmark used: one short user message, the advisor as the only tool."""
-    data = {
-        "model": EXEC_MODEL,
-        "max_tokens": 1024,
-        "stream": stream,
-        "messages": [{"role": "user", "content": "Write a Go worker pool with graceful shutdown."}],
-        "tools": [ADVISOR_TOOL],
-    }
-    return _dumps(data).encode()
+    """One short user message, the advisor as the only tool."""
+    message = {"role": "user", "content": "Write a Go worker pool with graceful shutdown."}
+    return _dumps(
+        {"model": EXEC_MODEL, "max_tokens": 1024, "stream": stream, "messages": [message], "tools": [ADVISOR_TOOL]}
+    ).encode()
 
 
 def small_plain_body() -> bytes:
     """About 1 KB, no advisor anywhere."""
-    rng = random.Random(7)
-    data = {"model": EXEC_MODEL, "max_tokens": 1024, "messages": [{"role": "user", "content": _prose(rng, 150)}]}
-    return _dumps(data).encode()
+    message = {"role": "user", "content": _prose(random.Random(7), 150)}
+    return _dumps({"model": EXEC_MODEL, "max_tokens": 1024, "messages": [message]}).encode()

@@ -19,26 +19,8 @@ import anyio
 import httpx
 
 from advisor_middleware import AdvisorMiddleware
-from advisor_middleware._types import ASGIApp, Message, Receive, Scope, Send
 
-from .hosts import EchoHost, ForwardingHost, read_body
-
-__all__ = [
-    "CHUNK",
-    "Recorder",
-    "Row",
-    "Scenario",
-    "check_consult",
-    "consult_scenario",
-    "exchange",
-    "measure",
-    "passthrough_scenario",
-    "receiver",
-    "request_scope",
-    "split",
-    "upstream_passthrough_scenario",
-    "upstream_scenario",
-]
+from .hosts import ASGIApp, EchoHost, ForwardingHost, Message, ModelHost, Receive, Scope, Send, read_body
 
 Call = Callable[[], Awaitable[None]]
 
@@ -100,20 +82,17 @@ async def exchange(app: ASGIApp, scope: Scope, chunks: Sequence[bytes]) -> tuple
 
 def request_scope(body: bytes, *, stream: bool, beta: bool, path: str = "/v1/messages") -> Scope:
     """The scope uvicorn gives an app for Claude Code's ``POST /v1/messages``."""
-    headers = [
-        (b"host", b"127.0.0.1:8000"),
-        (b"user-agent", b"claude-cli/2.1.0 (external, cli)"),
-        (b"accept", b"text/event-stream" if stream else b"application/json"),
-        (b"accept-encoding", b"gzip, deflate"),
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-        (b"x-api-key", b"sk-bench-0123456789"),
-        (b"anthropic-version", b"2023-06-01"),
-        (b"x-stainless-lang", b"js"),
-        (b"x-stainless-retry-count", b"0"),
-    ]
+    headers = {
+        "host": "127.0.0.1:8000",
+        "user-agent": "claude-cli/2.1.0 (external, cli)",
+        "accept": "text/event-stream" if stream else "application/json",
+        "content-type": "application/json",
+        "content-length": str(len(body)),
+        "x-api-key": "sk-bench-0123456789",
+        "anthropic-version": "2023-06-01",
+    }
     if beta:
-        headers.append((b"anthropic-beta", b"claude-code-20250219,advisor-tool-2026-03-01"))
+        headers["anthropic-beta"] = "claude-code-20250219,advisor-tool-2026-03-01"
     return {
         "type": "http",
         "asgi": {"version": "3.0", "spec_version": "2.4"},
@@ -124,7 +103,7 @@ def request_scope(body: bytes, *, stream: bool, beta: bool, path: str = "/v1/mes
         "raw_path": path.encode(),
         "query_string": b"",
         "root_path": "",
-        "headers": headers,
+        "headers": [(k.encode(), v.encode()) for k, v in headers.items()],
         "client": ("127.0.0.1", 50123),
         "server": ("127.0.0.1", 8000),
         "state": {},
@@ -208,9 +187,8 @@ async def consult_scenario(
     label: str,
     host: ASGIApp,
     body: bytes,
-    *,
-    stream: bool,
     n: int,
+    stream: bool = True,
     consulted: bool = True,
     reference: Callable[[], object] | None = None,
 ) -> Scenario:
@@ -237,30 +215,44 @@ async def consult_scenario(
     return Scenario(key, label, base, through, n, reference)
 
 
-async def upstream_scenario(key: str, label: str, url: str, body: bytes, *, stream: bool, n: int) -> Scenario:
-    """``advisor-middleware serve --upstream URL``: the CLI's own app, ``AdvisorMiddleware``
-    around an ``UpstreamProxy``, whose legs go straight to ``url`` over ``HTTPRouter``. Alone: the
-    same three leg requests posted directly with the app's own ``httpx`` client and read to the
-    end, as a client that runs the loop itself would (LiteLLM's row subtracts the same).
-    Await ``scenario.close`` when done."""
+async def shut_down(app: ASGIApp) -> None:
+    """Run ``app``'s lifespan to its shutdown (``serve --upstream``'s proxy closes its client)."""
+    messages = iter([{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}])
+
+    async def receive() -> Message:
+        return next(messages)
+
+    async def send(message: Message) -> None:
+        pass
+
+    await app({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}, receive, send)
+
+
+def cli_app(url: str) -> ASGIApp:
+    """``advisor-middleware serve --upstream URL``: ``AdvisorMiddleware`` around a proxy whose legs
+    go straight to ``url``."""
     from advisor_middleware.cli import build_app
 
-    app = build_app(None, upstream=url)
-    proxy = app.app
-    recorded = await record_legs(proxy, body, stream=stream)  # through the proxy: the same legs
-    scope = request_scope(body, stream=stream, beta=True)
-    chunks = split(body)
-    check_consult(*await exchange(app, scope, chunks), stream)  # the HTTPRouter legs answer too
-    client = proxy.client
+    app: ASGIApp = build_app(None, upstream=url)
+    return app
+
+
+async def upstream_scenario(key: str, label: str, url: str, body: bytes, n: int, stream: bool) -> Scenario:
+    """Through: the CLI's app with ``--upstream url``. Alone: the same three leg requests posted
+    directly with ``httpx`` and read to the end, as a client that runs the loop itself would
+    (LiteLLM's row subtracts the same). Await ``scenario.close`` when done."""
+    app, client = cli_app(url), httpx.AsyncClient(base_url=url)
+    scope, chunks = request_scope(body, stream=stream, beta=True), split(body)
+    check_consult(*await exchange(app, scope, chunks), stream)
     skip = (b"host", b"content-length")
     legs = [
-        (url + leg_scope["path"], [(k, v) for k, v in leg_scope["headers"] if k not in skip], leg_body)
-        for leg_scope, leg_body in recorded
+        (leg["path"], [(k, v) for k, v in leg["headers"] if k not in skip], leg_body)
+        for leg, leg_body in await record_legs(ModelHost(), body, stream=stream)  # the backend's model
     ]
 
     async def base() -> None:
-        for leg_url, headers, leg_body in legs:
-            async with client.stream("POST", leg_url, content=leg_body, headers=headers) as response:
+        for path, headers, leg_body in legs:
+            async with client.stream("POST", path, content=leg_body, headers=headers) as response:
                 async for _ in response.aiter_raw():
                     pass
                 if response.status_code != 200:
@@ -269,62 +261,41 @@ async def upstream_scenario(key: str, label: str, url: str, body: bytes, *, stre
     async def through() -> None:
         await exchange(app, scope, chunks)
 
-    return Scenario(key, label, base, through, n, close=proxy.aclose)
+    async def close() -> None:
+        await client.aclose()
+        await shut_down(app)
+
+    return Scenario(key, label, base, through, n, close=close)
 
 
-async def upstream_passthrough_scenario(key: str, label: str, url: str, body: bytes, *, n: int) -> Scenario:
-    """A request without the advisor to ``serve --upstream URL`` (the middleware's scan, then
-    ``UpstreamProxy``), vs ``ForwardingHost``, a minimal ``httpx`` forwarder, on the same request:
-    what the proxy's own duties cost (disconnects, hop-by-hop headers, ``via``). Await
-    ``scenario.close`` when done."""
-    from advisor_middleware.cli import build_app
-
-    app = build_app(None, upstream=url)
-    client = httpx.AsyncClient(base_url=url)
-    host = ForwardingHost(client)
+async def upstream_passthrough_scenario(key: str, label: str, url: str, body: bytes, n: int) -> Scenario:
+    """A request without the advisor to the CLI's app with ``--upstream url``, vs
+    ``ForwardingHost``, a minimal ``httpx`` forwarder: what the proxy's own duties cost."""
+    app, client = cli_app(url), httpx.AsyncClient(base_url=url)
 
     async def close() -> None:
         await client.aclose()
-        await app.app.aclose()
+        await shut_down(app)
 
-    return await _one_request_scenario(key, label, host, app, body, n, close=close)
+    return await one_request_scenario(key, label, ForwardingHost(client), app, body, n, close)
 
 
-async def passthrough_scenario(key: str, label: str, body: bytes, *, n: int) -> Scenario:
+async def passthrough_scenario(key: str, label: str, body: bytes, n: int) -> Scenario:
     host = EchoHost()
-
-    def check() -> None:
-        if host.last_body != body:
-            raise RuntimeError("pass-through changed the request")
-
-    return await _one_request_scenario(key, label, host, AdvisorMiddleware(host), body, n, check=check)
+    scenario = await one_request_scenario(key, label, host, AdvisorMiddleware(host), body, n)
+    if host.last_body != body:
+        raise RuntimeError("pass-through changed the request")
+    return scenario
 
 
-async def _one_request_scenario(
-    key: str,
-    label: str,
-    alone: ASGIApp,
-    behind: ASGIApp,
-    body: bytes,
-    n: int,
-    *,
-    check: Callable[[], None] | None = None,
-    close: Call | None = None,
+async def one_request_scenario(
+    key: str, label: str, alone: ASGIApp, behind: ASGIApp, body: bytes, n: int, close: Call | None = None
 ) -> Scenario:
-    """The same plain request to ``alone`` and to ``behind``; both must answer 200, the same
-    bytes, and pass ``check`` (called after each)."""
-    scope = request_scope(body, stream=False, beta=False)
-    chunks = split(body)
-    answers = set()
-    for app in (alone, behind):
-        status, answer = await exchange(app, scope, chunks)
-        answers.add(answer)
-        if check is not None:
-            check()
-        if status != 200:
-            raise RuntimeError(f"a pass-through request failed ({status})")
-    if len(answers) != 1:
-        raise RuntimeError("pass-through changed the response")
+    """The same plain request to ``alone`` and to ``behind``: both must answer 200 and the same bytes."""
+    scope, chunks = request_scope(body, stream=False, beta=False), split(body)
+    answers = {await exchange(app, scope, chunks) for app in (alone, behind)}
+    if len(answers) != 1 or answers.pop()[0] != 200:
+        raise RuntimeError("pass-through changed or failed the request")
 
     async def base() -> None:
         await exchange(alone, scope, chunks)
@@ -341,11 +312,9 @@ STRETCHES = 5
 
 async def measure(scenario: Scenario, warmup: int) -> Row:
     """Warm up, then alternate host-alone and through-middleware requests (and the reference, if
-    any, once per pair). The machine's load
-    moves within a run (the host alone's median moved 50 → 85 µs between runs minutes apart), so
-    the requests come in ``STRETCHES`` consecutive stretches and the row gives the medians of the one
-    where the host alone was fastest: both sides from the same stretch (docs/performance.md,
-    Method)."""
+    any, once per pair). The machine's load moves within a run, so the requests come in
+    ``STRETCHES`` consecutive stretches and the row gives the medians of the one where the host
+    alone was fastest: both sides from the same stretch."""
     for _ in range(warmup):
         await scenario.base()
         await scenario.through()

@@ -20,18 +20,6 @@ from .backend import ROOT, serve_in_subprocess
 from .hosts import FINAL_DELTAS_HEADER, PACED_HEADER, ModelHost, small_consult_body
 from .inproc import record_legs
 
-__all__ = [
-    "Concurrency",
-    "LiteLLMRun",
-    "Relay",
-    "Startup",
-    "litellm_installed",
-    "measure_concurrency",
-    "measure_litellm",
-    "measure_relay",
-    "measure_startup",
-]
-
 _CONSULT_HEADERS = {
     "content-type": "application/json",
     "x-api-key": "sk-bench",
@@ -77,21 +65,17 @@ async def _post(port: int, body: bytes, headers: dict[str, str]) -> tuple[float,
     return first, raw
 
 
-# --------------------------------------------------------------------------------------------
-# Streaming relay: time to first byte and events/s.
-
-
 @dataclass
 class Relay:
     ttfb_n: int
-    alone_ttfb_us: float
-    through_ttfb_us: float
     events: int
     rounds: int
-    alone_events_s: float
-    through_events_s: float
-    paced_alone_events_s: float
-    paced_through_events_s: float
+    alone_ttfb_us: float = 0.0
+    through_ttfb_us: float = 0.0
+    alone_events_s: float = 0.0
+    through_events_s: float = 0.0
+    paced_alone_events_s: float = 0.0
+    paced_through_events_s: float = 0.0
 
     @property
     def added_ttfb_us(self) -> float:
@@ -107,77 +91,56 @@ class Relay:
 
 
 async def measure_relay(ttfb_n: int, events: int, rounds: int) -> Relay:
-    """Two uvicorn servers of the same ``ModelHost``, one behind the middleware. TTFB: the
-    client's first byte of a streaming consult vs of its first leg sent directly. Throughput:
-    a consult whose last leg streams ``events`` text deltas vs the same three legs sent directly,
-    events received per second of wall time; once with the host sending its whole answer in one
-    go (*burst*), once yielding to the event loop after each event (*paced*, as a host does that
-    reads each event off the network)."""
-    legs = await _leg_bodies()
-    consult = small_consult_body(True)
+    """Two uvicorn servers of the same ``ModelHost``, one behind the middleware. Time to first
+    byte: a streamed consult's vs its first leg's sent directly. Events/s: a consult whose last leg
+    streams ``events`` text deltas vs the same three legs sent directly, with the host sending its
+    whole answer at once (*burst*) or yielding to the event loop after each event (*paced*, as a
+    host reading each event off the network does)."""
+    legs, consult = await _leg_bodies(), small_consult_body(True)
     burst = {FINAL_DELTAS_HEADER.decode(): str(events)}
     paced = burst | {PACED_HEADER.decode(): "1"}
+    relay = Relay(ttfb_n, events, rounds)
     with serve_in_subprocess() as (alone, _), serve_in_subprocess("--middleware") as (through, _):
 
+        async def alone_rate(extra: dict[str, str]) -> float:
+            t0, count = time.perf_counter(), 0
+            for body in legs:
+                count += (await _post(alone, body, _LEG_HEADERS | extra))[1].count(b"\n\n")
+            return count / (time.perf_counter() - t0)
+
+        async def through_rate(extra: dict[str, str]) -> float:
+            t0 = time.perf_counter()
+            count = (await _post(through, consult, _CONSULT_HEADERS | extra))[1].count(b"\n\n")
+            return count / (time.perf_counter() - t0)
+
         async def alone_first() -> float:
-            return (await _post(alone, legs[0], _LEG_HEADERS))[0]
+            return (await _post(alone, legs[0], _LEG_HEADERS))[0] * 1e6
 
         async def through_first() -> float:
-            return (await _post(through, consult, _CONSULT_HEADERS))[0]
+            return (await _post(through, consult, _CONSULT_HEADERS))[0] * 1e6
 
-        def alone_stream(extra: dict[str, str]) -> Callable[[], Awaitable[float]]:
-            async def run() -> float:
-                t0 = time.perf_counter()
-                count = 0
-                for body in legs:
-                    count += (await _post(alone, body, _LEG_HEADERS | extra))[1].count(b"\n\n")
-                return count / (time.perf_counter() - t0)
-
-            return run
-
-        def through_stream(extra: dict[str, str]) -> Callable[[], Awaitable[float]]:
-            async def run() -> float:
-                t0 = time.perf_counter()
-                count = (await _post(through, consult, _CONSULT_HEADERS | extra))[1].count(b"\n\n")
-                return count / (time.perf_counter() - t0)
-
-            return run
-
-        ttfb = await _alternate(alone_first, through_first, ttfb_n, warmup=10)
-        rates = await _alternate(alone_stream(burst), through_stream(burst), rounds, warmup=1)
-        paced_rates = await _alternate(alone_stream(paced), through_stream(paced), rounds, warmup=1)
-    return Relay(
-        ttfb_n,
-        statistics.median(ttfb[0]) * 1e6,
-        statistics.median(ttfb[1]) * 1e6,
-        events,
-        rounds,
-        statistics.median(rates[0]),
-        statistics.median(rates[1]),
-        statistics.median(paced_rates[0]),
-        statistics.median(paced_rates[1]),
-    )
+        relay.alone_ttfb_us, relay.through_ttfb_us = await _alternate(alone_first, through_first, ttfb_n, 10)
+        relay.alone_events_s, relay.through_events_s = await _alternate(
+            lambda: alone_rate(burst), lambda: through_rate(burst), rounds, 1
+        )
+        relay.paced_alone_events_s, relay.paced_through_events_s = await _alternate(
+            lambda: alone_rate(paced), lambda: through_rate(paced), rounds, 1
+        )
+    return relay
 
 
 async def _alternate(
     a: Callable[[], Awaitable[float]], b: Callable[[], Awaitable[float]], n: int, warmup: int
-) -> tuple[list[float], list[float]]:
+) -> tuple[float, float]:
+    """The medians of ``n`` calls each of ``a`` and ``b``, taking turns (a b b a a b ...)."""
     for _ in range(warmup):
         await a()
         await b()
     out: tuple[list[float], list[float]] = ([], [])
     for i in range(n):
-        if i % 2:
-            out[1].append(await b())
-            out[0].append(await a())
-        else:
-            out[0].append(await a())
-            out[1].append(await b())
-    return out
-
-
-# --------------------------------------------------------------------------------------------
-# Concurrency.
+        for side, call in ((0, a), (1, b)) if i % 2 == 0 else ((1, b), (0, a)):
+            out[side].append(await call())
+    return statistics.median(out[0]), statistics.median(out[1])
 
 
 @dataclass
@@ -279,10 +242,6 @@ async def measure_concurrency(clients: int, advisor_delay: float) -> Concurrency
     return Concurrency(clients, advisor_delay, alone_side, through_side)
 
 
-# --------------------------------------------------------------------------------------------
-# LiteLLM's loop on the same backend.
-
-
 @dataclass
 class LiteLLMRun:
     status: str
@@ -299,36 +258,30 @@ class LiteLLMRun:
 
 
 def measure_litellm(base_url: str, n: int, warmup: int) -> LiteLLMRun:
+    """LiteLLM's loop on the backend at ``base_url``, in a process of its own (``bench.litellm_probe``)."""
     if not litellm_installed():
         return LiteLLMRun("not installed")
-    out = subprocess.run(
-        [sys.executable, "-m", "bench.litellm_probe", base_url, str(n), str(warmup)],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-    )
+    command = [sys.executable, "-m", "bench.litellm_probe", base_url, str(n), str(warmup)]
+    out = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
     try:
         data: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
     except (IndexError, ValueError):
         return LiteLLMRun(f"failed: {out.stderr.strip().splitlines()[-1:]}")
     if "error" in data:
         return LiteLLMRun(str(data["error"]))
+    raw3, json_, stream = data["raw3"], data["json"], data["stream"]
     return LiteLLMRun(
         "measured",
         data["version"],
         n,
-        data["raw3"]["cpu_us"],
-        data["raw3"]["wall_us"],
-        data["json"]["cpu_us"],
-        data["json"]["wall_us"],
-        data["stream"]["cpu_us"],
-        data["stream"]["wall_us"],
+        raw3["cpu_us"],
+        raw3["wall_us"],
+        json_["cpu_us"],
+        json_["wall_us"],
+        stream["cpu_us"],
+        stream["wall_us"],
         data["first_ms"],
     )
-
-
-# --------------------------------------------------------------------------------------------
-# Start-up.
 
 
 @dataclass
@@ -366,10 +319,9 @@ def measure_startup(module: str, runs: int, preload: tuple[str, ...] = ()) -> St
     modules, untimed): time and resident memory added.
 
     Timed with bytecode cached, as a deployed package runs: an installed wheel carries its
-    ``.pyc`` files, and an editable checkout writes them on its first import. An environment
-    that sets ``PYTHONDONTWRITEBYTECODE`` (this machine's sandbox does) would otherwise compile
-    our sources on every timed import, ~35-60 ms more on this machine (round 9, step 26); a
-    first untimed run writes the cache."""
+    ``.pyc`` files, and an editable checkout writes them on its first import. Under
+    ``PYTHONDONTWRITEBYTECODE`` every timed import would compile the sources again, so the
+    variable is dropped and a first, untimed run writes the cache."""
     env = dict(os.environ, LITELLM_LOCAL_MODEL_COST_MAP="True")
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     results = []

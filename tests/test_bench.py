@@ -4,12 +4,13 @@ No timing assertions."""
 from __future__ import annotations
 
 import math
+import shutil
 from pathlib import Path
 
 import pytest
 
-import bench.micro
 import bench.net
+import bench.run
 from bench.run import BEGIN, DEFAULT_DOC, END, main, write_doc
 
 ROWS = {
@@ -31,8 +32,6 @@ ROWS = {
     "upstream_pass",
 }
 
-INSTRUCTION_ROWS = {"consult_stream", "consult_json", "consult_relay", "offered_stream", "consult_large", "pass_small"}
-
 
 def _doc_state() -> tuple[int, int] | None:
     if not DEFAULT_DOC.exists():
@@ -42,7 +41,8 @@ def _doc_state() -> tuple[int, int] | None:
 
 
 def test_quick_bench_measures_every_row(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(bench.net, "litellm_installed", lambda: False)  # CI has no LiteLLM
+    for module in (bench.net, bench.run):  # CI has no LiteLLM
+        monkeypatch.setattr(module, "litellm_installed", lambda: False)
     before = _doc_state()
     report = main(["--quick"])
 
@@ -66,30 +66,17 @@ def test_quick_bench_measures_every_row(capsys: pytest.CaptureFixture[str], monk
     assert report.startup is not None and report.startup.import_ms > 0 and report.startup.rss_after_mb > 0
     assert report.litellm_startup is not None and report.litellm_startup.status == "not installed"
     assert report.machine["CPU"] and report.machine["Python"]
-    # valgrind is on every machine here (its absence fails this test, as a missing tool should).
-    counts = report.instructions
-    assert counts is not None and counts.status == "measured", counts
-    assert {row.key for row in counts.rows} == INSTRUCTION_ROWS
-    for count in counts.rows:
-        # Each side ran its requests between the markers: a host alone answering three legs
-        # costs more than a hundred thousand instructions, and the middleware adds to it.
-        assert count.base > 10_000 and count.through > count.base, count
-    large = counts.row("consult_large")
-    assert large is not None and large.reference is not None and large.reference > 100_000
-    assert counts.per_event is not None and counts.per_event > 0
-
     out = capsys.readouterr().out
     for heading in (
-        "### Summary",
         "### Side by side",
         "### LiteLLM",
         "### Streaming relay",
         "concurrent",
         "### Start-up",
-        "### Instructions per request",
     ):
         assert heading in out
     assert "LiteLLM: not installed." in out
+    assert "Target" not in out and "callgrind" not in out
     for row in report.rows:
         assert row.label in out
     assert _doc_state() == before, "the bench wrote docs without --write"
@@ -109,16 +96,9 @@ def test_write_doc_replaces_only_the_generated_block(tmp_path: Path) -> None:
     assert text.count(BEGIN) == 1 and text.count(END) == 1
 
 
-@pytest.mark.anyio
-async def test_the_micro_benchmarks_run() -> None:
-    rows = await bench.micro.measure(20)
-    assert [name for name, _ in rows] == [name for name, _ in bench.micro.CASES]
-    assert all(math.isfinite(us) and us > 0 for _, us in rows)
-
-
 def test_startup_is_timed_with_bytecode_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # This machine's sandbox sets PYTHONDONTWRITEBYTECODE: timed as it comes, a fresh
-    # interpreter would compile an editable checkout's sources on every import (step 26).
+    # Under PYTHONDONTWRITEBYTECODE a fresh interpreter would compile an editable checkout's
+    # sources on every timed import.
     # The module's first import (no log yet) takes 1.5 s: it must be the untimed one.
     log = tmp_path / "imports.log"
     (tmp_path / "probe_module.py").write_text(
@@ -134,3 +114,18 @@ def test_startup_is_timed_with_bytecode_cached(tmp_path: Path, monkeypatch: pyte
     assert log.read_text() == "xx", "one untimed run that writes the bytecode, then the timed one"
     assert list((tmp_path / "__pycache__").glob("probe_module.*.pyc")), "the probe ran without writing bytecode"
     assert startup.runs == 1 and 0 < startup.import_ms < 700, startup  # loose: 1.5 s if the first were timed
+
+
+def test_compare_times_another_checkout_in_its_own_processes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    package = Path(bench.run.__file__).resolve().parent.parent / "advisor_middleware"
+    shutil.copytree(package, tmp_path / "advisor_middleware")
+
+    main(["--quick", "--compare", str(tmp_path), "--rounds", "2"])
+
+    out = capsys.readouterr().out
+    assert f"Old: {tmp_path}." in out and f"New: {package.parent}." in out
+    rows = [line for line in out.splitlines() if line.startswith("| ") and "Old" not in line]
+    assert len(rows) == len(bench.run.COMPARED) + 3
+    assert all(key in out for key in bench.run.COMPARED)

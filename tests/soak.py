@@ -1,4 +1,4 @@
-"""Load and soak: ``python -m bench.soak [--total N] [--concurrency C]``.
+"""Load and soak: ``python -m tests.soak [--total N] [--concurrency C]``, or ``tests/test_soak.py``.
 
 Drives ``AdvisorMiddleware`` around a scripted model host, served by uvicorn (h11) on 127.0.0.1
 in a process of its own, with ``total`` requests (default 20,000), ``concurrency`` at a time
@@ -28,8 +28,10 @@ from typing import Any
 
 import httpx
 
-from .backend import _serve, serve_in_subprocess
-from .hosts import read_body
+from bench.backend import serve_app, serve_in_subprocess
+from bench.hosts import read_body
+
+from .upstream import Reply, reply_events, sse, text, tool_use
 
 ADVISOR_TOOL = {"type": "advisor_20260301", "name": "advisor", "model": "soak-advisor"}
 ADVISOR_TIMEOUT = 0.5
@@ -54,26 +56,8 @@ ERROR_TYPES = {"429": "rate_limit_error", "529": "overloaded_error", "500": "api
 # --- the server ---------------------------------------------------------------------------------
 
 
-def _sse(event: dict[str, Any]) -> bytes:
-    return b"event: " + str(event["type"]).encode() + b"\ndata: " + json.dumps(event).encode() + b"\n\n"
-
-
 def _events(blocks: list[dict[str, Any]], stop_reason: str) -> list[bytes]:
-    usage = {"input_tokens": 12, "output_tokens": 1}
-    message = {"id": "msg_soak", "type": "message", "role": "assistant", "model": "soak", "content": []}
-    out = [_sse({"type": "message_start", "message": {**message, "stop_reason": None, "usage": usage}})]
-    for i, block in enumerate(blocks):
-        if block["type"] == "text":
-            out.append(_sse({"type": "content_block_start", "index": i, "content_block": {"type": "text", "text": ""}}))
-            delta = {"type": "text_delta", "text": block["text"]}
-        else:
-            out.append(_sse({"type": "content_block_start", "index": i, "content_block": {**block, "input": {}}}))
-            delta = {"type": "input_json_delta", "partial_json": "{}"}
-        out.append(_sse({"type": "content_block_delta", "index": i, "delta": delta}))
-        out.append(_sse({"type": "content_block_stop", "index": i}))
-    out.append(_sse({"type": "message_delta", "delta": {"stop_reason": stop_reason}, "usage": {"output_tokens": 9}}))
-    out.append(_sse({"type": "message_stop"}))
-    return out
+    return [sse(event) for event in reply_events(Reply(blocks, stop_reason), "soak")]
 
 
 @dataclass
@@ -114,11 +98,11 @@ class FaultHost:
             role == "executor" and where == ("exec-later" if later else "exec-first")
         )
         if role == "advisor":
-            blocks, stop = [{"type": "text", "text": "Advice: check the backups."}], "end_turn"
+            blocks, stop = [text("Advice: check the backups.")], "end_turn"
         elif later or role == "direct":
-            blocks, stop = [{"type": "text", "text": "Done."}], "end_turn"
+            blocks, stop = [text("Done.")], "end_turn"
         else:
-            blocks = [{"type": "text", "text": "Asking."}, {"type": "tool_use", "id": "toolu_s", "name": "advisor"}]
+            blocks = [text("Asking."), tool_use("advisor", id="toolu_s")]
             stop = "tool_use"
         events = _events(blocks, stop)
         if hit and fault in ERROR_TYPES:
@@ -129,7 +113,7 @@ class FaultHost:
         if hit and fault == "slow":
             await asyncio.sleep(ADVISOR_TIMEOUT * 2)
         elif hit and fault == "error-event":
-            events = [*events[:3], _sse({"type": "error", "error": {"type": "overloaded_error", "message": "x"}})]
+            events = [*events[:3], sse({"type": "error", "error": {"type": "overloaded_error", "message": "x"}})]
         elif hit and fault == "no-message-delta":
             events = events[:3]
         elif hit and fault == "malformed-sse":
@@ -153,7 +137,7 @@ def serve() -> None:
 
     # The injected faults log warnings by the thousand; errors (our own failures) still show.
     logging.getLogger("advisor_middleware").setLevel(logging.ERROR)
-    asyncio.run(_serve(AdvisorMiddleware(FaultHost(), advisor_timeout=ADVISOR_TIMEOUT)))
+    asyncio.run(serve_app(AdvisorMiddleware(FaultHost(), advisor_timeout=ADVISOR_TIMEOUT)))
 
 
 # --- the client ---------------------------------------------------------------------------------
@@ -346,12 +330,12 @@ async def drive(base_url: str, total: int, concurrency: int, max_seconds: float)
 
 def run(total: int = 20_000, concurrency: int = 64, max_seconds: float = 900.0) -> Report:
     """Start the server, drive it, stop it; the report."""
-    with serve_in_subprocess("--serve", module="bench.soak") as (port, _):
+    with serve_in_subprocess("--serve", module="tests.soak") as (port, _):
         return asyncio.run(drive(f"http://127.0.0.1:{port}", total, concurrency, max_seconds))
 
 
 def main(argv: list[str] | None = None) -> Report | None:
-    parser = argparse.ArgumentParser(prog="python -m bench.soak", description="Load and soak AdvisorMiddleware.")
+    parser = argparse.ArgumentParser(prog="python -m tests.soak", description="Load and soak AdvisorMiddleware.")
     parser.add_argument("--total", type=int, default=20_000, help="requests to send (default 20000)")
     parser.add_argument("--concurrency", type=int, default=64, help="requests at a time (default 64)")
     parser.add_argument("--max-seconds", type=float, default=900.0, help="stop sending after this long")
