@@ -318,19 +318,16 @@ class Orchestration:
         index_map = self._blocks
         kept = acc.pending
         for event in batch:
-            if type(event) is not dict:
-                # A RawDelta, nearly every event: a delta of a block relayed live goes on as its
-                # bytes, and the accumulator keeps them for a consult that may follow (issue 7,
-                # docs/performance.md step 21). `type() is`, not isinstance: ~260 instructions
-                # less per event, and mypy narrows it no further than this.
-                delta: RawDelta = event  # type: ignore[assignment]
-                target = index_map.get(delta[0])
+            if type(event) is RawDelta:
+                # Nearly every event: a delta of a block relayed live goes on as its bytes, and
+                # the accumulator keeps them for a consult that may follow.
+                target = index_map.get(event.index)
                 if target is not None and target[0] == "text":
-                    kept.append(delta)
+                    kept.append(event)
                     ref = target[1]
-                    out.append(delta if ref == delta[0] else raw_delta_at(delta, ref))
+                    out.append(event if ref == event.index else raw_delta_at(event, ref))
                     continue
-                event = raw_delta_event(delta)  # a block held, an advisor call or no block
+                event = raw_delta_event(event)  # a block held, an advisor call or no block
             kind = event.get("type")
             try:
                 acc.feed(event)

@@ -8,7 +8,7 @@ chunks, so a multibyte character split between two ``http.response.body`` messag
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, final
 
 import orjson
 import pydantic_core
@@ -189,17 +189,32 @@ def parse_event(name: str, data: str | bytes) -> dict[str, Any] | UpstreamError:
     return event
 
 
-RawDelta = tuple[int, bytes]
-"""A ``content_block_delta`` kept as its SSE event, ``(index, b"event: content_block_delta\\ndata:
-{...}\\n\\n")``: the bytes it arrived in, its index already read. Nearly every event of a stream
-is one, and most are relayed unchanged and never needed again (a leg that ends without a
-consult): relaying the bytes skips a parse, an accumulator step and an encode per event
-(docs/performance.md, step 21). Only a leg whose ``Leg.raw_deltas`` is set gets them, in place
-of the ``content_block_delta`` dicts of Anthropic's own layout; every other event is a dict.
-The bytes are not validated: a delta that is not JSON (or repeats its ``index`` key) reaches the
-client as the host wrote it, as it would from the host alone; the relay reads the index the
-layout puts first. One whose text is read again (the leg consulted, or a JSON answer) fails the
-leg there as a 502, as any event that is not JSON does."""
+@final
+class RawDelta:
+    """A ``content_block_delta`` kept as the SSE event it arrived in (``sse``: ``b"event:
+    content_block_delta\ndata: {...}\n\n"``), its ``index`` already read.
+
+    Nearly every event of a stream is one, and most are relayed unchanged and never needed again
+    (a leg that ends without a consult): relaying the bytes skips a parse, an accumulator step
+    and an encode per event. Only a leg whose ``Leg.raw_deltas`` is set gets them, in place of
+    the ``content_block_delta`` dicts of Anthropic's own layout; every other event is a dict.
+    Code that takes both tells them apart with ``type(event) is RawDelta``.
+
+    The bytes are not validated: a delta that is not JSON (or repeats its ``index`` key) reaches
+    the client as the host wrote it, as it would from the host alone; the relay reads the index
+    the layout puts first. One whose text is read again (the leg consulted, or a JSON answer)
+    fails the leg there as a 502, as any event that is not JSON does.
+    """
+
+    __slots__ = ("index", "sse")
+
+    def __init__(self, index: int, sse: bytes) -> None:
+        self.index = index
+        self.sse = sse
+
+    def __repr__(self) -> str:
+        return f"RawDelta({self.index}, {self.sse!r})"
+
 
 # How Anthropic (and any JSON encoder that keeps key order and writes no spaces) starts a delta's
 # data: the index follows, then a comma (advisor-wire-spec §4).
@@ -231,15 +246,15 @@ _HEADS = [DELTA_HEAD + str(index).encode() for index in range(64)]
 
 def raw_delta_at(delta: RawDelta, index: int) -> RawDelta:
     """The same delta, read at ``index`` (the client's, when a consult came first)."""
-    old, raw = delta
+    old = delta.index
     end = _DIGITS_AT + (1 if old < 10 else len(str(old)))  # the digits were read canonical
     head = _HEADS[index] if index < 64 else DELTA_HEAD + str(index).encode()
-    return index, head + raw[end:]
+    return RawDelta(index, head + delta.sse[end:])
 
 
 def raw_delta_event(delta: RawDelta) -> dict[str, Any]:
     """The delta as a stream event dict; an UpstreamError if its data is not a JSON object."""
-    data = delta[1][_DATA_AT:-2]
+    data = delta.sse[_DATA_AT:-2]
     # parse_event inline for a JSON object, as in decode_events: a JSON answer reads every
     # delta here (~1,500 instructions a delta less than the call).
     try:
