@@ -84,19 +84,9 @@ def decode_events(
             if index >= 0:
                 into.append(RawDelta(index, b"%b%b\n\n" % (DELTA_SSE, data)))
                 continue
-        # parse_event inline for a JSON object (parsed once): this runs for every event of
-        # every leg (docs/performance.md, step 19).
-        try:
-            event = pydantic_core.from_json(data)
-        except ValueError:
-            event = None
-        if type(event) is not dict:  # not JSON, not UTF-8, or not an object: parse_event says which
-            parsed = parse_event(name, data)
-            if isinstance(parsed, UpstreamError):
-                return parsed
-            event = parsed
-        elif "type" not in event:
-            event["type"] = name
+        event = parse_event(name, data)
+        if isinstance(event, UpstreamError):
+            return event
         if event["type"] == "error":
             return event_error(event)
         into.append(event)
