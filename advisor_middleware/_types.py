@@ -1,4 +1,4 @@
-"""Loose ASGI aliases, the Starlette pattern (asgi-ecosystem §1.2).
+"""Loose ASGI aliases, the pattern Starlette uses.
 
 asgiref's TypedDicts make ``AdvisorMiddleware(FastAPI())`` fail under ``mypy --strict``; these
 aliases accept every real ASGI app while still typing our own code.

@@ -1,7 +1,7 @@
 """Pydantic models of what the client sends us about the advisor, and of what we synthesise.
 
 The tool entry keeps unknown fields (``extra="allow"``): Anthropic keeps adding optional ones
-(advisor-wire-spec §1.2). Synthesised blocks are dumped with ``exclude_none`` so only the fields
+(docs/protocol.md §1). Synthesised blocks are dumped with ``exclude_none`` so only the fields
 the wire format has reach the client.
 """
 
@@ -25,7 +25,7 @@ __all__ = [
 ADVISOR_TOOL_TYPE = "advisor_20260301"
 ADVISOR_NAME = "advisor"
 
-# advisor-wire-spec §2.2: the seven codes of advisor_tool_result_error.
+# The seven codes of advisor_tool_result_error (docs/protocol.md §2).
 ADVISOR_ERROR_CODES = frozenset(
     {
         "max_uses_exceeded",
@@ -40,7 +40,7 @@ ADVISOR_ERROR_CODES = frozenset(
 
 
 class AdvisorTool(BaseModel):
-    """The ``advisor_20260301`` entry of ``tools`` (advisor-wire-spec §1.2)."""
+    """The ``advisor_20260301`` entry of ``tools`` (docs/protocol.md §1)."""
 
     model_config = ConfigDict(extra="allow")
 
@@ -48,7 +48,7 @@ class AdvisorTool(BaseModel):
     name: Literal["advisor"]
     model: StrictStr = Field(min_length=1)
     max_uses: StrictInt | None = Field(default=None, ge=1)
-    # §1.2: "Minimum 1024."
+    # The API's minimum (docs/protocol.md §1).
     max_tokens: StrictInt | None = Field(default=None, ge=1024)
     defer_loading: StrictBool | None = None
     caching: dict[str, Any] | None = None
@@ -98,7 +98,7 @@ def advisor_result_block(
 
 # Ids. The client sees ``srvtoolu_<escaped executor id>``; the executor sees its own id. The
 # mapping is a bijection, so a later turn renders history with exactly the id the executor saw
-# (prompt caches keep hitting, design §4). Escaping keeps the id inside the
+# (prompt caches keep hitting; docs/protocol.md §6). Escaping keeps the id inside the
 # ``^srvtoolu_[a-zA-Z0-9_]+$`` pattern the API reference gives for these ids: "_" doubles,
 # any other character outside [A-Za-z0-9] becomes "_x" + 2 hex digits, "_u" + 4 or "_U" + 6.
 _NOT_PLAIN = re.compile(r"[^A-Za-z0-9]")
@@ -107,7 +107,7 @@ _UNESCAPE = re.compile(r"__|_x([0-9a-f]{2})|_u([0-9a-f]{4})|_U([0-9a-f]{6})|_")
 
 
 def server_tool_use_id(exec_id: str) -> str:
-    # One regex pass over the id (a per-character loop cost ~8 µs per consult, issue 7).
+    # One regex pass over the id rather than a loop over its characters.
     return _SRV_PREFIX + _NOT_PLAIN.sub(_escape, exec_id)
 
 

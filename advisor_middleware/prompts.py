@@ -1,6 +1,6 @@
 """Our own texts: the executor-facing tool description and the advisor's system prompt.
 
-Anthropic does not publish theirs (advisor-wire-spec §10.9); these are written for this project.
+Anthropic does not publish theirs; these are written for this project.
 """
 
 EXECUTOR_TOOL_DESCRIPTION = (
@@ -23,6 +23,6 @@ ADVISOR_SYSTEM_PROMPT = (
 
 
 def budget_note(max_tokens: int) -> str:
-    """Told to the advisor when the tool caps its output (advisor-wire-spec §6: the server adds a
-    remaining-tokens budget)."""
+    """Told to the advisor when the tool caps its output (Anthropic's server adds a
+    remaining-tokens budget too; docs/protocol.md §1)."""
     return f"\n\nYour reply must fit within {max_tokens} tokens; put the most important advice first."

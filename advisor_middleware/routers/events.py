@@ -21,7 +21,7 @@ __all__ = [
     "too_large",
 ]
 
-# Anthropic error types -> the HTTP status they come with (https://docs.anthropic.com/en/api/errors).
+# Anthropic error types -> the HTTP status they come with (docs/protocol.md §5).
 _TYPE_STATUS = {
     "invalid_request_error": 400,
     "authentication_error": 401,
