@@ -447,39 +447,29 @@ def _decode(raw: bytes, encoding: bytes, cap: int) -> bytes:
 
 # Every name the middleware acts on is a JSON string that starts with "advisor": the tool type
 # advisor_20260301, the block type advisor_tool_result, and the name advisor of a server_tool_use
-# or of a tool_addition/tool_removal's tool (advisor-wire-spec §1.2, §2, §5; claude-code-client
-# §3). Any JSON encoder writes each of them with this needle at its start, so prose that mentions
-# an advisor does not cost a parse of the whole body (step 22). A name spelled with \u escapes
-# ("\u0061dvisor") is missed: it reaches the host as sent, which answers as it would without us.
+# or of a tool_addition/tool_removal's tool (docs/protocol.md §1, §2, §7). Any JSON encoder
+# writes each of them with this needle at its start, so prose that mentions an advisor does not
+# cost a parse of the whole body. A name spelled with \u escapes ("\u0061dvisor") is missed: it
+# reaches the host as sent, which answers as it would without us.
 _NEEDLE = b'"advisor'
 
-# The scan looks for "visor" with sre, then checks the three bytes before each hit. sre finds a
-# literal at about a byte a cycle, slowed only by how often the literal's first byte occurs;
-# bytes.find's two-way search slows with how often the needle's letters do. Measured over 1 MB
-# (docs/performance.md, step 25): 290 µs for this scan on the bench's conversation against 422 µs
-# for bytes.find, 280-300 against 935 on random letters. It starts at "v", not at the quote, because
-# quotes are frequent in JSON (sre on the whole needle: 1,380 µs over a body of short strings).
-_TAIL = re.compile(rb"visor")
-_HEAD = b'"ad'
+# sre finds the literal "visor" in a long body faster than bytes.find finds the needle (whose
+# quote is frequent in JSON), and the pass-through of a long conversation is mostly this scan.
+_VISOR = re.compile(rb"visor")
 _MISSES = 16
 """Hits that are not the needle (supervisor, "my advisor") before one bytes.find settles it: a
-body made of them costs one two-way scan more, not a Python turn per hit."""
+body made of them costs one scan more, not a Python turn per hit."""
 
 
 def _has_needle(data: bytes) -> bool:
     """Whether ``"advisor`` occurs in ``data``."""
-    search = _TAIL.search
-    match = search(data)
-    misses = 0
-    while match is not None:
-        at = match.start() - len(_HEAD)
-        if at >= 0 and data.startswith(_HEAD, at):
+    for misses, match in enumerate(_VISOR.finditer(data)):
+        at = match.start() - 3
+        if at >= 0 and data[at : at + 3] == b'"ad':
             return True
-        misses += 1
         if misses == _MISSES:
-            # A needle before this hit would have been an earlier hit, so the search starts here.
+            # A needle before this hit would have been an earlier hit.
             return data.find(_NEEDLE, max(at, 0)) >= 0
-        match = search(data, match.end())
     return False
 
 
