@@ -126,15 +126,20 @@ def _plain(messages: list[Any]) -> bool:
             return False
         role = message.get("role")
         content = message.get("content")
-        if role == previous or role not in ("user", "assistant") or not content:
-            return False
-        if isinstance(content, list):
-            for block in content:
-                if not isinstance(block, dict) or block.get("type") in _NATIVE:
-                    return False
-        elif not isinstance(content, str):
+        if role == previous or role not in ("user", "assistant") or not content or not _plain_content(content):
             return False
         previous = role
+    return True
+
+
+def _plain_content(content: Any) -> bool:
+    if isinstance(content, str):
+        return True
+    if not isinstance(content, list):
+        return False
+    for block in content:
+        if not isinstance(block, dict) or block.get("type") in _NATIVE:
+            return False
     return True
 
 

@@ -141,13 +141,7 @@ def _newest(body: dict[str, Any], messages: list[Any], cap: int, max_chars: int)
     room = max_chars - len(head) - _MARKER_ROOM
     if room <= 0:  # the head alone fills the budget
         return _shorten(_whole(body, messages, cap), 0, max_chars)
-    first_call: dict[str, int] = {}  # advisor tool_use id -> the message that makes it first
-    for at, message in enumerate(messages):
-        content = message.get("content") if isinstance(message, dict) else None
-        if isinstance(content, list):
-            for block in content:
-                if isinstance(block, dict) and block.get("type") == "tool_use" and block.get("name") == ADVISOR_NAME:
-                    first_call.setdefault(str(block.get("id")), at)
+    first_call = _advisor_calls(messages)
     made_at: dict[int, list[str]] = {}
     for call_id, at in first_call.items():
         made_at.setdefault(at, []).append(call_id)
@@ -167,6 +161,17 @@ def _newest(body: dict[str, Any], messages: list[Any], cap: int, max_chars: int)
     parts.append(head)
     parts.reverse()
     return _shorten(parts, start, max_chars)
+
+
+def _advisor_calls(messages: list[Any]) -> dict[str, int]:
+    """Each advisor ``tool_use`` id, to the message that makes it first."""
+    first_call: dict[str, int] = {}
+    for at, message in enumerate(messages):
+        content = message.get("content") if isinstance(message, dict) else None
+        for block in content if isinstance(content, list) else ():
+            if isinstance(block, dict) and block.get("type") == "tool_use" and block.get("name") == ADVISOR_NAME:
+                first_call.setdefault(str(block.get("id")), at)
+    return first_call
 
 
 # Room left for the marker that says what was left out (at most 66 characters).
@@ -262,12 +267,10 @@ def _result_text(content: Any, limit: int) -> str:
     if isinstance(content, str):
         return _cap(content, limit)
     if isinstance(content, list):
-        pieces = []
-        for part in content:
-            if isinstance(part, dict):
-                if part.get("type") == "text":
-                    pieces.append(str(part.get("text", "")))
-                else:
-                    pieces.append(f"[{part.get('type')} omitted]")
+        pieces = [
+            str(part.get("text", "")) if part.get("type") == "text" else f"[{part.get('type')} omitted]"
+            for part in content
+            if isinstance(part, dict)
+        ]
         return _cap("\n".join(pieces), limit)
     return ""
