@@ -463,13 +463,17 @@ body made of them costs one scan more, not a Python turn per hit."""
 
 def _has_needle(data: bytes) -> bool:
     """Whether ``"advisor`` occurs in ``data``."""
-    for misses, match in enumerate(_VISOR.finditer(data)):
+    match = _VISOR.search(data)
+    misses = 0
+    while match is not None:
         at = match.start() - 3
-        if at >= 0 and data[at : at + 3] == b'"ad':
+        if at >= 0 and data.startswith(b'"ad', at):
             return True
+        misses += 1
         if misses == _MISSES:
-            # A needle before this hit would have been an earlier hit.
+            # A needle before this hit would have been an earlier hit, so the search starts here.
             return data.find(_NEEDLE, max(at, 0)) >= 0
+        match = _VISOR.search(data, match.end())
     return False
 
 
