@@ -1,7 +1,7 @@
 """Anthropic stream events <-> one Message.
 
 ``MessageAccumulator`` builds the Message a stream describes (the JSON response mode, and each
-leg's assistant content). It follows the SDK accumulators (advisor-wire-spec §7): blocks are
+leg's assistant content). It follows the SDK accumulators (docs/protocol.md §3): blocks are
 copied at ``content_block_start``, ``input_json_delta`` is parsed at ``content_block_stop`` (an
 empty buffer keeps the ``{}`` from the start), ``message_delta`` overwrites ``stop_reason`` and
 the usage fields it carries.
@@ -23,9 +23,9 @@ __all__ = ["MessageAccumulator", "message_to_events"]
 class MessageAccumulator:
     """Feed it a stream's events in order; ``complete()`` (or ``content``) is the Message.
 
-    Deltas given as :data:`~advisor_middleware.sse.RawDelta` (``feed_all``, or appended to
+    Deltas given as :class:`~advisor_middleware.sse.RawDelta` (``feed_all``, or appended to
     ``pending``) are kept as they are and parsed only when the content is asked for: a leg that
-    ends without a consult never needs its text again (issue 7).
+    ends without a consult never needs its text again.
     """
 
     __slots__ = ("_json", "_text", "finished", "message", "pending")
@@ -33,9 +33,8 @@ class MessageAccumulator:
     def __init__(self) -> None:
         self.message: dict[str, Any] = {}
         self.pending: list[RawDelta] = []
-        """RawDelta deltas not applied yet, in the order they came: append one to feed it (a
-        list append, not a method call: it runs for nearly every event, docs/performance.md
-        step 21)."""
+        """RawDelta deltas not applied yet, in the order they came: append one to feed it (the
+        relay does, for nearly every event, so it is a list rather than a method)."""
         self._json: dict[int, list[str]] = {}
         self._text: dict[tuple[int, str], list[str]] = {}
         """Text and thinking deltas by (index, field), joined at ``content_block_stop``: adding
@@ -85,91 +84,102 @@ class MessageAccumulator:
     def feed_all(self, events: Iterable[dict[str, Any] | RawDelta]) -> None:
         """Feed a group of events: dicts are fed, RawDelta deltas kept (``pending``)."""
         for event in events:
-            # `type() is`, not isinstance: ~260 instructions less per event (a JSON answer feeds
-            # every event here); mypy does not narrow the else branch.
-            if type(event) is tuple:
+            if type(event) is RawDelta:
                 self.pending.append(event)
             else:
-                self.feed(event)  # type: ignore[arg-type]
+                self.feed(event)
 
     def feed(self, event: dict[str, Any]) -> None:
         kind = event.get("type")
         # Deltas first: nearly every event is one.
         if kind == "content_block_delta":
-            if self.pending:  # kept deltas go first, in order
-                self._apply_raw()
-            index = event.get("index", -1)
-            # Not _content(): a delta before any message_start has no block to go to anyway.
-            content = self.message.get("content") or ()
-            if not 0 <= index < len(content):
-                return
-            block = content[index]
-            delta = event.get("delta") or {}
-            dtype = delta.get("type")
-            if dtype == "text_delta" or dtype == "thinking_delta":
-                field = "text" if dtype == "text_delta" else "thinking"
-                parts = self._text.get((index, field))
-                if parts is None:
-                    parts = self._text[(index, field)] = [block.get(field, "")]
-                parts.append(delta.get(field, ""))
-            elif dtype == "signature_delta":
-                block["signature"] = delta.get("signature", "")
-            elif dtype == "input_json_delta":
-                self._json.setdefault(index, []).append(delta.get("partial_json", ""))
-            elif dtype == "citations_delta":
-                block.setdefault("citations", []).append(delta.get("citation"))
+            self._delta(event)
         elif kind == "message_start":
-            message = dict(event.get("message") or {})
-            message["content"] = [dict(b) for b in message.get("content") or []]
-            message["usage"] = dict(message.get("usage") or {})
-            self.message = message
-            # What a message started again leaves behind is not the new message's.
-            self._text.clear()
-            self._json.clear()
-            self.pending.clear()
+            self._start_message(event)
         elif kind == "content_block_start":
-            if self.pending:  # a block started again at an index drops the old block's text
-                self._apply_raw()
-            block = dict(event.get("content_block") or {})
-            content = self._content()
-            index = event.get("index", len(content))
-            if type(index) is not int or not 0 <= index <= len(content):
-                # Anthropic opens blocks at 0, 1, 2, ...: a block may start again where one
-                # did, or at the next index, never further (nothing is padded to reach it).
-                where = index if type(index) is int else f"of type {type(index).__name__}"
-                raise UpstreamError(502, f"the stream started a block at index {where}, not the next one")
-            self._text.pop((index, "text"), None)
-            self._text.pop((index, "thinking"), None)
-            if index == len(content):
-                content.append(block)
-            else:
-                content[index] = block
-            if block.get("type") in ("tool_use", "server_tool_use", "mcp_tool_use"):
-                self._json[index] = []
+            self._start_block(event)
         elif kind == "content_block_stop":
-            index = event.get("index", -1)
-            self._join_text(index)
-            parts = self._json.pop(index, None)
-            if parts:
-                raw = "".join(parts)
-                if raw.strip():
-                    try:
-                        self._content()[index]["input"] = pydantic_core.from_json(raw)
-                    except ValueError:
-                        # Keep what the model sent; the host will judge it on the next request.
-                        self._content()[index]["input"] = {"_raw": raw}
+            self._stop_block(event.get("index", -1))
         elif kind == "message_delta":
-            self.finished = True
-            self._join_text()
-            delta = event.get("delta") or {}
-            for key in ("stop_reason", "stop_sequence", "stop_details"):
-                if key in delta:
-                    self.message[key] = delta[key]
-            usage = event.get("usage") or {}
-            target = self.message.setdefault("usage", {})
-            for key, value in usage.items():
-                if value is not None or key == "output_tokens":
-                    target[key] = value
+            self._end_message(event)
+
+    def _delta(self, event: dict[str, Any]) -> None:
+        if self.pending:  # kept deltas go first, in order
+            self._apply_raw()
+        index = event.get("index", -1)
+        # Not _content(): a delta before any message_start has no block to go to anyway.
+        content = self.message.get("content") or ()
+        if not 0 <= index < len(content):
+            return
+        block = content[index]
+        delta = event.get("delta") or {}
+        dtype = delta.get("type")
+        if dtype == "text_delta" or dtype == "thinking_delta":
+            field = "text" if dtype == "text_delta" else "thinking"
+            parts = self._text.get((index, field))
+            if parts is None:
+                parts = self._text[(index, field)] = [block.get(field, "")]
+            parts.append(delta.get(field, ""))
+        elif dtype == "signature_delta":
+            block["signature"] = delta.get("signature", "")
+        elif dtype == "input_json_delta":
+            self._json.setdefault(index, []).append(delta.get("partial_json", ""))
+        elif dtype == "citations_delta":
+            block.setdefault("citations", []).append(delta.get("citation"))
+
+    def _start_message(self, event: dict[str, Any]) -> None:
+        message = dict(event.get("message") or {})
+        message["content"] = [dict(b) for b in message.get("content") or []]
+        message["usage"] = dict(message.get("usage") or {})
+        self.message = message
+        # What a message started again leaves behind is not the new message's.
+        self._text.clear()
+        self._json.clear()
+        self.pending.clear()
+
+    def _start_block(self, event: dict[str, Any]) -> None:
+        if self.pending:  # a block started again at an index drops the old block's text
+            self._apply_raw()
+        block = dict(event.get("content_block") or {})
+        content = self._content()
+        index = event.get("index", len(content))
+        if type(index) is not int or not 0 <= index <= len(content):
+            # Blocks open at 0, 1, 2, ... (docs/protocol.md §3): a block may start again where
+            # one did, or at the next index, never further (nothing is padded to reach it).
+            where = index if type(index) is int else f"of type {type(index).__name__}"
+            raise UpstreamError(502, f"the stream started a block at index {where}, not the next one")
+        self._text.pop((index, "text"), None)
+        self._text.pop((index, "thinking"), None)
+        if index == len(content):
+            content.append(block)
+        else:
+            content[index] = block
+        if block.get("type") in ("tool_use", "server_tool_use", "mcp_tool_use"):
+            self._json[index] = []
+
+    def _stop_block(self, index: int) -> None:
+        self._join_text(index)
+        raw = "".join(self._json.pop(index, ()))
+        if not raw.strip():
+            return  # an empty buffer keeps the input the block started with
+        try:
+            self._content()[index]["input"] = pydantic_core.from_json(raw)
+        except ValueError:
+            # Keep what the model sent; the host will judge it on the next request.
+            self._content()[index]["input"] = {"_raw": raw}
+
+    def _end_message(self, event: dict[str, Any]) -> None:
+        self.finished = True
+        self._join_text()
+        delta = event.get("delta") or {}
+        for key in ("stop_reason", "stop_sequence", "stop_details"):
+            if key in delta:
+                self.message[key] = delta[key]
+        usage = event.get("usage") or {}
+        target = self.message.setdefault("usage", {})
+        for key, value in usage.items():
+            if value is not None or key == "output_tokens":
+                target[key] = value
 
 
 def message_to_events(message: dict[str, Any]) -> Iterator[dict[str, Any]]:

@@ -1,11 +1,11 @@
-"""Render a conversation's advisor history for the executor (design §4).
+"""Render a conversation's advisor history for the executor.
 
 Clients replay assistant content verbatim: ``[text, server_tool_use, advisor_tool_result, text,
 tool_use]``. The executor gets exactly what it saw during the loop: the assistant message split
 at each advisor pair into ``assistant[..., tool_use(advisor)]``, ``user[tool_result(advice)]``,
 ``assistant[...]``, so the bytes of turn N+1's request start with those of turn N's and provider
 prompt caches keep hitting. ``role: "system"`` messages (Claude Code's deferred shape,
-claude-code-client §3) become user-side text, with the advisor's ``tool_addition`` /
+docs/protocol.md §7) become user-side text, with the advisor's ``tool_addition`` /
 ``tool_removal`` blocks taken out: any executor model can read the result.
 """
 
@@ -28,7 +28,7 @@ REDACTED_PLACEHOLDER = "[The advisor's advice for this step is encrypted and can
 
 def advisor_tool_use(exec_id: str) -> dict[str, Any]:
     """The executor-side call. ``input`` is always ``{}``: nothing the executor puts there reaches
-    the advisor (advisor-wire-spec §2.1), and a canonical form keeps history byte-stable."""
+    the advisor (docs/protocol.md §2), and a canonical form keeps history byte-stable."""
     return {"type": "tool_use", "id": exec_id, "name": ADVISOR_NAME, "input": {}}
 
 
@@ -49,7 +49,7 @@ def advice_tool_result(exec_id: str, content: Any) -> dict[str, Any]:
     if kind == "advisor_result":
         return {"type": "tool_result", "tool_use_id": exec_id, "content": str(content.get("text") or "")}
     if kind == "advisor_redacted_result":
-        # Never forward the encrypted blob: only Anthropic can read it (advisor-wire-spec §11).
+        # Never forward the encrypted blob: only Anthropic can read it (docs/protocol.md §6).
         log.info("advisor history: encrypted advice replaced by a placeholder for the executor")
         return {"type": "tool_result", "tool_use_id": exec_id, "content": REDACTED_PLACEHOLDER}
     code = content.get("error_code") or "unavailable"
@@ -73,7 +73,7 @@ class HistoryInfo:
     removal (no advisor on this turn), False after an addition, None if neither appears."""
     pending: list[tuple[str, str]] = field(default_factory=list)
     """``(executor id, srvtoolu id)`` of advisor calls left unanswered at the end of the
-    conversation: a resumed ``pause_turn`` (advisor-wire-spec §2.3). The rendered messages keep
+    conversation: a resumed ``pause_turn`` (docs/protocol.md §6). The rendered messages keep
     their ``tool_use``; the loop runs them first and adds the ``tool_result``."""
 
 
@@ -99,8 +99,8 @@ def render_history(messages: list[Any], *, resume: bool = True) -> tuple[list[An
     answer them) pending calls are dropped like any dangling one."""
     if _plain(messages):
         # Most requests that offer the advisor (a Claude Code turn) have nothing to render: one
-        # light walk instead of a render that copies every message, 0.3 against 1.1 ms per MB
-        # (docs/performance.md, step 17). What _render makes of such a history is equal to it.
+        # light walk instead of a render that copies every message. What _render makes of such
+        # a history is equal to it.
         return list(messages), HistoryInfo()
     return _render(messages, resume)
 
@@ -117,32 +117,150 @@ def _plain(messages: list[Any]) -> bool:
             return False
         role = message.get("role")
         content = message.get("content")
-        if role == previous or role not in ("user", "assistant") or not content:
-            return False
-        if isinstance(content, list):
-            for block in content:
-                if not isinstance(block, dict) or block.get("type") in _NATIVE:
-                    return False
-        elif not isinstance(content, str):
+        if role == previous or role not in ("user", "assistant") or not content or not _plain_content(content):
             return False
         previous = role
     return True
 
 
-def _render(messages: list[Any], resume: bool) -> tuple[list[Any], HistoryInfo]:
-    info = HistoryInfo()
-    out: list[Any] = []
-    results, resumable = _scan(messages)
-    if not resume:
-        resumable = {}
-    owed: list[dict[str, Any]] = []  # tool_results for calls answered in a later message
-    consumed: set[int] = set()  # id() of result blocks already placed
-    called: set[str] = set()  # ids of the calls rendered so far
-    waiting: dict[str, str] = {}  # rendered calls with a result still to place: srvtoolu id -> executor id
+def _plain_content(content: Any) -> bool:
+    if isinstance(content, str):
+        return True
+    if not isinstance(content, list):
+        return False
+    for block in content:
+        if not isinstance(block, dict) or block.get("type") in _NATIVE:
+            return False
+    return True
 
-    def push(role: str, content: list[Any] | str) -> None:
+
+def _render(messages: list[Any], resume: bool) -> tuple[list[Any], HistoryInfo]:
+    render = _Render(messages, resume)
+    return render.run(messages), render.info
+
+
+class _Render:
+    """One render of a history: the messages made so far, and the advisor calls whose results
+    are still to place."""
+
+    def __init__(self, messages: list[Any], resume: bool) -> None:
+        self.info = HistoryInfo()
+        self.out: list[Any] = []
+        self.results, resumable = _scan(messages)
+        self.resumable = resumable if resume else {}
+        self.owed: list[dict[str, Any]] = []  # tool_results for calls answered in a later message
+        self.consumed: set[int] = set()  # id() of result blocks already placed
+        self.called: set[str] = set()  # ids of the calls rendered so far
+        self.waiting: dict[str, str] = {}  # rendered calls with a result still to place: srvtoolu id -> executor id
+        self.turn: list[Any] = []  # the assistant blocks since the last consult split the message
+
+    def run(self, messages: list[Any]) -> list[Any]:
+        for position, message in enumerate(messages):
+            self._message(position, message)
+        self._pay()
+        return self.out
+
+    def _message(self, position: int, message: Any) -> None:
+        if not isinstance(message, dict):
+            self._pay()
+            self.out.append(message)
+            return
+        role = message.get("role")
+        content = message.get("content")
+        if role == "system":
+            self._pay()
+            self._system(message, content)
+        elif role == "user" and self.owed:
+            blocks = self.owed + _as_blocks(content) if isinstance(content, (list, str)) else self.owed
+            self.owed = []
+            self._push("user", blocks)
+        elif role == "assistant" and isinstance(content, list) and _has_advisor_blocks(content):
+            self._pay()
+            self._assistant(position, content)
+        else:
+            self._pay()
+            if set(message) <= {"role", "content"} and isinstance(role, str) and isinstance(content, (list, str)):
+                self._push(role, content)
+            else:
+                self.out.append(dict(message))
+
+    def _system(self, message: dict[str, Any], content: Any) -> None:
+        """A system message as user-side reminders, the advisor's tool_addition/tool_removal
+        taken out; blocks of other types stay in a system message of their own."""
+        if isinstance(content, str):
+            self._push("user", [_reminder(content)])
+            return
+        if not isinstance(content, list):
+            self.out.append(dict(message))
+            return
+        texts: list[Any] = []
+        rest: list[Any] = []
+        for block in content:
+            if _is_advisor_ref(block):
+                self.info.had_advisor_blocks = True
+                self.info.advisor_removed = block["type"] == "tool_removal"
+                _move_cache_control(block, texts)
+            elif isinstance(block, dict) and block.get("type") == "text":
+                texts.append(_reminder(str(block.get("text", "")), block.get("cache_control")))
+            else:
+                rest.append(block)
+        self._push("user", texts)
+        if rest:
+            self.out.append({**message, "content": rest})
+
+    def _assistant(self, position: int, content: list[Any]) -> None:
+        """An assistant message with advisor blocks, split at each consult."""
+        self.info.had_advisor_blocks = True
+        self.turn = []
+        for block in content:
+            kind = block.get("type") if isinstance(block, dict) else None
+            if kind == "server_tool_use" and block.get("name") == ADVISOR_NAME:
+                self._call(position, block)
+            elif kind == "advisor_tool_result":
+                self._result(block)
+            else:
+                self.turn.append(block)
+        # Calls answered only in a later message (a pause, then its resumption): their results
+        # open the next user turn.
+        self.owed = self._answers()
+        self._push("assistant", self.turn)
+
+    def _call(self, position: int, block: dict[str, Any]) -> None:
+        srv_id = str(block.get("id", ""))
+        exec_id = executor_id(srv_id)
+        if srv_id in self.called:
+            return  # a call id used twice: its result is already placed, or never comes
+        self.called.add(srv_id)
+        if srv_id in self.results:
+            self.waiting[srv_id] = exec_id
+        elif srv_id in self.resumable and position == self.resumable[srv_id]:
+            self.info.pending.append((exec_id, srv_id))
+        else:
+            # A call with no result cannot be shown to the executor (it would demand a
+            # tool_result): drop it, keeping its neighbours, as Claude Code does.
+            return
+        self.turn.append(advisor_tool_use(exec_id))
+
+    def _result(self, block: dict[str, Any]) -> None:
+        srv_id = str(block.get("tool_use_id", ""))
+        if id(block) in self.consumed:
+            return
+        if srv_id in self.waiting and self.results[srv_id][1] is block:
+            # A consult splits the executor's turn here. Every call before this point is
+            # answered now: a tool_use needs its tool_result in the very next message.
+            self._push("assistant", self.turn)
+            self._push("user", self._answers())
+            self.turn = []
+            return
+        # An orphan (its call is gone, e.g. after /compact): keep the advice as text instead of
+        # the 400 the native API gives.
+        advice = advice_tool_result("orphan", block.get("content"))["content"]
+        self.turn.append({"type": "text", "text": f"[Earlier advisor response]\n{advice}"})
+
+    def _push(self, role: str, content: list[Any] | str) -> None:
         if not content:
             return
+        out = self.out
         prev = out[-1] if out else None
         if isinstance(prev, dict) and prev.get("role") == role and set(prev) <= {"role", "content"}:
             # Merged in place: a list here is always one this render made (below), and
@@ -154,116 +272,29 @@ def _render(messages: list[Any], resume: bool) -> tuple[list[Any], HistoryInfo]:
         else:
             out.append({"role": role, "content": content if isinstance(content, str) else list(content)})
 
-    def answers() -> list[dict[str, Any]]:
-        # The results of the waiting calls, in call order, wherever they sit in the history.
+    def _answers(self) -> list[dict[str, Any]]:
+        """The results of the waiting calls, in call order, wherever they sit in the history."""
         placed = []
-        for srv_id, exec_id in waiting.items():
-            answer = results[srv_id][1]
-            consumed.add(id(answer))
+        for srv_id, exec_id in self.waiting.items():
+            answer = self.results[srv_id][1]
+            self.consumed.add(id(answer))
             placed.append(advice_tool_result(exec_id, answer.get("content")))
-        waiting.clear()
+        self.waiting.clear()
         return placed
 
-    def pay() -> None:
-        # Answer calls whose result came in a later message at the head of the next user turn.
-        nonlocal owed
-        if owed:
-            push("user", owed)
-            owed = []
-
-    for position, message in enumerate(messages):
-        if not isinstance(message, dict):
-            pay()
-            out.append(message)
-            continue
-        role = message.get("role")
-        content = message.get("content")
-        if role == "system":
-            pay()
-            if isinstance(content, str):
-                push("user", [_reminder(content)])
-                continue
-            if not isinstance(content, list):
-                out.append(dict(message))
-                continue
-            texts: list[Any] = []
-            rest: list[Any] = []
-            for block in content:
-                if _is_advisor_ref(block):
-                    info.had_advisor_blocks = True
-                    info.advisor_removed = block["type"] == "tool_removal"
-                    _move_cache_control(block, texts)
-                elif isinstance(block, dict) and block.get("type") == "text":
-                    texts.append(_reminder(str(block.get("text", "")), block.get("cache_control")))
-                else:
-                    rest.append(block)
-            push("user", texts)
-            if rest:
-                out.append({**message, "content": rest})
-            continue
-        if role == "user" and owed:
-            blocks = owed + _as_blocks(content) if isinstance(content, (list, str)) else owed
-            owed = []
-            push("user", blocks)
-            continue
-        if role != "assistant" or not isinstance(content, list) or not _has_advisor_blocks(content):
-            pay()
-            if set(message) <= {"role", "content"} and isinstance(role, str) and isinstance(content, (list, str)):
-                push(role, content)
-            else:
-                out.append(dict(message))
-            continue
-        pay()
-        info.had_advisor_blocks = True
-        current: list[Any] = []
-        for block in content:
-            kind = block.get("type") if isinstance(block, dict) else None
-            if kind == "server_tool_use" and block.get("name") == ADVISOR_NAME:
-                srv_id = str(block.get("id", ""))
-                exec_id = executor_id(srv_id)
-                if srv_id in called:
-                    continue  # a call id used twice: its result is already placed, or never comes
-                called.add(srv_id)
-                if srv_id in results:
-                    waiting[srv_id] = exec_id
-                elif srv_id in resumable and position == resumable[srv_id]:
-                    info.pending.append((exec_id, srv_id))
-                else:
-                    # A call with no result cannot be shown to the executor (it would demand a
-                    # tool_result): drop it, keeping its neighbours, as Claude Code does.
-                    continue
-                current.append(advisor_tool_use(exec_id))
-            elif kind == "advisor_tool_result":
-                srv_id = str(block.get("tool_use_id", ""))
-                if id(block) in consumed:
-                    continue
-                if srv_id in waiting and results[srv_id][1] is block:
-                    # A consult splits the executor's turn here. Every call before this point is
-                    # answered now: a tool_use needs its tool_result in the very next message.
-                    push("assistant", current)
-                    push("user", answers())
-                    current = []
-                else:
-                    # An orphan (its call is gone, e.g. after /compact): keep the advice as text
-                    # instead of the 400 the native API gives (peers.md §2 pain 3).
-                    advice = advice_tool_result("orphan", block.get("content"))["content"]
-                    current.append({"type": "text", "text": f"[Earlier advisor response]\n{advice}"})
-            else:
-                current.append(block)
-        # Calls answered only in a later message (a pause, then its resumption): their results
-        # open the next user turn.
-        owed = answers()
-        push("assistant", current)
-    pay()
-    return out, info
+    def _pay(self) -> None:
+        """Answer calls whose result came in a later message at the head of the next user turn."""
+        if self.owed:
+            self._push("user", self.owed)
+            self.owed = []
 
 
 def _scan(messages: list[Any]) -> tuple[dict[str, tuple[int, dict[str, Any]]], dict[str, int]]:
     """First pass: for each advisor call, where its result is (message index, block), and which
     unanswered calls are resumable: in the last assistant message after its last consult (an
     answered call there would split them off from the end), followed by nothing or by one user
-    message of tool results only (the mixed-turn shape, advisor-wire-spec §2.3)."""
-    calls: dict[str, int] = {}
+    message of tool results only (the mixed-turn shape, docs/protocol.md §6)."""
+    calls: dict[str, int] = {}  # srvtoolu id -> the message that makes the call first
     results: dict[str, tuple[int, dict[str, Any]]] = {}
     last_assistant = -1
     for position, message in enumerate(messages):
@@ -271,30 +302,47 @@ def _scan(messages: list[Any]) -> tuple[dict[str, tuple[int, dict[str, Any]]], d
             continue
         if message.get("role") == "assistant":
             last_assistant = position
-        for block in message["content"]:
-            if not isinstance(block, dict):
-                continue
-            kind = block.get("type")
-            if kind == "server_tool_use" and block.get("name") == ADVISOR_NAME:
-                calls.setdefault(str(block.get("id", "")), position)
-            elif kind == "advisor_tool_result":
-                srv_id = str(block.get("tool_use_id", ""))
-                if srv_id in calls and srv_id not in results:
-                    results[srv_id] = (position, block)
+        _note_calls(position, message["content"], calls, results)
+    if last_assistant < 0:
+        return results, {}
+    tail = messages[last_assistant + 1 :]
+    if tail and not (len(tail) == 1 and _only_tool_results(tail[0])):
+        return results, {}
+    return results, _resumable(last_assistant, messages[last_assistant]["content"], calls, results)
+
+
+def _note_calls(
+    position: int, content: list[Any], calls: dict[str, int], results: dict[str, tuple[int, dict[str, Any]]]
+) -> None:
+    """Adds the advisor calls of one message to ``calls``, and the first result of each call
+    made so far to ``results``."""
+    for block in content:
+        kind = block.get("type") if isinstance(block, dict) else None
+        if kind == "server_tool_use" and block.get("name") == ADVISOR_NAME:
+            calls.setdefault(str(block.get("id", "")), position)
+        elif kind == "advisor_tool_result":
+            srv_id = str(block.get("tool_use_id", ""))
+            if srv_id in calls and srv_id not in results:
+                results[srv_id] = (position, block)
+
+
+def _resumable(
+    position: int, content: list[Any], calls: dict[str, int], results: dict[str, tuple[int, dict[str, Any]]]
+) -> dict[str, int]:
+    """The unanswered calls of the last assistant message (at ``position``) after its last
+    consult, each to ``position``."""
     resumable: dict[str, int] = {}
-    tail = messages[last_assistant + 1 :] if last_assistant >= 0 else [None]
-    if last_assistant >= 0 and (not tail or (len(tail) == 1 and _only_tool_results(tail[0]))):
-        for block in messages[last_assistant]["content"]:
-            kind = block.get("type") if isinstance(block, dict) else None
-            if kind == "server_tool_use" and block.get("name") == ADVISOR_NAME:
-                srv_id = str(block.get("id", ""))
-                if srv_id not in results and calls[srv_id] == last_assistant:
-                    resumable[srv_id] = last_assistant
-            elif kind == "advisor_tool_result":
-                srv_id = str(block.get("tool_use_id", ""))
-                if calls.get(srv_id) == last_assistant and results.get(srv_id, (0, None))[1] is block:
-                    resumable = {}  # a consult of this message ends after them
-    return results, resumable
+    for block in content:
+        kind = block.get("type") if isinstance(block, dict) else None
+        if kind == "server_tool_use" and block.get("name") == ADVISOR_NAME:
+            srv_id = str(block.get("id", ""))
+            if srv_id not in results and calls[srv_id] == position:
+                resumable[srv_id] = position
+        elif kind == "advisor_tool_result":
+            srv_id = str(block.get("tool_use_id", ""))
+            if calls.get(srv_id) == position and results.get(srv_id, (0, None))[1] is block:
+                resumable = {}  # a consult of this message ends after them
+    return resumable
 
 
 def _only_tool_results(message: Any) -> bool:

@@ -390,8 +390,8 @@ class _StreamWriter:
 
 
 def _encoded(event: dict[str, Any] | RawDelta) -> bytes:
-    """One event as SSE bytes: a :data:`RawDelta` holds them already."""
-    return event[1] if isinstance(event, tuple) else encode_event(event)
+    """One event as SSE bytes: a :class:`RawDelta` holds them already."""
+    return event.sse if type(event) is RawDelta else encode_event(event)
 
 
 def _too_large(cap: int) -> AdvisorRequestError:
@@ -428,31 +428,27 @@ def _decode(raw: bytes, encoding: bytes, cap: int) -> bytes:
 # is missed: it reaches the host as sent, which answers as it would without us.
 _NEEDLE = b'"advisor'
 
-# The scan looks for "visor" with a regular expression, then checks the three bytes before each
-# hit. The regex engine finds a literal at a pace slowed only by how often its first byte occurs;
-# bytes.find slows with how often any of the needle's letters do, and is markedly slower on long
-# conversations. It starts at "v", not at the quote, because quotes are frequent in JSON.
-_TAIL = re.compile(rb"visor")
-_HEAD = b'"ad'
+# sre finds the literal "visor" in a long body faster than bytes.find finds the needle (whose
+# quote is frequent in JSON), and the pass-through of a long conversation is mostly this scan.
+_VISOR = re.compile(rb"visor")
 _MISSES = 16
 """Hits that are not the needle (supervisor, "my advisor") before one bytes.find settles it: a
-body made of them costs one two-way scan more, not a Python turn per hit."""
+body made of them costs one scan more, not a Python turn per hit."""
 
 
 def _has_needle(data: bytes) -> bool:
     """Whether ``"advisor`` occurs in ``data``."""
-    search = _TAIL.search
-    match = search(data)
+    match = _VISOR.search(data)
     misses = 0
     while match is not None:
-        at = match.start() - len(_HEAD)
-        if at >= 0 and data.startswith(_HEAD, at):
+        at = match.start() - 3
+        if at >= 0 and data.startswith(b'"ad', at):
             return True
         misses += 1
         if misses == _MISSES:
             # A needle before this hit would have been an earlier hit, so the search starts here.
             return data.find(_NEEDLE, max(at, 0)) >= 0
-        match = search(data, match.end())
+        match = _VISOR.search(data, match.end())
     return False
 
 

@@ -183,13 +183,13 @@ class ExecutorLegRelay:
         blocks = self.blocks
         kept = self.accumulator.pending
         for event in batch:
-            if not isinstance(event, dict):
+            if type(event) is RawDelta:
                 # A delta as its bytes, nearly every event: those of a text or thinking block go
                 # on as they are, kept unparsed for a consult that may follow.
-                block = blocks.get(event[0])
+                block = blocks.get(event.index)
                 if block is not None and block.mode is BlockMode.TEXT:
                     kept.append(event)
-                    out.append(event if block.index == event[0] else raw_delta_at(event, block.index))
+                    out.append(event if block.index == event.index else raw_delta_at(event, block.index))
                     continue
                 event = raw_delta_event(event)  # a block held, an advisor call or no block
             self._relay_event(event, out)

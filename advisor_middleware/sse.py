@@ -1,14 +1,14 @@
 """Server-sent events: an incremental bytes-level decoder, the encoder we answer with, and
-:data:`RawDelta`, a delta relayed as the bytes it came in.
+:class:`RawDelta`, a delta relayed as the bytes it came in.
 
 The decoder splits on the three SSE line endings on *bytes* (never ``str.splitlines``, which
-also breaks on U+2028/U+0085 inside JSON; asgi-ecosystem §4) and keeps a partial line across
+also breaks on U+2028/U+0085 inside JSON) and keeps a partial line across
 chunks, so a multibyte character split between two ``http.response.body`` messages is safe.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, final
 
 import orjson
 import pydantic_core
@@ -32,16 +32,15 @@ __all__ = [
 
 def encode_json(data: Any) -> bytes:
     """Compact JSON (no spaces, newlines escaped, so it fits on one ``data:`` line). ``orjson``
-    encodes a 1 MB conversation in ~0.5 ms against ~1.2 ms for ``pydantic_core.to_json``
-    (docs/performance.md); the latter takes what orjson refuses (integers over 64 bits)."""
+    is the faster encoder of a long conversation; ``pydantic_core.to_json`` takes what orjson
+    refuses (integers over 64 bits)."""
     try:
         return orjson.dumps(data)
     except TypeError:
         return pydantic_core.to_json(data)
 
 
-# The line before the data of each event type we send, encoded once (issue 7: pre-encoded byte
-# templates on the hot path; ~0.1 µs of the ~6 µs each relayed event costs).
+# The line before the data of each event type we send, encoded once.
 _EVENT_LINES = {
     kind: b"event: " + kind.encode() + b"\ndata: "
     for kind in (
@@ -56,7 +55,7 @@ _EVENT_LINES = {
 }
 
 
-# The event line of each type Anthropic streams, to its name: a lookup costs a third of a decode.
+# The event line of each type Anthropic streams, to its name: a lookup, not a decode.
 _NAMES = {b"event: " + kind.encode(): kind for kind in (*_EVENT_LINES, "ping")}
 
 
@@ -87,17 +86,14 @@ class SSEDecoder:
         self._partial: list[bytes] = []
         self._pending_cr = False
         # Nothing of an earlier chunk is waiting: a chunk that ends with a blank line is whole
-        # events. An attribute ``feed`` keeps, not a property: a router reads it for every chunk
-        # of every leg, and a property costs ~650 instructions more a read (docs/performance.md,
-        # step 30).
+        # events. Kept by ``feed`` rather than computed by a property: a router reads it for
+        # every chunk of every leg, and the property's call shows on the per-event cost.
         self.idle = True
 
     def feed(self, chunk: bytes) -> list[tuple[str, bytes]]:
         # Byte tests are written `10 in chunk` (10 is "\n", 13 "\r"): with an int, `in` is one
         # memchr, while `b"\r" in chunk` first tries the bytes as an int and formats the
-        # TypeError it gets (~2,000 instructions a test by callgrind; docs/performance.md,
-        # step 19). Method calls on bytes (startswith, find) cost ~1,000 each in argument
-        # parsing, so the common event shape below is checked with partition and slices.
+        # TypeError it gets. This runs for every chunk of every leg.
         if not chunk:
             return []  # changes nothing, and must not forget a "\r" that ended the last chunk
         if self._pending_cr:
@@ -127,7 +123,7 @@ class SSEDecoder:
             partial.append(rest)
         out: list[tuple[str, bytes]] = []
         for event in events:
-            # Anthropic's shape: one event line, one data line (advisor-wire-spec §4).
+            # Anthropic's shape: one event line, one data line (docs/protocol.md §3).
             if event[:7] == b"event: ":
                 head, sep, data = event.partition(b"\ndata: ")
                 if sep and 10 not in head and 10 not in data:
@@ -189,20 +185,35 @@ def parse_event(name: str, data: str | bytes) -> dict[str, Any] | UpstreamError:
     return event
 
 
-RawDelta = tuple[int, bytes]
-"""A ``content_block_delta`` kept as its SSE event, ``(index, b"event: content_block_delta\\ndata:
-{...}\\n\\n")``: the bytes it arrived in, its index already read. Nearly every event of a stream
-is one, and most are relayed unchanged and never needed again (a leg that ends without a
-consult): relaying the bytes skips a parse, an accumulator step and an encode per event
-(docs/performance.md, step 21). Only a leg whose ``Leg.raw_deltas`` is set gets them, in place
-of the ``content_block_delta`` dicts of Anthropic's own layout; every other event is a dict.
-The bytes are not validated: a delta that is not JSON (or repeats its ``index`` key) reaches the
-client as the host wrote it, as it would from the host alone; the relay reads the index the
-layout puts first. One whose text is read again (the leg consulted, or a JSON answer) fails the
-leg there as a 502, as any event that is not JSON does."""
+@final
+class RawDelta:
+    """A ``content_block_delta`` kept as the SSE event it arrived in (``sse``: ``b"event:
+    content_block_delta\ndata: {...}\n\n"``), its ``index`` already read.
+
+    Nearly every event of a stream is one, and most are relayed unchanged and never needed again
+    (a leg that ends without a consult): relaying the bytes skips a parse, an accumulator step
+    and an encode per event. Only a leg whose ``Leg.raw_deltas`` is set gets them, in place of
+    the ``content_block_delta`` dicts of Anthropic's own layout; every other event is a dict.
+    Code that takes both tells them apart with ``type(event) is RawDelta``.
+
+    The bytes are not validated: a delta that is not JSON (or repeats its ``index`` key) reaches
+    the client as the host wrote it, as it would from the host alone; the relay reads the index
+    the layout puts first. One whose text is read again (the leg consulted, or a JSON answer)
+    fails the leg there as a 502, as any event that is not JSON does.
+    """
+
+    __slots__ = ("index", "sse")
+
+    def __init__(self, index: int, sse: bytes) -> None:
+        self.index = index
+        self.sse = sse
+
+    def __repr__(self) -> str:
+        return f"RawDelta({self.index}, {self.sse!r})"
+
 
 # How Anthropic (and any JSON encoder that keeps key order and writes no spaces) starts a delta's
-# data: the index follows, then a comma (advisor-wire-spec §4).
+# data: the index follows, then a comma (docs/protocol.md §3).
 DELTA_SSE = b"event: content_block_delta\ndata: "
 DELTA_DATA = b'{"type":"content_block_delta","index":'
 DELTA_HEAD = DELTA_SSE + DELTA_DATA
@@ -224,31 +235,23 @@ def index_at(buf: bytes, at: int) -> int:
     return int(buf[at:end])
 
 
-# The head of a delta at each of the first indexes, made once: a block's deltas are re-indexed
-# one by one (half the cost of formatting the index each time).
+# The head of a delta at each of the first indexes, made once: after a consult every delta of
+# the executor's text is re-indexed, and formatting the index each time shows on the
+# per-event cost.
 _HEADS = [DELTA_HEAD + str(index).encode() for index in range(64)]
 
 
 def raw_delta_at(delta: RawDelta, index: int) -> RawDelta:
     """The same delta, read at ``index`` (the client's, when a consult came first)."""
-    old, raw = delta
+    old = delta.index
     end = _DIGITS_AT + (1 if old < 10 else len(str(old)))  # the digits were read canonical
     head = _HEADS[index] if index < 64 else DELTA_HEAD + str(index).encode()
-    return index, head + raw[end:]
+    return RawDelta(index, head + delta.sse[end:])
 
 
 def raw_delta_event(delta: RawDelta) -> dict[str, Any]:
     """The delta as a stream event dict; an UpstreamError if its data is not a JSON object."""
-    data = delta[1][_DATA_AT:-2]
-    # parse_event inline for a JSON object, as in decode_events: a JSON answer reads every
-    # delta here (~1,500 instructions a delta less than the call).
-    try:
-        parsed = pydantic_core.from_json(data)
-    except ValueError:
-        parsed = None
-    if type(parsed) is not dict:  # not JSON, not UTF-8, or not an object: parse_event says which
-        parsed = parse_event("content_block_delta", data)
-        if isinstance(parsed, UpstreamError):
-            raise parsed
-    event: dict[str, Any] = parsed
+    event = parse_event("content_block_delta", delta.sse[_DATA_AT:-2])
+    if isinstance(event, UpstreamError):
+        raise event
     return event

@@ -1,9 +1,9 @@
-"""What the advisor reads (design §5): the executor's transcript as quoted text.
+"""What the advisor reads: the executor's transcript as quoted text.
 
 One user message holds the executor's system prompt, a compact list of its tools, and every
 turn, tool calls and results included, as text, down to what the executor has written so far in
 this turn. Each message renders on its own, so the transcript of consult N is that of consult
-N-1 plus one appended segment: providers' prefix caches hit (advisor-wire-spec §6).
+N-1 plus one appended segment: providers' prefix caches hit.
 """
 
 from __future__ import annotations
@@ -30,32 +30,23 @@ def render_transcript(
     (append-only safe: a block renders the same in every consult). Over the ``max_chars``
     budget, blocks are cut harder, then the oldest messages are left out (a marker says how
     many), so the advisor leg fails with ``prompt_too_long`` only when even that cannot help."""
+    if max_chars is None:
+        return "".join(_whole(body, messages, max_block_chars))
     caps = [max_block_chars]
     while caps[-1] > 1000:
         caps.append(caps[-1] // 4)
-    # A render is a walk of the whole conversation (~1 ms per MB; issue 7). One light walk
-    # (~0.3 ms per MB) gives a lower bound on each cap's length, and stops once even the last
-    # cap's is over the budget: a cap whose bound is over is not rendered, and a render that is
-    # not the last stops as soon as it is over the budget. The last cap renders whole, or,
-    # known to be over, only the newest messages that fill the budget. Most transcripts fit
-    # the first cap, and the walk would be waste for them: the first cap is tried before it
-    # unless the conversation has more messages than the budget holds at 1,000 characters
-    # each (docs/performance.md, steps 13, 27 and 29).
-    if max_chars is None:
-        return "".join(_whole(body, messages, max_block_chars))
-    first_tried = len(caps) > 1 and len(messages) * 1000 <= max_chars
-    if first_tried:
-        parts = _render(body, messages, max_block_chars, max_chars)
-        if parts is not None:
-            return "".join(parts)
+    # A light walk first gives a lower bound on the render's length at each cap: a cap whose
+    # bound is over the budget is not tried, and a conversation over it even at the last cap
+    # goes straight to its newest messages. Without it, a long conversation would be rendered
+    # in part once per cap before the last.
     lengths = _field_lengths(messages, caps[-1], max_chars)
-    for cap in caps[1 if first_tried else 0 : -1]:
-        if lengths is not None and sum(min(n, cap) for n in lengths) <= max_chars:
+    if lengths is None:
+        return _newest(body, messages, caps[-1], max_chars)
+    for cap in caps[:-1]:
+        if sum(min(n, cap) for n in lengths) <= max_chars:
             parts = _render(body, messages, cap, max_chars)
             if parts is not None:
                 return "".join(parts)
-    if lengths is None:
-        return _newest(body, messages, caps[-1], max_chars)
     return _shorten(_whole(body, messages, caps[-1]), 0, max_chars)
 
 
@@ -69,34 +60,36 @@ def _field_lengths(messages: list[Any], cap: int, limit: int) -> list[int] | Non
     lengths: list[int] = []
     low = 0  # the sum at `cap` so far
     for message in messages:
-        content = message.get("content") if isinstance(message, dict) else None
-        if isinstance(content, str):
-            n = len(content)
+        for n in _shown_lengths(message):
             lengths.append(n)
             low += n if n < cap else cap
-        elif isinstance(content, list):
-            for block in content:
-                if not isinstance(block, dict):
-                    continue
-                kind = block.get("type")
-                if kind == "text" and isinstance(block.get("text"), str):
-                    n = len(block["text"])
-                elif kind == "tool_result":
-                    result = block.get("content")
-                    if isinstance(result, str):
-                        n = len(result)
-                    elif isinstance(result, list):
-                        texts = [p.get("text") for p in result if isinstance(p, dict) and p.get("type") == "text"]
-                        n = sum(len(t) for t in texts if isinstance(t, str))
-                    else:
-                        continue
-                else:
-                    continue
-                lengths.append(n)
-                low += n if n < cap else cap
         if low > limit:
             return None
     return lengths
+
+
+def _shown_lengths(message: Any) -> list[int]:
+    """The lengths of the texts of one message that :func:`_field_lengths` counts."""
+    content = message.get("content") if isinstance(message, dict) else None
+    if isinstance(content, str):
+        return [len(content)]
+    lengths: list[int] = []
+    for block in content if isinstance(content, list) else ():
+        kind = block.get("type") if isinstance(block, dict) else None
+        if kind == "text" and isinstance(block.get("text"), str):
+            lengths.append(len(block["text"]))
+        elif kind == "tool_result":
+            result = block.get("content")
+            if isinstance(result, str):
+                lengths.append(len(result))
+            elif isinstance(result, list):
+                lengths.append(sum(len(t) for t in _texts(result)))
+    return lengths
+
+
+def _texts(parts: list[Any]) -> list[str]:
+    texts = [p.get("text") for p in parts if isinstance(p, dict) and p.get("type") == "text"]
+    return [t for t in texts if isinstance(t, str)]
 
 
 def _head(body: dict[str, Any], max_block_chars: int) -> str:
@@ -141,20 +134,14 @@ def _whole(body: dict[str, Any], messages: list[Any], max_block_chars: int) -> l
 
 def _newest(body: dict[str, Any], messages: list[Any], cap: int, max_chars: int) -> str:
     """The transcript at ``cap`` when it is known to be over ``max_chars``: only the newest
-    messages that fill the budget are rendered, newest first (a fifth of a 5 MB conversation's
-    render, step 27). Each is rendered as a whole render would: a tool result reads as advice
+    messages that fill the budget are rendered, newest first, not the whole conversation. Each
+    is rendered as a whole render would: a tool result reads as advice
     when an earlier ``tool_use`` of the advisor has its id."""
     head = _head(body, cap)
     room = max_chars - len(head) - _MARKER_ROOM
     if room <= 0:  # the head alone fills the budget
         return _shorten(_whole(body, messages, cap), 0, max_chars)
-    first_call: dict[str, int] = {}  # advisor tool_use id -> the message that makes it first
-    for at, message in enumerate(messages):
-        content = message.get("content") if isinstance(message, dict) else None
-        if isinstance(content, list):
-            for block in content:
-                if isinstance(block, dict) and block.get("type") == "tool_use" and block.get("name") == ADVISOR_NAME:
-                    first_call.setdefault(str(block.get("id")), at)
+    first_call = _advisor_calls(messages)
     made_at: dict[int, list[str]] = {}
     for call_id, at in first_call.items():
         made_at.setdefault(at, []).append(call_id)
@@ -174,6 +161,17 @@ def _newest(body: dict[str, Any], messages: list[Any], cap: int, max_chars: int)
     parts.append(head)
     parts.reverse()
     return _shorten(parts, start, max_chars)
+
+
+def _advisor_calls(messages: list[Any]) -> dict[str, int]:
+    """Each advisor ``tool_use`` id, to the message that makes it first."""
+    first_call: dict[str, int] = {}
+    for at, message in enumerate(messages):
+        content = message.get("content") if isinstance(message, dict) else None
+        for block in content if isinstance(content, list) else ():
+            if isinstance(block, dict) and block.get("type") == "tool_use" and block.get("name") == ADVISOR_NAME:
+                first_call.setdefault(str(block.get("id")), at)
+    return first_call
 
 
 # Room left for the marker that says what was left out (at most 66 characters).
@@ -269,12 +267,10 @@ def _result_text(content: Any, limit: int) -> str:
     if isinstance(content, str):
         return _cap(content, limit)
     if isinstance(content, list):
-        pieces = []
-        for part in content:
-            if isinstance(part, dict):
-                if part.get("type") == "text":
-                    pieces.append(str(part.get("text", "")))
-                else:
-                    pieces.append(f"[{part.get('type')} omitted]")
+        pieces = [
+            str(part.get("text", "")) if part.get("type") == "text" else f"[{part.get('type')} omitted]"
+            for part in content
+            if isinstance(part, dict)
+        ]
         return _cap("\n".join(pieces), limit)
     return ""

@@ -232,7 +232,7 @@ def decode_all(chunks: list[bytes], raw_deltas: bool) -> list[Any]:
         batch: list[dict[str, Any] | RawDelta] = []
         failure = decode_events(decoder, chunk, batch, raw_deltas)
         for item in batch:
-            if isinstance(item, tuple):
+            if isinstance(item, RawDelta):
                 try:
                     item = raw_delta_event(item)
                 except UpstreamError as exc:
@@ -277,7 +277,10 @@ def test_deltas_kept_as_bytes_known_splits() -> None:
     assert decode_all([b"data: 1\n", delta], raw_deltas=True)[0][0] == "failed"
     batch: list[dict[str, Any] | RawDelta] = []
     decode_events(SSEDecoder(), delta, batch, True)
-    assert batch == [(0, delta)]  # the chunk itself, not a copy
+    [kept] = batch
+    assert isinstance(kept, RawDelta)
+    assert kept.index == 0
+    assert kept.sse is delta  # the chunk itself, not a copy
 
 
 @settings(FAST, max_examples=SSE_EXAMPLES)
@@ -285,13 +288,13 @@ def test_deltas_kept_as_bytes_known_splits() -> None:
 def test_a_raw_delta_read_at_another_index_changes_only_its_index(event: bytes, index: int, first_at: int) -> None:
     batch: list[dict[str, Any] | RawDelta] = []
     decode_events(SSEDecoder(), event, batch, True)
-    if not batch or not isinstance(batch[0], tuple):
+    if not batch or not isinstance(batch[0], RawDelta):
         return  # not Anthropic's layout, or an index we do not read: a dict, tested above
     delta = batch[0]
     head = rb'^(event: content_block_delta\ndata: \{"type":"content_block_delta","index":)\d+,'
     for moved in (raw_delta_at(delta, index), raw_delta_at(raw_delta_at(delta, first_at), index)):
-        assert moved[0] == index
-        assert moved[1] == re.sub(head, rb"\g<1>%d," % index, event, count=1)
+        assert moved.index == index
+        assert moved.sse == re.sub(head, rb"\g<1>%d," % index, event, count=1)
         try:
             expected: Any = {**raw_delta_event(delta), "index": index}
         except UpstreamError:
@@ -351,7 +354,7 @@ def test_deltas_kept_as_bytes_accumulate_to_the_same_message(events: list[tuple[
         if keep and event["type"] == "content_block_delta" and event["delta"]["type"] != "input_json_delta":
             batch: list[dict[str, Any] | RawDelta] = []
             decode_events(SSEDecoder(), sse(event), batch, True)
-            assert isinstance(batch[0], tuple)
+            assert isinstance(batch[0], RawDelta)
             mixed.pending.append(batch[0])
         else:
             mixed.feed(json.loads(json.dumps(event)))
@@ -375,7 +378,7 @@ def test_a_message_started_again_keeps_nothing_of_the_first() -> None:
         acc.feed(event)
     batch: list[dict[str, Any] | RawDelta] = []
     decode_events(SSEDecoder(), sse(late), batch, True)
-    assert isinstance(batch[0], tuple)
+    assert isinstance(batch[0], RawDelta)
     acc.pending.append(batch[0])
     for event in (again, {"type": "content_block_stop", "index": 0}, {"type": "content_block_stop", "index": 1}):
         acc.feed(event)

@@ -172,7 +172,7 @@ class BatchRouter:
         async with closing(self.batches(leg)) as batches:
             async for batch in batches:
                 for event in batch:
-                    yield raw_delta_event(event) if isinstance(event, tuple) else event
+                    yield raw_delta_event(event) if type(event) is RawDelta else event
 
 
 async def run_leg(router: MessagesRouter, leg: Leg, on_batch: OnBatch) -> None:

@@ -58,11 +58,9 @@ def decode_events(
         and 13 not in chunk
         and decoder.idle
     ):
-        # index_at's one-digit case (nearly every index), inline: the call costs ~650 instructions a delta.
-        digit = chunk[_HEAD_SIZE]
-        index = digit - 48 if chunk[_HEAD_SIZE + 1] == 44 and 48 <= digit <= 57 else index_at(chunk, _HEAD_SIZE)
+        index = index_at(chunk, _HEAD_SIZE)
         if index >= 0:
-            into.append((index, chunk))
+            into.append(RawDelta(index, chunk))
             return None
     for name, data in decoder.feed(chunk):
         # Raw only on one data line: the relay writes it after one "data: ", so a second line
@@ -70,21 +68,11 @@ def decode_events(
         if raw_deltas and name == "content_block_delta" and data[:_DATA_SIZE] == DELTA_DATA and 10 not in data:
             index = index_at(data, _DATA_SIZE)
             if index >= 0:
-                into.append((index, b"%b%b\n\n" % (DELTA_SSE, data)))
+                into.append(RawDelta(index, b"%b%b\n\n" % (DELTA_SSE, data)))
                 continue
-        # parse_event inline for a JSON object (parsed once): this runs for every event of
-        # every leg (docs/performance.md, step 19).
-        try:
-            event = pydantic_core.from_json(data)
-        except ValueError:
-            event = None
-        if type(event) is not dict:  # not JSON, not UTF-8, or not an object: parse_event says which
-            parsed = parse_event(name, data)
-            if isinstance(parsed, UpstreamError):
-                return parsed
-            event = parsed
-        elif "type" not in event:
-            event["type"] = name
+        event = parse_event(name, data)
+        if isinstance(event, UpstreamError):
+            return event
         if event["type"] == "error":
             return event_error(event)
         into.append(event)
