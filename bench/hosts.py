@@ -90,14 +90,13 @@ class ModelHost:
     ``/v1/messages``: the advisor model gets advice (after ``advisor_delay`` seconds); an executor
     request whose last message answers our advisor call gets the final text (in ``final_deltas``
     deltas, or as many as the ``x-bench-final-deltas`` header says); any other executor request
-    gets text + ``tool_use`` of ``advisor`` (or, with ``consults=False``, the final text at once).
+    gets text + ``tool_use`` of ``advisor``.
     ``/v1/chat/completions`` plays the same executor in OpenAI's format, for LiteLLM's executor
     legs. The host parses each body, as any host does, and sends pre-encoded answers.
     """
 
-    def __init__(self, *, advisor_delay: float = 0.0, final_deltas: int = 1, consults: bool = True) -> None:
+    def __init__(self, *, advisor_delay: float = 0.0, final_deltas: int = 1) -> None:
         self.advisor_delay = advisor_delay
-        self.consults = consults
         self.calls = 0
         self.final_deltas = final_deltas
         self._finals: dict[int, _Turn] = {}
@@ -117,7 +116,7 @@ class ModelHost:
     def _turn(self, request: dict[str, Any], headers: dict[bytes, bytes]) -> _Turn:
         if request.get("model") == ADVISOR_MODEL:
             return self.advice
-        if not self.consults or _answers_advisor_call(request.get("messages")):
+        if _answers_advisor_call(request.get("messages")):
             deltas = headers.get(FINAL_DELTAS_HEADER)
             return self.final(int(deltas) if deltas else self.final_deltas)
         return self.call_advisor
@@ -177,21 +176,6 @@ class EchoHost:
         await send_json(send, self.answer)
 
 
-class BusyHost:
-    """An app behind a gateway that does other work before each request (a ``json.loads`` of a
-    75 KB document, standing in for auth, routing and logging): between two legs of a consult the
-    middleware's code and data leave the CPU's caches, as they do in front of an HTTP backend."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-        rng = random.Random(7)
-        self.document = _dumps([{f"k{i}": "v" * rng.randrange(50), "n": list(range(i % 20))} for i in range(1000)])
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        json.loads(self.document)
-        await self.app(scope, receive, send)
-
-
 class ForwardingHost:
     """A gateway in front of an HTTP backend: each request forwarded with ``httpx``, the answer
     relayed as it arrives (like-for-like with LiteLLM, which also talks HTTP to the backend)."""
@@ -236,7 +220,7 @@ def _tool(rng: random.Random, name: str) -> dict[str, Any]:
     return {"name": name, "description": "\n".join(_prose(rng, 25) for _ in range(12)), "input_schema": schema}
 
 
-def claude_code_body(size: int, *, advisor: bool, stream: bool, mention_advisor: bool = False) -> bytes:
+def claude_code_body(size: int, *, advisor: bool, stream: bool) -> bytes:
     """A Claude-Code-shaped request of about ``size`` bytes: system prompt, tool definitions and a
     long agentic conversation (assistant text + tool_use, user tool_result with file contents),
     ending in a tool_result, which is when an executor typically consults."""
@@ -244,9 +228,6 @@ def claude_code_body(size: int, *, advisor: bool, stream: bool, mention_advisor:
     names = ["Bash", "Read", "Edit", "Write", "Glob", "Grep", "Task", "TodoWrite", "WebFetch", "NotebookEdit"]
     tools = [_tool(rng, name) for name in names] + ([ADVISOR_TOOL] if advisor else [])
     first = "Refactor the worker pool so shutdown drains in-flight jobs."
-    if mention_advisor:
-        # The bytes `"advisor` (a quote, then the word), which prose alone does not hold.
-        first += ' Do not use the advisor for this one, and keep the "advisor" key in config.json.'
     messages: list[dict[str, Any]] = [{"role": "user", "content": [text(_prose(rng, 60)), text(first)]}]
     system = [text("You are Claude Code."), text("\n".join(_prose(rng, 30) for _ in range(40)))]
     data = {"model": EXEC_MODEL, "max_tokens": 32000, "stream": stream, "system": system, "tools": tools}

@@ -16,11 +16,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
-import httpx
 
 from advisor_middleware import AdvisorMiddleware
 
-from .hosts import ASGIApp, EchoHost, ForwardingHost, Message, ModelHost, Receive, Scope, Send, read_body
+from .hosts import ASGIApp, EchoHost, Message, Receive, Scope, Send, read_body
 
 Call = Callable[[], Awaitable[None]]
 
@@ -118,7 +117,7 @@ def sse_events(raw: bytes) -> list[dict[str, Any]]:
     return [json.loads(line[6:]) for line in raw.split(b"\n") if line.startswith(b"data: ")]
 
 
-def check_consult(status: int, raw: bytes, stream: bool, *, consulted: bool = True) -> None:
+def check_consult(status: int, raw: bytes, stream: bool) -> None:
     if status != 200:
         raise RuntimeError(f"consult answered {status}: {raw[:300]!r}")
     if stream:
@@ -128,11 +127,12 @@ def check_consult(status: int, raw: bytes, stream: bool, *, consulted: bool = Tr
             raise RuntimeError(f"stream did not end with message_stop: {events[-1]}")
     else:
         blocks = json.loads(raw)["content"]
-    if not consulted:
-        if [b["type"] for b in blocks] != ["text"]:
-            raise RuntimeError(f"unexpected answer without a consult: {blocks}")
-    elif [b["type"] for b in blocks] != EXPECTED_BLOCKS or blocks[2]["content"]["type"] != "advisor_result":
+    if [b["type"] for b in blocks] != EXPECTED_BLOCKS or blocks[2]["content"]["type"] != "advisor_result":
         raise RuntimeError(f"unexpected consult content: {blocks}")
+
+
+Reference = tuple[str, Callable[[], object]] | None
+"""What a row is compared with: its label and the operation (one parse or one scan of the body)."""
 
 
 @dataclass
@@ -142,10 +142,7 @@ class Scenario:
     base: Call
     through: Call
     n: int
-    reference: Callable[[], object] | None = None
-    """An operation the row is compared with (``from_json`` of the body), timed between the pairs."""
-    close: Call | None = None
-    """What to await once the row is measured (a connection pool to close)."""
+    reference: Reference = None
 
 
 @dataclass
@@ -157,8 +154,9 @@ class Row:
     base_wall_us: float
     through_cpu_us: float
     through_wall_us: float
+    reference: str = ""
+    """The scenario's reference and its CPU µs: the fastest run in the stretch the row reports."""
     reference_us: float | None = None
-    """CPU µs of the scenario's reference: its fastest run in the stretch the row reports."""
 
     @property
     def added_cpu_us(self) -> float:
@@ -169,33 +167,24 @@ class Row:
         return self.through_wall_us - self.base_wall_us
 
 
-async def record_legs(host: ASGIApp, body: bytes, *, stream: bool, consulted: bool = True) -> list[tuple[Scope, bytes]]:
-    """Run one request through the middleware (checking what the client gets); return the leg
-    requests it made of ``host``: three for a consult, one when the executor did not consult."""
+async def record_legs(host: ASGIApp, body: bytes, *, stream: bool) -> list[tuple[Scope, bytes]]:
+    """Run one consult through the middleware (checking what the client gets); return the three
+    leg requests it made of ``host``."""
     recorder = Recorder(host)
     scope = request_scope(body, stream=stream, beta=True)
-    check_consult(*await exchange(AdvisorMiddleware(recorder), scope, split(body)), stream, consulted=consulted)
+    check_consult(*await exchange(AdvisorMiddleware(recorder), scope, split(body)), stream)
     roles = [dict(s["headers"]).get(b"x-advisor-leg") for s, _ in recorder.requests]
-    expected = [b"executor", b"advisor", b"executor"] if consulted else [b"executor"]
-    if roles != expected:
-        raise RuntimeError(f"expected {expected} legs; got {roles}")
+    if roles != [b"executor", b"advisor", b"executor"]:
+        raise RuntimeError(f"expected executor, advisor, executor legs; got {roles}")
     return recorder.requests
 
 
 async def consult_scenario(
-    key: str,
-    label: str,
-    host: ASGIApp,
-    body: bytes,
-    n: int,
-    stream: bool = True,
-    consulted: bool = True,
-    reference: Callable[[], object] | None = None,
+    key: str, label: str, host: ASGIApp, body: bytes, n: int, stream: bool = True, reference: Reference = None
 ) -> Scenario:
-    """Through the middleware: one client request, three legs (one if the host's executor does
-    not consult). Alone: the host answers the leg requests the middleware sent (recorded in a
-    first, untimed run), one after the other."""
-    recorded = await record_legs(host, body, stream=stream, consulted=consulted)
+    """Through the middleware: one client request, three legs. Alone: the host answers the leg
+    requests the middleware sent (recorded in a first, untimed run), one after the other."""
+    recorded = await record_legs(host, body, stream=stream)
     legs = [(scope, [leg_body]) for scope, leg_body in recorded]
     for leg_scope, leg_chunks in legs:
         status, _ = await exchange(host, leg_scope, leg_chunks)
@@ -215,95 +204,23 @@ async def consult_scenario(
     return Scenario(key, label, base, through, n, reference)
 
 
-async def shut_down(app: ASGIApp) -> None:
-    """Run ``app``'s lifespan to its shutdown (``serve --upstream``'s proxy closes its client)."""
-    messages = iter([{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}])
-
-    async def receive() -> Message:
-        return next(messages)
-
-    async def send(message: Message) -> None:
-        pass
-
-    await app({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}, receive, send)
-
-
-def cli_app(url: str) -> ASGIApp:
-    """``advisor-middleware serve --upstream URL``: ``AdvisorMiddleware`` around a proxy whose legs
-    go straight to ``url``."""
-    from advisor_middleware.cli import build_app
-
-    app: ASGIApp = build_app(None, upstream=url)
-    return app
-
-
-async def upstream_scenario(key: str, label: str, url: str, body: bytes, n: int, stream: bool) -> Scenario:
-    """Through: the CLI's app with ``--upstream url``. Alone: the same three leg requests posted
-    directly with ``httpx`` and read to the end, as a client that runs the loop itself would
-    (LiteLLM's row subtracts the same). Await ``scenario.close`` when done."""
-    app, client = cli_app(url), httpx.AsyncClient(base_url=url)
-    scope, chunks = request_scope(body, stream=stream, beta=True), split(body)
-    check_consult(*await exchange(app, scope, chunks), stream)
-    skip = (b"host", b"content-length")
-    legs = [
-        (leg["path"], [(k, v) for k, v in leg["headers"] if k not in skip], leg_body)
-        for leg, leg_body in await record_legs(ModelHost(), body, stream=stream)  # the backend's model
-    ]
-
-    async def base() -> None:
-        for path, headers, leg_body in legs:
-            async with client.stream("POST", path, content=leg_body, headers=headers) as response:
-                async for _ in response.aiter_raw():
-                    pass
-                if response.status_code != 200:
-                    raise RuntimeError(f"the backend answered a leg with {response.status_code}")
-
-    async def through() -> None:
-        await exchange(app, scope, chunks)
-
-    async def close() -> None:
-        await client.aclose()
-        await shut_down(app)
-
-    return Scenario(key, label, base, through, n, close=close)
-
-
-async def upstream_passthrough_scenario(key: str, label: str, url: str, body: bytes, n: int) -> Scenario:
-    """A request without the advisor to the CLI's app with ``--upstream url``, vs
-    ``ForwardingHost``, a minimal ``httpx`` forwarder: what the proxy's own duties cost."""
-    app, client = cli_app(url), httpx.AsyncClient(base_url=url)
-
-    async def close() -> None:
-        await client.aclose()
-        await shut_down(app)
-
-    return await one_request_scenario(key, label, ForwardingHost(client), app, body, n, close)
-
-
-async def passthrough_scenario(key: str, label: str, body: bytes, n: int) -> Scenario:
+async def passthrough_scenario(key: str, label: str, body: bytes, n: int, reference: Reference) -> Scenario:
+    """A request without the advisor to ``EchoHost`` alone and behind the middleware: both must
+    answer 200 and the same bytes, and the host must get the body unchanged."""
     host = EchoHost()
-    scenario = await one_request_scenario(key, label, host, AdvisorMiddleware(host), body, n)
-    if host.last_body != body:
-        raise RuntimeError("pass-through changed the request")
-    return scenario
-
-
-async def one_request_scenario(
-    key: str, label: str, alone: ASGIApp, behind: ASGIApp, body: bytes, n: int, close: Call | None = None
-) -> Scenario:
-    """The same plain request to ``alone`` and to ``behind``: both must answer 200 and the same bytes."""
+    middleware = AdvisorMiddleware(host)
     scope, chunks = request_scope(body, stream=False, beta=False), split(body)
-    answers = {await exchange(app, scope, chunks) for app in (alone, behind)}
-    if len(answers) != 1 or answers.pop()[0] != 200:
+    answers = {await exchange(app, scope, chunks) for app in (host, middleware)}
+    if len(answers) != 1 or answers.pop()[0] != 200 or host.last_body != body:
         raise RuntimeError("pass-through changed or failed the request")
 
     async def base() -> None:
-        await exchange(alone, scope, chunks)
+        await exchange(host, scope, chunks)
 
     async def through() -> None:
-        await exchange(behind, scope, chunks)
+        await exchange(middleware, scope, chunks)
 
-    return Scenario(key, label, base, through, n, close=close)
+    return Scenario(key, label, base, through, n, reference)
 
 
 STRETCHES = 5
@@ -334,7 +251,7 @@ async def measure(scenario: Scenario, warmup: int) -> Row:
             wall.append(w1 - w0)
         if scenario.reference is not None:
             c0 = cpu_clock()
-            scenario.reference()
+            scenario.reference[1]()
             reference.append(cpu_clock() - c0)
 
     def part(values: list[int], index: int) -> list[int]:
@@ -355,5 +272,6 @@ async def measure(scenario: Scenario, warmup: int) -> Row:
         median_us(samples["base"][1], quietest),
         median_us(samples["through"][0], quietest),
         median_us(samples["through"][1], quietest),
+        scenario.reference[0] if scenario.reference else "",
         fastest,
     )

@@ -74,43 +74,27 @@ class Relay:
     through_ttfb_us: float = 0.0
     alone_events_s: float = 0.0
     through_events_s: float = 0.0
-    paced_alone_events_s: float = 0.0
-    paced_through_events_s: float = 0.0
-
-    @property
-    def added_ttfb_us(self) -> float:
-        return self.through_ttfb_us - self.alone_ttfb_us
-
-    @property
-    def throughput_ratio(self) -> float:
-        return self.through_events_s / self.alone_events_s
-
-    @property
-    def paced_ratio(self) -> float:
-        return self.paced_through_events_s / self.paced_alone_events_s
 
 
 async def measure_relay(ttfb_n: int, events: int, rounds: int) -> Relay:
     """Two uvicorn servers of the same ``ModelHost``, one behind the middleware. Time to first
     byte: a streamed consult's vs its first leg's sent directly. Events/s: a consult whose last leg
-    streams ``events`` text deltas vs the same three legs sent directly, with the host sending its
-    whole answer at once (*burst*) or yielding to the event loop after each event (*paced*, as a
-    host reading each event off the network does)."""
+    streams ``events`` text deltas vs the same three legs sent directly, the host yielding to the
+    event loop after each event, as a host reading each event off the network does."""
     legs, consult = await _leg_bodies(), small_consult_body(True)
-    burst = {FINAL_DELTAS_HEADER.decode(): str(events)}
-    paced = burst | {PACED_HEADER.decode(): "1"}
+    paced = {FINAL_DELTAS_HEADER.decode(): str(events), PACED_HEADER.decode(): "1"}
     relay = Relay(ttfb_n, events, rounds)
     with serve_in_subprocess() as (alone, _), serve_in_subprocess("--middleware") as (through, _):
 
-        async def alone_rate(extra: dict[str, str]) -> float:
+        async def alone_rate() -> float:
             t0, count = time.perf_counter(), 0
             for body in legs:
-                count += (await _post(alone, body, _LEG_HEADERS | extra))[1].count(b"\n\n")
+                count += (await _post(alone, body, _LEG_HEADERS | paced))[1].count(b"\n\n")
             return count / (time.perf_counter() - t0)
 
-        async def through_rate(extra: dict[str, str]) -> float:
+        async def through_rate() -> float:
             t0 = time.perf_counter()
-            count = (await _post(through, consult, _CONSULT_HEADERS | extra))[1].count(b"\n\n")
+            count = (await _post(through, consult, _CONSULT_HEADERS | paced))[1].count(b"\n\n")
             return count / (time.perf_counter() - t0)
 
         async def alone_first() -> float:
@@ -120,12 +104,7 @@ async def measure_relay(ttfb_n: int, events: int, rounds: int) -> Relay:
             return (await _post(through, consult, _CONSULT_HEADERS))[0] * 1e6
 
         relay.alone_ttfb_us, relay.through_ttfb_us = await _alternate(alone_first, through_first, ttfb_n, 10)
-        relay.alone_events_s, relay.through_events_s = await _alternate(
-            lambda: alone_rate(burst), lambda: through_rate(burst), rounds, 1
-        )
-        relay.paced_alone_events_s, relay.paced_through_events_s = await _alternate(
-            lambda: alone_rate(paced), lambda: through_rate(paced), rounds, 1
-        )
+        relay.alone_events_s, relay.through_events_s = await _alternate(alone_rate, through_rate, rounds, 1)
     return relay
 
 
@@ -151,7 +130,6 @@ class Side:
     p99_s: float
     idle_rss_mb: float
     peak_rss_mb: float
-    wall_s: float
 
 
 @dataclass
@@ -160,13 +138,6 @@ class Concurrency:
     advisor_delay: float
     alone: Side
     through: Side
-
-    @property
-    def added_p99_ms(self) -> float:
-        return (self.through.p99_s - self.alone.p99_s) * 1000
-
-    def kb_per_request(self, side: Side) -> float:
-        return (side.peak_rss_mb - side.idle_rss_mb) * 1024 / self.clients
 
 
 def _rss_mb(pid: int) -> float:
@@ -201,17 +172,15 @@ async def _swarm(clients: int, pid: int, one: Callable[[], Awaitable[None]]) -> 
             return
         latencies.append(time.perf_counter() - t0)
 
-    t0 = time.perf_counter()
     async with anyio.create_task_group() as tg:
         tg.start_soon(sample)
         async with anyio.create_task_group() as clients_tg:
             for _ in range(clients):
                 clients_tg.start_soon(client)
         done.set()
-    wall = time.perf_counter() - t0
     ordered = sorted(latencies) or [float("nan")]
     p99 = ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
-    return Side(len(latencies), failed, statistics.median(ordered), p99, idle, peak, wall)
+    return Side(len(latencies), failed, statistics.median(ordered), p99, idle, peak)
 
 
 async def measure_concurrency(clients: int, advisor_delay: float) -> Concurrency:
@@ -242,46 +211,18 @@ async def measure_concurrency(clients: int, advisor_delay: float) -> Concurrency
     return Concurrency(clients, advisor_delay, alone_side, through_side)
 
 
-@dataclass
-class LiteLLMRun:
-    status: str
-    """``"measured"``, or why not (``"not installed"``, an error)."""
-    version: str = ""
-    n: int = 0
-    raw3_cpu_us: float = 0.0
-    raw3_wall_us: float = 0.0
-    json_cpu_us: float = 0.0
-    json_wall_us: float = 0.0
-    stream_cpu_us: float = 0.0
-    stream_wall_us: float = 0.0
-    first_ms: float = 0.0
-
-
-def measure_litellm(base_url: str, n: int, warmup: int) -> LiteLLMRun:
-    """LiteLLM's loop on the backend at ``base_url``, in a process of its own (``bench.litellm_probe``)."""
+def measure_litellm(base_url: str, n: int, warmup: int) -> dict[str, Any]:
+    """LiteLLM's loop on the backend at ``base_url``, in a process of its own (``bench.litellm_probe``):
+    its figures, or ``{"error": why not}``."""
     if not litellm_installed():
-        return LiteLLMRun("not installed")
+        return {"error": "not installed"}
     command = [sys.executable, "-m", "bench.litellm_probe", base_url, str(n), str(warmup)]
     out = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
     try:
         data: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
     except (IndexError, ValueError):
-        return LiteLLMRun(f"failed: {out.stderr.strip().splitlines()[-1:]}")
-    if "error" in data:
-        return LiteLLMRun(str(data["error"]))
-    raw3, json_, stream = data["raw3"], data["json"], data["stream"]
-    return LiteLLMRun(
-        "measured",
-        data["version"],
-        n,
-        raw3["cpu_us"],
-        raw3["wall_us"],
-        json_["cpu_us"],
-        json_["wall_us"],
-        stream["cpu_us"],
-        stream["wall_us"],
-        data["first_ms"],
-    )
+        return {"error": f"failed: {out.stderr.strip().splitlines()[-1:]}"}
+    return data | {"n": n}
 
 
 @dataclass
@@ -290,7 +231,6 @@ class Startup:
     rss_before_mb: float
     rss_after_mb: float
     runs: int
-    status: str = "measured"
 
     @property
     def rss_added_mb(self) -> float:
