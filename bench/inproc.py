@@ -11,7 +11,7 @@ import gc
 import json
 import statistics
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,8 +20,6 @@ import anyio
 from advisor_middleware import AdvisorMiddleware
 
 from .hosts import ASGIApp, EchoHost, Message, Receive, Scope, Send, read_body
-
-Call = Callable[[], Awaitable[None]]
 
 CHUNK = 64 * 1024  # what uvicorn hands an app per http.request message for a large body
 EXPECTED_BLOCKS = ["text", "server_tool_use", "advisor_tool_result", "text"]
@@ -133,16 +131,31 @@ def check_consult(status: int, raw: bytes, stream: bool) -> None:
 
 Reference = tuple[str, Callable[[], object]] | None
 """What a row is compared with: its label and the operation (one parse or one scan of the body)."""
+Request = tuple[Scope, list[bytes]]
 
 
 @dataclass
 class Scenario:
+    """One row: the host answering ``alone`` (one request after the other) against the middleware
+    answering ``through``, the client's request."""
+
     key: str
     label: str
-    base: Call
-    through: Call
     n: int
+    host: ASGIApp
+    alone: list[Request]
+    through: Request
     reference: Reference = None
+
+    def __post_init__(self) -> None:
+        self.middleware = AdvisorMiddleware(self.host)
+
+    async def run_alone(self) -> None:
+        for scope, chunks in self.alone:
+            await exchange(self.host, scope, chunks)
+
+    async def run_through(self) -> None:
+        await exchange(self.middleware, *self.through)
 
 
 @dataclass
@@ -155,8 +168,8 @@ class Row:
     through_cpu_us: float
     through_wall_us: float
     reference: str = ""
-    """The scenario's reference and its CPU µs: the fastest run in the stretch the row reports."""
     reference_us: float | None = None
+    """CPU µs of the reference: its fastest run in the stretch the row reports."""
 
     @property
     def added_cpu_us(self) -> float:
@@ -184,43 +197,23 @@ async def consult_scenario(
 ) -> Scenario:
     """Through the middleware: one client request, three legs. Alone: the host answers the leg
     requests the middleware sent (recorded in a first, untimed run), one after the other."""
-    recorded = await record_legs(host, body, stream=stream)
-    legs = [(scope, [leg_body]) for scope, leg_body in recorded]
-    for leg_scope, leg_chunks in legs:
-        status, _ = await exchange(host, leg_scope, leg_chunks)
-        if status != 200:
+    legs = [(scope, [leg_body]) for scope, leg_body in await record_legs(host, body, stream=stream)]
+    for leg in legs:
+        if (status := (await exchange(host, *leg))[0]) != 200:
             raise RuntimeError(f"host alone answered a leg with {status}")
-    middleware = AdvisorMiddleware(host)
-    scope = request_scope(body, stream=stream, beta=True)
-    chunks = split(body)
-
-    async def base() -> None:
-        for leg_scope, leg_chunks in legs:
-            await exchange(host, leg_scope, leg_chunks)
-
-    async def through() -> None:
-        await exchange(middleware, scope, chunks)
-
-    return Scenario(key, label, base, through, n, reference)
+    request = request_scope(body, stream=stream, beta=True), split(body)
+    return Scenario(key, label, n, host, legs, request, reference)
 
 
 async def passthrough_scenario(key: str, label: str, body: bytes, n: int, reference: Reference) -> Scenario:
-    """A request without the advisor to ``EchoHost`` alone and behind the middleware: both must
+    """A request without the advisor to ``EchoHost``, alone and through the middleware: both must
     answer 200 and the same bytes, and the host must get the body unchanged."""
-    host = EchoHost()
-    middleware = AdvisorMiddleware(host)
-    scope, chunks = request_scope(body, stream=False, beta=False), split(body)
-    answers = {await exchange(app, scope, chunks) for app in (host, middleware)}
+    host, request = EchoHost(), (request_scope(body, stream=False, beta=False), split(body))
+    scenario = Scenario(key, label, n, host, [request], request, reference)
+    answers = {await exchange(app, *request) for app in (host, scenario.middleware)}
     if len(answers) != 1 or answers.pop()[0] != 200 or host.last_body != body:
         raise RuntimeError("pass-through changed or failed the request")
-
-    async def base() -> None:
-        await exchange(host, scope, chunks)
-
-    async def through() -> None:
-        await exchange(middleware, scope, chunks)
-
-    return Scenario(key, label, base, through, n, reference)
+    return scenario
 
 
 STRETCHES = 5
@@ -233,45 +226,32 @@ async def measure(scenario: Scenario, warmup: int) -> Row:
     ``STRETCHES`` consecutive stretches and the row gives the medians of the one where the host
     alone was fastest: both sides from the same stretch."""
     for _ in range(warmup):
-        await scenario.base()
-        await scenario.through()
+        await scenario.run_alone()
+        await scenario.run_through()
     gc.collect()
     stretches = STRETCHES if scenario.n >= 5 * STRETCHES else 1
-    samples: dict[str, tuple[list[int], list[int]]] = {"base": ([], []), "through": ([], [])}
-    reference: list[int] = []
-    pairs = [("base", scenario.base), ("through", scenario.through)]
-    cpu_clock, wall_clock = time.process_time_ns, time.perf_counter_ns
+    # CPU and wall ns of each side, and CPU ns of the reference
+    samples: list[list[int]] = [[], [], [], [], []]
+    sides = [(0, scenario.run_alone), (2, scenario.run_through)]
     for i in range(scenario.n):
-        for name, call in pairs if i % 2 == 0 else pairs[::-1]:
-            cpu, wall = samples[name]
-            c0, w0 = cpu_clock(), wall_clock()
+        for at, call in sides if i % 2 == 0 else sides[::-1]:
+            c0, w0 = time.process_time_ns(), time.perf_counter_ns()
             await call()
-            w1, c1 = wall_clock(), cpu_clock()
-            cpu.append(c1 - c0)
-            wall.append(w1 - w0)
+            w1, c1 = time.perf_counter_ns(), time.process_time_ns()
+            samples[at].append(c1 - c0)
+            samples[at + 1].append(w1 - w0)
         if scenario.reference is not None:
-            c0 = cpu_clock()
+            c0 = time.process_time_ns()
             scenario.reference[1]()
-            reference.append(cpu_clock() - c0)
+            samples[4].append(time.process_time_ns() - c0)
 
     def part(values: list[int], index: int) -> list[int]:
         size = len(values) // stretches
         return values[index * size : (index + 1) * size]
 
-    def median_us(values: list[int], index: int) -> float:
-        return statistics.median(part(values, index)) / 1000
-
-    quietest = min(range(stretches), key=lambda i: median_us(samples["base"][0], i))
+    quietest = min(range(stretches), key=lambda i: statistics.median(part(samples[0], i)))
+    cpu, wall, through_cpu, through_wall = (statistics.median(part(v, quietest)) / 1000 for v in samples[:4])
     # The fastest, not the median: a reference slowed down by the machine would flatter us.
-    fastest = min(part(reference, quietest)) / 1000 if reference else None
-    return Row(
-        scenario.key,
-        scenario.label,
-        scenario.n,
-        median_us(samples["base"][0], quietest),
-        median_us(samples["base"][1], quietest),
-        median_us(samples["through"][0], quietest),
-        median_us(samples["through"][1], quietest),
-        scenario.reference[0] if scenario.reference else "",
-        fastest,
-    )
+    fastest = min(part(samples[4], quietest)) / 1000 if samples[4] else None
+    label = scenario.reference[0] if scenario.reference else ""
+    return Row(scenario.key, scenario.label, scenario.n, cpu, wall, through_cpu, through_wall, label, fastest)

@@ -20,13 +20,8 @@ from .backend import ROOT, serve_in_subprocess
 from .hosts import FINAL_DELTAS_HEADER, PACED_HEADER, ModelHost, small_consult_body
 from .inproc import record_legs
 
-_CONSULT_HEADERS = {
-    "content-type": "application/json",
-    "x-api-key": "sk-bench",
-    "anthropic-version": "2023-06-01",
-    "anthropic-beta": "advisor-tool-2026-03-01",
-}
 _LEG_HEADERS = {"content-type": "application/json", "x-api-key": "sk-bench", "anthropic-version": "2023-06-01"}
+_CONSULT_HEADERS = _LEG_HEADERS | {"anthropic-beta": "advisor-tool-2026-03-01"}
 
 
 def litellm_installed() -> bool:
@@ -122,65 +117,56 @@ async def _alternate(
     return statistics.median(out[0]), statistics.median(out[1])
 
 
-@dataclass
-class Side:
-    completed: int
-    failed: int
-    p50_s: float
-    p99_s: float
-    idle_rss_mb: float
-    peak_rss_mb: float
+def _rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        return next((int(line.split()[1]) / 1024 for line in f if line.startswith("VmRSS:")), float("nan"))
+
+
+class Swarm:
+    """Many concurrent clients of the server ``pid``: their latencies, and the server's resident
+    memory before they start and at its peak (sampled every 10 ms)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.latencies: list[float] = []
+        self.failed = 0
+        self.idle_rss_mb = self.peak_rss_mb = _rss_mb(pid)
+        self.done = anyio.Event()
+
+    async def run(self, clients: int, one: Callable[[], Awaitable[None]]) -> Swarm:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._sample)
+            async with anyio.create_task_group() as clients_tg:
+                for _ in range(clients):
+                    clients_tg.start_soon(self._client, one)
+            self.done.set()
+        return self
+
+    async def _sample(self) -> None:
+        while not self.done.is_set():
+            self.peak_rss_mb = max(self.peak_rss_mb, _rss_mb(self.pid))
+            await anyio.sleep(0.01)
+
+    async def _client(self, one: Callable[[], Awaitable[None]]) -> None:
+        t0 = time.perf_counter()
+        try:
+            await one()
+        except (OSError, RuntimeError):
+            self.failed += 1
+            return
+        self.latencies.append(time.perf_counter() - t0)
+
+    def percentile_s(self, fraction: float) -> float:
+        ordered = sorted(self.latencies) or [float("nan")]
+        return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
 @dataclass
 class Concurrency:
     clients: int
     advisor_delay: float
-    alone: Side
-    through: Side
-
-
-def _rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-async def _swarm(clients: int, pid: int, one: Callable[[], Awaitable[None]]) -> Side:
-    """``clients`` concurrent calls of ``one``; latencies, and the server's RSS before and at peak."""
-    idle = _rss_mb(pid)
-    peak = idle
-    latencies: list[float] = []
-    failed = 0
-    done = anyio.Event()
-
-    async def sample() -> None:
-        nonlocal peak
-        while not done.is_set():
-            peak = max(peak, _rss_mb(pid))
-            await anyio.sleep(0.01)
-
-    async def client() -> None:
-        nonlocal failed
-        t0 = time.perf_counter()
-        try:
-            await one()
-        except (OSError, RuntimeError):
-            failed += 1
-            return
-        latencies.append(time.perf_counter() - t0)
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(sample)
-        async with anyio.create_task_group() as clients_tg:
-            for _ in range(clients):
-                clients_tg.start_soon(client)
-        done.set()
-    ordered = sorted(latencies) or [float("nan")]
-    p99 = ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
-    return Side(len(latencies), failed, statistics.median(ordered), p99, idle, peak)
+    alone: Swarm
+    through: Swarm
 
 
 async def measure_concurrency(clients: int, advisor_delay: float) -> Concurrency:
@@ -206,8 +192,8 @@ async def measure_concurrency(clients: int, advisor_delay: float) -> Concurrency
 
         await alone_one()
         await through_one()
-        alone_side = await _swarm(clients, alone_pid, alone_one)
-        through_side = await _swarm(clients, through_pid, through_one)
+        alone_side = await Swarm(alone_pid).run(clients, alone_one)
+        through_side = await Swarm(through_pid).run(clients, through_one)
     return Concurrency(clients, advisor_delay, alone_side, through_side)
 
 

@@ -1,13 +1,9 @@
 """What ``AdvisorMiddleware`` costs on top of the host it wraps, next to LiteLLM's advisor loop.
 
 Every figure is measured side by side in one run: the same host alone and behind the middleware,
-alternating request by request. In-process rows drive the ASGI app directly (``bench.inproc``);
-the HTTP rows put a real HTTP backend (uvicorn, another process) behind both our middleware and
-LiteLLM; the streaming and concurrency rows serve the middleware with uvicorn (``bench.net``).
-
-``python -m bench`` (a few minutes), ``--quick`` (tiny sizes: the CI smoke run), ``--write
-[PATH]`` (also rewrites the generated part of ``docs/performance.md``), ``--only SECTION``,
-``--compare DIR`` (the rows users feel, this checkout's package against the one in DIR).
+alternating request by request, in-process (``bench.inproc``) or over sockets (``bench.net``).
+``--quick``: tiny sizes (the CI smoke run); ``--write [PATH]``: also rewrite the generated part of
+``docs/performance.md``; ``--compare DIR``: the rows users feel, this checkout's package against DIR's.
 """
 
 from __future__ import annotations
@@ -94,9 +90,6 @@ class Report:
     """``import`` of ours bare (``bare``) and after FastAPI's (``fastapi``), and LiteLLM's (``litellm``)."""
     date: str = field(default_factory=lambda: datetime.now(UTC).strftime("%Y-%m-%d"))
 
-    def row(self, key: str) -> Row | None:
-        return next((r for r in self.rows if r.key == key), None)
-
 
 def _size(size: int) -> str:
     return f"{size / (1024 * 1024):.1f} MB" if size >= 1024 * 1024 else f"{size / 1024:.1f} KB"
@@ -112,25 +105,24 @@ async def inproc_scenarios(sizes: Sizes, only: Sequence[str] = ()) -> list[Scena
     host, relay = ModelHost(), ModelHost(final_deltas=sizes.relay_deltas)
     parse = ("`from_json` of the body", lambda: pydantic_core.from_json(large))
     scan = ("`bytes.find` over the body", lambda: plain.find(b'"advisor'))
-    c, p, cc = "Consult, streaming, ", "Pass-through, ", f"Claude-Code-sized conversation ({_size(len(large))})"
-    consults: list[tuple[str, str, ModelHost, bytes, int, Reference]] = [  # key, label, host, body, N, reference
+    c, cc = "Consult, streaming, ", f"Claude-Code-sized conversation ({_size(len(large))})"
+    p, cb = "Pass-through, ", f"Claude-Code-sized body ({_size(len(plain))}, {CHUNK // 1024} KB chunks)"
+    rows: list[tuple[str, str, ModelHost | None, bytes, int, Reference]] = [  # no host: a pass-through
         ("consult_stream", f"{c}short conversation ({_size(len(short))})", host, short, sizes.n_consult, None),
         ("consult_json", "Consult, JSON response, short conversation", host, short_json, sizes.n_consult, None),
         ("consult_relay", f"{c}final leg of {sizes.relay_deltas} text deltas", relay, short, sizes.n_relay, None),
         ("consult_large", c + cc, host, large, sizes.n_large, parse),
-    ]
-    chunks = f"{CHUNK // 1024} KB chunks"
-    passes: list[tuple[str, str, bytes, int, Reference]] = [
-        ("pass_small", f"{p}small body ({_size(len(small))})", small, sizes.n_pass_small, None),
-        ("pass_large", f"{p}Claude-Code-sized body ({_size(len(plain))}, {chunks})", plain, sizes.n_pass_large, scan),
+        ("pass_small", f"{p}small body ({_size(len(small))})", None, small, sizes.n_pass_small, None),
+        ("pass_large", p + cb, None, plain, sizes.n_pass_large, scan),
     ]
     out = []
-    for key, label, app, body, n, reference in consults:
-        if not only or key in only:
-            out.append(await consult_scenario(key, label, app, body, n, body is not short_json, reference))
-    for key, label, body, n, reference in passes:
-        if not only or key in only:
-            out.append(await passthrough_scenario(key, label, body, n, reference))
+    for key, label, app, body, n, ref in rows:
+        if only and key not in only:
+            continue
+        if app is None:
+            out.append(await passthrough_scenario(key, label, body, n, ref))
+        else:
+            out.append(await consult_scenario(key, label, app, body, n, body is not short_json, ref))
     return out
 
 
@@ -216,9 +208,8 @@ def _rows_table(report: Report) -> list[str]:
         "same request for a pass-through. CPU is this process's; the HTTP backend's is not in it."
     )
     head = ["Scenario", "N", "Host alone CPU", "Host alone wall", "Through CPU", "Through wall", "**Added CPU**"]
-    return table(
-        "Side by side: the same host alone and behind the middleware", intro, [*head, "Added wall", "Ref."], rows
-    )
+    title = "Side by side: the same host alone and behind the middleware"
+    return table(title, intro, [*head, "Added wall", "Reference"], rows)
 
 
 def _litellm_table(ll: dict[str, Any]) -> list[str]:
@@ -242,19 +233,11 @@ def _litellm_table(ll: dict[str, Any]) -> list[str]:
 
 
 def _relay_table(r: Relay, report: Report) -> list[str]:
+    ttfb = (r.alone_ttfb_us, r.through_ttfb_us, r.through_ttfb_us - r.alone_ttfb_us)
+    rates = (f"{r.alone_events_s:,.0f}", f"{r.through_events_s:,.0f}", f"{r.through_events_s / r.alone_events_s:.0%}")
     rows = [
-        [
-            f"Time to first byte, median of {r.ttfb_n} (consult vs its first leg)",
-            f"{_us(r.alone_ttfb_us)} µs",
-            f"{_us(r.through_ttfb_us)} µs",
-            f"{_us(r.through_ttfb_us - r.alone_ttfb_us)} µs",
-        ],
-        [
-            f"Events/s, final leg of {r.events:,} deltas, host paced, median of {r.rounds}",
-            f"{r.alone_events_s:,.0f}",
-            f"{r.through_events_s:,.0f}",
-            f"{r.through_events_s / r.alone_events_s:.0%}",
-        ],
+        [f"Time to first byte, median of {r.ttfb_n} (consult vs its first leg)", *(f"{_us(t)} µs" for t in ttfb)],
+        [f"Events/s, final leg of {r.events:,} deltas, host paced, median of {r.rounds}", *rates],
     ]
     added = {r.key: r.added_cpu_us for r in report.rows}
     if "consult_relay" in added and "consult_stream" in added:
@@ -267,9 +250,9 @@ def _concurrency_table(c: Concurrency) -> list[str]:
     rows = []
     for name, side in (("Host alone (three legs each)", c.alone), ("Through middleware", c.through)):
         per = (side.peak_rss_mb - side.idle_rss_mb) * 1024 / c.clients
-        latencies = [f"{s * 1000:,.0f} ms" for s in (side.p50_s, side.p99_s)]
+        latencies = [f"{side.percentile_s(p) * 1000:,.0f} ms" for p in (0.5, 0.99)]
         memory = [f"{side.idle_rss_mb:.0f} → {side.peak_rss_mb:.0f} MB", f"{per:.0f} KB"]
-        rows.append([name, str(side.completed), str(side.failed), *latencies, *memory])
+        rows.append([name, str(len(side.latencies)), str(side.failed), *latencies, *memory])
     title = f"{c.clients} concurrent streaming consults, advisor thinking {c.advisor_delay:g} s, uvicorn"
     head = ["", "completed", "failed", "p50 latency", "p99 latency", "server RSS idle → peak", "per in-flight"]
     return table(title, "", head, rows)
@@ -283,13 +266,9 @@ def _startup_table(startup: dict[str, Startup | None]) -> list[str]:
         ("litellm", "`import litellm`, fresh interpreter"),
     ):
         s = startup.get(key)
-        cells = (
-            [f"{s.import_ms:,.0f} ms", f"{s.rss_after_mb - s.rss_before_mb:.1f} MB"] if s else ["not installed", "—"]
-        )
-        rows.append([what, *cells])
-    return table(
-        "Start-up", "Medians over fresh interpreters, bytecode cached.", ["", "Import time", "RSS added"], rows
-    )
+        rows.append([what, f"{s.import_ms:,.0f} ms", f"{s.rss_added_mb:.1f} MB"] if s else [what, "not installed"])
+    intro = "Medians over fresh interpreters, bytecode cached."
+    return table("Start-up", intro, ["", "Import time", "RSS added"], rows)
 
 
 def render_markdown(report: Report) -> str:
