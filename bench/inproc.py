@@ -90,21 +90,10 @@ def request_scope(body: bytes, *, stream: bool, beta: bool, path: str = "/v1/mes
     }
     if beta:
         headers["anthropic-beta"] = "claude-code-20250219,advisor-tool-2026-03-01"
-    return {
-        "type": "http",
-        "asgi": {"version": "3.0", "spec_version": "2.4"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(k.encode(), v.encode()) for k, v in headers.items()],
-        "client": ("127.0.0.1", 50123),
-        "server": ("127.0.0.1", 8000),
-        "state": {},
-    }
+    scope: dict[str, Any] = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.4"}, "http_version": "1.1"}
+    scope |= {"method": "POST", "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b""}
+    scope |= {"root_path": "", "client": ("127.0.0.1", 50123), "server": ("127.0.0.1", 8000), "state": {}}
+    return scope | {"headers": [(k.encode(), v.encode()) for k, v in headers.items()]}
 
 
 def split(body: bytes) -> list[bytes]:

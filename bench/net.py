@@ -161,15 +161,7 @@ class Swarm:
         return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
-@dataclass
-class Concurrency:
-    clients: int
-    advisor_delay: float
-    alone: Swarm
-    through: Swarm
-
-
-async def measure_concurrency(clients: int, advisor_delay: float) -> Concurrency:
+async def measure_concurrency(clients: int, advisor_delay: float) -> tuple[Swarm, Swarm]:
     """``clients`` streaming consults at once against uvicorn + middleware, the advisor taking
     ``advisor_delay`` s; side by side with the same number of clients each sending the three
     legs directly to the host alone (the advisor leg waits just as long)."""
@@ -192,9 +184,7 @@ async def measure_concurrency(clients: int, advisor_delay: float) -> Concurrency
 
         await alone_one()
         await through_one()
-        alone_side = await Swarm(alone_pid).run(clients, alone_one)
-        through_side = await Swarm(through_pid).run(clients, through_one)
-    return Concurrency(clients, advisor_delay, alone_side, through_side)
+        return await Swarm(alone_pid).run(clients, alone_one), await Swarm(through_pid).run(clients, through_one)
 
 
 def measure_litellm(base_url: str, n: int, warmup: int) -> dict[str, Any]:
@@ -214,29 +204,19 @@ def measure_litellm(base_url: str, n: int, warmup: int) -> dict[str, Any]:
 @dataclass
 class Startup:
     import_ms: float
-    rss_before_mb: float
-    rss_after_mb: float
+    rss_added_mb: float
     runs: int
-
-    @property
-    def rss_added_mb(self) -> float:
-        return self.rss_after_mb - self.rss_before_mb
 
 
 _IMPORT_PROBE = """
 import sys, time
 def rss():
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+    return next(int(line.split()[1]) / 1024 for line in open("/proc/self/status") if line.startswith("VmRSS:"))
 for name in filter(None, sys.argv[2].split(",")):  # what the host process has loaded already
     __import__(name)
-before = rss()
-t = time.perf_counter()
+before, t = rss(), time.perf_counter()
 __import__(sys.argv[1])
-print(time.perf_counter() - t, before, rss())
+print(time.perf_counter() - t, rss() - before)
 """
 
 
@@ -250,21 +230,10 @@ def measure_startup(module: str, runs: int, preload: tuple[str, ...] = ()) -> St
     variable is dropped and a first, untimed run writes the cache."""
     env = dict(os.environ, LITELLM_LOCAL_MODEL_COST_MAP="True")
     env.pop("PYTHONDONTWRITEBYTECODE", None)
+    command = [sys.executable, "-c", _IMPORT_PROBE, module, ",".join(preload)]
     results = []
     for attempt in range(runs + 1):
-        out = subprocess.run(
-            [sys.executable, "-c", _IMPORT_PROBE, module, ",".join(preload)],
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=ROOT,
-            env=env,
-        ).stdout
+        out = subprocess.run(command, capture_output=True, text=True, check=True, cwd=ROOT, env=env).stdout
         if attempt:  # the first run wrote the bytecode
             results.append([float(x) for x in out.strip().splitlines()[-1].split()])
-    return Startup(
-        import_ms=statistics.median(r[0] for r in results) * 1000,
-        rss_before_mb=statistics.median(r[1] for r in results),
-        rss_after_mb=statistics.median(r[2] for r in results),
-        runs=runs,
-    )
+    return Startup(statistics.median(r[0] for r in results) * 1000, statistics.median(r[1] for r in results), runs)

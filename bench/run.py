@@ -15,7 +15,7 @@ import platform
 import statistics
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,9 +30,9 @@ from .backend import ROOT, serve_in_subprocess
 from .hosts import ForwardingHost, ModelHost, claude_code_body, small_consult_body, small_plain_body
 from .inproc import CHUNK, Reference, Row, Scenario, consult_scenario, measure, passthrough_scenario
 from .net import (
-    Concurrency,
     Relay,
     Startup,
+    Swarm,
     litellm_installed,
     measure_concurrency,
     measure_litellm,
@@ -85,10 +85,15 @@ class Report:
     litellm: dict[str, Any] | None = None
     """The figures of ``bench.litellm_probe``, or ``{"error": why not}``."""
     relay: Relay | None = None
-    concurrency: Concurrency | None = None
+    concurrency: tuple[Swarm, Swarm] | None = None
+    """The host alone's clients and the middleware's."""
     startup: dict[str, Startup | None] = field(default_factory=dict)
     """``import`` of ours bare (``bare``) and after FastAPI's (``fastapi``), and LiteLLM's (``litellm``)."""
     date: str = field(default_factory=lambda: datetime.now(UTC).strftime("%Y-%m-%d"))
+
+
+def progress(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def _size(size: int) -> str:
@@ -126,12 +131,12 @@ async def inproc_scenarios(sizes: Sizes, only: Sequence[str] = ()) -> list[Scena
     return out
 
 
-async def _measure(scenario: Scenario, warmup: int, progress: Callable[[str], None]) -> Row:
+async def _measure(scenario: Scenario, warmup: int) -> Row:
     progress(f"  {scenario.label} (N={scenario.n}) ...")
     return await measure(scenario, warmup)
 
 
-async def http_rows(sizes: Sizes, report: Report, progress: Callable[[str], None]) -> None:
+async def http_rows(sizes: Sizes, report: Report) -> None:
     """Like-for-like with LiteLLM on one scripted HTTP backend (uvicorn, its own process). Ours:
     the middleware in front of a host that forwards each leg there with ``httpx``, vs that host
     answering the same three legs. LiteLLM's: its loop vs the three legs it sends, posted directly."""
@@ -142,17 +147,17 @@ async def http_rows(sizes: Sizes, report: Report, progress: Callable[[str], None
                 label = f"Consult, {mode}, short conversation, host forwarding over HTTP to the backend"
                 body = small_consult_body(stream)
                 scenario = await consult_scenario(key, label, ForwardingHost(client), body, sizes.n_http, stream)
-                report.rows.append(await _measure(scenario, sizes.warmup, progress))
+                report.rows.append(await _measure(scenario, sizes.warmup))
         progress(f"  LiteLLM's loop on the same backend (N={sizes.litellm_n}) ...")
         report.litellm = measure_litellm(url, sizes.litellm_n, sizes.warmup)
 
 
-async def run_sections(sizes: Sizes, sections: Sequence[str], report: Report, progress: Callable[[str], None]) -> None:
+async def run_sections(sizes: Sizes, sections: Sequence[str], report: Report) -> None:
     if "inproc" in sections:
         for scenario in await inproc_scenarios(sizes):
-            report.rows.append(await _measure(scenario, sizes.warmup, progress))
+            report.rows.append(await _measure(scenario, sizes.warmup))
     if "http" in sections:
-        await http_rows(sizes, report, progress)
+        await http_rows(sizes, report)
     if "relay" in sections:
         progress(f"  streaming relay under uvicorn ({sizes.stream_events} events) ...")
         report.relay = await measure_relay(sizes.ttfb_n, sizes.stream_events, sizes.stream_rounds)
@@ -246,14 +251,14 @@ def _relay_table(r: Relay, report: Report) -> list[str]:
     return table("Streaming relay under uvicorn", "", ["", "Host alone", "Through middleware", "Added / ratio"], rows)
 
 
-def _concurrency_table(c: Concurrency) -> list[str]:
+def _concurrency_table(swarms: tuple[Swarm, Swarm], sizes: Sizes) -> list[str]:
     rows = []
-    for name, side in (("Host alone (three legs each)", c.alone), ("Through middleware", c.through)):
-        per = (side.peak_rss_mb - side.idle_rss_mb) * 1024 / c.clients
+    for name, side in zip(("Host alone (three legs each)", "Through middleware"), swarms, strict=True):
+        per = (side.peak_rss_mb - side.idle_rss_mb) * 1024 / sizes.clients
         latencies = [f"{side.percentile_s(p) * 1000:,.0f} ms" for p in (0.5, 0.99)]
         memory = [f"{side.idle_rss_mb:.0f} → {side.peak_rss_mb:.0f} MB", f"{per:.0f} KB"]
         rows.append([name, str(len(side.latencies)), str(side.failed), *latencies, *memory])
-    title = f"{c.clients} concurrent streaming consults, advisor thinking {c.advisor_delay:g} s, uvicorn"
+    title = f"{sizes.clients} concurrent streaming consults, advisor thinking {sizes.advisor_delay:g} s, uvicorn"
     head = ["", "completed", "failed", "p50 latency", "p99 latency", "server RSS idle → peak", "per in-flight"]
     return table(title, "", head, rows)
 
@@ -281,7 +286,7 @@ def render_markdown(report: Report) -> str:
     if report.relay:
         sections.append(_relay_table(report.relay, report))
     if report.concurrency:
-        sections.append(_concurrency_table(report.concurrency))
+        sections.append(_concurrency_table(report.concurrency, report.sizes))
     if report.startup:
         sections.append(_startup_table(report.startup))
     return "\n\n".join("\n".join(lines) for lines in sections) + "\n"
@@ -323,7 +328,7 @@ def _child(sizes: Sizes, package: Path | None) -> dict[str, Any]:
     return out
 
 
-def compare(other: Path, sizes: Sizes, rounds: int, progress: Callable[[str], None]) -> str:
+def compare(other: Path, sizes: Sizes, rounds: int) -> str:
     """The rows users feel, this checkout's package against ``other``'s, in child processes that
     take turns (old, new, new, old, ...), each with 1/``rounds`` of the requests."""
     shares = {k: max(1, v // rounds) for k, v in vars(sizes).items() if k.startswith("n_") or k == "ttfb_n"}
@@ -363,17 +368,14 @@ def main(argv: Sequence[str] | None = None) -> Report:
     sizes = QUICK if args.quick else FULL
     report = Report(args.quick, sizes, machine())
 
-    def progress(line: str) -> None:
-        print(line, file=sys.stderr, flush=True)
-
     if args.child:
         print(json.dumps(anyio.run(_child_rows, Sizes(**json.loads(args.child)), backend="asyncio")))
         return report
     if args.compare:
-        print(compare(args.compare, sizes, args.rounds, progress))
+        print(compare(args.compare, sizes, args.rounds))
         return report
     progress("advisor-middleware bench" + (" (quick)" if args.quick else ""))
-    anyio.run(run_sections, sizes, args.only or SECTIONS, report, progress, backend="asyncio")
+    anyio.run(run_sections, sizes, args.only or SECTIONS, report, backend="asyncio")
     text = render_markdown(report)
     print(text)
     if args.write:
