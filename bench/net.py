@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from importlib.util import find_spec
 from typing import Any
 
@@ -80,27 +81,25 @@ async def measure_relay(ttfb_n: int, events: int, rounds: int) -> Relay:
     paced = {FINAL_DELTAS_HEADER.decode(): str(events), PACED_HEADER.decode(): "1"}
     relay = Relay(ttfb_n, events, rounds)
     with serve_in_subprocess() as (alone, _), serve_in_subprocess("--middleware") as (through, _):
-
-        async def alone_rate() -> float:
-            t0, count = time.perf_counter(), 0
-            for body in legs:
-                count += (await _post(alone, body, _LEG_HEADERS | paced))[1].count(b"\n\n")
-            return count / (time.perf_counter() - t0)
-
-        async def through_rate() -> float:
-            t0 = time.perf_counter()
-            count = (await _post(through, consult, _CONSULT_HEADERS | paced))[1].count(b"\n\n")
-            return count / (time.perf_counter() - t0)
-
-        async def alone_first() -> float:
-            return (await _post(alone, legs[0], _LEG_HEADERS))[0] * 1e6
-
-        async def through_first() -> float:
-            return (await _post(through, consult, _CONSULT_HEADERS))[0] * 1e6
-
+        alone_first, through_first = partial(_first, alone, legs[0], _LEG_HEADERS), partial(_first, through, consult)
         relay.alone_ttfb_us, relay.through_ttfb_us = await _alternate(alone_first, through_first, ttfb_n, 10)
+        alone_rate = partial(_rate, alone, legs, _LEG_HEADERS | paced)
+        through_rate = partial(_rate, through, [consult], _CONSULT_HEADERS | paced)
         relay.alone_events_s, relay.through_events_s = await _alternate(alone_rate, through_rate, rounds, 1)
     return relay
+
+
+async def _first(port: int, body: bytes, headers: dict[str, str] = _CONSULT_HEADERS) -> float:
+    """µs to the first byte of the answer."""
+    return (await _post(port, body, headers))[0] * 1e6
+
+
+async def _rate(port: int, bodies: list[bytes], headers: dict[str, str]) -> float:
+    """Events per second over ``bodies`` posted one after the other."""
+    t0, count = time.perf_counter(), 0
+    for body in bodies:
+        count += (await _post(port, body, headers))[1].count(b"\n\n")
+    return count / (time.perf_counter() - t0)
 
 
 async def _alternate(
