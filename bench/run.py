@@ -100,8 +100,8 @@ def _size(size: int) -> str:
     return f"{size / (1024 * 1024):.1f} MB" if size >= 1024 * 1024 else f"{size / 1024:.1f} KB"
 
 
-async def inproc_scenarios(sizes: Sizes, only: Sequence[str] = ()) -> list[Scenario]:
-    """The in-process rows (those in ``only``, when given)."""
+async def inproc_scenarios(sizes: Sizes) -> list[Scenario]:
+    """The in-process rows."""
     large = claude_code_body(sizes.large, advisor=True, stream=True)
     plain = claude_code_body(sizes.large, advisor=False, stream=False)
     small, short, short_json = small_plain_body(), small_consult_body(True), small_consult_body(False)
@@ -122,8 +122,6 @@ async def inproc_scenarios(sizes: Sizes, only: Sequence[str] = ()) -> list[Scena
     ]
     out = []
     for key, label, app, body, n, ref in rows:
-        if only and key not in only:
-            continue
         if app is None:
             out.append(await passthrough_scenario(key, label, body, n, ref))
         else:
@@ -310,7 +308,7 @@ async def _child_rows(sizes: Sizes) -> dict[str, Any]:
     import advisor_middleware
 
     out: dict[str, Any] = {"package": str(Path(advisor_middleware.__file__).parent.parent)}
-    for scenario in await inproc_scenarios(sizes, COMPARED):
+    for scenario in await inproc_scenarios(sizes):
         out[scenario.key] = (await measure(scenario, sizes.warmup)).added_cpu_us
     relay = await measure_relay(sizes.ttfb_n, sizes.stream_events, sizes.stream_rounds)
     out["ttfb"], out["events_s"] = relay.through_ttfb_us - relay.alone_ttfb_us, relay.through_events_s
