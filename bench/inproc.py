@@ -100,15 +100,11 @@ def split(body: bytes) -> list[bytes]:
     return [body[i : i + CHUNK] for i in range(0, len(body), CHUNK)] or [b""]
 
 
-def sse_events(raw: bytes) -> list[dict[str, Any]]:
-    return [json.loads(line[6:]) for line in raw.split(b"\n") if line.startswith(b"data: ")]
-
-
 def check_consult(status: int, raw: bytes, stream: bool) -> None:
     if status != 200:
         raise RuntimeError(f"consult answered {status}: {raw[:300]!r}")
     if stream:
-        events = sse_events(raw)
+        events = [json.loads(line[6:]) for line in raw.split(b"\n") if line.startswith(b"data: ")]
         blocks = [e["content_block"] for e in events if e["type"] == "content_block_start"]
         if events[-1]["type"] != "message_stop":
             raise RuntimeError(f"stream did not end with message_stop: {events[-1]}")

@@ -219,15 +219,13 @@ def _litellm_table(ll: dict[str, Any]) -> list[str]:
     title = "LiteLLM's advisor loop on the same HTTP backend"
     if "error" in ll:
         return [f"### {title}", "", f"LiteLLM: {ll['error']}."]
-    raw3, json_, stream = ll["raw3"], ll["json"], ll["stream"]
-    rows = [
-        ["The three legs LiteLLM sends, posted directly (`httpx`)", _us(raw3["cpu_us"]), _us(raw3["wall_us"])],
-        ["LiteLLM's loop, JSON", _us(json_["cpu_us"]), _us(json_["wall_us"])],
-        ["LiteLLM's loop, `stream=True` (consumed)", _us(stream["cpu_us"]), _us(stream["wall_us"])],
-    ]
-    for name, side in (("JSON", json_), ("streaming", stream)):
-        added = side["cpu_us"] - raw3["cpu_us"], side["wall_us"] - raw3["wall_us"]
-        rows.append([f"**Added by LiteLLM, {name}**", f"**{_us(added[0])}**", _us(added[1])])
+    raw3 = ll["raw3"]
+    sides = {"raw3": "The three legs LiteLLM sends, posted directly (`httpx`)", "json": "LiteLLM's loop, JSON"}
+    sides["stream"] = "LiteLLM's loop, `stream=True` (consumed)"
+    rows = [[label, _us(ll[key]["cpu_us"]), _us(ll[key]["wall_us"])] for key, label in sides.items()]
+    for key, name in (("json", "JSON"), ("stream", "streaming")):
+        cpu, wall = ll[key]["cpu_us"] - raw3["cpu_us"], ll[key]["wall_us"] - raw3["wall_us"]
+        rows.append([f"**Added by LiteLLM, {name}**", f"**{_us(cpu)}**", _us(wall)])
     intro = (
         f"LiteLLM {ll['version']}, `litellm.anthropic_messages` with a `hosted_vllm/` executor, in its own "
         f"process; medians over {ll['n']} requests per side; first (cold) request {ll['first_ms']:,.0f} ms."
