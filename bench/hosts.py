@@ -90,14 +90,13 @@ class ModelHost:
     ``/v1/messages``: the advisor model gets advice (after ``advisor_delay`` seconds); an executor
     request whose last message answers our advisor call gets the final text (in ``final_deltas``
     deltas, or as many as the ``x-bench-final-deltas`` header says); any other executor request
-    gets text + ``tool_use`` of ``advisor`` (or, with ``consults=False``, the final text at once).
+    gets text + ``tool_use`` of ``advisor``.
     ``/v1/chat/completions`` plays the same executor in OpenAI's format, for LiteLLM's executor
     legs. The host parses each body, as any host does, and sends pre-encoded answers.
     """
 
-    def __init__(self, *, advisor_delay: float = 0.0, final_deltas: int = 1, consults: bool = True) -> None:
+    def __init__(self, *, advisor_delay: float = 0.0, final_deltas: int = 1) -> None:
         self.advisor_delay = advisor_delay
-        self.consults = consults
         self.calls = 0
         self.final_deltas = final_deltas
         self._finals: dict[int, _Turn] = {}
@@ -117,7 +116,7 @@ class ModelHost:
     def _turn(self, request: dict[str, Any], headers: dict[bytes, bytes]) -> _Turn:
         if request.get("model") == ADVISOR_MODEL:
             return self.advice
-        if not self.consults or _answers_advisor_call(request.get("messages")):
+        if _answers_advisor_call(request["messages"]):
             deltas = headers.get(FINAL_DELTAS_HEADER)
             return self.final(int(deltas) if deltas else self.final_deltas)
         return self.call_advisor
@@ -128,7 +127,7 @@ class ModelHost:
         request = json.loads(await read_body(receive))
         self.calls += 1
         if scope["path"].endswith("/chat/completions"):
-            answered = any(m.get("role") == "tool" for m in request.get("messages") or [])
+            answered = any(m["role"] == "tool" for m in request["messages"])
             await send_json(send, self.chat_final if answered else self.chat_call)
             return
         if self.advisor_delay and request.get("model") == ADVISOR_MODEL:
@@ -153,14 +152,9 @@ async def send_json(send: Send, body: bytes, status: int = 200) -> None:
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
-def _answers_advisor_call(messages: Any) -> bool:
-    if not isinstance(messages, list) or not messages:
-        return False
-    content = messages[-1].get("content")
-    return isinstance(content, list) and any(
-        isinstance(b, dict) and b.get("type") == "tool_result" and b.get("tool_use_id") == ADVISOR_CALL_ID
-        for b in content
-    )
+def _answers_advisor_call(messages: list[dict[str, Any]]) -> bool:
+    content = messages[-1]["content"]
+    return isinstance(content, list) and any(b.get("tool_use_id") == ADVISOR_CALL_ID for b in content)
 
 
 class EchoHost:
@@ -175,21 +169,6 @@ class EchoHost:
         self.last_body = await read_body(receive)
         pydantic_core.from_json(self.last_body)
         await send_json(send, self.answer)
-
-
-class BusyHost:
-    """An app behind a gateway that does other work before each request (a ``json.loads`` of a
-    75 KB document, standing in for auth, routing and logging): between two legs of a consult the
-    middleware's code and data leave the CPU's caches, as they do in front of an HTTP backend."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-        rng = random.Random(7)
-        self.document = _dumps([{f"k{i}": "v" * rng.randrange(50), "n": list(range(i % 20))} for i in range(1000)])
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        json.loads(self.document)
-        await self.app(scope, receive, send)
 
 
 class ForwardingHost:
@@ -222,40 +201,28 @@ _WORDS = (
 
 
 def _prose(rng: random.Random, words: int) -> str:
-    return " ".join(rng.choice(_WORDS) for _ in range(words)).capitalize() + "."
+    return " ".join(rng.choices(_WORDS, k=words)).capitalize() + "."
 
 
-def _code(rng: random.Random, lines: int) -> str:
-    words = [rng.choice(_WORDS) for _ in range(3 * lines)]
-    return "\n".join(f"{n:>5}\t{words[3 * n]} := {words[3 * n + 1]}({words[3 * n + 2]}, {n})" for n in range(lines))
-
-
-def _tool(rng: random.Random, name: str) -> dict[str, Any]:
-    properties = {key: {"type": "string", "description": _prose(rng, 12)} for key in ("file_path", "command")}
-    schema = {"type": "object", "properties": properties, "required": ["file_path"]}
-    return {"name": name, "description": "\n".join(_prose(rng, 25) for _ in range(12)), "input_schema": schema}
-
-
-def claude_code_body(size: int, *, advisor: bool, stream: bool, mention_advisor: bool = False) -> bytes:
-    """A Claude-Code-shaped request of about ``size`` bytes: system prompt, tool definitions and a
-    long agentic conversation (assistant text + tool_use, user tool_result with file contents),
-    ending in a tool_result, which is when an executor typically consults."""
+def claude_code_body(size: int, *, advisor: bool, stream: bool) -> bytes:
+    """A Claude-Code-shaped request of about ``size`` bytes: a system prompt, ten tool definitions
+    and a long agentic conversation (assistant text and a tool_use, then a tool_result with a
+    file's contents), ending in a tool_result, which is when an executor typically consults."""
     rng = random.Random(20260301)
     names = ["Bash", "Read", "Edit", "Write", "Glob", "Grep", "Task", "TodoWrite", "WebFetch", "NotebookEdit"]
-    tools = [_tool(rng, name) for name in names] + ([ADVISOR_TOOL] if advisor else [])
-    first = "Refactor the worker pool so shutdown drains in-flight jobs."
-    if mention_advisor:
-        # The bytes `"advisor` (a quote, then the word), which prose alone does not hold.
-        first += ' Do not use the advisor for this one, and keep the "advisor" key in config.json.'
-    messages: list[dict[str, Any]] = [{"role": "user", "content": [text(_prose(rng, 60)), text(first)]}]
+    schema = {"type": "object", "properties": {"file_path": {"type": "string"}}, "required": ["file_path"]}
+    tools = [{"name": name, "description": _prose(rng, 300), "input_schema": schema} for name in names]
     system = [text("You are Claude Code."), text("\n".join(_prose(rng, 30) for _ in range(40)))]
-    data = {"model": EXEC_MODEL, "max_tokens": 32000, "stream": stream, "system": system, "tools": tools}
+    data = {"model": EXEC_MODEL, "max_tokens": 32000, "stream": stream, "system": system}
+    data["tools"] = tools + ([ADVISOR_TOOL] if advisor else [])
+    messages: list[dict[str, Any]] = [{"role": "user", "content": [text(_prose(rng, 60))]}]
     total = len(_dumps(data)) + len(_dumps(messages))
     while total < size:
         call = tool_use(
             rng.choice(names), {"file_path": f"/repo/pool/file{len(messages)}.go"}, f"toolu_{len(messages)}"
         )
-        result = {"type": "tool_result", "tool_use_id": call["id"], "content": _code(rng, rng.randint(20, 120))}
+        code = "\n".join(f"{n:>5}\t{_prose(rng, 5)}" for n in range(rng.randint(20, 120)))
+        result = {"type": "tool_result", "tool_use_id": call["id"], "content": code}
         turn = [{"role": "assistant", "content": [text(_prose(rng, 30)), call]}, {"role": "user", "content": [result]}]
         messages += turn
         total += len(_dumps(turn))
@@ -265,9 +232,8 @@ def claude_code_body(size: int, *, advisor: bool, stream: bool, mention_advisor:
 def small_consult_body(stream: bool) -> bytes:
     """One short user message, the advisor as the only tool."""
     message = {"role": "user", "content": "Write a Go worker pool with graceful shutdown."}
-    return _dumps(
-        {"model": EXEC_MODEL, "max_tokens": 1024, "stream": stream, "messages": [message], "tools": [ADVISOR_TOOL]}
-    ).encode()
+    data = {"model": EXEC_MODEL, "max_tokens": 1024, "stream": stream, "messages": [message]}
+    return _dumps(data | {"tools": [ADVISOR_TOOL]}).encode()
 
 
 def small_plain_body() -> bytes:

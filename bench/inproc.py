@@ -11,18 +11,15 @@ import gc
 import json
 import statistics
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import anyio
-import httpx
 
 from advisor_middleware import AdvisorMiddleware
 
-from .hosts import ASGIApp, EchoHost, ForwardingHost, Message, ModelHost, Receive, Scope, Send, read_body
-
-Call = Callable[[], Awaitable[None]]
+from .hosts import ASGIApp, EchoHost, Message, Receive, Scope, Send, read_body
 
 CHUNK = 64 * 1024  # what uvicorn hands an app per http.request message for a large body
 EXPECTED_BLOCKS = ["text", "server_tool_use", "advisor_tool_result", "text"]
@@ -93,59 +90,57 @@ def request_scope(body: bytes, *, stream: bool, beta: bool, path: str = "/v1/mes
     }
     if beta:
         headers["anthropic-beta"] = "claude-code-20250219,advisor-tool-2026-03-01"
-    return {
-        "type": "http",
-        "asgi": {"version": "3.0", "spec_version": "2.4"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(k.encode(), v.encode()) for k, v in headers.items()],
-        "client": ("127.0.0.1", 50123),
-        "server": ("127.0.0.1", 8000),
-        "state": {},
-    }
+    scope: dict[str, Any] = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.4"}, "http_version": "1.1"}
+    scope |= {"method": "POST", "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b""}
+    scope |= {"root_path": "", "client": ("127.0.0.1", 50123), "server": ("127.0.0.1", 8000), "state": {}}
+    return scope | {"headers": [(k.encode(), v.encode()) for k, v in headers.items()]}
 
 
 def split(body: bytes) -> list[bytes]:
     return [body[i : i + CHUNK] for i in range(0, len(body), CHUNK)] or [b""]
 
 
-def sse_events(raw: bytes) -> list[dict[str, Any]]:
-    return [json.loads(line[6:]) for line in raw.split(b"\n") if line.startswith(b"data: ")]
-
-
-def check_consult(status: int, raw: bytes, stream: bool, *, consulted: bool = True) -> None:
+def check_consult(status: int, raw: bytes, stream: bool) -> None:
     if status != 200:
         raise RuntimeError(f"consult answered {status}: {raw[:300]!r}")
     if stream:
-        events = sse_events(raw)
+        events = [json.loads(line[6:]) for line in raw.split(b"\n") if line.startswith(b"data: ")]
         blocks = [e["content_block"] for e in events if e["type"] == "content_block_start"]
         if events[-1]["type"] != "message_stop":
             raise RuntimeError(f"stream did not end with message_stop: {events[-1]}")
     else:
         blocks = json.loads(raw)["content"]
-    if not consulted:
-        if [b["type"] for b in blocks] != ["text"]:
-            raise RuntimeError(f"unexpected answer without a consult: {blocks}")
-    elif [b["type"] for b in blocks] != EXPECTED_BLOCKS or blocks[2]["content"]["type"] != "advisor_result":
+    if [b["type"] for b in blocks] != EXPECTED_BLOCKS or blocks[2]["content"]["type"] != "advisor_result":
         raise RuntimeError(f"unexpected consult content: {blocks}")
+
+
+Reference = tuple[str, Callable[[], object]] | None
+"""What a row is compared with: its label and the operation (one parse or one scan of the body)."""
+Request = tuple[Scope, list[bytes]]
 
 
 @dataclass
 class Scenario:
+    """One row: the host answering ``alone`` (one request after the other) against the middleware
+    answering ``through``, the client's request."""
+
     key: str
     label: str
-    base: Call
-    through: Call
     n: int
-    reference: Callable[[], object] | None = None
-    """An operation the row is compared with (``from_json`` of the body), timed between the pairs."""
-    close: Call | None = None
-    """What to await once the row is measured (a connection pool to close)."""
+    host: ASGIApp
+    alone: list[Request]
+    through: Request
+    reference: Reference = None
+
+    def __post_init__(self) -> None:
+        self.middleware = AdvisorMiddleware(self.host)
+
+    async def run_alone(self) -> None:
+        for scope, chunks in self.alone:
+            await exchange(self.host, scope, chunks)
+
+    async def run_through(self) -> None:
+        await exchange(self.middleware, *self.through)
 
 
 @dataclass
@@ -157,8 +152,9 @@ class Row:
     base_wall_us: float
     through_cpu_us: float
     through_wall_us: float
+    reference: str = ""
     reference_us: float | None = None
-    """CPU µs of the scenario's reference: its fastest run in the stretch the row reports."""
+    """CPU µs of the reference: its fastest run in the stretch the row reports."""
 
     @property
     def added_cpu_us(self) -> float:
@@ -169,141 +165,40 @@ class Row:
         return self.through_wall_us - self.base_wall_us
 
 
-async def record_legs(host: ASGIApp, body: bytes, *, stream: bool, consulted: bool = True) -> list[tuple[Scope, bytes]]:
-    """Run one request through the middleware (checking what the client gets); return the leg
-    requests it made of ``host``: three for a consult, one when the executor did not consult."""
+async def record_legs(host: ASGIApp, body: bytes, *, stream: bool) -> list[tuple[Scope, bytes]]:
+    """Run one consult through the middleware (checking what the client gets); return the three
+    leg requests it made of ``host``."""
     recorder = Recorder(host)
     scope = request_scope(body, stream=stream, beta=True)
-    check_consult(*await exchange(AdvisorMiddleware(recorder), scope, split(body)), stream, consulted=consulted)
+    check_consult(*await exchange(AdvisorMiddleware(recorder), scope, split(body)), stream)
     roles = [dict(s["headers"]).get(b"x-advisor-leg") for s, _ in recorder.requests]
-    expected = [b"executor", b"advisor", b"executor"] if consulted else [b"executor"]
-    if roles != expected:
-        raise RuntimeError(f"expected {expected} legs; got {roles}")
+    if roles != [b"executor", b"advisor", b"executor"]:
+        raise RuntimeError(f"expected executor, advisor, executor legs; got {roles}")
     return recorder.requests
 
 
 async def consult_scenario(
-    key: str,
-    label: str,
-    host: ASGIApp,
-    body: bytes,
-    n: int,
-    stream: bool = True,
-    consulted: bool = True,
-    reference: Callable[[], object] | None = None,
+    key: str, label: str, host: ASGIApp, body: bytes, n: int, stream: bool = True, reference: Reference = None
 ) -> Scenario:
-    """Through the middleware: one client request, three legs (one if the host's executor does
-    not consult). Alone: the host answers the leg requests the middleware sent (recorded in a
-    first, untimed run), one after the other."""
-    recorded = await record_legs(host, body, stream=stream, consulted=consulted)
-    legs = [(scope, [leg_body]) for scope, leg_body in recorded]
-    for leg_scope, leg_chunks in legs:
-        status, _ = await exchange(host, leg_scope, leg_chunks)
-        if status != 200:
+    """Through the middleware: one client request, three legs. Alone: the host answers the leg
+    requests the middleware sent (recorded in a first, untimed run), one after the other."""
+    legs = [(scope, [leg_body]) for scope, leg_body in await record_legs(host, body, stream=stream)]
+    for leg in legs:
+        if (status := (await exchange(host, *leg))[0]) != 200:
             raise RuntimeError(f"host alone answered a leg with {status}")
-    middleware = AdvisorMiddleware(host)
-    scope = request_scope(body, stream=stream, beta=True)
-    chunks = split(body)
-
-    async def base() -> None:
-        for leg_scope, leg_chunks in legs:
-            await exchange(host, leg_scope, leg_chunks)
-
-    async def through() -> None:
-        await exchange(middleware, scope, chunks)
-
-    return Scenario(key, label, base, through, n, reference)
+    request = request_scope(body, stream=stream, beta=True), split(body)
+    return Scenario(key, label, n, host, legs, request, reference)
 
 
-async def shut_down(app: ASGIApp) -> None:
-    """Run ``app``'s lifespan to its shutdown (``serve --upstream``'s proxy closes its client)."""
-    messages = iter([{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}])
-
-    async def receive() -> Message:
-        return next(messages)
-
-    async def send(message: Message) -> None:
-        pass
-
-    await app({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}, receive, send)
-
-
-def cli_app(url: str) -> ASGIApp:
-    """``advisor-middleware serve --upstream URL``: ``AdvisorMiddleware`` around a proxy whose legs
-    go straight to ``url``."""
-    from advisor_middleware.cli import build_app
-
-    app: ASGIApp = build_app(None, upstream=url)
-    return app
-
-
-async def upstream_scenario(key: str, label: str, url: str, body: bytes, n: int, stream: bool) -> Scenario:
-    """Through: the CLI's app with ``--upstream url``. Alone: the same three leg requests posted
-    directly with ``httpx`` and read to the end, as a client that runs the loop itself would
-    (LiteLLM's row subtracts the same). Await ``scenario.close`` when done."""
-    app, client = cli_app(url), httpx.AsyncClient(base_url=url)
-    scope, chunks = request_scope(body, stream=stream, beta=True), split(body)
-    check_consult(*await exchange(app, scope, chunks), stream)
-    skip = (b"host", b"content-length")
-    legs = [
-        (leg["path"], [(k, v) for k, v in leg["headers"] if k not in skip], leg_body)
-        for leg, leg_body in await record_legs(ModelHost(), body, stream=stream)  # the backend's model
-    ]
-
-    async def base() -> None:
-        for path, headers, leg_body in legs:
-            async with client.stream("POST", path, content=leg_body, headers=headers) as response:
-                async for _ in response.aiter_raw():
-                    pass
-                if response.status_code != 200:
-                    raise RuntimeError(f"the backend answered a leg with {response.status_code}")
-
-    async def through() -> None:
-        await exchange(app, scope, chunks)
-
-    async def close() -> None:
-        await client.aclose()
-        await shut_down(app)
-
-    return Scenario(key, label, base, through, n, close=close)
-
-
-async def upstream_passthrough_scenario(key: str, label: str, url: str, body: bytes, n: int) -> Scenario:
-    """A request without the advisor to the CLI's app with ``--upstream url``, vs
-    ``ForwardingHost``, a minimal ``httpx`` forwarder: what the proxy's own duties cost."""
-    app, client = cli_app(url), httpx.AsyncClient(base_url=url)
-
-    async def close() -> None:
-        await client.aclose()
-        await shut_down(app)
-
-    return await one_request_scenario(key, label, ForwardingHost(client), app, body, n, close)
-
-
-async def passthrough_scenario(key: str, label: str, body: bytes, n: int) -> Scenario:
-    host = EchoHost()
-    scenario = await one_request_scenario(key, label, host, AdvisorMiddleware(host), body, n)
-    if host.last_body != body:
-        raise RuntimeError("pass-through changed the request")
-    return scenario
-
-
-async def one_request_scenario(
-    key: str, label: str, alone: ASGIApp, behind: ASGIApp, body: bytes, n: int, close: Call | None = None
-) -> Scenario:
-    """The same plain request to ``alone`` and to ``behind``: both must answer 200 and the same bytes."""
-    scope, chunks = request_scope(body, stream=False, beta=False), split(body)
-    answers = {await exchange(app, scope, chunks) for app in (alone, behind)}
-    if len(answers) != 1 or answers.pop()[0] != 200:
+async def passthrough_scenario(key: str, label: str, body: bytes, n: int, reference: Reference) -> Scenario:
+    """A request without the advisor to ``EchoHost``, alone and through the middleware: both must
+    answer 200 and the same bytes, and the host must get the body unchanged."""
+    host, request = EchoHost(), (request_scope(body, stream=False, beta=False), split(body))
+    scenario = Scenario(key, label, n, host, [request], request, reference)
+    answers = {await exchange(app, *request) for app in (host, scenario.middleware)}
+    if len(answers) != 1 or answers.pop()[0] != 200 or host.last_body != body:
         raise RuntimeError("pass-through changed or failed the request")
-
-    async def base() -> None:
-        await exchange(alone, scope, chunks)
-
-    async def through() -> None:
-        await exchange(behind, scope, chunks)
-
-    return Scenario(key, label, base, through, n, close=close)
+    return scenario
 
 
 STRETCHES = 5
@@ -316,44 +211,32 @@ async def measure(scenario: Scenario, warmup: int) -> Row:
     ``STRETCHES`` consecutive stretches and the row gives the medians of the one where the host
     alone was fastest: both sides from the same stretch."""
     for _ in range(warmup):
-        await scenario.base()
-        await scenario.through()
+        await scenario.run_alone()
+        await scenario.run_through()
     gc.collect()
     stretches = STRETCHES if scenario.n >= 5 * STRETCHES else 1
-    samples: dict[str, tuple[list[int], list[int]]] = {"base": ([], []), "through": ([], [])}
-    reference: list[int] = []
-    pairs = [("base", scenario.base), ("through", scenario.through)]
-    cpu_clock, wall_clock = time.process_time_ns, time.perf_counter_ns
+    # CPU and wall ns of each side, and CPU ns of the reference
+    samples: list[list[int]] = [[], [], [], [], []]
+    sides = [(0, scenario.run_alone), (2, scenario.run_through)]
     for i in range(scenario.n):
-        for name, call in pairs if i % 2 == 0 else pairs[::-1]:
-            cpu, wall = samples[name]
-            c0, w0 = cpu_clock(), wall_clock()
+        for at, call in sides if i % 2 == 0 else sides[::-1]:
+            c0, w0 = time.process_time_ns(), time.perf_counter_ns()
             await call()
-            w1, c1 = wall_clock(), cpu_clock()
-            cpu.append(c1 - c0)
-            wall.append(w1 - w0)
+            w1, c1 = time.perf_counter_ns(), time.process_time_ns()
+            samples[at].append(c1 - c0)
+            samples[at + 1].append(w1 - w0)
         if scenario.reference is not None:
-            c0 = cpu_clock()
-            scenario.reference()
-            reference.append(cpu_clock() - c0)
+            c0 = time.process_time_ns()
+            scenario.reference[1]()
+            samples[4].append(time.process_time_ns() - c0)
 
     def part(values: list[int], index: int) -> list[int]:
         size = len(values) // stretches
         return values[index * size : (index + 1) * size]
 
-    def median_us(values: list[int], index: int) -> float:
-        return statistics.median(part(values, index)) / 1000
-
-    quietest = min(range(stretches), key=lambda i: median_us(samples["base"][0], i))
+    quietest = min(range(stretches), key=lambda i: statistics.median(part(samples[0], i)))
+    cpu, wall, through_cpu, through_wall = (statistics.median(part(v, quietest)) / 1000 for v in samples[:4])
     # The fastest, not the median: a reference slowed down by the machine would flatter us.
-    fastest = min(part(reference, quietest)) / 1000 if reference else None
-    return Row(
-        scenario.key,
-        scenario.label,
-        scenario.n,
-        median_us(samples["base"][0], quietest),
-        median_us(samples["base"][1], quietest),
-        median_us(samples["through"][0], quietest),
-        median_us(samples["through"][1], quietest),
-        fastest,
-    )
+    fastest = min(part(samples[4], quietest)) / 1000 if samples[4] else None
+    label = scenario.reference[0] if scenario.reference else ""
+    return Row(scenario.key, scenario.label, scenario.n, cpu, wall, through_cpu, through_wall, label, fastest)

@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from importlib.util import find_spec
 from typing import Any
 
@@ -20,13 +21,8 @@ from .backend import ROOT, serve_in_subprocess
 from .hosts import FINAL_DELTAS_HEADER, PACED_HEADER, ModelHost, small_consult_body
 from .inproc import record_legs
 
-_CONSULT_HEADERS = {
-    "content-type": "application/json",
-    "x-api-key": "sk-bench",
-    "anthropic-version": "2023-06-01",
-    "anthropic-beta": "advisor-tool-2026-03-01",
-}
 _LEG_HEADERS = {"content-type": "application/json", "x-api-key": "sk-bench", "anthropic-version": "2023-06-01"}
+_CONSULT_HEADERS = _LEG_HEADERS | {"anthropic-beta": "advisor-tool-2026-03-01"}
 
 
 def litellm_installed() -> bool:
@@ -74,59 +70,36 @@ class Relay:
     through_ttfb_us: float = 0.0
     alone_events_s: float = 0.0
     through_events_s: float = 0.0
-    paced_alone_events_s: float = 0.0
-    paced_through_events_s: float = 0.0
-
-    @property
-    def added_ttfb_us(self) -> float:
-        return self.through_ttfb_us - self.alone_ttfb_us
-
-    @property
-    def throughput_ratio(self) -> float:
-        return self.through_events_s / self.alone_events_s
-
-    @property
-    def paced_ratio(self) -> float:
-        return self.paced_through_events_s / self.paced_alone_events_s
 
 
 async def measure_relay(ttfb_n: int, events: int, rounds: int) -> Relay:
     """Two uvicorn servers of the same ``ModelHost``, one behind the middleware. Time to first
     byte: a streamed consult's vs its first leg's sent directly. Events/s: a consult whose last leg
-    streams ``events`` text deltas vs the same three legs sent directly, with the host sending its
-    whole answer at once (*burst*) or yielding to the event loop after each event (*paced*, as a
-    host reading each event off the network does)."""
+    streams ``events`` text deltas vs the same three legs sent directly, the host yielding to the
+    event loop after each event, as a host reading each event off the network does."""
     legs, consult = await _leg_bodies(), small_consult_body(True)
-    burst = {FINAL_DELTAS_HEADER.decode(): str(events)}
-    paced = burst | {PACED_HEADER.decode(): "1"}
+    paced = {FINAL_DELTAS_HEADER.decode(): str(events), PACED_HEADER.decode(): "1"}
     relay = Relay(ttfb_n, events, rounds)
     with serve_in_subprocess() as (alone, _), serve_in_subprocess("--middleware") as (through, _):
-
-        async def alone_rate(extra: dict[str, str]) -> float:
-            t0, count = time.perf_counter(), 0
-            for body in legs:
-                count += (await _post(alone, body, _LEG_HEADERS | extra))[1].count(b"\n\n")
-            return count / (time.perf_counter() - t0)
-
-        async def through_rate(extra: dict[str, str]) -> float:
-            t0 = time.perf_counter()
-            count = (await _post(through, consult, _CONSULT_HEADERS | extra))[1].count(b"\n\n")
-            return count / (time.perf_counter() - t0)
-
-        async def alone_first() -> float:
-            return (await _post(alone, legs[0], _LEG_HEADERS))[0] * 1e6
-
-        async def through_first() -> float:
-            return (await _post(through, consult, _CONSULT_HEADERS))[0] * 1e6
-
+        alone_first, through_first = partial(_first, alone, legs[0], _LEG_HEADERS), partial(_first, through, consult)
         relay.alone_ttfb_us, relay.through_ttfb_us = await _alternate(alone_first, through_first, ttfb_n, 10)
-        relay.alone_events_s, relay.through_events_s = await _alternate(
-            lambda: alone_rate(burst), lambda: through_rate(burst), rounds, 1
-        )
-        relay.paced_alone_events_s, relay.paced_through_events_s = await _alternate(
-            lambda: alone_rate(paced), lambda: through_rate(paced), rounds, 1
-        )
+        alone_rate = partial(_rate, alone, legs, _LEG_HEADERS | paced)
+        through_rate = partial(_rate, through, [consult], _CONSULT_HEADERS | paced)
+        relay.alone_events_s, relay.through_events_s = await _alternate(alone_rate, through_rate, rounds, 1)
     return relay
+
+
+async def _first(port: int, body: bytes, headers: dict[str, str] = _CONSULT_HEADERS) -> float:
+    """µs to the first byte of the answer."""
+    return (await _post(port, body, headers))[0] * 1e6
+
+
+async def _rate(port: int, bodies: list[bytes], headers: dict[str, str]) -> float:
+    """Events per second over ``bodies`` posted one after the other."""
+    t0, count = time.perf_counter(), 0
+    for body in bodies:
+        count += (await _post(port, body, headers))[1].count(b"\n\n")
+    return count / (time.perf_counter() - t0)
 
 
 async def _alternate(
@@ -143,78 +116,51 @@ async def _alternate(
     return statistics.median(out[0]), statistics.median(out[1])
 
 
-@dataclass
-class Side:
-    completed: int
-    failed: int
-    p50_s: float
-    p99_s: float
-    idle_rss_mb: float
-    peak_rss_mb: float
-    wall_s: float
-
-
-@dataclass
-class Concurrency:
-    clients: int
-    advisor_delay: float
-    alone: Side
-    through: Side
-
-    @property
-    def added_p99_ms(self) -> float:
-        return (self.through.p99_s - self.alone.p99_s) * 1000
-
-    def kb_per_request(self, side: Side) -> float:
-        return (side.peak_rss_mb - side.idle_rss_mb) * 1024 / self.clients
-
-
 def _rss_mb(pid: int) -> float:
     with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+        return next((int(line.split()[1]) / 1024 for line in f if line.startswith("VmRSS:")), float("nan"))
 
 
-async def _swarm(clients: int, pid: int, one: Callable[[], Awaitable[None]]) -> Side:
-    """``clients`` concurrent calls of ``one``; latencies, and the server's RSS before and at peak."""
-    idle = _rss_mb(pid)
-    peak = idle
-    latencies: list[float] = []
-    failed = 0
-    done = anyio.Event()
+class Swarm:
+    """Many concurrent clients of the server ``pid``: their latencies, and the server's resident
+    memory before they start and at its peak (sampled every 10 ms)."""
 
-    async def sample() -> None:
-        nonlocal peak
-        while not done.is_set():
-            peak = max(peak, _rss_mb(pid))
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.latencies: list[float] = []
+        self.failed = 0
+        self.idle_rss_mb = self.peak_rss_mb = _rss_mb(pid)
+        self.done = anyio.Event()
+
+    async def run(self, clients: int, one: Callable[[], Awaitable[None]]) -> Swarm:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._sample)
+            async with anyio.create_task_group() as clients_tg:
+                for _ in range(clients):
+                    clients_tg.start_soon(self._client, one)
+            self.done.set()
+        return self
+
+    async def _sample(self) -> None:
+        while not self.done.is_set():
+            self.peak_rss_mb = max(self.peak_rss_mb, _rss_mb(self.pid))
             await anyio.sleep(0.01)
 
-    async def client() -> None:
-        nonlocal failed
+    async def _client(self, one: Callable[[], Awaitable[None]]) -> None:
         t0 = time.perf_counter()
         try:
             await one()
         except (OSError, RuntimeError):
-            failed += 1
+            self.failed += 1
             return
-        latencies.append(time.perf_counter() - t0)
+        self.latencies.append(time.perf_counter() - t0)
 
-    t0 = time.perf_counter()
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(sample)
-        async with anyio.create_task_group() as clients_tg:
-            for _ in range(clients):
-                clients_tg.start_soon(client)
-        done.set()
-    wall = time.perf_counter() - t0
-    ordered = sorted(latencies) or [float("nan")]
-    p99 = ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
-    return Side(len(latencies), failed, statistics.median(ordered), p99, idle, peak, wall)
+    def percentile_s(self, fraction: float) -> float:
+        ordered = sorted(self.latencies) or [float("nan")]
+        return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
-async def measure_concurrency(clients: int, advisor_delay: float) -> Concurrency:
+async def measure_concurrency(clients: int, advisor_delay: float) -> tuple[Swarm, Swarm]:
     """``clients`` streaming consults at once against uvicorn + middleware, the advisor taking
     ``advisor_delay`` s; side by side with the same number of clients each sending the three
     legs directly to the host alone (the advisor leg waits just as long)."""
@@ -237,80 +183,39 @@ async def measure_concurrency(clients: int, advisor_delay: float) -> Concurrency
 
         await alone_one()
         await through_one()
-        alone_side = await _swarm(clients, alone_pid, alone_one)
-        through_side = await _swarm(clients, through_pid, through_one)
-    return Concurrency(clients, advisor_delay, alone_side, through_side)
+        return await Swarm(alone_pid).run(clients, alone_one), await Swarm(through_pid).run(clients, through_one)
 
 
-@dataclass
-class LiteLLMRun:
-    status: str
-    """``"measured"``, or why not (``"not installed"``, an error)."""
-    version: str = ""
-    n: int = 0
-    raw3_cpu_us: float = 0.0
-    raw3_wall_us: float = 0.0
-    json_cpu_us: float = 0.0
-    json_wall_us: float = 0.0
-    stream_cpu_us: float = 0.0
-    stream_wall_us: float = 0.0
-    first_ms: float = 0.0
-
-
-def measure_litellm(base_url: str, n: int, warmup: int) -> LiteLLMRun:
-    """LiteLLM's loop on the backend at ``base_url``, in a process of its own (``bench.litellm_probe``)."""
+def measure_litellm(base_url: str, n: int, warmup: int) -> dict[str, Any]:
+    """LiteLLM's loop on the backend at ``base_url``, in a process of its own (``bench.litellm_probe``):
+    its figures, or ``{"error": why not}``."""
     if not litellm_installed():
-        return LiteLLMRun("not installed")
+        return {"error": "not installed"}
     command = [sys.executable, "-m", "bench.litellm_probe", base_url, str(n), str(warmup)]
     out = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
     try:
         data: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
     except (IndexError, ValueError):
-        return LiteLLMRun(f"failed: {out.stderr.strip().splitlines()[-1:]}")
-    if "error" in data:
-        return LiteLLMRun(str(data["error"]))
-    raw3, json_, stream = data["raw3"], data["json"], data["stream"]
-    return LiteLLMRun(
-        "measured",
-        data["version"],
-        n,
-        raw3["cpu_us"],
-        raw3["wall_us"],
-        json_["cpu_us"],
-        json_["wall_us"],
-        stream["cpu_us"],
-        stream["wall_us"],
-        data["first_ms"],
-    )
+        return {"error": f"failed: {out.stderr.strip().splitlines()[-1:]}"}
+    return data | {"n": n}
 
 
 @dataclass
 class Startup:
     import_ms: float
-    rss_before_mb: float
-    rss_after_mb: float
+    rss_added_mb: float
     runs: int
-    status: str = "measured"
-
-    @property
-    def rss_added_mb(self) -> float:
-        return self.rss_after_mb - self.rss_before_mb
 
 
 _IMPORT_PROBE = """
 import sys, time
 def rss():
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+    return next(int(line.split()[1]) / 1024 for line in open("/proc/self/status") if line.startswith("VmRSS:"))
 for name in filter(None, sys.argv[2].split(",")):  # what the host process has loaded already
     __import__(name)
-before = rss()
-t = time.perf_counter()
+before, t = rss(), time.perf_counter()
 __import__(sys.argv[1])
-print(time.perf_counter() - t, before, rss())
+print(time.perf_counter() - t, rss() - before)
 """
 
 
@@ -324,21 +229,10 @@ def measure_startup(module: str, runs: int, preload: tuple[str, ...] = ()) -> St
     variable is dropped and a first, untimed run writes the cache."""
     env = dict(os.environ, LITELLM_LOCAL_MODEL_COST_MAP="True")
     env.pop("PYTHONDONTWRITEBYTECODE", None)
+    command = [sys.executable, "-c", _IMPORT_PROBE, module, ",".join(preload)]
     results = []
     for attempt in range(runs + 1):
-        out = subprocess.run(
-            [sys.executable, "-c", _IMPORT_PROBE, module, ",".join(preload)],
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=ROOT,
-            env=env,
-        ).stdout
+        out = subprocess.run(command, capture_output=True, text=True, check=True, cwd=ROOT, env=env).stdout
         if attempt:  # the first run wrote the bytecode
             results.append([float(x) for x in out.strip().splitlines()[-1].split()])
-    return Startup(
-        import_ms=statistics.median(r[0] for r in results) * 1000,
-        rss_before_mb=statistics.median(r[1] for r in results),
-        rss_after_mb=statistics.median(r[2] for r in results),
-        runs=runs,
-    )
+    return Startup(statistics.median(r[0] for r in results) * 1000, statistics.median(r[1] for r in results), runs)

@@ -1,14 +1,9 @@
 """What ``AdvisorMiddleware`` costs on top of the host it wraps, next to LiteLLM's advisor loop.
 
 Every figure is measured side by side in one run: the same host alone and behind the middleware,
-alternating request by request. In-process rows drive the ASGI app directly (``bench.inproc``);
-the like-for-like rows put a real HTTP backend (uvicorn, another process) behind both our
-middleware and LiteLLM; the streaming and concurrency rows serve the middleware with uvicorn
-(``bench.net``).
-
-``python -m bench`` (a few minutes), ``--quick`` (tiny sizes: the CI smoke run), ``--write
-[PATH]`` (also rewrites the generated part of ``docs/performance.md``), ``--only SECTION``,
-``--compare DIR`` (the rows users feel, this checkout's package against the one in DIR).
+alternating request by request, in-process (``bench.inproc``) or over sockets (``bench.net``).
+``--quick``: tiny sizes (the CI smoke run); ``--write [PATH]``: also rewrite the generated part of
+``docs/performance.md``; ``--compare DIR``: the rows users feel, this checkout's package against DIR's.
 """
 
 from __future__ import annotations
@@ -20,11 +15,9 @@ import platform
 import statistics
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -34,22 +27,12 @@ import pydantic_core
 
 from . import PACKAGE_PATH
 from .backend import ROOT, serve_in_subprocess
-from .hosts import ASGIApp, BusyHost, ForwardingHost, ModelHost, claude_code_body, small_consult_body, small_plain_body
-from .inproc import (
-    CHUNK,
-    Row,
-    Scenario,
-    consult_scenario,
-    measure,
-    passthrough_scenario,
-    upstream_passthrough_scenario,
-    upstream_scenario,
-)
+from .hosts import ForwardingHost, ModelHost, claude_code_body, small_consult_body, small_plain_body
+from .inproc import CHUNK, Reference, Row, Scenario, consult_scenario, measure, passthrough_scenario
 from .net import (
-    Concurrency,
-    LiteLLMRun,
     Relay,
     Startup,
+    Swarm,
     litellm_installed,
     measure_concurrency,
     measure_litellm,
@@ -67,17 +50,13 @@ COMPARED = ("consult_stream", "consult_json", "consult_relay", "consult_large", 
 @dataclass(frozen=True)
 class Sizes:
     large: int = 1024 * 1024
-    huge: int = 5 * 1024 * 1024
     relay_deltas: int = 1000
     n_consult: int = 2000
     n_relay: int = 100
     n_large: int = 60
-    n_huge: int = 15
     n_http: int = 300
-    n_busy: int = 600
     n_pass_small: int = 20000
     n_pass_large: int = 1000
-    n_pass_parse: int = 200
     warmup: int = 10
     import_runs: int = 5
     litellm_n: int = 60
@@ -91,144 +70,92 @@ class Sizes:
 FULL = Sizes()
 # fmt: off
 QUICK = Sizes(
-    large=64 * 1024, huge=128 * 1024, relay_deltas=20, n_consult=5, n_relay=3, n_large=3, n_huge=2, n_http=3,
-    n_busy=3, n_pass_small=5, n_pass_large=5, n_pass_parse=3, warmup=1, import_runs=1, litellm_n=3, ttfb_n=3,
-    stream_events=200, stream_rounds=1, clients=20, advisor_delay=0.05
+    large=64 * 1024, relay_deltas=20, n_consult=5, n_relay=3, n_large=3, n_http=3, n_pass_small=5, n_pass_large=5,
+    warmup=1, import_runs=1, litellm_n=3, ttfb_n=3, stream_events=200, stream_rounds=1, clients=20, advisor_delay=0.05
 )
 # fmt: on
+
+
+@dataclass
+class Report:
+    quick: bool
+    sizes: Sizes
+    machine: str
+    rows: list[Row] = field(default_factory=list)
+    litellm: dict[str, Any] | None = None
+    """The figures of ``bench.litellm_probe``, or ``{"error": why not}``."""
+    relay: Relay | None = None
+    concurrency: tuple[Swarm, Swarm] | None = None
+    """The host alone's clients and the middleware's."""
+    startup: dict[str, Startup | None] = field(default_factory=dict)
+    """``import`` of ours bare (``bare``) and after FastAPI's (``fastapi``), and LiteLLM's (``litellm``)."""
+    date: str = field(default_factory=lambda: datetime.now(UTC).strftime("%Y-%m-%d"))
+
+
+def progress(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def _size(size: int) -> str:
     return f"{size / (1024 * 1024):.1f} MB" if size >= 1024 * 1024 else f"{size / 1024:.1f} KB"
 
 
-def floor_us(fn: Callable[[], object], runs: int) -> float:
-    """Fastest µs of ``fn()`` over ``runs``: the minimum, as a floor slowed by other processes
-    would flatter the middleware."""
-    samples = []
-    for _ in range(runs):
-        t0 = time.perf_counter_ns()
-        fn()
-        samples.append(time.perf_counter_ns() - t0)
-    return min(samples) / 1000
-
-
-def _parse(body: bytes) -> Callable[[], object]:
-    return lambda: pydantic_core.from_json(body)
-
-
-@dataclass
-class Report:
-    quick: bool
-    warmup: int
-    machine: dict[str, str]
-    rows: list[Row] = field(default_factory=list)
-    floors: dict[str, float] = field(default_factory=dict)
-    """µs of a ``bytes.find`` over the pass-through bodies: what a scan costs at the least."""
-    litellm: LiteLLMRun | None = None
-    relay: Relay | None = None
-    concurrency: Concurrency | None = None
-    startup: Startup | None = None
-    litellm_startup: Startup | None = None
-    hosted_startup: list[tuple[str, Startup]] = field(default_factory=list)
-    """(what the process had loaded, ``import advisor_middleware`` on top of it)"""
-    date: str = field(default_factory=lambda: datetime.now(UTC).strftime("%Y-%m-%d"))
-
-    def row(self, key: str) -> Row | None:
-        return next((r for r in self.rows if r.key == key), None)
-
-
-async def inproc_scenarios(sizes: Sizes, floors: dict[str, float], only: Sequence[str] = ()) -> list[Scenario]:
-    """The in-process rows (those in ``only``, when given)."""
+async def inproc_scenarios(sizes: Sizes) -> list[Scenario]:
+    """The in-process rows."""
     large = claude_code_body(sizes.large, advisor=True, stream=True)
-    huge = claude_code_body(sizes.huge, advisor=True, stream=True)
     plain = claude_code_body(sizes.large, advisor=False, stream=False)
-    mention = claude_code_body(sizes.large, advisor=False, stream=False, mention_advisor=True)
     small, short, short_json = small_plain_body(), small_consult_body(True), small_consult_body(False)
-    if b"advisor" in plain or b"advisor" in small or b'"advisor' not in mention:
+    if b"advisor" in plain or b"advisor" in small:
         raise RuntimeError("pass-through bodies are not what their rows claim")
-    floors["find_large"] = floor_us(lambda: plain.find(b'"advisor'), 30 if sizes is QUICK else 300)
-    floors["find_small"] = floor_us(lambda: small.find(b'"advisor'), 30 if sizes is QUICK else 300)
-    host, at_once, relay = ModelHost(), ModelHost(consults=False), ModelHost(final_deltas=sizes.relay_deltas)
-    c, o = "Consult, streaming, ", "Advisor offered, not called (one leg), streaming, "
-    cc = f"Claude-Code-sized conversation ({_size(len(large))})"
-    busy = "short conversation, the host busy before each leg (cold caches)"
-    consults: list[tuple[str, str, ASGIApp, bytes, int]] = [  # key, label, host, body, N
-        ("consult_stream", f"{c}short conversation ({_size(len(short))})", host, short, sizes.n_consult),
-        ("consult_json", "Consult, JSON response, short conversation", host, short_json, sizes.n_consult),
-        ("consult_busy", c + busy, BusyHost(host), short, sizes.n_busy),
-        ("consult_relay", f"{c}final leg of {sizes.relay_deltas} text deltas", relay, short, sizes.n_relay),
-        ("consult_large", c + cc, host, large, sizes.n_large),
-        ("consult_huge", f"{c}Claude-Code-sized conversation ({_size(len(huge))})", host, huge, sizes.n_huge),
-        ("offered_stream", o + "short conversation", at_once, short, sizes.n_consult),
-        ("offered_large", o + cc, at_once, large, sizes.n_large),
+    host, relay = ModelHost(), ModelHost(final_deltas=sizes.relay_deltas)
+    parse = ("`from_json` of the body", lambda: pydantic_core.from_json(large))
+    scan = ("`bytes.find` over the body", lambda: plain.find(b'"advisor'))
+    c, cc = "Consult, streaming, ", f"Claude-Code-sized conversation ({_size(len(large))})"
+    p, cb = "Pass-through, ", f"Claude-Code-sized body ({_size(len(plain))}, {CHUNK // 1024} KB chunks)"
+    rows: list[tuple[str, str, ModelHost | None, bytes, int, Reference]] = [  # no host: a pass-through
+        ("consult_stream", f"{c}short conversation ({_size(len(short))})", host, short, sizes.n_consult, None),
+        ("consult_json", "Consult, JSON response, short conversation", host, short_json, sizes.n_consult, None),
+        ("consult_relay", f"{c}final leg of {sizes.relay_deltas} text deltas", relay, short, sizes.n_relay, None),
+        ("consult_large", c + cc, host, large, sizes.n_large, parse),
+        ("pass_small", f"{p}small body ({_size(len(small))})", None, small, sizes.n_pass_small, None),
+        ("pass_large", p + cb, None, plain, sizes.n_pass_large, scan),
     ]
     out = []
-    for key, label, app, body, n in consults:
-        if not only or key in only:
-            reference = _parse(body) if len(body) > CHUNK else None
-            stream, consulted = body is not short_json, app is not at_once
-            out.append(await consult_scenario(key, label, app, body, n, stream, consulted, reference))
-    p, chunks = "Pass-through, ", f"{CHUNK // 1024} KB chunks"
-    quoted = 'no advisor tool but the quoted word "advisor" in a message'
-    passes = [
-        ("pass_small", f"{p}small body ({_size(len(small))})", small, sizes.n_pass_small),
-        ("pass_large", f"{p}Claude-Code-sized body ({_size(len(plain))}, {chunks})", plain, sizes.n_pass_large),
-        ("pass_parsed", f"{p}{quoted} ({_size(len(mention))}): parsed", mention, sizes.n_pass_parse),
-    ]
-    for key, label, body, n in passes:
-        if not only or key in only:
-            out.append(await passthrough_scenario(key, label, body, n))
+    for key, label, app, body, n, ref in rows:
+        if app is None:
+            out.append(await passthrough_scenario(key, label, body, n, ref))
+        else:
+            out.append(await consult_scenario(key, label, app, body, n, body is not short_json, ref))
     return out
 
 
-async def _measure_then_close(scenario: Scenario, warmup: int, progress: Callable[[str], None]) -> Row:
+async def _measure(scenario: Scenario, warmup: int) -> Row:
     progress(f"  {scenario.label} (N={scenario.n}) ...")
-    try:
-        return await measure(scenario, warmup)
-    finally:
-        if scenario.close is not None:
-            await scenario.close()
+    return await measure(scenario, warmup)
 
 
-async def http_rows(sizes: Sizes, report: Report, progress: Callable[[str], None]) -> None:
-    """Like-for-like with LiteLLM: one scripted HTTP backend (uvicorn, its own process). Ours: the
-    middleware in front of a host that forwards each leg there with ``httpx``, vs that host
-    answering the same three legs; and ``serve --upstream`` vs its three legs posted directly.
-    LiteLLM's: its loop vs the three legs it sends, posted directly."""
+async def http_rows(sizes: Sizes, report: Report) -> None:
+    """Like-for-like with LiteLLM on one scripted HTTP backend (uvicorn, its own process). Ours:
+    the middleware in front of a host that forwards each leg there with ``httpx``, vs that host
+    answering the same three legs. LiteLLM's: its loop vs the three legs it sends, posted directly."""
     with serve_in_subprocess() as (port, _):
-        url, n = f"http://127.0.0.1:{port}", sizes.n_http
-        modes = (("stream", True, "streaming"), ("json", False, "JSON response"))
-        forwarding = "short conversation, host forwarding over HTTP to the backend"
-        upstream = "short conversation, `serve --upstream` (legs over `HTTPRouter`); alone: the legs posted directly"
+        url = f"http://127.0.0.1:{port}"
         async with httpx.AsyncClient(base_url=url) as client:
-            for suffix, stream, mode in modes:
-                body, forwarder = small_consult_body(stream), ForwardingHost(client)
-                scenario = await consult_scenario(
-                    f"http_{suffix}", f"Consult, {mode}, {forwarding}", forwarder, body, n, stream
-                )
-                report.rows.append(await _measure_then_close(scenario, sizes.warmup, progress))
-        for suffix, stream, mode in modes:
-            body, label = small_consult_body(stream), f"Consult, {mode}, {upstream}"
-            scenario = await upstream_scenario(f"upstream_{suffix}", label, url, body, n, stream)
-            report.rows.append(await _measure_then_close(scenario, sizes.warmup, progress))
-        small = small_plain_body()
-        label = (
-            f"Pass-through, small body ({_size(len(small))}), `serve --upstream` (the middleware, then "
-            "`UpstreamProxy`); alone: a minimal `httpx` forwarder (`ForwardingHost`)"
-        )
-        scenario = await upstream_passthrough_scenario("upstream_pass", label, url, small, n)
-        report.rows.append(await _measure_then_close(scenario, sizes.warmup, progress))
+            for key, stream, mode in (("http_stream", True, "streaming"), ("http_json", False, "JSON response")):
+                label = f"Consult, {mode}, short conversation, host forwarding over HTTP to the backend"
+                body = small_consult_body(stream)
+                scenario = await consult_scenario(key, label, ForwardingHost(client), body, sizes.n_http, stream)
+                report.rows.append(await _measure(scenario, sizes.warmup))
         progress(f"  LiteLLM's loop on the same backend (N={sizes.litellm_n}) ...")
         report.litellm = measure_litellm(url, sizes.litellm_n, sizes.warmup)
 
 
-async def run_sections(sizes: Sizes, sections: Sequence[str], report: Report, progress: Callable[[str], None]) -> None:
+async def run_sections(sizes: Sizes, sections: Sequence[str], report: Report) -> None:
     if "inproc" in sections:
-        for scenario in await inproc_scenarios(sizes, report.floors):
-            report.rows.append(await _measure_then_close(scenario, sizes.warmup, progress))
+        for scenario in await inproc_scenarios(sizes):
+            report.rows.append(await _measure(scenario, sizes.warmup))
     if "http" in sections:
-        await http_rows(sizes, report, progress)
+        await http_rows(sizes, report)
     if "relay" in sections:
         progress(f"  streaming relay under uvicorn ({sizes.stream_events} events) ...")
         report.relay = await measure_relay(sizes.ttfb_n, sizes.stream_events, sizes.stream_rounds)
@@ -237,171 +164,133 @@ async def run_sections(sizes: Sizes, sections: Sequence[str], report: Report, pr
         report.concurrency = await measure_concurrency(sizes.clients, sizes.advisor_delay)
     if "startup" in sections:
         progress("  import time and memory ...")
-        report.startup = measure_startup("advisor_middleware", sizes.import_runs)
-        for preload in (("asyncio",), ("asyncio", "pydantic"), ("fastapi",)):
-            hosted = measure_startup("advisor_middleware", sizes.import_runs, preload)
-            report.hosted_startup.append((", ".join(f"`{m}`" for m in preload), hosted))
-        installed = litellm_installed()
-        report.litellm_startup = (
-            measure_startup("litellm", min(sizes.import_runs, 3)) if installed else Startup(0, 0, 0, 0, "not installed")
-        )
+        runs = sizes.import_runs
+        report.startup["bare"] = measure_startup("advisor_middleware", runs)
+        report.startup["fastapi"] = measure_startup("advisor_middleware", runs, ("fastapi",))
+        report.startup["litellm"] = measure_startup("litellm", min(runs, 3)) if litellm_installed() else None
 
 
-def machine() -> dict[str, str]:
+def machine() -> str:
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
     except OSError:
         pass
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 0
-    versions = []
-    for package in ("asgi-advisor", "anyio", "pydantic-core", "uvicorn", "httpx", "litellm"):
-        try:
-            versions.append(f"{package} {metadata.version(package)}")
-        except metadata.PackageNotFoundError:
-            versions.append(f"{package} (not installed)")
-    return {
-        "CPU": cpu,
-        "Cores": f"{os.cpu_count()} logical, {usable} usable by this process",
-        "Python": f"{platform.python_implementation()} {platform.python_version()}",
-        "OS": platform.platform(),
-        "Event loop": "asyncio (anyio backend), no uvloop; uvicorn with h11",
-        "Packages": ", ".join(versions),
-    }
+    python = f"{platform.python_implementation()} {platform.python_version()}"
+    return f"{cpu}, {os.cpu_count()} logical cores, {python}, {platform.platform()}"
 
 
 def _us(value: float) -> str:
     return f"{value:,.0f}" if abs(value) >= 100 else f"{value:,.1f}"
 
 
-def _table(head: str, rows: list[str]) -> list[str]:
-    """A markdown table: ``head`` and ``rows`` are its cells joined by `` | ``; every column after
-    the first right-aligned."""
-    columns = head.count(" | ") + 1
-    return [f"| {head} |", "|---" + "|--:" * (columns - 1) + "|", *(f"| {row} |" for row in rows)]
+def table(title: str, intro: str, head: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """A markdown section: ``title``, ``intro`` (if any), then a table whose columns after the
+    first are right-aligned."""
+    lines = [f"### {title}", ""] + ([intro, ""] if intro else [])
+    lines += ["| " + " | ".join(head) + " |", "|---" + "|--:" * (len(head) - 1) + "|"]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows]
+
+
+def per_event_us(rows: dict[str, float], deltas: int) -> float:
+    """Added CPU per relayed event: the long final leg's row minus the short consult's, per delta."""
+    return (rows["consult_relay"] - rows["consult_stream"]) / max(1, deltas - 1)
 
 
 def _rows_table(report: Report) -> list[str]:
-    floors = {"pass_large": "find_large", "pass_small": "find_small"}
     rows = []
     for r in report.rows:
-        ref = ""
-        if r.reference_us is not None:
-            ref = f"`from_json` of the body: {_us(r.reference_us)}"
-        elif floors.get(r.key) in report.floors:
-            ref = f"`bytes.find` over the body: {_us(report.floors[floors[r.key]])}"
-        values = " | ".join(map(_us, (r.base_cpu_us, r.base_wall_us, r.through_cpu_us, r.through_wall_us)))
-        rows.append(f"{r.label} | {r.n} | {values} | **{_us(r.added_cpu_us)}** | {_us(r.added_wall_us)} | {ref}")
-    head = (
-        "Scenario | N | Host alone CPU | Host alone wall | Through middleware CPU | Through middleware wall "
-        "| **Added CPU** | Added wall | Reference"
+        values = [r.base_cpu_us, r.base_wall_us, r.through_cpu_us, r.through_wall_us]
+        reference = f"{r.reference}: {_us(r.reference_us)}" if r.reference_us is not None else ""
+        added = [f"**{_us(r.added_cpu_us)}**", _us(r.added_wall_us)]
+        rows.append([r.label, str(r.n), *map(_us, values), *added, reference])
+    intro = (
+        f"Medians over N requests per side, after {report.sizes.warmup} warm-up requests per side; µs per client "
+        "request. *Host alone* answers the three leg requests the middleware sends for a consult, or the "
+        "same request for a pass-through. CPU is this process's; the HTTP backend's is not in it."
     )
-    return [
-        "### Side by side: the same host alone and behind the middleware",
-        "",
-        f"Medians over N requests per side, after {report.warmup} warm-up requests per side; µs per client "
-        "request. *Host alone* answers the same request bodies without the middleware (for a consult: the "
-        "leg requests the middleware sends: three, or one when the executor does not call the advisor). "
-        "CPU is this process's; the HTTP backend's is not in it.",
-        "",
-        *_table(head, rows),
-    ]
+    head = ["Scenario", "N", "Host alone CPU", "Host alone wall", "Through CPU", "Through wall", "**Added CPU**"]
+    title = "Side by side: the same host alone and behind the middleware"
+    return table(title, intro, [*head, "Added wall", "Reference"], rows)
 
 
-def _litellm_table(ll: LiteLLMRun) -> list[str]:
-    if ll.status != "measured":
-        return [f"LiteLLM: {ll.status}."]
-    json_cpu, json_wall = ll.json_cpu_us - ll.raw3_cpu_us, ll.json_wall_us - ll.raw3_wall_us
-    stream_cpu, stream_wall = ll.stream_cpu_us - ll.raw3_cpu_us, ll.stream_wall_us - ll.raw3_wall_us
+def _litellm_table(ll: dict[str, Any]) -> list[str]:
+    title = "LiteLLM's advisor loop on the same HTTP backend"
+    if "error" in ll:
+        return [f"### {title}", "", f"LiteLLM: {ll['error']}."]
+    raw3 = ll["raw3"]
+    sides = {"raw3": "The three legs LiteLLM sends, posted directly (`httpx`)", "json": "LiteLLM's loop, JSON"}
+    sides["stream"] = "LiteLLM's loop, `stream=True` (consumed)"
+    rows = [[label, _us(ll[key]["cpu_us"]), _us(ll[key]["wall_us"])] for key, label in sides.items()]
+    for key, name in (("json", "JSON"), ("stream", "streaming")):
+        cpu, wall = ll[key]["cpu_us"] - raw3["cpu_us"], ll[key]["wall_us"] - raw3["wall_us"]
+        rows.append([f"**Added by LiteLLM, {name}**", f"**{_us(cpu)}**", _us(wall)])
+    intro = (
+        f"LiteLLM {ll['version']}, `litellm.anthropic_messages` with a `hosted_vllm/` executor, in its own "
+        f"process; medians over {ll['n']} requests per side; first (cold) request {ll['first_ms']:,.0f} ms."
+    )
+    return table(title, intro, ["", "CPU µs", "wall µs"], rows)
+
+
+def _relay_table(r: Relay, report: Report) -> list[str]:
+    ttfb = (r.alone_ttfb_us, r.through_ttfb_us, r.through_ttfb_us - r.alone_ttfb_us)
+    rates = (f"{r.alone_events_s:,.0f}", f"{r.through_events_s:,.0f}", f"{r.through_events_s / r.alone_events_s:.0%}")
     rows = [
-        f"The three legs LiteLLM sends, posted directly (`httpx`) | {_us(ll.raw3_cpu_us)} | {_us(ll.raw3_wall_us)}",
-        f"LiteLLM's loop, JSON | {_us(ll.json_cpu_us)} | {_us(ll.json_wall_us)}",
-        f"LiteLLM's loop, `stream=True` (consumed) | {_us(ll.stream_cpu_us)} | {_us(ll.stream_wall_us)}",
-        f"**Added by LiteLLM, JSON** | **{_us(json_cpu)}** | {_us(json_wall)}",
-        f"**Added by LiteLLM, streaming** | **{_us(stream_cpu)}** | {_us(stream_wall)}",
+        [f"Time to first byte, median of {r.ttfb_n} (consult vs its first leg)", *(f"{_us(t)} µs" for t in ttfb)],
+        [f"Events/s, final leg of {r.events:,} deltas, host paced, median of {r.rounds}", *rates],
     ]
-    return [
-        f"LiteLLM {ll.version}, `litellm.anthropic_messages` with `hosted_vllm/` executor, in its own "
-        f"process; medians over {ll.n} requests per side; first (cold) request {ll.first_ms:,.0f} ms.",
-        "",
-        *_table(" | CPU µs | wall µs", rows),
-    ]
+    added = {r.key: r.added_cpu_us for r in report.rows}
+    if "consult_relay" in added and "consult_stream" in added:
+        per_event = per_event_us(added, report.sizes.relay_deltas)
+        rows.append(["Added CPU per relayed event (the in-process rows above)", "", "", f"{per_event:.1f} µs"])
+    return table("Streaming relay under uvicorn", "", ["", "Host alone", "Through middleware", "Added / ratio"], rows)
 
 
-def _relay_table(r: Relay) -> list[str]:
-    ttfb = f"{_us(r.alone_ttfb_us)} µs | {_us(r.through_ttfb_us)} µs | {_us(r.added_ttfb_us)} µs"
-    paced = f"{r.paced_alone_events_s:,.0f} | {r.paced_through_events_s:,.0f} | {r.paced_ratio:.0%}"
-    burst = f"{r.alone_events_s:,.0f} | {r.through_events_s:,.0f} | {r.throughput_ratio:.0%}"
-    per = f"final leg of {r.events:,} deltas"
-    rows = [
-        f"Time to first byte, median of {r.ttfb_n} (consult vs its first leg) | {ttfb}",
-        f"Events/s, {per}, host paced, median of {r.rounds} | {paced}",
-        f"Events/s, {per}, host bursting, median of {r.rounds} | {burst}",
-    ]
-    return [
-        "### Streaming relay under uvicorn",
-        "",
-        *_table(" | Host alone | Through middleware | Added / ratio", rows),
-    ]
-
-
-def _concurrency_table(c: Concurrency) -> list[str]:
+def _concurrency_table(swarms: tuple[Swarm, Swarm], sizes: Sizes) -> list[str]:
     rows = []
-    for name, side in (("Host alone (three legs each)", c.alone), ("Through middleware", c.through)):
-        latencies = " | ".join(f"{s * 1000:,.0f} ms" for s in (side.p50_s, side.p99_s, side.p99_s - c.advisor_delay))
-        memory = f"{side.idle_rss_mb:.0f} → {side.peak_rss_mb:.0f} MB | {c.kb_per_request(side):.0f} KB"
-        rows.append(f"{name} | {side.completed} | {side.failed} | {latencies} | {side.wall_s:.2f} s | {memory}")
-    head = (
-        " | completed | failed | p50 latency | p99 latency | p99 − advisor's time | wall "
-        "| server RSS idle → peak | per in-flight"
-    )
-    title = f"### {c.clients} concurrent streaming consults, advisor thinking {c.advisor_delay:g} s, uvicorn"
-    return [title, "", *_table(head, rows)]
+    for name, side in zip(("Host alone (three legs each)", "Through middleware"), swarms, strict=True):
+        per = (side.peak_rss_mb - side.idle_rss_mb) * 1024 / sizes.clients
+        latencies = [f"{side.percentile_s(p) * 1000:,.0f} ms" for p in (0.5, 0.99)]
+        memory = [f"{side.idle_rss_mb:.0f} → {side.peak_rss_mb:.0f} MB", f"{per:.0f} KB"]
+        rows.append([name, str(len(side.latencies)), str(side.failed), *latencies, *memory])
+    title = f"{sizes.clients} concurrent streaming consults, advisor thinking {sizes.advisor_delay:g} s, uvicorn"
+    head = ["", "completed", "failed", "p50 latency", "p99 latency", "server RSS idle → peak", "per in-flight"]
+    return table(title, "", head, rows)
 
 
-def _startup_table(s: Startup, ls: Startup, hosted: list[tuple[str, Startup]]) -> list[str]:
-    measured = ls.status == "measured"
-    theirs = (f"{ls.import_ms:,.0f} ms", f"{ls.rss_added_mb:.0f} MB") if measured else (ls.status, "—")
-    rows = [
-        f"Import time, fresh interpreter (median of {s.runs}) | {s.import_ms:,.0f} ms | {theirs[0]}",
-        f"RSS added by the import (bare interpreter: {s.rss_before_mb:.0f} MB) | {s.rss_added_mb:.0f} MB | {theirs[1]}",
-    ]
-    loaded = [f"{what} | {h.import_ms:,.0f} ms | {h.rss_added_mb:.1f} MB" for what, h in hosted]
-    return [
-        "### Start-up",
-        "",
-        *_table(" | advisor-middleware | LiteLLM", rows),
-        "",
-        "The same import in a process that already holds a host's modules (what a gateway pays):",
-        "",
-        *_table("Already loaded | Import time | RSS added", loaded),
-    ]
+def _startup_table(startup: dict[str, Startup | None]) -> list[str]:
+    rows = []
+    for key, what in (
+        ("bare", "`import advisor_middleware`, fresh interpreter"),
+        ("fastapi", "`import advisor_middleware` after `import fastapi` (what a gateway pays)"),
+        ("litellm", "`import litellm`, fresh interpreter"),
+    ):
+        s = startup.get(key)
+        rows.append([what, f"{s.import_ms:,.0f} ms", f"{s.rss_added_mb:.1f} MB"] if s else [what, "not installed"])
+    intro = "Medians over fresh interpreters, bytecode cached."
+    return table("Start-up", intro, ["", "Import time", "RSS added"], rows)
 
 
 def render_markdown(report: Report) -> str:
     quick = " (quick mode: tiny sizes, not representative)" if report.quick else ""
-    machine = [f"{k} | {v}" for k, v in report.machine.items()]
-    sections = [[f"Measured {report.date}{quick}.", "", *_table("Machine | ", machine)]]
+    sections = [[f"Measured {report.date}{quick} on {report.machine}."]]
     if report.rows:
         sections.append(_rows_table(report))
     if report.litellm is not None:
-        sections.append(["### LiteLLM's advisor loop on the same HTTP backend", "", *_litellm_table(report.litellm)])
+        sections.append(_litellm_table(report.litellm))
     if report.relay:
-        sections.append(_relay_table(report.relay))
+        sections.append(_relay_table(report.relay, report))
     if report.concurrency:
-        sections.append(_concurrency_table(report.concurrency))
-    if report.startup and report.litellm_startup:
-        sections.append(_startup_table(report.startup, report.litellm_startup, report.hosted_startup))
+        sections.append(_concurrency_table(report.concurrency, report.sizes))
+    if report.startup:
+        sections.append(_startup_table(report.startup))
     return "\n\n".join("\n".join(lines) for lines in sections) + "\n"
 
 
-def write_doc(path: Path, table: str) -> None:
-    """Replace what lies between the markers in ``path`` (or start the file) with ``table``."""
-    block = f"{BEGIN}\n\n{table}\n{END}"
+def write_doc(path: Path, text_between: str) -> None:
+    """Replace what lies between the markers in ``path`` (or start the file) with ``text_between``."""
+    block = f"{BEGIN}\n\n{text_between}\n{END}"
     text = path.read_text() if path.exists() else "# Performance\n\n"
     start, end = text.find(BEGIN), text.find(END)
     if start != -1 and end > start:
@@ -417,10 +306,11 @@ async def _child_rows(sizes: Sizes) -> dict[str, Any]:
     import advisor_middleware
 
     out: dict[str, Any] = {"package": str(Path(advisor_middleware.__file__).parent.parent)}
-    for scenario in await inproc_scenarios(sizes, {}, COMPARED):
+    for scenario in await inproc_scenarios(sizes):
         out[scenario.key] = (await measure(scenario, sizes.warmup)).added_cpu_us
     relay = await measure_relay(sizes.ttfb_n, sizes.stream_events, sizes.stream_rounds)
-    out["ttfb"], out["events_s"] = relay.added_ttfb_us, relay.paced_through_events_s
+    out["ttfb"], out["events_s"] = relay.through_ttfb_us - relay.alone_ttfb_us, relay.through_events_s
+    out["per_event"] = per_event_us(out, sizes.relay_deltas)
     return out
 
 
@@ -431,11 +321,10 @@ def _child(sizes: Sizes, package: Path | None) -> dict[str, Any]:
     command = [sys.executable, "-m", "bench", "--child", json.dumps(vars(sizes))]
     done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env, check=True)
     out: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    out["per_event"] = (out["consult_relay"] - out["consult_stream"]) / max(1, sizes.relay_deltas - 1)
     return out
 
 
-def compare(other: Path, sizes: Sizes, rounds: int, progress: Callable[[str], None]) -> str:
+def compare(other: Path, sizes: Sizes, rounds: int) -> str:
     """The rows users feel, this checkout's package against ``other``'s, in child processes that
     take turns (old, new, new, old, ...), each with 1/``rounds`` of the requests."""
     shares = {k: max(1, v // rounds) for k, v in vars(sizes).items() if k.startswith("n_") or k == "ttfb_n"}
@@ -456,9 +345,9 @@ def compare(other: Path, sizes: Sizes, rounds: int, progress: Callable[[str], No
     rows = []
     for key, label in labels.items():
         before, after = statistics.median(r[key] for r in old), statistics.median(r[key] for r in new)
-        rows.append(f"{label} | {_us(before)} | {_us(after)} | {after / before - 1:+.0%}")
+        rows.append([label, _us(before), _us(after), f"{after / before - 1:+.0%}"])
     intro = f"Old: {old[0]['package']}. New: {new[0]['package']}. Medians of {rounds} child processes per side."
-    return "\n".join([intro, "", *_table("Row | Old | New | Change", rows)]) + "\n"
+    return "\n".join(table("Old and new side by side", intro, ["Row", "Old", "New", "Change"], rows)) + "\n"
 
 
 def main(argv: Sequence[str] | None = None) -> Report:
@@ -473,22 +362,19 @@ def main(argv: Sequence[str] | None = None) -> Report:
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
-    report = Report(args.quick, sizes.warmup, machine())
-
-    def progress(line: str) -> None:
-        print(line, file=sys.stderr, flush=True)
+    report = Report(args.quick, sizes, machine())
 
     if args.child:
         print(json.dumps(anyio.run(_child_rows, Sizes(**json.loads(args.child)), backend="asyncio")))
         return report
     if args.compare:
-        print(compare(args.compare, sizes, args.rounds, progress))
+        print(compare(args.compare, sizes, args.rounds))
         return report
     progress("advisor-middleware bench" + (" (quick)" if args.quick else ""))
-    anyio.run(run_sections, sizes, args.only or SECTIONS, report, progress, backend="asyncio")
-    table = render_markdown(report)
-    print(table)
+    anyio.run(run_sections, sizes, args.only or SECTIONS, report, backend="asyncio")
+    text = render_markdown(report)
+    print(text)
     if args.write:
-        write_doc(Path(args.write), table)
+        write_doc(Path(args.write), text)
         progress(f"wrote {args.write}")
     return report
