@@ -140,6 +140,11 @@ def _parser() -> argparse.ArgumentParser:
             "Clients then use ANTHROPIC_BASE_URL=http://HOST:PORT."
         ),
     )
+    _serve_options(serve)
+    return parser
+
+
+def _serve_options(serve: argparse.ArgumentParser) -> None:
     target = serve.add_argument_group("what to serve (APP and --upstream are mutually exclusive)")
     exclusive = target.add_mutually_exclusive_group()
     exclusive.add_argument("app", nargs="?", metavar="APP", type=_app, help="ASGI app to wrap, as module:attribute")
@@ -187,7 +192,6 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="demo gateway only: pause between streamed text pieces (default: %(default)s)",
     )
-    return parser
 
 
 def build_app(
