@@ -222,7 +222,7 @@ def test_rendering_is_clean_complete_paired_and_idempotent(messages: list[Any]) 
     assert again == rendered
 
 
-# --- the shortcut for histories with nothing to render (docs/performance.md, step 17) ------------------
+# --- the shortcut for histories with nothing to render -------------------------------------------
 
 
 @st.composite

@@ -1,4 +1,4 @@
-"""Deltas relayed as the bytes they came in (``RawDelta``, docs/performance.md step 21).
+"""Deltas relayed as the bytes they came in (``RawDelta``).
 
 The host here writes its own SSE bytes (``BytesHost``), so the tests can say exactly what the
 client must get: each ``content_block_delta`` of a block relayed live, byte for byte as the host

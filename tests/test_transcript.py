@@ -1,6 +1,6 @@
 """What the advisor reads: the executor's transcript, rendered append-only and within budget.
 
-Each consult's advisor leg carries one user message, the transcript (design §5). It grows by one
+Each consult's advisor leg carries one user message, the transcript. It grows by one
 appended segment per consult, within a request and across turns, so the advisor host's prefix
 cache keeps hitting; it never carries what cannot be forwarded; over the operator's budget it is
 shrunk, and only when even that fails does the consult end as ``prompt_too_long``.
@@ -245,8 +245,8 @@ async def test_a_huge_conversation_is_shrunk_to_the_budget(make_app: MakeApp, sc
 
 
 async def test_many_short_messages_that_fit_keep_every_block_whole(make_app: MakeApp, script: Script) -> None:
-    # More messages than the budget holds at 1,000 characters each (the light walk comes first,
-    # docs/performance.md step 29), yet the transcript fits at the first cap: the 13,000-character
+    # More messages than the budget holds at 1,000 characters each (the light walk comes first),
+    # yet the transcript fits at the first cap: the 13,000-character
     # answer, over the second cap, must reach the advisor uncut.
     consult(script)
     long_answer = "L" * 13_000

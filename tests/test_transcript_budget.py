@@ -1,6 +1,6 @@
 """Property test: the transcript budget (``render_transcript`` with ``max_chars``) stops renders
-that are over it, skips caps by a lower bound on their length (docs/performance.md, step 13)
-and, over the budget at the last cap, renders only the newest messages (step 27); what it
+that are over it, skips caps by a lower bound on their length
+and, over the budget at the last cap, renders only the newest messages; what it
 returns must be what rendering the whole transcript at every cap in turn, then keeping its
 newest characters, gives."""
 
@@ -139,8 +139,8 @@ def test_many_short_texts_do_not_stop_the_walk_before_a_cap_that_fits() -> None:
 
 @pytest.mark.parametrize("short", [30, 300])
 def test_many_messages_that_fit_the_first_cap_are_rendered_at_it(short: int) -> None:
-    # More messages than the budget holds at 1,000 characters each: the light walk comes first
-    # (step 29), and the first cap must still be the one rendered when the transcript fits it.
+    # More messages than the budget holds at 1,000 characters each: the light walk comes first,
+    # and the first cap must still be the one rendered when the transcript fits it.
     # One text is over the second cap, so a render at any harder cap would cut it.
     messages: list[Any] = [{"role": "user", "content": f"m{n}"} for n in range(short)]
     messages.insert(short // 2, {"role": "assistant", "content": [text("B" * 13_000)]})
