@@ -45,3 +45,26 @@ def test_nothing_refers_to_a_path_outside_the_repository() -> None:
             if OUTSIDE.search(line):
                 found.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()[:160]}")
     assert found == [], "\n".join(found)
+
+
+WORK_LOG = re.compile(
+    r"\b(issue|round|step)s? #?\d"  # a work item's number: its history belongs in git
+    r"|advisor-wire-spec|asgi-ecosystem|claude-code-client|design §"  # documents outside the repository
+    r"|instructions per|\d instructions\b",  # instruction counts are no reason a reader can check
+    re.IGNORECASE,
+)
+
+
+def test_comments_and_docs_cite_nothing_a_reader_cannot_follow() -> None:
+    found = []
+    for path in repository_files():
+        if path == Path(__file__).resolve() or path.suffix not in (".py", ".md", ".toml", ""):
+            continue
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            continue
+        for number, line in enumerate(text.splitlines(), 1):
+            if WORK_LOG.search(line):
+                found.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()[:160]}")
+    assert found == [], "\n".join(found)
