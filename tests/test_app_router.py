@@ -22,8 +22,8 @@ from advisor_middleware import AdvisorMiddleware, AppRouter, Leg, UpstreamError
 from advisor_middleware.routers.base import Batch, BatchRouter
 from bench.inproc import receiver
 
-from .helpers import ADVISOR_PARAMS, ONE_CONSULT, block_types, call, check_stream, http_scope, sdk_for
-from .upstream import HOSTS, Reply, Script, sse, text, tool_use
+from .support.helpers import ADVISOR_PARAMS, ONE_CONSULT, block_types, call, check_stream, http_scope, sdk_for
+from .support.upstream import HOSTS, Reply, Script, sse, text, tool_use
 
 pytestmark = pytest.mark.anyio
 

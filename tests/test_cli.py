@@ -21,10 +21,10 @@ from advisor_middleware import AdvisorMiddleware, HTTPRouter
 from advisor_middleware.cli import CLAUDE_CODE, app_from_env, build_app, main
 from advisor_middleware.proxy import UpstreamProxy
 
-from .helpers import ONE_CONSULT, block_types, consult, parse_sse
-from .servers import ROOT, free_port, server_process, serving, threaded, uvicorn_server
 from .support.claude_code import PINNED
-from .upstream import ADVISOR_TOOL, Reply, Script, scripted_host, text
+from .support.helpers import ONE_CONSULT, block_types, consult, parse_sse
+from .support.servers import ROOT, free_port, server_process, serving, threaded, uvicorn_server
+from .support.upstream import ADVISOR_TOOL, Reply, Script, scripted_host, text
 
 SCRIPT = Path(sys.executable).with_name("advisor-middleware")
 

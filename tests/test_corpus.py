@@ -28,9 +28,9 @@ import pytest
 
 from advisor_middleware import AdvisorMiddleware
 
-from .helpers import Slot, block_types, check_stream, consult, http_scope, read_body
-from .servers import uvicorn_server
-from .upstream import Script, scripted_host
+from .support.helpers import Slot, block_types, check_stream, consult, http_scope, read_body
+from .support.servers import uvicorn_server
+from .support.upstream import Script, scripted_host
 
 pytestmark = pytest.mark.anyio
 

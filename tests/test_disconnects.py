@@ -26,9 +26,9 @@ import pytest
 
 from advisor_middleware import AdvisorMiddleware
 
-from .helpers import ADVISOR_PARAMS, http_scope, wait_until
-from .servers import uvicorn_server
-from .upstream import HOSTS, Reply, Script, scripted_host, text, tool_use
+from .support.helpers import ADVISOR_PARAMS, http_scope, wait_until
+from .support.servers import uvicorn_server
+from .support.upstream import HOSTS, Reply, Script, scripted_host, text, tool_use
 
 pytestmark = pytest.mark.anyio
 

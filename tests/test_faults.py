@@ -29,9 +29,9 @@ import pytest
 from advisor_middleware import AdvisorMiddleware, HTTPRouter, Leg
 from advisor_middleware.routers import AppRouter
 
-from .helpers import ADVISOR_PARAMS, ONE_CONSULT, Slot, block_types, check_stream
-from .servers import free_port, uvicorn_server
-from .upstream import (
+from .support.helpers import ADVISOR_PARAMS, ONE_CONSULT, Slot, block_types, check_stream
+from .support.servers import free_port, uvicorn_server
+from .support.upstream import (
     ErrorEvent,
     Fail,
     Reply,

@@ -26,9 +26,9 @@ from advisor_middleware import AdvisorMiddleware, HTTPRouter, Leg, UpstreamError
 from advisor_middleware.cli import build_app
 from advisor_middleware.routers import leg_headers
 
-from .helpers import ONE_CONSULT, block_types, call, consult, post, sdk_for, wait_until
-from .servers import free_port, uvicorn_server
-from .upstream import (
+from .support.helpers import ONE_CONSULT, block_types, call, consult, post, sdk_for, wait_until
+from .support.servers import free_port, uvicorn_server
+from .support.upstream import (
     ADVISOR_TOOL,
     ErrorEvent,
     Fail,

@@ -30,9 +30,9 @@ from advisor_middleware.cli import build_app
 from advisor_middleware.proxy import UpstreamProxy
 from advisor_middleware.routers.http import HTTPRouter
 
-from .helpers import http_for, wait_until
-from .servers import free_port, threaded, uvicorn_server
-from .upstream import Reply, Script, scripted_host, text
+from .support.helpers import http_for, wait_until
+from .support.servers import free_port, threaded, uvicorn_server
+from .support.upstream import Reply, Script, scripted_host, text
 
 pytestmark = pytest.mark.anyio
 

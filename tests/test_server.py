@@ -22,9 +22,9 @@ import pytest
 from httpx_sse import EventSource, aconnect_sse
 from starlette.applications import Starlette
 
-from .helpers import ONE_CONSULT, block_types, wait_until
-from .servers import SERVERS, uvicorn_server
-from .upstream import ADVISOR_TOOL, Reply, Script, text, tool_use
+from .support.helpers import ONE_CONSULT, block_types, wait_until
+from .support.servers import SERVERS, uvicorn_server
+from .support.upstream import ADVISOR_TOOL, Reply, Script, text, tool_use
 
 pytestmark = pytest.mark.anyio
 

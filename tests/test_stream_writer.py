@@ -16,8 +16,8 @@ from advisor_middleware import AdvisorMiddleware, AppRouter, Leg
 from bench.hosts import ModelHost, small_consult_body
 from bench.inproc import receiver, request_scope
 
-from .helpers import ADVISOR_PARAMS, ONE_CONSULT, block_types, check_stream, consult, http_scope, post
-from .upstream import HOSTS, Reply, Script, scripted_host, text, tool_use
+from .support.helpers import ADVISOR_PARAMS, ONE_CONSULT, block_types, check_stream, consult, http_scope, post
+from .support.upstream import HOSTS, Reply, Script, scripted_host, text, tool_use
 
 pytestmark = pytest.mark.anyio
 

@@ -14,9 +14,9 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 
-from . import helpers
-from .helpers import ONE_CONSULT, block_types, consult
-from .upstream import ADVISOR_TOOL, Reply, Script, text
+from .support import helpers
+from .support.helpers import ONE_CONSULT, block_types, consult
+from .support.upstream import ADVISOR_TOOL, Reply, Script, text
 
 pytestmark = pytest.mark.anyio
 

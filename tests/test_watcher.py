@@ -18,7 +18,7 @@ from advisor_middleware.routers.app import WIND_DOWN
 from bench.hosts import ModelHost, small_consult_body
 from bench.inproc import request_scope
 
-from .upstream import Reply, reply_events, sse, text
+from .support.upstream import Reply, reply_events, sse, text
 
 pytestmark = pytest.mark.anyio
 

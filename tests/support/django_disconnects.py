@@ -21,7 +21,7 @@ os.environ.setdefault("DEMO_DELAY", "0.01")
 import anyio
 
 from examples.django_gateway.asgi import application
-from tests.helpers import http_scope
+from tests.support.helpers import http_scope
 
 BODY = json.dumps(
     {
