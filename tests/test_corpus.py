@@ -36,7 +36,7 @@ pytestmark = pytest.mark.anyio
 
 CORPUS = Path(__file__).parent / "corpus"
 MANIFEST: dict[str, dict[str, Any]] = json.loads((CORPUS / "manifest.json").read_text())
-HANG = 10.0
+HANG = 30.0
 """Seconds a case may take before it counts as a hang."""
 
 

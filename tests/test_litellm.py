@@ -24,7 +24,7 @@ from anthropic.types.beta import BetaMessage
 
 from advisor_middleware import AdvisorMiddleware
 
-from .support.helpers import ONE_CONSULT, block_types, call
+from .support.helpers import ONE_CONSULT, block_types, call, wait_until
 from .support.litellm_config import Deployment, write_config
 from .support.openai_backend import ChatScript, openai_host
 from .support.servers import uvicorn_server
@@ -146,11 +146,8 @@ async def logged(expected: int) -> list[Call]:
     from .support.litellm_support import recorder
 
     calls = recorder.calls
-    for _ in range(400):
-        if len(calls) >= expected:
-            break
-        await asyncio.sleep(0.01)
-    await asyncio.sleep(0.05)  # and nothing more arrives
+    await wait_until(lambda: len(calls) >= expected, 30.0, f"{expected} calls logged by LiteLLM")
+    await asyncio.sleep(0.2)  # and nothing more arrives
     return list(calls)
 
 

@@ -237,7 +237,7 @@ class Driver:
 
     async def run(self, app: Any, headers: list[tuple[bytes, bytes]] | None = None) -> None:
         scope = helpers.http_scope([(b"host", b"testserver"), (b"content-type", b"application/json"), *(headers or [])])
-        with anyio.fail_after(5):
+        with anyio.fail_after(30):
             await app(scope, self.receive, self.send)
 
     @property
