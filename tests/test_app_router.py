@@ -1,8 +1,8 @@
-"""``AppRouter`` drives the host in the request's own task (``push``, docs/performance.md step
-11): what that promises. The consumer's exceptions come out unchanged and the host is told the
-client left; a host that carries on is cancelled; a slow client holds the host back (no
-read-ahead); the pulled form (``batches``/``stream``, built on ``push``) groups what is waiting,
-stops the host when closed early and raises a leg's failure as it is."""
+"""``AppRouter`` drives the host in the request's own task (``push``): what that promises. The
+consumer's exceptions come out unchanged and the host is told the client left; a host that
+carries on is cancelled; a slow client holds the host back (no read-ahead); the pulled form
+(``batches``/``stream``, built on ``push``) groups what is waiting, stops the host when closed
+early and raises a leg's failure as it is."""
 
 from __future__ import annotations
 
