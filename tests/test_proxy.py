@@ -44,6 +44,8 @@ class Mirror:
         self.seen: list[dict[str, Any]] = []
         self.aborted = 0
         """Requests whose body never arrived whole."""
+        self.received = 0
+        """Body bytes received so far, over all requests."""
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -55,6 +57,7 @@ class Mirror:
                 self.aborted += 1
                 return
             body += message.get("body", b"")
+            self.received += len(message.get("body", b""))
             if not message.get("more_body", False):
                 break
         headers = {k.decode(): v.decode() for k, v in scope["headers"]}
@@ -169,7 +172,7 @@ async def test_a_client_that_leaves_mid_body_aborts_the_upstream_request(
         host, port = proxy.removeprefix("http://").split(":")
         client = await anyio.connect_tcp(host, int(port))
         await client.send(b"POST /upload HTTP/1.1\r\nhost: x\r\ncontent-length: 1000\r\n\r\n0123456789")
-        await anyio.sleep(0.2)  # the proxy has started forwarding the body
+        await wait_until(lambda: upstream.received == 10, 30.0, "the proxy forwarding the body's first bytes")
         await client.aclose()
         await wait_until(lambda: upstream.aborted == 1, 30.0, "upstream request aborted")
     assert upstream.seen == []
