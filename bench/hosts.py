@@ -18,8 +18,8 @@ import anyio.lowlevel
 import httpx
 import pydantic_core
 
-from tests.openai_backend import chat_message
-from tests.upstream import Reply, reply_events, reply_message, sse, text, tool_use
+from tests.support.openai_backend import chat_message
+from tests.support.upstream import Reply, reply_events, reply_message, sse, text, tool_use
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

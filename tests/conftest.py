@@ -11,7 +11,7 @@ from starlette.applications import Starlette
 
 from advisor_middleware import AdvisorMiddleware
 
-from .upstream import Script, scripted_host
+from .support.upstream import Script, scripted_host
 
 # LiteLLM (tests/test_litellm*.py) fetches its model price map from the network at import unless
 # told to use the copy it ships; the same variable reaches the proxies those tests start.

@@ -26,9 +26,9 @@ from starlette.responses import StreamingResponse
 from advisor_middleware import AdvisorMiddleware, HTTPRouter
 from advisor_middleware.routers import LiteLLMRouter
 
-from .helpers import ADVISOR_PARAMS, check_stream, post
-from .servers import uvicorn_server
-from .upstream import Reply, Script, reply_events, scripted_host, sse, text, tool_use
+from .support.helpers import ADVISOR_PARAMS, check_stream, post
+from .support.servers import uvicorn_server
+from .support.upstream import Reply, Script, reply_events, scripted_host, sse, text, tool_use
 
 pytestmark = pytest.mark.anyio
 

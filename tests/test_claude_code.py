@@ -3,7 +3,7 @@
 Two turns: "Consult the advisor, then run: echo probe-ok" (an advisor consult, then a Bash call),
 then ``--continue`` with the advisor blocks in the history. Claude Code's own stream-json report
 must show each advisor call answered by one known result, no error, and the advisor priced under
-its own model in ``modelUsage``. ``tests.cc_host:app`` logs each leg the host receives, which
+its own model in ``modelUsage``. ``tests.support.cc_host:app`` logs each leg the host receives, which
 names the models Claude Code asked for.
 
 Runs the pinned version and the newest one npm serves today. Needs npm: each version (~380 MB) is
@@ -23,9 +23,8 @@ from typing import Any
 
 import pytest
 
-from .cc_host import LOG_ENV
 from .fixtures.record import record
-from .servers import ROOT, serving
+from .support.cc_host import LOG_ENV
 from .support.claude_code import (
     PINNED,
     Turn,
@@ -35,6 +34,7 @@ from .support.claude_code import (
     run_turn,
     transcript_problems,
 )
+from .support.servers import ROOT, serving
 
 pytestmark = pytest.mark.claude_code
 
@@ -50,7 +50,7 @@ class Acceptance:
     version: str
     turns: list[Turn]
     legs: list[dict[str, Any]]
-    """Every request the host received, as ``tests/cc_host.py`` logs it."""
+    """Every request the host received, as ``tests/support/cc_host.py`` logs it."""
 
     def leg_models(self, leg: str) -> set[str]:
         """The models the host was asked for on ``leg`` ("executor" or "advisor") legs."""
@@ -73,13 +73,13 @@ class Acceptance:
 
 @contextmanager
 def logging_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, Path]]:
-    """``advisor-middleware serve tests.cc_host:app`` (log: ``serve.log`` in ``tmp_path``); yields
+    """``advisor-middleware serve tests.support.cc_host:app`` (log: ``serve.log`` in ``tmp_path``); yields
     its URL and the file it logs each request of the host to."""
     host_log = tmp_path / "host.jsonl"
     host_log.touch()
     monkeypatch.setenv(LOG_ENV, str(host_log))
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-    with serving("tests.cc_host:app", log=tmp_path / "serve.log") as (url, _):
+    with serving("tests.support.cc_host:app", log=tmp_path / "serve.log") as (url, _):
         yield url, host_log
 
 

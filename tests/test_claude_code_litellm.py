@@ -25,11 +25,11 @@ from typing import Any
 import anyio
 import pytest
 
-from .litellm_config import Deployment, write_config
-from .openai_backend import ChatScript, openai_host
-from .servers import ROOT, SERVER_COMMANDS, free_port, server_process, serving, uvicorn_server
 from .support.claude_code import PINNED, Turn, claude_env, install, run_turn, transcript_problems
-from .upstream import Reply, text, tool_use
+from .support.litellm_config import Deployment, write_config
+from .support.openai_backend import ChatScript, openai_host
+from .support.servers import ROOT, SERVER_COMMANDS, free_port, server_process, serving, uvicorn_server
+from .support.upstream import Reply, text, tool_use
 
 pytestmark = [pytest.mark.claude_code, pytest.mark.anyio]
 
@@ -87,7 +87,7 @@ def litellm_proxy(config: Path, log: Path, legs: Path) -> Iterator[str]:
     url = f"http://127.0.0.1:{port}"
     argv = [arg.format(app="litellm.proxy.proxy_server:app", port=port) for arg in SERVER_COMMANDS["uvicorn"]]
     env = {**os.environ, "CONFIG_FILE_PATH": str(config), "LITELLM_LOCAL_MODEL_COST_MAP": "True", "LEG_LOG": str(legs)}
-    # From the repository root, so the config's tests.litellm_support hooks import.
+    # From the repository root, so the config's tests.support.litellm_support hooks import.
     with server_process([*argv, "--log-level", "warning"], url, log=log, cwd=ROOT, env=env):
         yield url
 

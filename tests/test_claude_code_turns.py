@@ -1,7 +1,7 @@
 """The real Claude Code CLI over three turns, with the executor requests compared across turns.
 
-``python -m advisor_middleware serve tests.cc_host:app`` runs the demo gateway behind the
-middleware, and ``tests/cc_host.py`` logs every request the host receives. Turn 1 consults; turn 2
+``python -m advisor_middleware serve tests.support.cc_host:app`` runs the demo gateway behind the
+middleware, and ``tests/support/cc_host.py`` logs every request the host receives. Turn 1 consults; turn 2
 (``--continue``) consults, runs a Bash command through Claude Code, then answers; turn 3
 (``--continue``) answers again. Each turn's first executor request must begin with the messages of
 the previous turn's last one, so a provider's prompt cache keeps hitting.

@@ -8,7 +8,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +20,10 @@ from advisor_middleware import AdvisorMiddleware, HTTPRouter
 from advisor_middleware.cli import CLAUDE_CODE, app_from_env, build_app, main
 from advisor_middleware.proxy import UpstreamProxy
 
-from .helpers import ONE_CONSULT, block_types, consult, parse_sse
-from .servers import ROOT, free_port, server_process, serving, threaded, uvicorn_server
 from .support.claude_code import PINNED
-from .upstream import ADVISOR_TOOL, Reply, Script, scripted_host, text
+from .support.helpers import ONE_CONSULT, block_types, consult, parse_sse
+from .support.servers import ROOT, free_port, server_process, serving, threaded, uvicorn_server
+from .support.upstream import ADVISOR_TOOL, Reply, Script, scripted_host, text
 
 SCRIPT = Path(sys.executable).with_name("advisor-middleware")
 
@@ -180,7 +179,6 @@ def test_serve_upstream_pointed_at_itself_ends_instead_of_looping(tmp_path: Path
         serving("--upstream", f"http://127.0.0.1:{port}", port=port, log=log) as (url, _),
         anthropic.Anthropic(base_url=url, api_key="sk-caller", max_retries=0) as sdk,
     ):
-        start = time.monotonic()
         for streaming in (True, False):
             with pytest.raises(anthropic.APIStatusError) as info:
                 if streaming:
@@ -190,9 +188,7 @@ def test_serve_upstream_pointed_at_itself_ends_instead_of_looping(tmp_path: Path
                     sdk.beta.messages.create(**ADVISOR_REQUEST)
             assert info.value.status_code == 508
             assert "loop" in info.value.message
-        elapsed = time.monotonic() - start
     # executor leg -> this proxy -> itself: the second pass is refused, nothing recurses.
-    assert elapsed < 2.0
     requests = [line for line in log.read_text().splitlines() if "POST /v1/messages" in line]
     assert len(requests) == 2 * 3, requests  # per call: the client's, the leg's, the leg forwarded once
 

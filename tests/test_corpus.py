@@ -28,15 +28,15 @@ import pytest
 
 from advisor_middleware import AdvisorMiddleware
 
-from .helpers import Slot, block_types, check_stream, consult, http_scope, read_body
-from .servers import uvicorn_server
-from .upstream import Script, scripted_host
+from .support.helpers import Slot, block_types, check_stream, consult, http_scope, read_body
+from .support.servers import uvicorn_server
+from .support.upstream import Script, scripted_host
 
 pytestmark = pytest.mark.anyio
 
 CORPUS = Path(__file__).parent / "corpus"
 MANIFEST: dict[str, dict[str, Any]] = json.loads((CORPUS / "manifest.json").read_text())
-HANG = 10.0
+HANG = 30.0
 """Seconds a case may take before it counts as a hang."""
 
 

@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 
 from advisor_middleware.cli import build_app
 
-from .helpers import check_stream, post
-from .upstream import ADVISOR_TOOL
+from .support.helpers import check_stream, post
+from .support.upstream import ADVISOR_TOOL
 
 pytestmark = pytest.mark.anyio
 

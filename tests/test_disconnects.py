@@ -26,16 +26,16 @@ import pytest
 
 from advisor_middleware import AdvisorMiddleware
 
-from .helpers import ADVISOR_PARAMS, http_scope, wait_until
-from .servers import uvicorn_server
-from .upstream import HOSTS, Reply, Script, scripted_host, text, tool_use
+from .support.helpers import ADVISOR_PARAMS, http_scope, wait_until
+from .support.servers import uvicorn_server
+from .support.upstream import HOSTS, Reply, Script, scripted_host, text, tool_use
 
 pytestmark = pytest.mark.anyio
 
-CANCEL_WITHIN = 1.0
-"""Seconds from the disconnect to the leg in flight ending (the aim is 0.1 s; CI has 2 cores and a
-loaded machine, so the bound is loose and the measured figure is printed)."""
-HANG = 30.0
+CANCEL_WITHIN = 30.0
+"""A generous deadline for the leg in flight to end after the disconnect. A leg that is not stopped
+runs for HANG seconds, far past it; the measured figure (well under a second) is printed."""
+HANG = 600.0
 REQUEST = ADVISOR_PARAMS
 
 
@@ -148,7 +148,7 @@ async def disconnect(phase: str, script: Script, app: Any, watch: Watch) -> tupl
     body = json.dumps({**REQUEST, "stream": True}).encode()
     client = Client(body, lambda c: gone(script, c), stuck_at=4 if phase == "while-writing" else None)
     scope = http_scope([(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))])
-    with anyio.fail_after(5):
+    with anyio.fail_after(CANCEL_WITHIN):  # a request that hangs on the leg would take HANG
         await app(scope, client.receive, client.send)
     if role is None:
         assert script.requests == []
@@ -186,9 +186,7 @@ async def disconnect(phase: str, script: Script, app: Any, watch: Watch) -> tupl
 async def test_the_leg_in_flight_ends(script: Script, phase: str, host: str) -> None:
     before = set(asyncio.all_tasks())
     watch = Watch(HOSTS[host](script))
-    started = time.monotonic()
     result = await disconnect(phase, script, AdvisorMiddleware(watch), watch)
-    assert time.monotonic() - started < 3, "the request hung after the disconnect"
     if result is not None:
         latency, outcome = result
         print(f"FIGURE disconnect {phase} ({host}): leg {outcome} {latency * 1000:.1f} ms after the disconnect")
@@ -201,8 +199,7 @@ async def test_the_leg_in_flight_ends(script: Script, phase: str, host: str) -> 
         "while-writing": ["executor"],
     }[phase]
     assert [r.role for r in script.requests] == expected, "no leg starts after the client left"
-    await anyio.sleep(0.01)
-    assert set(asyncio.all_tasks()) <= before, "a task outlived the request"
+    await wait_until(lambda: set(asyncio.all_tasks()) <= before, CANCEL_WITHIN, "a task outlived the request")
 
 
 def rss_mb() -> float:
@@ -237,7 +234,8 @@ async def test_a_thousand_disconnects_leave_nothing_behind() -> None:
         await one(phase)
     elapsed = time.monotonic() - started
     gc.collect()
-    await anyio.sleep(0.05)  # the generators the GC found close in tasks of their own
+    # The generators the GC found close in tasks of their own.
+    await wait_until(lambda: len(asyncio.all_tasks()) == tasks, CANCEL_WITHIN, "tasks left behind")
     growth = rss_mb() - rss
     latencies.sort()
     print(

@@ -20,8 +20,8 @@ import anthropic
 import httpx
 import pytest
 
-from .helpers import ONE_CONSULT, block_types, call, check_stream
-from .servers import example_server
+from .support.helpers import ONE_CONSULT, block_types, call, check_stream
+from .support.servers import example_server
 
 pytestmark = pytest.mark.anyio
 
@@ -139,7 +139,7 @@ def test_clients_leaving_mid_consult_leave_nothing_running(how: str) -> None:
     # client's leaving shows in receive (uvicorn) or in send (ASGI 2.4), the leg in flight is told
     # the way a server tells Django, which winds its tasks down itself: nothing for asyncio to
     # report ("Task exception was never retrieved").
-    script = ROOT / "tests" / "django_disconnects.py"
+    script = ROOT / "tests" / "support" / "django_disconnects.py"
     done = subprocess.run(
         [sys.executable, str(script), "9", how], cwd=ROOT, capture_output=True, text=True, timeout=120, check=True
     )

@@ -10,8 +10,8 @@ from pathlib import Path
 import anthropic
 import pytest
 
-from .helpers import ONE_CONSULT, block_types
-from .servers import ROOT, free_port, server_process, serving
+from .support.helpers import ONE_CONSULT, block_types
+from .support.servers import ROOT, free_port, server_process, serving
 
 pytestmark = pytest.mark.filterwarnings(r"ignore::DeprecationWarning:litellm\..*")
 

@@ -29,9 +29,9 @@ import pytest
 from advisor_middleware import AdvisorMiddleware, HTTPRouter, Leg
 from advisor_middleware.routers import AppRouter
 
-from .helpers import ADVISOR_PARAMS, ONE_CONSULT, Slot, block_types, check_stream
-from .servers import free_port, uvicorn_server
-from .upstream import (
+from .support.helpers import ADVISOR_PARAMS, ONE_CONSULT, Slot, block_types, check_stream
+from .support.servers import free_port, uvicorn_server
+from .support.upstream import (
     ErrorEvent,
     Fail,
     Reply,
@@ -393,7 +393,7 @@ async def test_later_executor_leg_fault(servers: Servers, script: Script, fault:
     assert [r.role for r in script.requests][:2] == ["executor", "advisor"]
 
 
-def test_the_matrix_covers_the_issue() -> None:
+def test_the_matrix_covers_every_kind_of_fault() -> None:
     # advisor leg {429, 529, 500, 404, 401/403, timeout, refused/reset, malformed SSE, an error
     # event mid-stream, a stream that ends early, an empty 200}; executor leg the same.
     wanted = {"429", "529", "500", "404", "401", "403", "timeout", "refused", "reset", "malformed-sse"}

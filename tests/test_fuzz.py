@@ -21,8 +21,8 @@ from advisor_middleware.accumulate import MessageAccumulator
 from advisor_middleware.routers.events import decode_events
 from advisor_middleware.sse import RawDelta, SSEDecoder, encode_event, raw_delta_at, raw_delta_event
 
-from .helpers import block_types, check_stream, post, read_body
-from .upstream import (
+from .support.helpers import block_types, check_stream, post, read_body
+from .support.upstream import (
     ADVISOR_TOOL,
     Reply,
     Script,

@@ -17,7 +17,7 @@ from starlette.applications import Starlette
 
 from advisor_middleware.history import REDACTED_PLACEHOLDER, advice_tool_result, render_history
 
-from .helpers import (
+from .support.helpers import (
     ADDITION,
     ONE_CONSULT,
     REDACTED,
@@ -44,7 +44,7 @@ from .helpers import (
     tool_result,
     user,
 )
-from .upstream import ADVISOR_TOOL, Fail, Reply, Script, text, thinking, tool_use
+from .support.upstream import ADVISOR_TOOL, Fail, Reply, Script, text, thinking, tool_use
 
 pytestmark = pytest.mark.anyio
 

@@ -16,8 +16,8 @@ import pytest
 from advisor_middleware import AdvisorMiddleware
 from advisor_middleware.blocks import executor_id, server_tool_use_id
 
-from .helpers import advice, advisor_pair, assistant, check_stream, post, user
-from .upstream import ADVISOR_TOOL, Reply, Script, scripted_host, text
+from .support.helpers import advice, advisor_pair, assistant, check_stream, post, user
+from .support.upstream import ADVISOR_TOOL, Reply, Script, scripted_host, text
 
 pytestmark = pytest.mark.anyio
 

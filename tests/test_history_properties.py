@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from advisor_middleware.history import render_history
 
-from .helpers import (
+from .support.helpers import (
     REDACTED,
     SECRET,
     advisor_pair,
@@ -35,7 +35,7 @@ from .helpers import (
     tool_result,
     user,
 )
-from .upstream import text, thinking, tool_use
+from .support.upstream import text, thinking, tool_use
 
 settings.register_profile(
     "history-properties",

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import time
 import zlib
 from collections.abc import AsyncIterator
 from typing import Any
@@ -26,9 +25,9 @@ from advisor_middleware import AdvisorMiddleware, HTTPRouter, Leg, UpstreamError
 from advisor_middleware.cli import build_app
 from advisor_middleware.routers import leg_headers
 
-from .helpers import ONE_CONSULT, block_types, call, consult, post, sdk_for, wait_until
-from .servers import free_port, uvicorn_server
-from .upstream import (
+from .support.helpers import ONE_CONSULT, block_types, call, consult, post, sdk_for, wait_until
+from .support.servers import free_port, uvicorn_server
+from .support.upstream import (
     ADVISOR_TOOL,
     ErrorEvent,
     Fail,
@@ -107,18 +106,16 @@ async def test_consult_round_trip_through_a_remote_gateway(upstream: str, script
 
 
 async def test_events_arrive_as_the_upstream_streams_them(upstream: str, script: Script) -> None:
-    script.executor(Reply([text("first"), text("second")], hang_after=3, hang=0.6))
+    script.executor(Reply([text("first"), text("second")], hang_after=3, hang=2.0))
     router = HTTPRouter(upstream)
-    start = time.monotonic()
-    arrivals: list[tuple[str, float]] = []
+    arrivals: list[tuple[str, bool]] = []  # each event's type, and whether the upstream was done then
     async for event in router.stream(leg()):
-        arrivals.append((event["type"], time.monotonic() - start))
+        arrivals.append((event["type"], script.finished == ["executor"]))
     await router.aclose()
-    # message_start, the first block's start and delta come before the upstream's 0.6 s pause.
-    assert [t for t, _ in arrivals[:3]] == ["message_start", "content_block_start", "content_block_delta"]
-    assert arrivals[2][1] < 0.45, arrivals  # buffered, it would be >= 0.6
-    assert arrivals[-1][1] >= 0.55, arrivals
-    assert arrivals[-1][0] == "message_stop"
+    # message_start, the first block's start and delta come during the upstream's pause, before
+    # its stream is over; buffered, they would wait for the end.
+    assert arrivals[:3] == [("message_start", False), ("content_block_start", False), ("content_block_delta", False)]
+    assert arrivals[-1] == ("message_stop", True)
 
 
 async def test_closing_the_stream_early_closes_the_upstream_response(upstream: str, script: Script) -> None:
@@ -127,7 +124,7 @@ async def test_closing_the_stream_early_closes_the_upstream_response(upstream: s
     stream = router.stream(leg())
     assert (await anext(stream))["type"] == "message_start"
     await stream.aclose()  # type: ignore[attr-defined]
-    await wait_until(lambda: script.cancelled == ["executor"], 1.0, "upstream request cancelled")
+    await wait_until(lambda: script.cancelled == ["executor"], 30.0, "upstream request cancelled")
     assert script.finished == []
     # The router stays usable: a new leg gets a fresh connection.
     script.executor(Reply([text("again")]))
@@ -139,11 +136,13 @@ async def test_cancelling_the_consumer_cancels_the_upstream_request(upstream: st
     script.executor(Reply([text("words")], hang_after=2, hang=5.0))
     router = HTTPRouter(upstream)
     seen: list[str] = []
-    with anyio.move_on_after(0.3):
+    with anyio.CancelScope() as scope:
         async for event in router.stream(leg()):
             seen.append(event["type"])
+            if len(seen) == 2:  # the upstream now hangs: the consumer is cancelled while it waits
+                scope.cancel()
     assert seen == ["message_start", "content_block_start"]
-    await wait_until(lambda: script.cancelled == ["executor"], 1.0, "upstream request cancelled")
+    await wait_until(lambda: script.cancelled == ["executor"], 30.0, "upstream request cancelled")
     await router.aclose()
 
 
@@ -412,7 +411,7 @@ async def test_a_leg_through_a_second_middleware_is_not_orchestrated_again(scrip
 
 async def test_a_client_disconnect_during_the_advisor_leg_cancels_it_upstream(upstream: str, script: Script) -> None:
     script.executor(Reply([text("Asking."), tool_use("advisor", id="toolu_1")], stop_reason="tool_use"))
-    script.advisor(Reply([text("Too late.")], delay=5.0))
+    script.advisor(Reply([text("Too late.")], delay=600.0))  # far past the deadlines below
     async with (
         uvicorn_server(build_app(None, upstream=upstream)) as gateway,
         httpx.AsyncClient(base_url=gateway) as http,
@@ -421,9 +420,9 @@ async def test_a_client_disconnect_during_the_advisor_leg_cancels_it_upstream(up
             async for line in response.aiter_lines():
                 if '"server_tool_use"' in line:
                     break
-            await wait_until(lambda: bool(script.of("advisor")), 2.0, "advisor leg requested")
+            await wait_until(lambda: bool(script.of("advisor")), 30.0, "advisor leg requested")
         # The client has gone: the gateway cancels the leg, and closing its response tells the upstream.
-        await wait_until(lambda: script.cancelled == ["advisor"], 1.0, "advisor leg cancelled upstream")
+        await wait_until(lambda: script.cancelled == ["advisor"], 30.0, "advisor leg cancelled upstream")
     assert [r.role for r in script.requests] == ["executor", "advisor"]
 
 

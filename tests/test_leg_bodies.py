@@ -13,9 +13,9 @@ from starlette.applications import Starlette
 
 from advisor_middleware.cli import build_app
 
-from .helpers import assistant, post, request_body, user
-from .servers import uvicorn_server
-from .upstream import Reply, Script, scripted_host, text, tool_use
+from .support.helpers import assistant, post, request_body, user
+from .support.servers import uvicorn_server
+from .support.upstream import Reply, Script, scripted_host, text, tool_use
 
 MakeApp = Callable[..., Starlette]
 

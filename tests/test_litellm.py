@@ -24,14 +24,14 @@ from anthropic.types.beta import BetaMessage
 
 from advisor_middleware import AdvisorMiddleware
 
-from .helpers import ONE_CONSULT, block_types, call
-from .litellm_config import Deployment, write_config
-from .openai_backend import ChatScript, openai_host
-from .servers import uvicorn_server
-from .upstream import Reply, Script, scripted_host, text, tool_use
+from .support.helpers import ONE_CONSULT, block_types, call, wait_until
+from .support.litellm_config import Deployment, write_config
+from .support.openai_backend import ChatScript, openai_host
+from .support.servers import uvicorn_server
+from .support.upstream import Reply, Script, scripted_host, text, tool_use
 
 if TYPE_CHECKING:
-    from .litellm_support import Call, InterceptorSpy
+    from .support.litellm_support import Call, InterceptorSpy
 
 pytestmark = [
     pytest.mark.anyio,
@@ -58,7 +58,7 @@ class Proxy:
     anthropic_host: Script
 
     def reset(self) -> None:
-        from .litellm_support import recorder
+        from .support.litellm_support import recorder
 
         self.chat.turns.clear()
         self.chat.requests.clear()
@@ -87,9 +87,12 @@ async def litellm_proxy(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterat
             tmp_path_factory.mktemp("litellm") / "config.yaml",
             deployments,
             master_key=MASTER_KEY,
-            # Per-key model lists without a database: see tests/litellm_support.py.
+            # Per-key model lists without a database: see tests/support/litellm_support.py.
             litellm_settings={"enable_post_custom_auth_checks": True},
-            general_settings={"custom_auth": "tests.litellm_support.auth", "custom_auth_run_common_checks": True},
+            general_settings={
+                "custom_auth": "tests.support.litellm_support.auth",
+                "custom_auth_run_common_checks": True,
+            },
         )
         with pytest.MonkeyPatch.context() as env:
             env.setenv("CONFIG_FILE_PATH", str(config))
@@ -101,7 +104,7 @@ async def litellm_proxy(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterat
 
 @pytest.fixture
 def interceptor(monkeypatch: pytest.MonkeyPatch) -> InterceptorSpy:
-    from .litellm_support import spy_on_interceptor
+    from .support.litellm_support import spy_on_interceptor
 
     return spy_on_interceptor(monkeypatch)
 
@@ -140,14 +143,11 @@ def script_consult(proxy: Proxy, advisor: str, advice: str = "Migrate in two ste
 
 async def logged(expected: int) -> list[Call]:
     """The recorder's calls once ``expected`` are in (LiteLLM logs after the response ends)."""
-    from .litellm_support import recorder
+    from .support.litellm_support import recorder
 
     calls = recorder.calls
-    for _ in range(400):
-        if len(calls) >= expected:
-            break
-        await asyncio.sleep(0.01)
-    await asyncio.sleep(0.05)  # and nothing more arrives
+    await wait_until(lambda: len(calls) >= expected, 30.0, f"{expected} calls logged by LiteLLM")
+    await asyncio.sleep(0.2)  # and nothing more arrives
     return list(calls)
 
 

@@ -23,13 +23,13 @@ from starlette.routing import Route
 
 from advisor_middleware import AdvisorMiddleware, Leg, LiteLLMRouter, UpstreamError
 
-from .helpers import ADVISOR_PARAMS, ONE_CONSULT, block_types, call, post
-from .openai_backend import ChatScript, openai_host
-from .servers import uvicorn_server
-from .upstream import Fail, Reply, Script, scripted_host, text, tool_use
+from .support.helpers import ADVISOR_PARAMS, ONE_CONSULT, block_types, call, post
+from .support.openai_backend import ChatScript, openai_host
+from .support.servers import uvicorn_server
+from .support.upstream import Fail, Reply, Script, scripted_host, text, tool_use
 
 if TYPE_CHECKING:
-    from .litellm_support import InterceptorSpy
+    from .support.litellm_support import InterceptorSpy
 
 pytestmark = [
     pytest.mark.anyio,
@@ -111,7 +111,7 @@ def backends(served: Served) -> Served:
 
 @pytest.fixture
 def interceptor(monkeypatch: pytest.MonkeyPatch) -> InterceptorSpy:
-    from .litellm_support import spy_on_interceptor
+    from .support.litellm_support import spy_on_interceptor
 
     return spy_on_interceptor(monkeypatch)
 

@@ -20,8 +20,8 @@ from starlette.applications import Starlette
 from advisor_middleware import AdvisorMiddleware
 from advisor_middleware.prompts import ADVISOR_SYSTEM_PROMPT, EXECUTOR_TOOL_DESCRIPTION, budget_note
 
-from .helpers import ONE_CONSULT, block_types, call, parse_sse, post, read_body, sdk_for
-from .upstream import ADVISOR_TOOL, ErrorEvent, Fail, Reply, Script, scripted_host, text, thinking, tool_use
+from .support.helpers import ONE_CONSULT, block_types, call, parse_sse, post, read_body, sdk_for
+from .support.upstream import ADVISOR_TOOL, ErrorEvent, Fail, Reply, Script, scripted_host, text, thinking, tool_use
 
 pytestmark = pytest.mark.anyio
 

@@ -23,8 +23,17 @@ from starlette.websockets import WebSocket
 from advisor_middleware import AdvisorMiddleware
 from advisor_middleware._types import Scope
 
-from .helpers import ONE_CONSULT, assert_host_stream, block_types, consult, http_for, plain_usage, post, read_body
-from .upstream import ADVISOR_TOOL, Reply, Script, reply_events, scripted_host, sse, text, tool_use
+from .support.helpers import (
+    ONE_CONSULT,
+    assert_host_stream,
+    block_types,
+    consult,
+    http_for,
+    plain_usage,
+    post,
+    read_body,
+)
+from .support.upstream import ADVISOR_TOOL, Reply, Script, reply_events, scripted_host, sse, text, tool_use
 
 pytestmark = pytest.mark.anyio
 

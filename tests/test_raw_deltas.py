@@ -22,9 +22,9 @@ from starlette.routing import Route
 
 from advisor_middleware import AdvisorMiddleware, AppRouter, HTTPRouter, Leg
 
-from .helpers import ONE_CONSULT, block_types, check_stream, post
-from .servers import uvicorn_server
-from .upstream import ADVISOR_TOOL, Reply, reply_events
+from .support.helpers import ONE_CONSULT, block_types, check_stream, post
+from .support.servers import uvicorn_server
+from .support.upstream import ADVISOR_TOOL, Reply, reply_events
 
 pytestmark = pytest.mark.anyio
 

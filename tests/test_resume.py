@@ -19,7 +19,7 @@ from starlette.applications import Starlette
 
 from advisor_middleware.history import render_history
 
-from .helpers import (
+from .support.helpers import (
     BASH,
     REMOVAL,
     advice,
@@ -38,7 +38,7 @@ from .helpers import (
     tool_result,
     user,
 )
-from .upstream import ADVISOR_TOOL, Fail, Reply, Script, text, tool_use
+from .support.upstream import ADVISOR_TOOL, Fail, Reply, Script, text, tool_use
 
 pytestmark = pytest.mark.anyio
 

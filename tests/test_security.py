@@ -21,10 +21,10 @@ import pytest
 from advisor_middleware import AdvisorMiddleware, HTTPRouter
 from advisor_middleware.routers import AppRouter
 
-from .helpers import ADVISOR_PARAMS, ONE_CONSULT, block_types, check_stream, post
-from .servers import uvicorn_server
+from .support.helpers import ADVISOR_PARAMS, ONE_CONSULT, block_types, check_stream, post
+from .support.servers import uvicorn_server
+from .support.upstream import ADVISOR_TOOL, ErrorEvent, Fail, Reply, Script, Turn, scripted_host, text, tool_use
 from .test_http_router import Decoy
-from .upstream import ADVISOR_TOOL, ErrorEvent, Fail, Reply, Script, Turn, scripted_host, text, tool_use
 
 pytestmark = pytest.mark.anyio
 

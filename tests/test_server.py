@@ -22,9 +22,9 @@ import pytest
 from httpx_sse import EventSource, aconnect_sse
 from starlette.applications import Starlette
 
-from .helpers import ONE_CONSULT, block_types, wait_until
-from .servers import SERVERS, uvicorn_server
-from .upstream import ADVISOR_TOOL, Reply, Script, text, tool_use
+from .support.helpers import ONE_CONSULT, block_types, wait_until
+from .support.servers import SERVERS, uvicorn_server
+from .support.upstream import ADVISOR_TOOL, Reply, Script, text, tool_use
 
 pytestmark = pytest.mark.anyio
 
@@ -38,8 +38,10 @@ REQUEST: dict[str, Any] = {
     "tools": [ADVISOR_TOOL],
 }
 
-CANCEL_WITHIN = 1.0
-"""Seconds from the client closing its connection to the leg in flight being cancelled."""
+CANCEL_WITHIN = 30.0
+"""A generous deadline for the leg in flight to be cancelled once the client has closed its
+connection; the legs these tests leave hang or wait for SLOW seconds, far past it."""
+SLOW = 600.0
 
 
 @dataclass
@@ -47,6 +49,8 @@ class Timed:
     at: float
     """Seconds since the request was sent."""
     event: dict[str, Any]
+    done: tuple[str, ...] = ()
+    """The roles of the legs whose handlers had run to their end when the event arrived."""
 
     @property
     def type(self) -> str:
@@ -71,11 +75,11 @@ async def sse_request(url: str, body: dict[str, Any]) -> AsyncIterator[tuple[flo
             yield sent, source
 
 
-async def timed_events(url: str, body: dict[str, Any]) -> list[Timed]:
+async def timed_events(url: str, body: dict[str, Any], script: Script) -> list[Timed]:
     out: list[Timed] = []
     async with sse_request(url, body) as (sent, source), aclosing(source.aiter_sse()) as events:
         async for sse in events:
-            out.append(Timed(time.monotonic() - sent, sse.json()))
+            out.append(Timed(time.monotonic() - sent, sse.json(), tuple(script.finished)))
     return out
 
 
@@ -110,19 +114,15 @@ async def test_servers_start_and_stop_cleanly(server: str, make_app: MakeApp, sc
 async def test_executor_text_reaches_the_client_before_a_slow_advisor_finishes(
     server: str, make_app: MakeApp, script: Script
 ) -> None:
-    consult(script, advisor=Reply([text("Check the backups first.")], delay=1.0))
+    consult(script, advisor=Reply([text("Check the backups first.")], delay=2.0))
     async with SERVERS[server](make_app()) as url:
-        events = await timed_events(url, REQUEST)
+        events = await timed_events(url, REQUEST, script)
 
-    first_text = first(events, is_text_delta)
-    call = first(events, starts("server_tool_use"))
-    result = first(events, starts("advisor_tool_result"))
-    timings = f"first text {first_text.at:.3f} s, server_tool_use {call.at:.3f} s, result {result.at:.3f} s"
-    # The advisor answers ~1.0 s after it was asked; the executor's text and the call were
-    # already on the wire by then.
-    assert first_text.at < 0.5, timings
-    assert result.at - first_text.at >= 0.8, timings
-    assert result.at - call.at >= 0.8, timings
+    # The executor's text and the call reach the client while the advisor still thinks (2 s);
+    # a server or middleware that held them back would deliver them after the advisor's end.
+    assert "advisor" not in first(events, is_text_delta).done
+    assert "advisor" not in first(events, starts("server_tool_use")).done
+    assert "advisor" in first(events, starts("advisor_tool_result")).done
     assert block_types(e.event["content_block"] for e in events if e.type == "content_block_start") == ONE_CONSULT
     assert events[-1].type == "message_stop"
     assert script.finished == ["executor", "advisor", "executor"]
@@ -131,7 +131,7 @@ async def test_executor_text_reaches_the_client_before_a_slow_advisor_finishes(
 async def test_pings_keep_the_stream_alive_while_the_advisor_thinks(make_app: MakeApp, script: Script) -> None:
     consult(script, advisor=Reply([text("Check the backups first.")], delay=1.2))
     async with uvicorn_server(make_app(ping_interval=0.2)) as url:
-        events = await timed_events(url, REQUEST)
+        events = await timed_events(url, REQUEST, script)
 
     types = [e.type for e in events]
     call = types.index("content_block_start", 1)  # the server_tool_use
@@ -153,7 +153,7 @@ async def test_pings_keep_the_stream_alive_while_the_advisor_thinks(make_app: Ma
 async def test_client_disconnect_during_the_advisor_leg_cancels_it(
     server: str, make_app: MakeApp, script: Script
 ) -> None:
-    consult(script, advisor=Reply([text("Too late.")], delay=5.0))
+    consult(script, advisor=Reply([text("Too late.")], delay=SLOW))
     async with SERVERS[server](make_app()) as url:
         async with sse_request(url, REQUEST) as (_, source), aclosing(source.aiter_sse()) as events:
             seen_call = False
@@ -163,13 +163,12 @@ async def test_client_disconnect_during_the_advisor_leg_cancels_it(
                     break
             else:
                 pytest.fail("the stream ended before the advisor leg started")
-            await wait_until(lambda: bool(script.of("advisor")), 2.0, "advisor leg requested")
-            await anyio.sleep(0.2)  # let the advisor's handler start streaming (and sleeping)
+            # The advisor's handler has started streaming (and sleeping).
+            await wait_until(lambda: "advisor" in script.streamed, CANCEL_WITHIN, "advisor leg streaming")
             assert script.cancelled == []
         # The client has closed the connection.
-        latency = await wait_until(lambda: "advisor" in script.cancelled, CANCEL_WITHIN, "advisor leg cancelled")
-        await anyio.sleep(0.3)
-    assert latency < CANCEL_WITHIN
+        await wait_until(lambda: "advisor" in script.cancelled, CANCEL_WITHIN, "advisor leg cancelled")
+        await anyio.sleep(0.3)  # time for a wrong next leg to be requested: none may be
     assert "advisor" not in script.finished
     assert script.cancelled == ["advisor"]
     assert [r.role for r in script.requests] == ["executor", "advisor"], "no executor leg after the disconnect"
@@ -181,7 +180,7 @@ async def test_client_disconnect_during_the_first_executor_leg_cancels_it(
 ) -> None:
     # The executor streams its first words, then stalls before calling the advisor.
     stalled = Reply(
-        [text("Let me ask the advisor."), tool_use("advisor")], stop_reason="tool_use", hang_after=3, hang=5.0
+        [text("Let me ask the advisor."), tool_use("advisor")], stop_reason="tool_use", hang_after=3, hang=SLOW
     )
     consult(script, advisor=Reply([text("Never asked.")]), first=stalled)
     async with SERVERS[server](make_app()) as url:
@@ -191,9 +190,8 @@ async def test_client_disconnect_during_the_first_executor_leg_cancels_it(
                     break
             else:
                 pytest.fail("no text before the stall")
-        latency = await wait_until(lambda: "executor" in script.cancelled, CANCEL_WITHIN, "executor leg cancelled")
-        await anyio.sleep(0.3)
-    assert latency < CANCEL_WITHIN
+        await wait_until(lambda: "executor" in script.cancelled, CANCEL_WITHIN, "executor leg cancelled")
+        await anyio.sleep(0.3)  # time for a wrong advisor leg to be requested: none may be
     assert script.finished == []
     assert script.cancelled == ["executor"]
     assert [r.role for r in script.requests] == ["executor"], "no advisor leg after the disconnect"
@@ -201,16 +199,15 @@ async def test_client_disconnect_during_the_first_executor_leg_cancels_it(
 
 async def test_client_disconnect_before_the_json_response_cancels_the_leg(make_app: MakeApp, script: Script) -> None:
     # Non-streaming: nothing is sent before the whole loop is done, so only receive() can tell.
-    consult(script, advisor=Reply([text("Never asked.")]), first=Reply([text("Slow.")], delay=5.0))
+    consult(script, advisor=Reply([text("Never asked.")]), first=Reply([text("Slow.")], delay=SLOW))
     async with uvicorn_server(make_app()) as url, httpx.AsyncClient(base_url=url, timeout=10.0) as client:
         async with anyio.create_task_group() as tg:
             tg.start_soon(lambda: client.post("/v1/messages", json={**REQUEST, "stream": False}))
-            await wait_until(lambda: bool(script.of("executor")), 2.0, "executor leg requested")
+            await wait_until(lambda: bool(script.of("executor")), CANCEL_WITHIN, "executor leg requested")
             await anyio.sleep(0.2)
             tg.cancel_scope.cancel()  # httpx closes the connection
-        latency = await wait_until(lambda: "executor" in script.cancelled, CANCEL_WITHIN, "executor leg cancelled")
-        await anyio.sleep(0.3)
-    assert latency < CANCEL_WITHIN
+        await wait_until(lambda: "executor" in script.cancelled, CANCEL_WITHIN, "executor leg cancelled")
+        await anyio.sleep(0.3)  # time for a wrong advisor leg to be requested: none may be
     assert script.finished == []
     assert [r.role for r in script.requests] == ["executor"]
 

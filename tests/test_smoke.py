@@ -3,8 +3,8 @@ from __future__ import annotations
 import anthropic
 import pytest
 
-from .helpers import ONE_CONSULT, block_types, call
-from .upstream import ADVISOR_TOOL, Reply, Script, text, tool_use
+from .support.helpers import ONE_CONSULT, block_types, call
+from .support.upstream import ADVISOR_TOOL, Reply, Script, text, tool_use
 
 pytestmark = pytest.mark.anyio
 

@@ -1,4 +1,4 @@
-"""The soak (``tests/soak.py``): every answer well-formed, nothing left in flight. CI runs it at a
+"""The soak (``tests/support/soak.py``): every answer well-formed, nothing left in flight. CI runs it at a
 small size; ``SOAK_TOTAL=20000 pytest -m soak`` runs it at full length (64 at a time)."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from .soak import cases, main
+from .support.soak import cases, main
 
 TOTAL = int(os.environ.get("SOAK_TOTAL", "200"))
 

@@ -26,9 +26,9 @@ from starlette.middleware.gzip import GZipMiddleware
 from advisor_middleware import AdvisorMiddleware, HTTPRouter
 from examples.fastapi_app import create_app
 
-from .helpers import ONE_CONSULT, block_types, call, check_stream, http_for, sdk_for
-from .servers import example_server, uvicorn_server
-from .upstream import ADVISOR_TOOL, Reply, Script, scripted_host, text, tool_use
+from .support.helpers import ONE_CONSULT, block_types, call, check_stream, http_for, sdk_for
+from .support.servers import example_server, uvicorn_server
+from .support.upstream import ADVISOR_TOOL, Reply, Script, scripted_host, text, tool_use
 
 pytestmark = pytest.mark.anyio
 

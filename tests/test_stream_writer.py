@@ -16,8 +16,8 @@ from advisor_middleware import AdvisorMiddleware, AppRouter, Leg
 from bench.hosts import ModelHost, small_consult_body
 from bench.inproc import receiver, request_scope
 
-from .helpers import ADVISOR_PARAMS, ONE_CONSULT, block_types, check_stream, consult, http_scope, post
-from .upstream import HOSTS, Reply, Script, scripted_host, text, tool_use
+from .support.helpers import ADVISOR_PARAMS, ONE_CONSULT, block_types, check_stream, consult, http_scope, post
+from .support.upstream import HOSTS, Reply, Script, scripted_host, text, tool_use
 
 pytestmark = pytest.mark.anyio
 
@@ -40,7 +40,7 @@ async def test_pings_and_events_never_send_at_once() -> None:
         if message["type"] == "http.response.body":
             bodies.append(message["body"])
 
-    with anyio.fail_after(5):
+    with anyio.fail_after(30):
         await app(request_scope(BODY, stream=True, beta=True), receiver([BODY]), send)
 
     assert most == 1
@@ -53,7 +53,7 @@ async def test_pings_and_events_never_send_at_once() -> None:
 
 
 async def test_a_client_gone_during_a_ping_ends_the_response_quietly() -> None:
-    host = ModelHost(advisor_delay=10.0)
+    host = ModelHost(advisor_delay=600.0)
     app = AdvisorMiddleware(host, ping_interval=0.02)
     sent: list[bytes] = []
 
@@ -62,7 +62,7 @@ async def test_a_client_gone_during_a_ping_ends_the_response_quietly() -> None:
             raise OSError("the client is gone")
         sent.append(message.get("body", b""))
 
-    with anyio.fail_after(2):  # the advisor leg (10 s) is cancelled, not awaited
+    with anyio.fail_after(30):  # the advisor leg (600 s) is cancelled, not awaited
         await app(request_scope(BODY, stream=True, beta=True), receiver([BODY]), send)
 
     assert host.calls == 2  # executor leg 1, then the advisor leg that was cancelled
@@ -86,7 +86,7 @@ async def relayed(app: Any) -> tuple[list[bytes], list[dict[str, Any]]]:
         if message["type"] == "http.response.body" and message["body"]:
             bodies.append(message["body"])
 
-    with anyio.fail_after(5):
+    with anyio.fail_after(30):
         await app(request_scope(BODY, stream=True, beta=True), receiver([BODY]), send)
     events = [json.loads(line[6:]) for b in bodies for line in b.split(b"\n") if line.startswith(b"data: ")]
     return bodies, events
@@ -143,7 +143,7 @@ async def test_a_starlette_host_is_relayed_as_it_sends_and_never_held_back(scrip
         if message["type"] == "http.response.body" and message["body"]:
             bodies.append(message["body"])
 
-    with anyio.fail_after(10):
+    with anyio.fail_after(30):
         await AdvisorMiddleware(scripted_host(script))(http_scope([]), receiver([body]), send)
     _, message = check_stream(b"".join(bodies))
     assert message is not None and block_types(message.content)[:3] == ONE_CONSULT[:3]
@@ -177,7 +177,7 @@ async def test_a_client_gone_during_an_event_ends_the_response_quietly(
         if bodies > 20:
             raise OSError("the client is gone")
 
-    with caplog.at_level("DEBUG", logger="advisor_middleware"), anyio.fail_after(5):
+    with caplog.at_level("DEBUG", logger="advisor_middleware"), anyio.fail_after(30):
         await app(http_scope(headers), receiver([body]), send)
 
     assert bodies == 21  # the failed send was the last one tried

@@ -19,7 +19,7 @@ from starlette.applications import Starlette
 
 from advisor_middleware.history import REDACTED_PLACEHOLDER
 
-from .helpers import (
+from .support.helpers import (
     ONE_CONSULT,
     SECRET,
     advice,
@@ -35,7 +35,7 @@ from .helpers import (
     tool_result,
     user,
 )
-from .upstream import Fail, Reply, Script, text, tool_use
+from .support.upstream import Fail, Reply, Script, text, tool_use
 
 pytestmark = pytest.mark.anyio
 

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from advisor_middleware.transcript import _render, render_transcript
 
-from .upstream import text, thinking, tool_use
+from .support.upstream import text, thinking, tool_use
 
 
 def whole(body: dict[str, Any], messages: list[Any], cap: int) -> list[str]:

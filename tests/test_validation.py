@@ -14,9 +14,9 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 
-from . import helpers
-from .helpers import ONE_CONSULT, block_types, consult
-from .upstream import ADVISOR_TOOL, Reply, Script, text
+from .support import helpers
+from .support.helpers import ONE_CONSULT, block_types, consult
+from .support.upstream import ADVISOR_TOOL, Reply, Script, text
 
 pytestmark = pytest.mark.anyio
 
@@ -237,7 +237,7 @@ class Driver:
 
     async def run(self, app: Any, headers: list[tuple[bytes, bytes]] | None = None) -> None:
         scope = helpers.http_scope([(b"host", b"testserver"), (b"content-type", b"application/json"), *(headers or [])])
-        with anyio.fail_after(5):
+        with anyio.fail_after(30):
             await app(scope, self.receive, self.send)
 
     @property

@@ -27,8 +27,8 @@ from advisor_middleware.classify import classify
 from advisor_middleware.history import render_history
 from advisor_middleware.transcript import render_transcript
 
-from .helpers import advice, advisor_pair, assistant, parse_sse, post, request_body, system, tool_result, user
-from .upstream import Reply, Script, reply_events, scripted_host, sse, text, tool_use
+from .support.helpers import advice, advisor_pair, assistant, parse_sse, post, request_body, system, tool_result, user
+from .support.upstream import Reply, Script, reply_events, scripted_host, sse, text, tool_use
 
 pytestmark = pytest.mark.anyio
 

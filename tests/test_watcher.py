@@ -14,11 +14,12 @@ import anyio
 import pytest
 
 from advisor_middleware import AdvisorMiddleware, middleware
+from advisor_middleware.routers import app as app_router
 from advisor_middleware.routers.app import WIND_DOWN
 from bench.hosts import ModelHost, small_consult_body
 from bench.inproc import request_scope
 
-from .upstream import Reply, reply_events, sse, text
+from .support.upstream import Reply, reply_events, sse, text
 
 pytestmark = pytest.mark.anyio
 
@@ -60,16 +61,16 @@ class Client:
 
 
 @pytest.mark.parametrize("stream", [True, False])
-async def test_the_watcher_ends_on_the_servers_disconnect(stream: bool) -> None:
+async def test_the_watcher_ends_on_the_servers_disconnect(stream: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A linger far longer than the deadline: only the server's disconnect can end the watcher in time.
+    monkeypatch.setattr(middleware, "LINGER", 600.0)
     body = small_consult_body(stream)
     client = Client(body, wakes=True)
-    with anyio.fail_after(5):
+    with anyio.fail_after(30):
         await AdvisorMiddleware(ModelHost())(request_scope(body, stream=stream, beta=True), client.receive, client.send)
-    returned_at = time.monotonic()
     assert client.complete.is_set()
-    # The watcher's receive was answered, not cancelled, and the app returned at once.
+    # The watcher's receive was answered, not cancelled.
     assert client.returned == ["disconnect"]
-    assert returned_at - client.completed_at < middleware.LINGER / 2
 
 
 @pytest.mark.parametrize("stream", [True, False])
@@ -81,11 +82,13 @@ async def test_a_silent_server_costs_the_linger_then_the_watcher_is_cancelled(
     client = Client(body, wakes=False)
     # Pings due all the time: none may follow the last body while the watcher lingers.
     app = AdvisorMiddleware(ModelHost(), ping_interval=0.01)
-    with anyio.fail_after(5):
+    # The silent receive never returns: only the linger's end can finish the app within the deadline.
+    with anyio.fail_after(30):
         await app(request_scope(body, stream=stream, beta=True), client.receive, client.send)
     returned_at = time.monotonic()
     assert client.returned == ["cancelled"]
-    assert 0.25 < returned_at - client.completed_at < 3.0
+    # Not cancelled before the linger is over (a lower bound: a slow machine only makes it longer).
+    assert returned_at - client.completed_at > 0.25
     last = client.messages[-1]
     assert last["type"] == "http.response.body" and not last.get("more_body", False)
     assert sum(1 for m in client.messages if not m.get("more_body", False) and m["type"] == "http.response.body") == 1
@@ -93,8 +96,8 @@ async def test_a_silent_server_costs_the_linger_then_the_watcher_is_cancelled(
 
 async def test_a_client_that_leaves_mid_consult_is_still_noticed_at_once() -> None:
     # The disconnect before the response is complete is the client leaving: the advisor leg in
-    # flight (10 s) is cancelled, not waited for.
-    host = ModelHost(advisor_delay=10.0)
+    # flight (600 s, far past the deadline) is cancelled, not waited for.
+    host = ModelHost(advisor_delay=600.0)
     body = small_consult_body(True)
     client = Client(body, wakes=True)
     events = 0
@@ -105,7 +108,7 @@ async def test_a_client_that_leaves_mid_consult_is_still_noticed_at_once() -> No
         if events >= 3:  # the server_tool_use block is out: the client gives up waiting
             client.complete.set()
 
-    with anyio.fail_after(2):
+    with anyio.fail_after(30):
         await AdvisorMiddleware(host)(request_scope(body, stream=True, beta=True), client.receive, send)
     assert client.returned == ["disconnect"]
     assert host.calls == 2  # executor leg 1, then the advisor leg that was cancelled
@@ -129,7 +132,7 @@ class Listening:
             if self.listens:
                 self.got.append((await receive())["type"])
             else:
-                await anyio.sleep(30)
+                await anyio.sleep_forever()
         except BaseException:
             self.ended.append("cancelled")
             raise
@@ -137,9 +140,14 @@ class Listening:
 
 
 @pytest.mark.parametrize("listens", [True, False], ids=["host-listens", "host-ignores"])
-async def test_a_client_leaving_mid_leg_is_told_to_the_host_then_it_is_cancelled(listens: bool) -> None:
+async def test_a_client_leaving_mid_leg_is_told_to_the_host_then_it_is_cancelled(
+    listens: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # What a server does when its client leaves: the host's receive reports http.disconnect and
     # it ends the leg itself; a host that does not listen is cancelled after the wind-down.
+    if listens:  # a wind-down far past the deadline: only the host's own return ends it in time
+        monkeypatch.setattr(middleware, "WIND_DOWN", 600.0)
+        monkeypatch.setattr(app_router, "WIND_DOWN", 600.0)
     host = Listening(listens=listens)
     body = small_consult_body(True)
     client = Client(body, wakes=True)
@@ -149,12 +157,13 @@ async def test_a_client_leaving_mid_leg_is_told_to_the_host_then_it_is_cancelled
             client.complete.set()  # the first event is out: the client leaves
 
     started = time.monotonic()
-    with anyio.fail_after(5):
+    # A host that ignores the client sleeps for ever: only the wind-down's end cancels it in time.
+    with anyio.fail_after(30):
         await AdvisorMiddleware(host)(request_scope(body, stream=True, beta=True), client.receive, send)
     took = time.monotonic() - started
     if listens:
         assert host.got == ["http.disconnect"] and host.ended == ["returned"]
-        assert took < WIND_DOWN
     else:
         assert host.got == [] and host.ended == ["cancelled"]
-        assert WIND_DOWN * 0.9 < took < 2.0
+        # Not cancelled before the wind-down is over (a lower bound: load only makes it longer).
+        assert took > WIND_DOWN * 0.9

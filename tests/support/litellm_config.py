@@ -1,7 +1,7 @@
 """The ``config.yaml`` of a LiteLLM proxy under test (written as JSON, which YAML reads as is).
 
 Every deployment has a price per token, so LiteLLM's logging payload carries each leg's cost, and
-the proxy loads ``tests.litellm_support.recorder`` as a callback and never retries. Nothing here
+the proxy loads ``tests.support.litellm_support.recorder`` as a callback and never retries. Nothing here
 imports LiteLLM.
 """
 
@@ -49,7 +49,7 @@ def write_config(
     config = {
         "model_list": model_list,
         "router_settings": {"num_retries": 0},
-        "litellm_settings": {"callbacks": "tests.litellm_support.recorder", **(litellm_settings or {})},
+        "litellm_settings": {"callbacks": "tests.support.litellm_support.recorder", **(litellm_settings or {})},
         "general_settings": {"master_key": master_key, **(general_settings or {})},
     }
     path.write_text(json.dumps(config, indent=2))

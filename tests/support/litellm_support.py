@@ -1,5 +1,5 @@
 """LiteLLM test support: hooks a proxy loads from a test ``config.yaml``
-(``tests.litellm_support.<name>``), and a spy on LiteLLM's own advisor interceptor.
+(``tests.support.litellm_support.<name>``), and a spy on LiteLLM's own advisor interceptor.
 
 * ``recorder``: a LiteLLM ``CustomLogger`` on ``litellm_settings.callbacks``. It records, for every
   call the proxy makes, the caller's key (alias and hash, as the proxy resolved it), the model

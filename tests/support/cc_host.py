@@ -1,6 +1,6 @@
 """The host ``tests/test_claude_code_turns.py`` serves: the demo gateway, logging what it receives.
 
-Served as ``python -m advisor_middleware serve tests.cc_host:app``, which wraps ``app`` in
+Served as ``python -m advisor_middleware serve tests.support.cc_host:app``, which wraps ``app`` in
 ``AdvisorMiddleware``: every request logged here is one the host gets, each leg with its
 ``x-advisor-leg`` header. Each POST is appended to the file named by ``$CC_HOST_LOG`` as one
 JSON line ``{"path": ..., "leg": "executor" | "advisor" | null, "body": <the body's text>}``.

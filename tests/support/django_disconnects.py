@@ -21,7 +21,7 @@ os.environ.setdefault("DEMO_DELAY", "0.01")
 import anyio
 
 from examples.django_gateway.asgi import application
-from tests.helpers import http_scope
+from tests.support.helpers import http_scope
 
 BODY = json.dumps(
     {
@@ -65,7 +65,8 @@ async def one(leave_after: int, how: str) -> tuple[int, int]:
 
     await application(dict(SCOPE), receive, send)
     returned = True
-    await anyio.sleep(0.3)  # the time the leg would have needed to finish
+    # Nothing may reach the client now: wait longer than the leg would have needed to finish.
+    await anyio.sleep(0.3)
     return events, late
 
 
@@ -80,7 +81,10 @@ async def main(rounds: int, how: str) -> None:
         # The first executor leg, the consult, the final leg: each point a few times.
         _, after = await one((2, 6, 12)[i % 3], how)
         late += after
-    await anyio.sleep(0.5)
+    # Django's tasks wind down on their own: give them a generous deadline to be gone.
+    with anyio.move_on_after(30):
+        while len(asyncio.all_tasks()) > before:  # noqa: ASYNC110 (polled: no event says so)
+            await anyio.sleep(0.01)
     figures = {"rounds": rounds, "tasks_before": before, "tasks_after": len(asyncio.all_tasks()), "late": late}
     print(json.dumps({**figures, "unhandled": unhandled}))
 

@@ -3,8 +3,8 @@
 LiteLLM's ``hosted_vllm/<name>`` deployments translate an Anthropic Messages request into a Chat
 Completions request and send it here; the answer is translated back. Each model name the server
 sees (LiteLLM strips the ``hosted_vllm/`` prefix) has its own queue of scripted turns, written
-with the same :class:`~tests.upstream.Reply` blocks as the Anthropic-format host (``text`` and
-``tool_use``), or a :class:`~tests.upstream.Fail`. A model may instead have a ``responder``: a
+with the same :class:`~tests.support.upstream.Reply` blocks as the Anthropic-format host (``text`` and
+``tool_use``), or a :class:`~tests.support.upstream.Fail`. A model may instead have a ``responder``: a
 function of the request body, for clients (Claude Code) whose requests are not known in advance.
 Every request is recorded with its raw bytes, so tests can check exactly what LiteLLM sent.
 """

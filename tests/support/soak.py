@@ -1,11 +1,11 @@
-"""Load and soak: ``python -m tests.soak [--total N] [--concurrency C]``, or ``tests/test_soak.py``.
+"""Load and soak: ``python -m tests.support.soak [--total N] [--concurrency C]``, or ``tests/test_soak.py``.
 
 Drives ``AdvisorMiddleware`` around a scripted model host, served by uvicorn (h11) on 127.0.0.1
 in a process of its own, with ``total`` requests (default 20,000), ``concurrency`` at a time
 (default 64): half streamed, half JSON, every one a consult (executor, advisor, executor), 10 %
 with an injected fault (advisor or executor leg, first or later leg) and 5 % left by the client
 mid-way (a disconnect). Every answer is checked against what its case must give (the stream
-protocol with tests/helpers.py's checker, the Anthropic SDK's accumulator, the error shape, the
+protocol with tests/support/helpers.py's checker, the Anthropic SDK's accumulator, the error shape, the
 advisor error code), and the report gives: requests answered well-formed (must be 100 %),
 outcomes by kind, p50/p99 latency and the latency added over one bare host round trip, the
 server's RSS at start and end, and the legs still in flight in the host at the end (must be 0).
@@ -171,7 +171,7 @@ def expected(case: str, streaming: bool) -> str:
 
 def outcome(response: httpx.Response, streaming: bool) -> str:
     """What came back, checked for form: raises AssertionError if it is not well-formed."""
-    from tests.helpers import check_stream
+    from tests.support.helpers import check_stream
 
     if response.status_code != 200:
         body = response.json()
@@ -330,12 +330,14 @@ async def drive(base_url: str, total: int, concurrency: int, max_seconds: float)
 
 def run(total: int = 20_000, concurrency: int = 64, max_seconds: float = 900.0) -> Report:
     """Start the server, drive it, stop it; the report."""
-    with serve_in_subprocess("--serve", module="tests.soak") as (port, _):
+    with serve_in_subprocess("--serve", module="tests.support.soak") as (port, _):
         return asyncio.run(drive(f"http://127.0.0.1:{port}", total, concurrency, max_seconds))
 
 
 def main(argv: list[str] | None = None) -> Report | None:
-    parser = argparse.ArgumentParser(prog="python -m tests.soak", description="Load and soak AdvisorMiddleware.")
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.support.soak", description="Load and soak AdvisorMiddleware."
+    )
     parser.add_argument("--total", type=int, default=20_000, help="requests to send (default 20000)")
     parser.add_argument("--concurrency", type=int, default=64, help="requests at a time (default 64)")
     parser.add_argument("--max-seconds", type=float, default=900.0, help="stop sending after this long")

@@ -224,7 +224,7 @@ def serving(*args: str, log: Path, port: int | None = None) -> Iterator[tuple[st
         yield url, proc
 
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SERVER_COMMANDS = {
     "uvicorn": [sys.executable, "-m", "uvicorn", "{app}", "--host", "127.0.0.1", "--port", "{port}"],
     "hypercorn": [sys.executable, "-m", "hypercorn", "{app}", "--bind", "127.0.0.1:{port}"],
