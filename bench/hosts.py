@@ -2,7 +2,7 @@
 
 Every host is a minimal pure-ASGI app with no think time (unless told otherwise), so what the
 bench measures is the middleware. ``ModelHost`` is the scripted model of every consult row, its
-answers encoded by the test suite's scripted model (``tests/upstream.py``), so the bench and the
+answers encoded by the test suite's scripted model (``tests/support/upstream.py``), so the bench and the
 tests speak one dialect of the protocol.
 """
 
