@@ -8,4 +8,8 @@ PACKAGE_PATH = "BENCH_PACKAGE_PATH"
 """``python -m bench --compare DIR`` runs its children with this set to DIR: they import DIR's package."""
 
 if os.environ.get(PACKAGE_PATH):
+    # Only the package comes from DIR: its tests/ (the scripted model) must stay this checkout's.
     sys.path.insert(0, os.environ[PACKAGE_PATH])
+    import advisor_middleware  # noqa: F401
+
+    sys.path.remove(os.environ[PACKAGE_PATH])
