@@ -32,18 +32,25 @@ def test_the_walk_sees_code_tests_docs_and_ci() -> None:
     assert {"README.md", ".ci/run", "pyproject.toml", "tests/test_self_contained.py", "docs/usage.md"} <= seen
 
 
-def test_nothing_refers_to_a_path_outside_the_repository() -> None:
+def lines_matching(pattern: re.Pattern[str], suffixes: tuple[str, ...] | None = None) -> list[str]:
+    """Every line of the repository's text files (of those suffixes, if given) that ``pattern``
+    finds something in, as ``path:number: line``; never this file, which holds the patterns."""
     found = []
     for path in repository_files():
-        if path == Path(__file__).resolve():
-            continue  # the patterns above
+        if path == Path(__file__).resolve() or (suffixes is not None and path.suffix not in suffixes):
+            continue
         try:
             text = path.read_text(encoding="utf-8")
         except UnicodeDecodeError:
             continue
         for number, line in enumerate(text.splitlines(), 1):
-            if OUTSIDE.search(line):
+            if pattern.search(line):
                 found.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()[:160]}")
+    return found
+
+
+def test_nothing_refers_to_a_path_outside_the_repository() -> None:
+    found = lines_matching(OUTSIDE)
     assert found == [], "\n".join(found)
 
 
@@ -56,15 +63,5 @@ WORK_LOG = re.compile(
 
 
 def test_comments_and_docs_cite_nothing_a_reader_cannot_follow() -> None:
-    found = []
-    for path in repository_files():
-        if path == Path(__file__).resolve() or path.suffix not in (".py", ".md", ".toml", ""):
-            continue
-        try:
-            text = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError:
-            continue
-        for number, line in enumerate(text.splitlines(), 1):
-            if WORK_LOG.search(line):
-                found.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()[:160]}")
+    found = lines_matching(WORK_LOG, (".py", ".md", ".toml", ""))
     assert found == [], "\n".join(found)
