@@ -26,7 +26,7 @@ from starlette.responses import StreamingResponse
 from advisor_middleware import AdvisorMiddleware, HTTPRouter
 from advisor_middleware.routers import LiteLLMRouter
 
-from .support.helpers import ADVISOR_PARAMS, check_stream, post
+from .support.helpers import ADVISOR_PARAMS, answer_content, check_stream, post
 from .support.servers import uvicorn_server
 from .support.upstream import Reply, Script, reply_events, scripted_host, sse, text, tool_use
 
@@ -271,12 +271,7 @@ async def test_a_runaway_executor_stops_at_the_default_cap(streaming: bool) -> N
     script.advisor(*(Reply([text(f"Advice {i}.")]) for i in range(30)))
     app = AdvisorMiddleware(scripted_host(script))
     response = await request(app, streaming)
-    if streaming:
-        _, message = check_stream(response.content)
-        assert message is not None
-        content = [b.model_dump(exclude_none=True) for b in message.content]
-    else:
-        content = response.json()["content"]
+    content = answer_content(response, streaming)
     results = [b["content"] for b in content if b["type"] == "advisor_tool_result"]
     assert results[:10] == [{"type": "advisor_result", "text": f"Advice {i}."} for i in range(10)]
     assert results[10:] == [{"type": "advisor_tool_result_error", "error_code": "max_uses_exceeded"}] * 20

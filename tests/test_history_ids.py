@@ -16,7 +16,7 @@ import pytest
 from advisor_middleware import AdvisorMiddleware
 from advisor_middleware.blocks import executor_id, server_tool_use_id
 
-from .support.helpers import advice, advisor_pair, assistant, check_stream, post, user
+from .support.helpers import advice, advisor_pair, answer_content, assistant, check_stream, post, user
 from .support.upstream import ADVISOR_TOOL, Reply, Script, scripted_host, text
 
 pytestmark = pytest.mark.anyio
@@ -89,12 +89,7 @@ async def test_a_pending_call_with_an_id_we_could_not_have_minted(script: Script
     response = await post(AdvisorMiddleware(scripted_host(script)), json=body)
 
     assert response.status_code == 200, response.text
-    if streaming:
-        _, message = check_stream(response.content)
-        assert message is not None
-        content = [b.model_dump(exclude_none=True) for b in message.content]
-    else:
-        content = response.json()["content"]
+    content = answer_content(response, streaming)
     assert content[0]["type"] == "advisor_tool_result" and content[0]["tool_use_id"] == srv_id
     assert executor_ids(script, "executor") == [srv_id, srv_id]
 

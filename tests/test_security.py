@@ -21,7 +21,7 @@ import pytest
 from advisor_middleware import AdvisorMiddleware, HTTPRouter
 from advisor_middleware.routers import AppRouter
 
-from .support.helpers import ADVISOR_PARAMS, ONE_CONSULT, block_types, check_stream, post
+from .support.helpers import ADVISOR_PARAMS, ONE_CONSULT, answer_content, block_types, post
 from .support.servers import uvicorn_server
 from .support.upstream import ADVISOR_TOOL, ErrorEvent, Fail, Reply, Script, Turn, scripted_host, text, tool_use
 from .test_http_router import Decoy
@@ -63,12 +63,7 @@ async def test_urls_and_keys_on_the_tool_are_ignored_and_the_callers_credentials
         await router.aclose()
 
     assert response.status_code == 200
-    if streaming:
-        _, message = check_stream(response.content)
-        assert message is not None
-        assert block_types(message.content) == ONE_CONSULT
-    else:
-        assert block_types(response.json()["content"]) == ONE_CONSULT
+    assert block_types(answer_content(response, streaming)) == ONE_CONSULT
     assert decoy.calls == []
     assert [r.role for r in script.requests] == ["executor", "advisor", "executor"]
     for leg in script.requests:

@@ -12,7 +12,7 @@ SKIPPED_DIRS = {"__pycache__", "node_modules", "build", "dist"}
 a worktree's ``.git`` file."""
 
 OUTSIDE = re.compile(
-    r"/work/"  # absolute paths of one machine
+    r"/wor[k]/"  # absolute paths of one machine (the class keeps a grep for the path off this line)
     r"|/root/|/home/\w"
     r"|\.\./shared|(?<![\w.-])shared/"  # a sibling folder beside the checkout
 )

@@ -26,7 +26,7 @@ from starlette.middleware.gzip import GZipMiddleware
 from advisor_middleware import AdvisorMiddleware, HTTPRouter
 from examples.fastapi_app import create_app
 
-from .support.helpers import ONE_CONSULT, block_types, call, check_stream, http_for, sdk_for
+from .support.helpers import ONE_CONSULT, answer_content, block_types, call, http_for, sdk_for
 from .support.servers import example_server, uvicorn_server
 from .support.upstream import ADVISOR_TOOL, Reply, Script, scripted_host, text, tool_use
 
@@ -309,10 +309,5 @@ async def test_a_trailing_slash_from_the_caller_sends_legs_to_the_route_the_host
     async with uvicorn_server(build(script)) as url, httpx.AsyncClient(base_url=url) as http:
         response = await http.post(path, json={**PARAMS, "stream": streaming})
     assert response.status_code == 200, response.text
-    if streaming:
-        _, message = check_stream(response.content)
-        assert message is not None
-        assert block_types(message.content) == ONE_CONSULT
-    else:
-        assert block_types(response.json()["content"]) == ONE_CONSULT
+    assert block_types(answer_content(response, streaming)) == ONE_CONSULT
     assert [r.role for r in script.requests] == ["executor", "advisor", "executor"]

@@ -346,6 +346,17 @@ ADVISOR_PARAMS: dict[str, Any] = {
 """A minimal advisor request: one user turn, the advisor tool alone."""
 
 
+def answer_content(response: httpx.Response, streaming: bool) -> list[dict[str, Any]]:
+    """The answer's content blocks as dicts: a stream checked by :func:`check_stream` and
+    accumulated by the SDK, or the JSON Message's own."""
+    if not streaming:
+        content: list[dict[str, Any]] = response.json()["content"]
+        return content
+    _, message = check_stream(response.content)
+    assert message is not None, "the stream ended in an error event"
+    return [block.model_dump(exclude_none=True) for block in message.content]
+
+
 def http_scope(headers: list[tuple[bytes, bytes]], **overrides: Any) -> dict[str, Any]:
     """The scope a server gives ``POST /v1/messages`` with these headers (``overrides`` win)."""
     scope: dict[str, Any] = {
