@@ -17,6 +17,7 @@ from ._types import ASGIApp, Message, Receive, Scope, Send
 from .accumulate import MessageAccumulator
 from .classify import Plan, classify
 from .config import AdvisorConfig, AdvisorOptions
+from .endpoints import ENDPOINTS, endpoint_routes
 from .errors import AdvisorRequestError, ClientGone, UpstreamError, error_body, send_error
 from .orchestrator import Orchestration
 from .routers.app import CLIENT, WIND_DOWN, AppRouter, Departure
@@ -45,7 +46,8 @@ class AdvisorMiddleware:
     through ``router`` (default: :class:`AppRouter` around the wrapped app, so the host's own auth,
     budgets and logging apply to every leg) and merging them into the native blocks, stream events
     and ``usage.iterations`` that Anthropic's clients understand. Every other request reaches the
-    app untouched (byte for byte when nothing advisor-related is in it).
+    app untouched (byte for byte when nothing advisor-related is in it). ``count_tokens`` and
+    ``batches`` under each path are handled too (:mod:`advisor_middleware.endpoints`).
 
     Usage::
 
@@ -64,19 +66,23 @@ class AdvisorMiddleware:
         self.router: MessagesRouter = router if router is not None else AppRouter(app)
         # Each matched spelling -> the path as configured: legs go there, not to the caller's
         # spelling of it (a trailing slash the host would redirect or refuse).
-        self._routes = {p.rstrip("/") or "/": p for p in self.config.paths}
+        self._routes: dict[str, tuple[str, str | None]] = {
+            **endpoint_routes(self.config.paths),
+            **{p.rstrip("/") or "/": (p, None) for p in self.config.paths},
+        }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        route = self._route(scope)
-        if route is None:
+        found = self._route(scope)
+        if found is None:
             await self.app(scope, receive, send)
             return
+        route, endpoint = found
         headers = scope.get("headers") or []
         try:
             chunks = await self._read_body(headers, receive)
             if chunks is None:
                 return  # the client left while sending its body
-            plan = self._plan(headers, chunks)
+            plan = self._plan(headers, chunks, endpoint)
         except AdvisorRequestError as exc:
             await send_error(send, exc.status, exc.body)
             return
@@ -88,10 +94,10 @@ class AdvisorMiddleware:
         else:
             await self._respond(self._orchestration(plan, scope, route), receive, send)
 
-    def _route(self, scope: Scope) -> str | None:
+    def _route(self, scope: Scope) -> tuple[str, str | None] | None:
         """The path an ``AppRouter``'s legs take if the request is one to handle (a ``POST`` on
-        one of ``paths``, not a leg): the configured path, under the request's ``root_path`` if
-        its path starts with it."""
+        one of ``paths`` or an endpoint under it, not a leg): the configured path, under the
+        request's ``root_path`` if its path starts with it; and the endpoint, if any."""
         if scope["type"] != "http" or scope.get("method") != "POST":
             return None
         if any(name == LEG_HEADER for name, _ in scope.get("headers") or ()):
@@ -103,17 +109,18 @@ class AdvisorMiddleware:
         if root_path and path.startswith(root_path) and (len(path) == len(root_path) or path[len(root_path)] == "/"):
             path = path[len(root_path) :]
             prefix = root_path
-        configured = self._routes.get(path.rstrip("/") or "/")
-        return None if configured is None else prefix + configured
+        found = self._routes.get(path.rstrip("/") or "/")
+        return None if found is None else (prefix + found[0], found[1])
 
-    def _plan(self, headers: Any, chunks: list[bytes]) -> Plan | list[bytes]:
+    def _plan(self, headers: Any, chunks: list[bytes], endpoint: str | None) -> Plan | list[bytes]:
         """What to do with the request whose body is ``chunks``: a plan to rewrite or
         orchestrate it, or the chunks to hand to the app as the request's body.
 
         The byte scan (:func:`_mentions_advisor`) is a cheaper, necessary condition of
         :func:`~advisor_middleware.classify.involves_advisor`: a body without its needle goes
         to the app in the chunks it came in, without a parse or even a join. A compressed body
-        is scanned once decoded. A body that was read goes on as one chunk."""
+        is scanned once decoded. A body that was read goes on as one chunk. An ``endpoint``'s
+        body (``count_tokens``, ``batches``) is rewritten as :mod:`.endpoints` says."""
         encoding = _content_encoding(headers)
         identity = encoding in (b"", b"identity")
         if identity and not _mentions_advisor(chunks):
@@ -132,8 +139,11 @@ class AdvisorMiddleware:
             raise AdvisorRequestError(f"request body is not JSON the advisor middleware can read: {exc}") from None
         if not isinstance(data, dict):
             return [raw]  # the host answers bad JSON its way
-        plan = classify(data)
         native = self.config.native_executor
+        if endpoint is not None:
+            rewritten = ENDPOINTS[endpoint](data, native)
+            return [raw] if rewritten is None else Plan("rewrite", rewritten)
+        plan = classify(data)
         if plan.action == "pass" or (
             plan.action == "orchestrate" and native is not None and native(str(data.get("model")))
         ):
