@@ -5,6 +5,7 @@ around a real Starlette and a real FastAPI host that record what they receive, a
 
 from __future__ import annotations
 
+import gzip
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -340,3 +341,15 @@ async def test_other_batch_endpoints_pass_untouched(recorder_app: MakeApp, metho
     assert_answer_is_the_hosts(response, recorder)
     (seen,) = recorder.seen
     assert (seen.method, seen.path, seen.raw) == (method, path, raw)
+
+
+async def test_a_gzipped_count_tokens_body_is_decoded_rewritten_and_framed(recorder_app: MakeApp) -> None:
+    recorder, app = recorder_app()
+    body = {"model": "exec", "messages": HISTORY, "tools": [ADVISOR_TOOL]}
+    packed = gzip.compress(json.dumps(body).encode())
+    headers = {"content-encoding": "gzip", "content-type": "application/json"}
+    response = await post(app, packed, headers, path="/v1/messages/count_tokens")
+    assert response.status_code == 203
+    assert_framed(recorder)
+    assert "content-encoding" not in recorder.seen[0].headers
+    assert recorder.body["tools"] == (await first_executor_leg(body))["tools"]
