@@ -64,8 +64,9 @@ class AdvisorMiddleware:
         self.app = app
         self.config = AdvisorConfig.model_validate(options)
         self.router: MessagesRouter = router if router is not None else AppRouter(app)
-        # Each matched spelling -> the path as configured: legs go there, not to the caller's
-        # spelling of it (a trailing slash the host would redirect or refuse).
+        # Each matched spelling -> the path as configured (legs go there, not to the caller's
+        # spelling of it: a trailing slash the host would redirect or refuse) and the endpoint
+        # under it, if any.
         self._routes: dict[str, tuple[str, str | None]] = {
             **endpoint_routes(self.config.paths),
             **{p.rstrip("/") or "/": (p, None) for p in self.config.paths},
