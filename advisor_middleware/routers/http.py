@@ -10,9 +10,8 @@ from urllib.parse import unquote_to_bytes
 import httpx
 
 from ..errors import UpstreamError
-from ..sse import SSEDecoder
 from .base import Batch, BatchRouter, Leg, OnBatch, end_to_end, forwarded_headers
-from .events import decode_events, json_message_events, too_large
+from .events import AnswerReader, json_message_events, too_large
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -190,14 +189,10 @@ class HTTPRouter(PooledClient, BatchRouter):
 
 async def _relay(response: httpx.Response, leg: Leg, on_batch: OnBatch) -> None:
     """Hand each network read of an SSE answer to ``on_batch`` as one group of events."""
-    decoder = SSEDecoder()
-    left = leg.max_bytes
+    reader = AnswerReader(leg.max_bytes, leg.raw_deltas)
     async for chunk in _body(response):
-        left -= len(chunk)
-        if left < 0:
-            raise too_large(leg.max_bytes)
         batch: Batch = []
-        error = decode_events(decoder, chunk, batch, leg.raw_deltas)
+        error = reader.read(chunk, batch)
         if batch:  # what came before an error is still the leg's output
             await on_batch(batch)
         if error is not None:

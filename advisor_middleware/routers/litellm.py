@@ -12,9 +12,9 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any
 
 from ..errors import UpstreamError, error_type_for_status, quoted_error_type
-from ..sse import SSEDecoder, encode_json
+from ..sse import encode_json
 from .base import Batch, BatchRouter, Leg, closing, forwarded_headers
-from .events import decode_events, event_error, message_events, too_large
+from .events import AnswerReader, event_error, message_events
 
 __all__ = ["MESSAGES_FIELDS", "LiteLLMRouter"]
 
@@ -91,8 +91,7 @@ class LiteLLMRouter(BatchRouter):
         if isinstance(response, Mapping):
             yield [*_message_events(response)]
             return
-        decoder = SSEDecoder()
-        left = leg.max_bytes
+        reader = AnswerReader(leg.max_bytes, leg.raw_deltas)
         async with closing(aiter(response)) as items:
             while True:
                 try:
@@ -101,38 +100,29 @@ class LiteLLMRouter(BatchRouter):
                     return
                 except Exception as exc:
                     raise _upstream_error(exc) from exc
-                left -= _size(item)
-                if left < 0:
-                    raise too_large(leg.max_bytes)
                 batch: Batch = []
-                error = _item_events(item, decoder, batch, leg.raw_deltas)
+                error = _item_events(item, reader, batch)
                 if batch:  # what came before an error is still the leg's output
                     yield batch
                 if error is not None:
                     raise error
 
 
-def _item_events(item: object, decoder: SSEDecoder, into: Batch, raw_deltas: bool) -> UpstreamError | None:
+def _item_events(item: object, reader: AnswerReader, into: Batch) -> UpstreamError | None:
     """The stream events in one item of LiteLLM's stream (SSE bytes in any chunking, or a
-    dict), appended to ``into``; the leg's failure if the item holds one."""
+    dict, counted as its JSON), appended to ``into``; the leg's failure if the item holds one."""
     if isinstance(item, bytes | bytearray | str):
-        chunk = item.encode() if isinstance(item, str) else bytes(item)
-        return decode_events(decoder, chunk, into, raw_deltas)
+        return reader.read(item.encode() if isinstance(item, str) else bytes(item), into)
     if not isinstance(item, Mapping):
         raise UpstreamError(502, f"LiteLLM streamed a {type(item).__name__}, not SSE bytes or an event")
     event = dict(item)
+    error = reader.count(len(encode_json(event)))
+    if error is not None:
+        return error
     if event.get("type") == "error":
         return event_error(event)
     into.append(event)
     return None
-
-
-def _size(item: object) -> int:
-    """What one item of LiteLLM's stream counts against :attr:`Leg.max_bytes`: its length, or
-    an event's as JSON."""
-    if isinstance(item, bytes | bytearray | str):
-        return len(item)
-    return len(encode_json(dict(item))) if isinstance(item, Mapping) else 0
 
 
 def _message_events(response: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
