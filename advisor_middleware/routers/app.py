@@ -101,13 +101,11 @@ class _HostCall:
     """One leg as a request to the host: the ``receive`` and ``send`` the host is called with,
     and what it has answered so far.
 
-    The leg stops early when ``on_batch`` raises (the client left, or the loop found the stream
-    malformed), when the stream itself fails, or when the client leaves (:meth:`client_left`).
-    The host is then told the way a server tells an app whose client has gone (``send`` raises
-    ``OSError``, ``receive`` reports ``http.disconnect``) and ends the leg itself, cleanly:
-    Django's ``ASGIHandler``, cancelled instead, leaves its two tasks running and asyncio logs
-    their exceptions on every stopped leg. A host that carries on is cancelled after
-    :data:`WIND_DOWN` seconds.
+    A leg stopped early (``on_batch`` raised, the stream failed, the client left) is told to the
+    host the way a server tells an app whose client has gone: ``send`` raises ``OSError`` and
+    ``receive`` reports ``http.disconnect``, so the host ends the leg itself, cleanly (Django's
+    ``ASGIHandler``, cancelled instead, leaves its tasks running and asyncio logs their
+    exceptions). A host that carries on is cancelled after :data:`WIND_DOWN` seconds.
     """
 
     __slots__ = ("body", "body_sent", "cancel_scope", "on_batch", "over", "response", "role", "stopped", "waiting")

@@ -14,7 +14,6 @@ from .base import Batch
 
 __all__ = [
     "AnswerReader",
-    "RawDelta",
     "decode_events",
     "event_error",
     "json_message_events",
