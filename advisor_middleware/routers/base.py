@@ -102,19 +102,14 @@ class MessagesRouter(Protocol):
 
 
 class BatchRouter:
-    """Base of the shipped routers. A subclass implements one of two ways to hand over a leg's
-    events in the groups they arrived in, and gets the other (and the protocol's ``stream``)
-    from it:
+    """Base of the shipped routers. A subclass writes one of two ways to hand over a leg's
+    events in the groups they arrived in, and gets the other and the protocol's ``stream``:
+    ``batches(leg)``, an async iterator of groups (for a router handed an iterator, such as
+    LiteLLM's stream), or ``push(leg, on_batch)``, which awaits ``on_batch(group)`` for each
+    group in the caller's task (for a router that calls an ASGI app or reads a socket).
 
-    - ``batches(leg)``, pulled: an async iterator of groups (for a router that is handed an
-      iterator, such as LiteLLM's stream);
-    - ``push(leg, on_batch)``, pushed: awaits ``on_batch(group)`` for each group, in the
-      caller's task, and returns when the leg is over (for a router that calls an ASGI app,
-      whose ``send`` is the natural place to hand events on, or reads a socket in a loop).
-
-    The middleware drives every leg with ``push``: the loop, the host and the client's writer
-    then share the request's task, with no task or channel per leg. Exceptions raised by
-    ``on_batch`` come out of ``push`` unchanged.
+    The middleware drives every leg with ``push``, so the loop, the host and the client's writer
+    share the request's task. Exceptions raised by ``on_batch`` come out of ``push`` unchanged.
     """
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
