@@ -42,8 +42,7 @@ def _advisor_entries(data: dict[str, Any]) -> list[tuple[int, Any]]:
 
 
 def classify(data: dict[str, Any]) -> Plan:
-    """What to do with the request ``data``; :class:`AdvisorRequestError` if its advisor parts
-    are invalid."""
+    """What to do with the request ``data``; :class:`AdvisorRequestError` if its advisor parts are invalid."""
     if not involves_advisor(data):
         return Plan("pass", data)
     entries = _advisor_entries(data)

@@ -34,8 +34,7 @@ _SSE_HEADERS = [
     (b"x-accel-buffering", b"no"),
 ]
 LINGER = 0.1
-"""Seconds the watcher may wait, once the response is out, for the server's ``http.disconnect``
-before it is cancelled."""
+"""Seconds the watcher waits, once the response is out, for the server's ``http.disconnect``."""
 
 
 class AdvisorMiddleware:
@@ -244,11 +243,8 @@ async def _send_failure(send: Send, exc: Exception) -> None:
 
 
 class _Watcher:
-    """The one reader of the real ``receive`` while the advisor loop runs, and the ping clock.
-
-    A disconnect ends every leg in flight (a server's ``send`` may stay silent once the client
-    is gone, so ``receive`` is the only signal, docs/protocol.md §8).
-    """
+    """The one reader of ``receive`` while the loop runs, and the ping clock. A disconnect ends
+    every leg in flight (``receive`` is the only sure signal of it, docs/protocol.md §8)."""
 
     def __init__(self, receive: Receive, tg: TaskGroup, writer: _StreamWriter | None, departure: Departure) -> None:
         self.receive = receive
@@ -293,11 +289,8 @@ class _Watcher:
 
 
 class _StreamWriter:
-    """The one writer of a streaming response; the first body starts it.
-
-    Pings keep Claude Code's idle timeout at bay (docs/protocol.md §7). Events and pings share
-    ``send``, never two at once: a ping is skipped while an event is sent, an event waits for a ping.
-    """
+    """The one writer of a streaming response (pings: docs/protocol.md §7). Events and pings share
+    ``send``, never two at once: a ping is skipped while an event is sent, an event waits for a ping."""
 
     __slots__ = ("_last_write", "_leg_headers", "_ping", "_sending", "_tg", "interval", "send", "started")
 

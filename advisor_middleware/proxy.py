@@ -30,13 +30,11 @@ class _Disconnected(Exception):
 
 
 class UpstreamProxy(PooledClient):
-    """Forward every HTTP request to ``base_url``: method, path, query, headers and body as they
-    came, and the answer (status, headers, body bytes, still compressed if it was) as it streams.
+    """Forward every HTTP request to ``base_url`` as it came, and stream the answer back as it is.
 
     A client that disconnects cancels the upstream request. An unreachable upstream is answered
-    ``502`` (``504`` on a timeout). A request that already passed through this proxy (its
-    ``via`` header) is answered ``508``, so an upstream that leads back here fails fast.
-    WebSockets are refused; lifespan shutdown closes the connection pool.
+    ``502`` (``504`` on a timeout); a request that already passed through this proxy (``via``)
+    ``508``, so a loop fails fast. WebSockets are refused; lifespan shutdown closes the pool.
     """
 
     def __init__(

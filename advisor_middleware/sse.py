@@ -44,29 +44,9 @@ def encode_event(data: dict[str, Any]) -> bytes:
     return b"event: %b\ndata: %b\n\n" % (str(data["type"]).encode(), encode_json(data))
 
 
-# The event line of each type Anthropic streams, to its name: a lookup, not a decode.
-_NAMES = {
-    b"event: " + kind.encode(): kind
-    for kind in (
-        "message_start",
-        "content_block_start",
-        "content_block_delta",
-        "content_block_stop",
-        "message_delta",
-        "message_stop",
-        "ping",
-        "error",
-    )
-}
-
-
 class SSEDecoder:
     """Feed bytes, get ``(event_name, data)`` pairs for each complete event, ``data`` as bytes
-    (``pydantic_core.from_json`` takes them as they are; decoding first costs a copy).
-
-    Follows the WHATWG field rules: ``data:`` lines are joined with ``\\n``, one leading space
-    after the colon is dropped, comment lines (``:``) and unknown fields are ignored, and an
-    event with no data is not dispatched.
+    (``pydantic_core.from_json`` takes them as they are), by the WHATWG field rules.
     """
 
     __slots__ = ("_partial", "_pending_cr", "idle")
@@ -112,8 +92,7 @@ class SSEDecoder:
             if event[:7] == b"event: ":
                 head, sep, data = event.partition(b"\ndata: ")
                 if sep and 10 not in head and 10 not in data:
-                    name = _NAMES.get(head) or head[7:].decode("utf-8", "replace") or "message"
-                    out.append((name, data))
+                    out.append((head[7:].decode("utf-8", "replace") or "message", data))
                     continue
             _fields(event, out)
         self.idle = not partial and not self._pending_cr
@@ -164,10 +143,9 @@ def parse_event(name: str, data: str | bytes) -> dict[str, Any] | UpstreamError:
 class RawDelta:
     """A ``content_block_delta`` kept as the SSE event it arrived in (``sse``), its ``index`` read.
 
-    Most deltas are relayed unchanged and never needed again: relaying the bytes skips a parse
-    and an encode per event. Only a leg whose ``Leg.raw_deltas`` is set gets them; code that
-    takes both kinds tells them apart with ``type(event) is RawDelta``. The bytes are not
-    validated: one that is not JSON fails the leg (502) only if it is read again.
+    Most deltas are relayed unchanged, never parsed (only for a leg with ``Leg.raw_deltas``; tell
+    them from dicts with ``type(event) is RawDelta``). One that is not JSON fails the leg (502)
+    only if it is read again.
     """
 
     index: int
