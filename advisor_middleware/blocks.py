@@ -133,8 +133,7 @@ def _escape(match: re.Match[str]) -> str:
 
 
 def executor_id(srv_id: str) -> str:
-    """The executor-facing id for a ``server_tool_use`` id. An id we could not have minted (such
-    as a real Anthropic id) is used as it is."""
+    """The executor-facing id for a ``server_tool_use`` id; one we could not have minted as it is."""
     if not srv_id.startswith(_SRV_PREFIX):
         return srv_id
     try:

@@ -27,8 +27,7 @@ class Plan:
 
 
 def involves_advisor(data: dict[str, Any]) -> bool:
-    """Whether a Messages request involves the advisor: it offers the advisor tool, or its
-    messages hold advisor blocks. Every other request reaches the host as it was sent."""
+    """Whether a Messages request offers the advisor tool or its messages hold advisor blocks."""
     messages = data.get("messages")
     return bool(_advisor_entries(data)) or (isinstance(messages, list) and has_advisor_history(messages))
 

@@ -142,8 +142,7 @@ class UpstreamError(Exception):
 
     @property
     def kind(self) -> str:
-        """The error's type; for a generic ``api_error`` whose message quotes a more precise
-        Anthropic error (a re-wrapped provider error), the quoted type."""
+        """The error's type, or the more precise one a generic ``api_error``'s message quotes."""
         info = self.error
         kind = str(info.get("type") or "")
         if kind in ("", "api_error"):

@@ -101,10 +101,8 @@ class AdvisorMiddleware:
         return None if configured is None else prefix + configured
 
     def _plan(self, headers: Any, chunks: list[bytes]) -> Plan | list[bytes]:
-        """A plan to rewrite or orchestrate the request, or the chunks to hand to the app.
-
-        The byte scan is a cheap necessary condition of ``involves_advisor``: a body without
-        the needle goes on in the chunks it came in, without a parse or even a join."""
+        """A plan to rewrite or orchestrate the request, or the chunks to hand to the app. The byte
+        scan is a cheap necessary condition of ``involves_advisor``: most bodies are never parsed."""
         encoding = _content_encoding(headers)
         identity = encoding in (b"", b"identity")
         if identity and not _mentions_advisor(chunks):
@@ -173,8 +171,7 @@ class AdvisorMiddleware:
                 return chunks or [b""]
 
     async def _respond(self, orchestration: Orchestration, receive: Receive, send: Send) -> None:
-        """Run the advisor loop in this task while a watcher task reads ``receive`` for the
-        client's departure (:class:`Departure`, which ``AppRouter`` legs in flight listen to)."""
+        """Run the advisor loop in this task while a watcher task reads ``receive`` (:class:`Departure`)."""
         departure = Departure()
         token = CLIENT.set(departure)
         try:
