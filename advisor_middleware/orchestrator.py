@@ -1,24 +1,16 @@
 """The advisor loop: executor legs and advisor consults merged into one client message.
 
-``Orchestration.run(emit)`` is the single code path behind both response modes: the streaming
-writer's ``emit`` sends each group of events as it comes, the JSON writer's accumulates them into
-one Message.
-
-How a streamed event reaches the client: ``Orchestration._loop`` runs an executor leg through
-``run_leg``; the router hands each group of the leg's events to that leg's
-``ExecutorLegRelay.on_batch`` (an ``AppRouter``, from inside the host's own ``send``), which maps
-them onto the client's message and awaits ``emit``, the client's writer. No task or channel
-stands between the host and the client, so the client's back-pressure reaches the host.
+``Orchestration.run(emit)`` is the single code path behind both response modes (streaming sends
+each group of events as it comes, JSON accumulates them); docs/architecture.md follows one event.
 """
 
 from __future__ import annotations
 
-import enum
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 
@@ -40,6 +32,7 @@ Emit = Callable[[Sequence[dict[str, Any] | RawDelta]], Awaitable[None]]
 """Takes one group of the client's events (the streaming writer sends a group in one ``send``):
 dicts, and the executor's text deltas as :data:`RawDelta`, re-indexed."""
 
+_TOO_LONG = ("prompt is too long", "context length", "context window", "too many tokens")
 _USAGE_SUMS = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens", "output_tokens")
 
 
@@ -57,28 +50,20 @@ def advisor_error_code(exc: BaseException) -> str:
         return "overloaded"
     if exc.status in (408, 504) or kind == "timeout_error":
         return "execution_time_exceeded"
-    if exc.status == 413 or kind == "request_too_large" or _says_too_long(message):
+    if exc.status == 413 or kind == "request_too_large" or any(s in message for s in _TOO_LONG):
         return "prompt_too_long"
     if exc.status == 404 or kind == "not_found_error" or ("model" in message and "not found" in message):
         return "model_not_found"
     return "unavailable"
 
 
-def _says_too_long(message: str) -> bool:
-    return any(s in message for s in ("prompt is too long", "context length", "context window", "too many tokens"))
+BlockMode = Literal["text", "live", "advisor", "held"]
+"""How the relay treats one block of an executor leg."""
 
-
-class BlockMode(enum.Enum):
-    """How the relay treats one block of an executor leg."""
-
-    TEXT = "text"
-    """Text or thinking, relayed live; its deltas go on as the bytes they came in."""
-    LIVE = "live"
-    """Any other block of the executor's own, relayed live as events."""
-    ADVISOR = "advisor"
-    """The executor's call of the advisor, relayed as a ``server_tool_use`` block without input."""
-    HELD = "held"
-    """A client tool, or any block after an advisor call: sent once the leg's consults are."""
+TEXT: BlockMode = "text"  # text or thinking, relayed live; its deltas go on as the bytes they came in
+LIVE: BlockMode = "live"  # any other block of the executor's own, relayed live as events
+ADVISOR: BlockMode = "advisor"  # the executor's advisor call, relayed as a server_tool_use without input
+HELD: BlockMode = "held"  # a client tool, or any block after an advisor call: sent after the consults
 
 
 @dataclass(slots=True)
@@ -145,15 +130,10 @@ class ToolUseIds:
 
 
 class ExecutorLegRelay:
-    """One executor leg, relayed onto the client's message as its events arrive.
-
-    Text and thinking (and any other block of the executor's own) go on live, re-indexed to the
-    client's numbering; a call of the advisor goes on as a ``server_tool_use`` block and joins
-    ``calls``; client tools, and every block after an advisor call, wait in ``held`` until the
-    leg's consults are done (the advisor pair comes first, docs/protocol.md §3). The
-    accumulator keeps the whole leg, for the next leg's conversation. Every group of events
-    reaches ``on_batch`` in the request's task; for an ``AppRouter`` leg, from inside the host's
-    own ``send``, so the client's back-pressure reaches the host."""
+    """One executor leg, relayed onto the client's message as its events arrive (each block as
+    its :data:`BlockMode` says). Held blocks wait until the leg's consults are done: the advisor
+    pair comes first (docs/protocol.md §3). The accumulator keeps the whole leg, for the next
+    leg's conversation."""
 
     __slots__ = ("accumulator", "blocks", "calls", "emit", "held", "ids", "message")
 
@@ -187,7 +167,7 @@ class ExecutorLegRelay:
                 # A delta as its bytes, nearly every event: those of a text or thinking block go
                 # on as they are, kept unparsed for a consult that may follow.
                 block = blocks.get(event.index)
-                if block is not None and block.mode is BlockMode.TEXT:
+                if block is not None and block.mode == TEXT:
                     kept.append(event)
                     out.append(event if block.index == event.index else raw_delta_at(event, block.index))
                     continue
@@ -214,9 +194,9 @@ class ExecutorLegRelay:
         stop = event.get("type") == "content_block_stop"
         if stop:
             del self.blocks[upstream_index]
-        if block.mode is BlockMode.HELD:
+        if block.mode == HELD:
             self.held[block.index].append(event)
-        elif block.mode is not BlockMode.ADVISOR:
+        elif block.mode != ADVISOR:
             # Copied only to re-index: a block keeps its index until a consult comes first.
             out.append(event if block.index == upstream_index else {**event, "index": block.index})
         elif stop:  # the call's input is ours to give: none
@@ -234,11 +214,11 @@ class ExecutorLegRelay:
         if kind == "tool_use" and content.get("name") == ADVISOR_NAME:
             out += self._advisor_call(upstream_index, content.get("id"))
         elif kind == "tool_use" or self.calls:
-            self.blocks[upstream_index] = RelayedBlock(BlockMode.HELD, len(self.held))
+            self.blocks[upstream_index] = RelayedBlock(HELD, len(self.held))
             self.held.append([event])
         else:
             index = self.message.new_index()
-            mode = BlockMode.TEXT if kind in ("text", "thinking") else BlockMode.LIVE
+            mode = TEXT if kind in ("text", "thinking") else LIVE
             self.blocks[upstream_index] = RelayedBlock(mode, index)
             out.append({**event, "index": index})
 
@@ -247,7 +227,7 @@ class ExecutorLegRelay:
         call = AdvisorCall(upstream_index, exec_id, server_tool_use_id(exec_id))
         self.calls.append(call)
         index = self.message.new_index()
-        self.blocks[upstream_index] = RelayedBlock(BlockMode.ADVISOR, index)
+        self.blocks[upstream_index] = RelayedBlock(ADVISOR, index)
         block = server_tool_use_block(call.srv_id)
         # Real advisor streams carry one empty input_json_delta (docs/protocol.md §3).
         delta = {"type": "input_json_delta", "partial_json": ""}
@@ -259,7 +239,7 @@ class ExecutorLegRelay:
     def close(self) -> list[dict[str, Any]]:
         """Stop events for the blocks the client has open (held ones were not sent yet); the
         leg is over for the relay."""
-        indexes = sorted(block.index for block in self.blocks.values() if block.mode is not BlockMode.HELD)
+        indexes = sorted(block.index for block in self.blocks.values() if block.mode != HELD)
         self.blocks = {}
         return [{"type": "content_block_stop", "index": index} for index in indexes]
 
@@ -329,12 +309,10 @@ class Orchestration:
 
     async def run(self, emit: Emit) -> None:
         """Run the loop, handing the client's events to ``emit`` in groups that are ready
-        together (what one ``send`` of the host or one network read carried), as soon as they
-        are. The loop, the host of an ``AppRouter`` leg and ``emit`` all run in the caller's
-        task. Before anything was emitted (and always in JSON mode) a failure raises, so the
-        caller can answer with the upstream's own status; once streaming has started it ends
-        the stream instead: open blocks closed, then one ``error`` event. :class:`ClientGone`
-        (which ``emit`` raises once the client is gone, as a leg does) propagates unchanged."""
+        together, in the caller's task. Before anything was emitted (and always in JSON mode) a
+        failure raises, so the caller can answer with the upstream's own status; once streaming
+        has started it ends the stream: open blocks closed, then one ``error`` event.
+        :class:`ClientGone` propagates unchanged."""
         try:
             await self._loop(emit)
         except Exception as exc:
@@ -353,7 +331,9 @@ class Orchestration:
         for legs in range(1, self.config.max_executor_legs + 1):
             leg = await self._executor_leg(messages, ids, emit, first=legs == 1)
             ended = leg.accumulator.message
-            self._record_leg(ended.get("usage") or {})
+            leg_usage = ended.get("usage") or {}
+            self.leg_usages.append(leg_usage)
+            self.iterations.append(_iteration({"type": "message"}, leg_usage))
             tail = leg.close()
             if not leg.calls:
                 tail += leg.release_held()
@@ -373,12 +353,14 @@ class Orchestration:
             log.warning("executor kept calling the advisor; stopping after %d legs", legs)
             ended = {"stop_reason": "end_turn", "stop_sequence": ended.get("stop_sequence")}
         delta = {"stop_reason": ended.get("stop_reason"), "stop_sequence": ended.get("stop_sequence")}
-        await emit([*tail, {"type": "message_delta", "delta": delta, "usage": self._usage()}, {"type": "message_stop"}])
+        # Top-level usage sums the executor legs only; advisor tokens bill at the advisor's
+        # rates and live only in iterations (docs/protocol.md §4).
+        usage = {**_sum_usage(self.leg_usages), "iterations": self.iterations}
+        await emit([*tail, {"type": "message_delta", "delta": delta, "usage": usage}, {"type": "message_stop"}])
 
     async def _resume(self, messages: list[Any], pending: list[tuple[str, str]], emit: Emit) -> list[Any]:
-        """A resumed ``pause_turn``: run the pending consults first; the response begins with
-        their results (docs/protocol.md §6). No executor leg has started yet, so the
-        ``message_start`` is ours; the legs' usage arrives in ``message_delta`` as usual."""
+        """A resumed ``pause_turn``: the response begins with the pending consults' results
+        (docs/protocol.md §6), under a ``message_start`` of ours: no executor leg has started."""
         start: dict[str, Any] = {
             "id": f"msg_{uuid.uuid4().hex[:24]}",
             "type": "message",
@@ -441,24 +423,10 @@ class Orchestration:
             )
         return results
 
-    def _record_leg(self, usage: dict[str, Any]) -> None:
-        self.leg_usages.append(usage)
-        self.iterations.append(_iteration({"type": "message"}, usage))
-
-    def _usage(self) -> dict[str, Any]:
-        # Top-level usage: every field summed over executor legs only; advisor tokens bill at
-        # the advisor's rates and live only in iterations (docs/protocol.md §4).
-        usage = _sum_usage(self.leg_usages)
-        usage["iterations"] = self.iterations
-        return usage
-
     async def _consult(self, messages: list[Any]) -> dict[str, Any]:
         """Run one advisor leg; return the fields of its ``advisor_tool_result`` content."""
         self.consults += 1
-        cap = self.tool.max_uses
-        if (cap is not None and self.consults > cap) or (
-            self.config.max_consults is not None and self.consults > self.config.max_consults
-        ):
+        if any(cap is not None and self.consults > cap for cap in (self.tool.max_uses, self.config.max_consults)):
             return {"error_code": "max_uses_exceeded"}
         max_tokens = self.tool.max_tokens or self.config.advisor_max_tokens
         acc = MessageAccumulator()
