@@ -75,18 +75,9 @@ class RelayedBlock:
     """The client's index of the block; for a held block, its place in the relay's ``held``."""
 
 
-@dataclass(slots=True)
-class AdvisorCall:
-    """The executor's call of the advisor: its block index in the leg, its id and ours."""
-
-    upstream_index: int
-    exec_id: str
-    srv_id: str
-
-
 class ClientMessage:
-    """The one message the client receives across the request's legs: whether it has started,
-    and the index its next block takes (each leg's own indices are mapped onto these)."""
+    """The one message the client receives across the request's legs (each leg's own block
+    indices are mapped onto its ``next_index``)."""
 
     __slots__ = ("next_index", "started")
 
@@ -100,15 +91,14 @@ class ClientMessage:
         return index
 
     def start(self, message: dict[str, Any]) -> dict[str, Any]:
-        """The client's ``message_start``: ``message`` with no content (the legs bring it)."""
+        # No content: the legs bring it.
         self.started = True
         return {"type": "message_start", "message": {**message, "content": []}}
 
 
 class ToolUseIds:
-    """The ``tool_use`` ids the conversation has taken, so that each advisor call gets its own.
-    The history is walked at the first call only: most requests that offer the advisor never
-    call it."""
+    """The ``tool_use`` ids the conversation has taken, walked at the first advisor call only:
+    most requests that offer the advisor never call it."""
 
     __slots__ = ("_messages", "_taken")
 
@@ -142,11 +132,9 @@ class ExecutorLegRelay:
         self.ids = ids
         self.emit = emit
         self.accumulator = MessageAccumulator()
-        self.blocks: dict[int, RelayedBlock] = {}
-        """The leg's open blocks by their index in the leg."""
-        self.held: list[list[dict[str, Any]]] = []
-        """The events of each held block, in the order the blocks started."""
-        self.calls: list[AdvisorCall] = []
+        self.blocks: dict[int, RelayedBlock] = {}  # the leg's open blocks, by their index in the leg
+        self.held: list[list[dict[str, Any]]] = []  # each held block's events, in start order
+        self.calls: dict[int, str] = {}  # the advisor calls, in order: block index in the leg -> executor id
 
     async def on_batch(self, batch: Batch) -> None:
         """Relay one group of the leg's events to ``emit`` as one group; a malformed stream
@@ -223,12 +211,10 @@ class ExecutorLegRelay:
             out.append({**event, "index": index})
 
     def _advisor_call(self, upstream_index: int, proposed_id: Any) -> list[dict[str, Any]]:
-        exec_id = self.ids.claim(proposed_id)
-        call = AdvisorCall(upstream_index, exec_id, server_tool_use_id(exec_id))
-        self.calls.append(call)
+        exec_id = self.calls[upstream_index] = self.ids.claim(proposed_id)
         index = self.message.new_index()
         self.blocks[upstream_index] = RelayedBlock(ADVISOR, index)
-        block = server_tool_use_block(call.srv_id)
+        block = server_tool_use_block(server_tool_use_id(exec_id))
         # Real advisor streams carry one empty input_json_delta (docs/protocol.md §3).
         delta = {"type": "input_json_delta", "partial_json": ""}
         return [
@@ -237,8 +223,7 @@ class ExecutorLegRelay:
         ]
 
     def close(self) -> list[dict[str, Any]]:
-        """Stop events for the blocks the client has open (held ones were not sent yet); the
-        leg is over for the relay."""
+        """Stop events for the blocks the client has open; the leg is over for the relay."""
         indexes = sorted(block.index for block in self.blocks.values() if block.mode != HELD)
         self.blocks = {}
         return [{"type": "content_block_stop", "index": index} for index in indexes]
@@ -260,13 +245,11 @@ class ExecutorLegRelay:
     def content(self) -> list[dict[str, Any]]:
         """The leg's blocks, verbatim (thinking keeps its signature), with the advisor calls in
         the canonical form later turns render from history (docs/protocol.md §6)."""
-        by_index = {call.upstream_index: call for call in self.calls}
         out = []
         for index, block in enumerate(self.accumulator.content):
-            if not block:
-                continue
-            call = by_index.get(index)
-            out.append(advisor_tool_use(call.exec_id) if call else block)
+            if block:
+                exec_id = self.calls.get(index)
+                out.append(advisor_tool_use(exec_id) if exec_id else block)
         return out
 
 
@@ -298,14 +281,12 @@ class Orchestration:
         self.advisor_headers = [*self.exec_headers[:-1], (LEG_HEADER, b"advisor")]
         self.executor_body = _executor_body(body, tool_index, tool)
         self.message = ClientMessage()
-        self.leg: ExecutorLegRelay | None = None
-        """The executor leg in flight, whose open blocks a failure closes."""
+        self.leg: ExecutorLegRelay | None = None  # the leg in flight, whose open blocks a failure closes
         self.consults = 0
         self.iterations: list[dict[str, Any]] = []
         self.leg_usages: list[dict[str, Any]] = []
         self.first_leg_headers: list[tuple[bytes, bytes]] = []
-        """The headers of the first executor leg's answer, as its router gave them; filled
-        before that leg's first events are emitted."""
+        """The first executor leg's answer headers, filled by its router before its first events."""
 
     async def run(self, emit: Emit) -> None:
         """Run the loop, handing the client's events to ``emit`` in groups that are ready
@@ -341,7 +322,8 @@ class Orchestration:
             messages = _append_assistant(messages, leg.content())
             if tail:  # sent before the consults, which take a while
                 await emit(tail)
-            results = await self._consult_calls(messages, [(c.exec_id, c.srv_id) for c in leg.calls], emit)
+            calls = [(exec_id, server_tool_use_id(exec_id)) for exec_id in leg.calls.values()]
+            results = await self._consult_calls(messages, calls, emit)
             tail = leg.release_held()
             if leg.held_client_tools():
                 break  # the client's turn: its tools run before the executor goes on
@@ -379,7 +361,6 @@ class Orchestration:
         return _answer(messages, await self._consult_calls(upto, pending, emit))
 
     async def _executor_leg(self, messages: list[Any], ids: ToolUseIds, emit: Emit, *, first: bool) -> ExecutorLegRelay:
-        """Run one executor leg on ``messages``, relayed to ``emit`` as it comes."""
         body = dict(self.executor_body)
         body["messages"] = messages
         if self.consults and _forces_advisor(body.get("tool_choice")):
@@ -405,7 +386,7 @@ class Orchestration:
         return relay
 
     async def _consult_calls(
-        self, messages: list[Any], calls: Sequence[tuple[str, str]], emit: Emit
+        self, messages: list[Any], calls: list[tuple[str, str]], emit: Emit
     ) -> list[dict[str, Any]]:
         """Consult the advisor on ``messages`` for each call (executor id, ``srvtoolu_`` id), in
         order; emit each ``advisor_tool_result`` whole, in one start event (docs/protocol.md
@@ -424,7 +405,7 @@ class Orchestration:
         return results
 
     async def _consult(self, messages: list[Any]) -> dict[str, Any]:
-        """Run one advisor leg; return the fields of its ``advisor_tool_result`` content."""
+        """The fields of one consult's ``advisor_tool_result`` content."""
         self.consults += 1
         if any(cap is not None and self.consults > cap for cap in (self.tool.max_uses, self.config.max_consults)):
             return {"error_code": "max_uses_exceeded"}
@@ -515,7 +496,7 @@ def _executor_body(body: dict[str, Any], tool_index: int, tool: AdvisorTool) -> 
 
 
 def _stream_error(exc: Exception) -> dict[str, Any]:
-    """The ``error`` event's error for a failure after the stream started; logs it."""
+    # The error event's error for a failure after the stream started; logged here.
     if isinstance(exc, UpstreamError):
         log.warning("executor leg failed after the response started: %s", exc)
         _log_upstream_message(exc)
@@ -525,7 +506,6 @@ def _stream_error(exc: Exception) -> dict[str, Any]:
 
 
 def _advisor_failure(exc: Exception) -> str:
-    """The error code of a failed advisor leg; logs it."""
     code = advisor_error_code(exc)
     if isinstance(exc, UpstreamError | TimeoutError):
         log.warning("advisor leg failed (%s): %s", code, exc)

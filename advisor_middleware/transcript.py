@@ -50,9 +50,6 @@ def render_transcript(
     return _shorten(_whole(body, messages, caps[-1]), 0, max_chars)
 
 
-_TRANSCRIPT = "\n=== Transcript ===\n"
-
-
 def _field_lengths(messages: list[Any], cap: int, limit: int) -> list[int] | None:
     """The lengths of the texts a render cuts to its cap and always shows (message and text
     block texts, tool results): at cap c a render is at least the sum of min(length, c). None
@@ -103,7 +100,7 @@ def _head(body: dict[str, Any], max_block_chars: int) -> str:
         lines = [line for line in (_tool_line(t) for t in tools if isinstance(t, dict)) if line]
         if lines:
             parts.append("\n=== Executor's tools ===\n" + "\n".join(lines) + "\n")
-    parts.append(_TRANSCRIPT)
+    parts.append("\n=== Transcript ===\n")
     return "".join(parts)
 
 
