@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import anyio
@@ -75,15 +75,13 @@ class RelayedBlock:
     """The client's index of the block; for a held block, its place in the relay's ``held``."""
 
 
+@dataclass(slots=True)
 class ClientMessage:
     """The one message the client receives across the request's legs (each leg's own block
     indices are mapped onto its ``next_index``)."""
 
-    __slots__ = ("next_index", "started")
-
-    def __init__(self) -> None:
-        self.started = False
-        self.next_index = 0
+    started: bool = False
+    next_index: int = 0
 
     def new_index(self) -> int:
         index = self.next_index
@@ -96,15 +94,13 @@ class ClientMessage:
         return {"type": "message_start", "message": {**message, "content": []}}
 
 
+@dataclass(slots=True)
 class ToolUseIds:
     """The ``tool_use`` ids the conversation has taken, walked at the first advisor call only:
     most requests that offer the advisor never call it."""
 
-    __slots__ = ("_messages", "_taken")
-
-    def __init__(self, messages: list[Any]) -> None:
-        self._messages = messages
-        self._taken: set[str] | None = None
+    _messages: list[Any]
+    _taken: set[str] | None = None
 
     def claim(self, proposed: Any) -> str:
         """The executor's own id when usable; a fresh one if it is missing or reused (some
@@ -119,22 +115,20 @@ class ToolUseIds:
         return fresh
 
 
+@dataclass(slots=True)
 class ExecutorLegRelay:
     """One executor leg, relayed onto the client's message as its events arrive (each block as
     its :data:`BlockMode` says). Held blocks wait until the leg's consults are done: the advisor
     pair comes first (docs/protocol.md §3). The accumulator keeps the whole leg, for the next
     leg's conversation."""
 
-    __slots__ = ("accumulator", "blocks", "calls", "emit", "held", "ids", "message")
-
-    def __init__(self, message: ClientMessage, ids: ToolUseIds, emit: Emit) -> None:
-        self.message = message
-        self.ids = ids
-        self.emit = emit
-        self.accumulator = MessageAccumulator()
-        self.blocks: dict[int, RelayedBlock] = {}  # the leg's open blocks, by their index in the leg
-        self.held: list[list[dict[str, Any]]] = []  # each held block's events, in start order
-        self.calls: dict[int, str] = {}  # the advisor calls, in order: block index in the leg -> executor id
+    message: ClientMessage
+    ids: ToolUseIds
+    emit: Emit
+    accumulator: MessageAccumulator = field(default_factory=MessageAccumulator)
+    blocks: dict[int, RelayedBlock] = field(default_factory=dict)  # the open blocks, by their index in the leg
+    held: list[list[dict[str, Any]]] = field(default_factory=list)  # each held block's events, in start order
+    calls: dict[int, str] = field(default_factory=dict)  # the advisor calls: block index in the leg -> executor id
 
     async def on_batch(self, batch: Batch) -> None:
         """Relay one group of the leg's events to ``emit`` as one group; a malformed stream
@@ -416,9 +410,9 @@ class Orchestration:
         except ClientGone:
             raise  # not the advisor's failure: the request is over
         except Exception as exc:
-            self._record_advisor(acc)
             return {"error_code": _advisor_failure(exc)}
-        self._record_advisor(acc)
+        finally:
+            self._record_advisor(acc)
         return self._advice(acc, max_tokens)
 
     def _advisor_body(self, messages: list[Any], max_tokens: int) -> dict[str, Any]:
@@ -560,9 +554,7 @@ def _tool_use_ids(messages: list[Any]) -> set[str]:
     return ids
 
 
-_EVENT_TYPES = frozenset(
-    ("message_start", "content_block_start", "content_block_delta", "content_block_stop", "message_delta")
-)
+_EVENT_TYPES = ("message_start", "content_block_start", "content_block_delta", "content_block_stop", "message_delta")
 
 
 def _malformed(kind: Any) -> UpstreamError:
