@@ -22,7 +22,7 @@ from .history import HistoryInfo, advice_tool_result, advisor_tool_use, render_h
 from .prompts import ADVISOR_SYSTEM_PROMPT, EXECUTOR_TOOL_DESCRIPTION, budget_note
 from .routers.base import LEG_HEADER, Batch, Leg, MessagesRouter, leg_headers, run_leg
 from .sse import RawDelta, raw_delta_at, raw_delta_event
-from .transcript import render_transcript
+from .transcript import render_transcript, tool_uses
 
 __all__ = ["Orchestration", "advisor_error_code"]
 
@@ -106,7 +106,7 @@ class ToolUseIds:
         """The executor's own id when usable; a fresh one if it is missing or reused (some
         OpenAI-compatible servers number calls per response), so ``srvtoolu_`` ids stay unique."""
         if self._taken is None:
-            self._taken = _tool_use_ids(self._messages)
+            self._taken = {str(block.get("id")) for _, block in tool_uses(self._messages)}
         if isinstance(proposed, str) and proposed and proposed not in self._taken:
             self._taken.add(proposed)
             return proposed
@@ -543,15 +543,6 @@ def _log_upstream_message(exc: Exception) -> None:
     # (every level above holds sizes, positions and types; UpstreamError.detail).
     if isinstance(exc, UpstreamError):
         log.debug("the upstream's error message: %r", exc.error.get("message"))
-
-
-def _tool_use_ids(messages: list[Any]) -> set[str]:
-    ids: set[str] = set()
-    for message in messages:
-        content = message.get("content") if isinstance(message, dict) else None
-        blocks = content if isinstance(content, list) else ()
-        ids.update(str(b.get("id")) for b in blocks if isinstance(b, dict) and b.get("type") == "tool_use")
-    return ids
 
 
 _EVENT_TYPES = ("message_start", "content_block_start", "content_block_delta", "content_block_stop", "message_delta")
