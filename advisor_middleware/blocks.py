@@ -7,17 +7,6 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
-__all__ = [
-    "ADVISOR_ERROR_CODES",
-    "ADVISOR_TOOL_TYPE",
-    "AdvisorTool",
-    "advisor_result_block",
-    "executor_id",
-    "is_advisor_block",
-    "server_tool_use_block",
-    "server_tool_use_id",
-]
-
 ADVISOR_TOOL_TYPE = "advisor_20260301"
 ADVISOR_NAME = "advisor"
 

@@ -9,18 +9,6 @@ import pydantic_core
 
 from ._types import Send
 
-__all__ = [
-    "ERROR_TYPES",
-    "AdvisorRequestError",
-    "ClientGone",
-    "UpstreamError",
-    "error_body",
-    "error_type_for_status",
-    "quoted_error_type",
-    "send_json",
-    "status_for_error_type",
-]
-
 _ERROR_STATUSES: dict[str, tuple[int, ...]] = {
     "invalid_request_error": (400, 415),
     "authentication_error": (401,),

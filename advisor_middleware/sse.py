@@ -15,20 +15,6 @@ import pydantic_core
 
 from .errors import UpstreamError
 
-__all__ = [
-    "DELTA_DATA",
-    "DELTA_HEAD",
-    "DELTA_SSE",
-    "RawDelta",
-    "SSEDecoder",
-    "encode_event",
-    "encode_json",
-    "index_at",
-    "parse_event",
-    "raw_delta_at",
-    "raw_delta_event",
-]
-
 
 def encode_json(data: Any) -> bytes:
     """Compact JSON on one line: ``orjson`` (the faster), or ``pydantic_core`` for what orjson

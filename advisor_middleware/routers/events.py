@@ -12,16 +12,6 @@ from ..errors import UpstreamError, status_for_error_type
 from ..sse import DELTA_DATA, DELTA_HEAD, DELTA_SSE, RawDelta, SSEDecoder, index_at, parse_event
 from .base import Batch
 
-__all__ = [
-    "AnswerReader",
-    "decode_events",
-    "event_error",
-    "json_message_events",
-    "message_events",
-    "parse_event",
-    "too_large",
-]
-
 
 def too_large(limit: int) -> UpstreamError:
     """The failure of a leg whose answer passed ``limit`` bytes (:attr:`Leg.max_bytes`)."""
