@@ -133,9 +133,8 @@ class AdvisorMiddleware:
         if not isinstance(data, dict):
             return [raw]  # the host answers bad JSON its way
         plan = classify(data)
-        native = self.config.native_executor
         if plan.action == "pass" or (
-            plan.action == "orchestrate" and native is not None and native(str(data.get("model")))
+            plan.action == "orchestrate" and self.config.runs_natively(str(data.get("model")))
         ):
             return [raw]
         return plan
