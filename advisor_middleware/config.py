@@ -25,7 +25,8 @@ class AdvisorConfig(BaseModel):
     ping_interval: float = Field(default=10.0, gt=0)
     """Seconds of silence after which a ``ping`` event is sent on a streaming response."""
     advisor_timeout: float = Field(default=300.0, gt=0)
-    """Seconds one advisor leg may take before it ends as ``execution_time_exceeded``."""
+    """Seconds one consult may take before it ends as ``execution_time_exceeded`` (a profile's
+    ``timeout`` replaces it)."""
     advisor_max_tokens: int = Field(default=8192, ge=1)
     """``max_tokens`` of an advisor leg when the tool entry sets none."""
     max_consults: int | None = Field(default=10, ge=0)

@@ -7,7 +7,7 @@ repository's root), or passed as ``AdvisorMiddleware(app, advisor_policy=policy)
 
 from __future__ import annotations
 
-from advisor_middleware.profiles import ConsultContext, PolicyDecision
+from advisor_middleware import ConsultContext, PolicyDecision
 
 PREMIUM_KEYS = frozenset({"sk-premium"})
 """Callers whose consults go to the advisor they asked for (the profile of Claude Code's alias)."""

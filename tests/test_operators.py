@@ -6,12 +6,15 @@ Starlette host (which fails per model as told) and the demo gateway, with the SD
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
 import anyio
 import anyio.lowlevel
+import httpx
 import pytest
 from anthropic.types.beta import BetaMessage
 from starlette.applications import Starlette
@@ -22,8 +25,8 @@ from advisor_middleware.profiles import AdvisorProfile, ConsultContext, PolicyDe
 from advisor_middleware.settings_file import ConfigFileError, load_config
 from examples.advisor_policy import policy as example_policy
 
-from .support.helpers import ONE_CONSULT, block_types, call, post, sdk_for
-from .support.servers import ROOT
+from .support.helpers import ONE_CONSULT, block_types, call, parse_sse, post, sdk_for
+from .support.servers import ROOT, serving
 from .support.upstream import ErrorEvent, Fail, Reply, Script, scripted_host, text, tool_use
 
 pytestmark = pytest.mark.anyio
@@ -358,3 +361,29 @@ def test_a_wrong_file_is_one_line_naming_the_key(tmp_path: Path, text_: str, wro
 def test_a_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigFileError, match=r"advisor.toml: cannot read it \(No such file or directory\)"):
         load_config(tmp_path / "advisor.toml")
+
+
+def test_serve_refuses_a_wrong_file_in_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "advisor.toml"
+    path.write_text("[[profiles]]\nmatch = 'claude-opus-*'\nmodels = []\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "advisor_middleware", "serve", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode == 2, done.stderr
+    (line,) = done.stderr.splitlines()
+    assert line.startswith(f"advisor-middleware serve: error: argument --config: {path}: profiles[0].models: "), line
+
+
+def test_serve_runs_the_example_file(tmp_path: Path) -> None:
+    log = tmp_path / "serve.log"
+    body = {**params(), "stream": True, "model": "demo-executor"}
+    with serving("--config", "examples/advisor.toml", "--demo-delay", "0", log=log) as (url, _):
+        answer = httpx.post(url + "/v1/messages", json=body, headers={"x-api-key": "sk-premium"}, timeout=60)
+    assert answer.status_code == 200, log.read_text()
+    delta = next(data for name, data in parse_sse(answer.content) if name == "message_delta")
+    advisor = [it["model"] for it in delta["usage"]["iterations"] if it["type"] == "advisor_message"]
+    assert advisor == ["demo-advisor-large"]
