@@ -279,6 +279,7 @@ async def test_a_policy_that_raises_ends_the_consult_not_the_request(
         raise RuntimeError("policy bug")
 
     asks(script)
+    script.advisor(Reply([text("Advice.")]))
     app = AdvisorMiddleware(scripted_host(script), advisor_policy=broken)
     message = await consult_once(app, streaming)
     assert block_types(message.content) == ONE_CONSULT
@@ -289,9 +290,11 @@ async def test_a_policy_that_raises_ends_the_consult_not_the_request(
 
 async def test_a_policy_that_answers_nonsense_ends_the_consult(script: Script) -> None:
     asks(script)
+    script.advisor(Reply([text("Advice.")]))
     app = AdvisorMiddleware(scripted_host(script), advisor_policy=cast(Any, lambda context: "yes"))
     message = await consult_once(app, True)
     assert results(message) == [{"type": "advisor_tool_result_error", "error_code": "unavailable"}]
+    assert advisor_models(script) == []
 
 
 # --- native_executor patterns ------------------------------------------------------------------
