@@ -495,7 +495,8 @@ class Orchestration:
         return self._advice(acc, max_tokens)
 
     def _advisor_body(self, messages: list[Any], plan: ConsultPlan) -> dict[str, Any]:
-        """The advisor leg's request but its model. ``plan.caching`` is the profile's caching."""
+        """The advisor leg's request to the plan's first model (each attempt sets its own).
+        ``plan.caching`` is the profile's prompt-caching choice, None to follow the tool's."""
         system = self.config.advisor_system_prompt or ADVISOR_SYSTEM_PROMPT
         if plan.instructions:
             system += "\n\n" + plan.instructions
@@ -508,7 +509,7 @@ class Orchestration:
             max_chars=self.config.max_transcript_chars,
         )
         body: dict[str, Any] = {
-            "model": self.tool.model,
+            "model": plan.models[0],
             "max_tokens": plan.max_tokens,
             "system": system,
             "messages": [{"role": "user", "content": transcript}],
@@ -525,7 +526,7 @@ class Orchestration:
         async def feed(batch: Batch) -> None:
             acc.feed_all(batch)
 
-        # A deadline scope rather than fail_after, so that the error says how long it had.
+        # The consult's one deadline, whichever attempt this is (a profile's timeout).
         with anyio.CancelScope(deadline=deadline) as scope:
             await run_leg(self.router, leg, feed)
         if scope.cancelled_caught:
