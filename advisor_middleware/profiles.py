@@ -143,6 +143,8 @@ class ConsultPlan:
     """Seconds for the whole consult."""
     caching: Literal["5m", "1h", "off"] | None
     fallback_on: frozenset[str]
+    logged: bool
+    """Whether each attempt is logged at INFO: those of a profile's consults are."""
 
 
 async def plan_consult(
@@ -153,12 +155,11 @@ async def plan_consult(
     if isinstance(decision, str):
         return decision
     model = decision.model or tool.model
-    profile = next((p for p in config.advisor_profiles if p.matches(model)), None)
-    if profile is None:
-        if config.unmatched_advisor == "refuse":
-            log.info("advisor model %s matches no profile: refused", model)
-            return "model_not_found"
-        profile = AdvisorProfile(match=model, models=(model,))
+    matched = next((p for p in config.advisor_profiles if p.matches(model)), None)
+    if matched is None and config.unmatched_advisor == "refuse":
+        log.info("advisor model %s matches no profile: refused", model)
+        return "model_not_found"
+    profile = matched or AdvisorProfile(match=model, models=(model,))
     return ConsultPlan(
         models=profile.models,
         max_tokens=decision.max_tokens or tool.max_tokens or profile.max_tokens or config.advisor_max_tokens,
@@ -167,6 +168,7 @@ async def plan_consult(
         timeout=profile.timeout or config.advisor_timeout,
         caching=profile.caching,
         fallback_on=profile.fallback_on,
+        logged=matched is not None,
     )
 
 
@@ -202,14 +204,15 @@ async def run_chain(plan: ConsultPlan, attempt: Attempt) -> dict[str, Any]:
         fields = await attempt(model, deadline)
         code = fields.get("error_code")
         ended = anyio.current_time()
-        log.info(
-            "advisor attempt %d/%d: model %s, %s, %.3f s",
-            number,
-            len(plan.models),
-            model,
-            code or "answered",
-            ended - started,
-        )
+        if plan.logged:
+            log.info(
+                "advisor attempt %d/%d: model %s, %s, %.3f s",
+                number,
+                len(plan.models),
+                model,
+                code or "answered",
+                ended - started,
+            )
         if code is None or code not in plan.fallback_on or ended >= deadline:
             break
     return fields
