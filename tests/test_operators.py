@@ -17,6 +17,7 @@ import anyio.lowlevel
 import httpx
 import pytest
 from anthropic.types.beta import BetaMessage
+from fastapi import FastAPI
 from starlette.applications import Starlette
 
 from advisor_middleware import AdvisorMiddleware
@@ -216,6 +217,20 @@ async def test_the_consults_time_budget_covers_every_attempt(
     assert advisor_models(script) == ["adv-a"]
 
 
+async def test_a_fallback_gets_only_what_is_left_of_the_budget(make_app: MakeApp, script: Script) -> None:
+    # Each model alone fits the budget; the two one after the other do not. The consult ends with
+    # an error, never the second model's advice (a fresh budget per attempt would give it).
+    asks(script)
+    script.model("adv-a", Fail(529, "overloaded_error", delay=0.6))
+    script.model("adv-b", Reply([text("Too late.")], delay=0.8))
+    app = make_app(advisor_profiles=chain("adv-a", "adv-b", timeout=1.0))
+    with anyio.fail_after(120):
+        message = await consult_once(app, True)
+    (result,) = results(message)
+    assert result["type"] == "advisor_tool_result_error"
+    assert result["error_code"] in ("execution_time_exceeded", "overloaded")  # "overloaded": a slow first attempt
+
+
 # --- the policy hook ---------------------------------------------------------------------------
 
 
@@ -390,3 +405,17 @@ def test_serve_runs_the_example_file(tmp_path: Path) -> None:
     delta = next(data for name, data in parse_sse(answer.content) if name == "message_delta")
     advisor = [it["model"] for it in delta["usage"]["iterations"] if it["type"] == "advisor_message"]
     assert advisor == ["demo-advisor-large"]
+
+
+async def test_a_fastapi_gateway_takes_the_files_options(script: Script) -> None:
+    # The Python way to use a settings file: add_middleware(AdvisorMiddleware, **load_config(...)).
+    gateway = FastAPI()
+    gateway.mount("/", scripted_host(script))
+    gateway.add_middleware(AdvisorMiddleware, **load_config(EXAMPLE))
+    asks(script)
+    script.model("demo-advisor-small", Reply([text("Three points.")]))
+    message = await consult_once(gateway, False, key="sk-other")
+    assert results(message) == [{"type": "advisor_result", "text": "Three points."}]
+    (leg,) = script.of("advisor")
+    assert leg.body["system"].endswith("\n\nBe brief: at most three points.")
+    assert leg.body["max_tokens"] == 1024
