@@ -20,6 +20,7 @@ __all__ = ["ConfigFileError", "load_config"]
 
 _FILE_NAMES = {"advisor_profiles": "profiles", "advisor_policy": "policy"}
 """Options whose key in the file is another name."""
+_OPTION_NAMES = {in_file: option for option, in_file in _FILE_NAMES.items()}
 
 _MESSAGES = {"extra_forbidden": "unknown key", "missing": "required key missing"}
 
@@ -39,7 +40,7 @@ def load_config(path: str | os.PathLike[str]) -> AdvisorOptions:
         raise ConfigFileError(f"{name}: cannot read it ({exc.strerror or exc})") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigFileError(f"{name}: not valid TOML: {exc}") from None
-    options = {_option_name(key): value for key, value in data.items()}
+    options = {_option_name(name, key): value for key, value in data.items()}
     if isinstance(options.get("advisor_policy"), str):
         options["advisor_policy"] = _import_policy(name, options["advisor_policy"])
     try:
@@ -49,13 +50,10 @@ def load_config(path: str | os.PathLike[str]) -> AdvisorOptions:
     return cast(AdvisorOptions, {key: getattr(config, key) for key in config.model_fields_set})
 
 
-def _option_name(key: str) -> str:
-    for option, in_file in _FILE_NAMES.items():
-        if key == in_file:
-            return option
-        if key == option:
-            return f"{key} (written {in_file} in a file)"  # refused as an unknown key
-    return key
+def _option_name(name: str, key: str) -> str:
+    if key in _FILE_NAMES:
+        raise ConfigFileError(f"{name}: {key}: unknown key (in a file it is {_FILE_NAMES[key]})")
+    return _OPTION_NAMES.get(key, key)
 
 
 def _import_policy(name: str, target: str) -> Any:
