@@ -172,6 +172,11 @@ def _serve_options(serve: argparse.ArgumentParser) -> None:
     )
     middleware = serve.add_argument_group("middleware")
     middleware.add_argument(
+        "--config",
+        metavar="FILE",
+        help="the middleware's options and advisor profiles, from a TOML file (docs/operators.md)",
+    )
+    middleware.add_argument(
         "--ping-interval",
         type=_INTERVAL,
         default=None,
@@ -194,11 +199,14 @@ def build_app(
     upstream_timeout: float = 600.0,
     demo_delay: float = 0.04,
     ping_interval: float | None = None,
+    config: str | None = None,
 ) -> Any:
-    """The app ``serve`` runs: ``AdvisorMiddleware`` around the demo, ``app_path``, or a proxy."""
+    """The app ``serve`` runs: ``AdvisorMiddleware`` around the demo, ``app_path``, or a proxy,
+    with the options of the ``config`` file."""
     from .middleware import AdvisorMiddleware
+    from .settings_file import load_config
 
-    options: dict[str, Any] = {}
+    options: dict[str, Any] = dict(load_config(config)) if config is not None else {}
     if ping_interval is not None:
         options["ping_interval"] = ping_interval
     if upstream is not None:
@@ -238,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, os.path.abspath(args.app_dir))
     if args.app is not None:
         _check_importable(args.app)
+    if args.config is not None:
+        _check_config(args.config)
     if args.upstream is not None:
         _warn_if_silent(args.upstream)
     options = {
@@ -246,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         "upstream_timeout": args.upstream_timeout,
         "demo_delay": args.demo_delay,
         "ping_interval": args.ping_interval,
+        "config": args.config,
     }
     return _serve(args, options)
 
@@ -263,6 +274,16 @@ def _check_importable(app_path: str) -> None:
         if exc.name is None or not (module == exc.name or module.startswith(exc.name + ".")):
             raise  # the app's own import failed: its traceback says where
         _usage_error(SERVE, f"argument APP: no module named {exc.name!r} (looked in --app-dir and sys.path)")
+
+
+def _check_config(path: str) -> None:
+    """Loads the config file once, turning what is wrong with it into a usage error."""
+    from .settings_file import ConfigFileError, load_config
+
+    try:
+        load_config(path)
+    except ConfigFileError as exc:
+        _usage_error(SERVE, f"argument --config: {exc}")
 
 
 def _warn_if_silent(upstream: str) -> None:

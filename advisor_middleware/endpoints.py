@@ -12,18 +12,19 @@ from typing import Any
 from .classify import classify
 from .errors import AdvisorRequestError
 from .history import render_history
-from .orchestrator import _executor_body
+from .orchestrator import executor_body
 
 __all__ = ["ENDPOINTS", "batch_body", "count_tokens_body", "endpoint_routes"]
 
-Native = Callable[[str], bool] | None
+Native = Callable[[str], bool]
+"""Whether the host runs the advisor itself for an executor model (``AdvisorConfig.runs_natively``)."""
 
 
 def count_tokens_body(data: dict[str, Any], native: Native) -> dict[str, Any] | None:
     """What the executor's first leg would be sent, for the host to count: Anthropic counts the
     executor's first-iteration input only. No ``stream`` or ``max_tokens`` is added."""
     plan = classify(data)
-    if plan.action == "pass" or (plan.action == "orchestrate" and _is_native(native, data)):
+    if plan.action == "pass" or (plan.action == "orchestrate" and native(str(data.get("model")))):
         return None
     if plan.action == "rewrite":
         return plan.body
@@ -32,7 +33,7 @@ def count_tokens_body(data: dict[str, Any], native: Native) -> dict[str, Any] | 
     if info.pending:
         # A resumed turn's first leg follows consults that cannot run here: counted without them.
         messages, _ = render_history(data["messages"], resume=False)
-    body = _executor_body(data, plan.tool_index, plan.tool)
+    body = executor_body(data, plan.tool_index, plan.tool)
     body["messages"] = messages
     if "stream" in data:
         body["stream"] = data["stream"]
@@ -59,7 +60,7 @@ def batch_body(data: dict[str, Any], native: Native) -> dict[str, Any] | None:
             plan = classify(params)
         except AdvisorRequestError as exc:
             raise AdvisorRequestError(f"requests.{i}.params.{exc.message}", exc.status) from None
-        if plan.action == "orchestrate" and not _is_native(native, params):
+        if plan.action == "orchestrate" and not native(str(params.get("model"))):
             raise AdvisorRequestError(
                 f"requests.{i}.params.tools.{plan.tool_index}: the advisor tool cannot run inside a message "
                 "batch here; send this request to the Messages endpoint instead"
@@ -81,7 +82,3 @@ ENDPOINTS: dict[str, Callable[[dict[str, Any], Native], dict[str, Any] | None]] 
 def endpoint_routes(paths: Collection[str]) -> dict[str, tuple[str, str]]:
     """Each spelling of ``{path}/count_tokens`` and ``{path}/batches`` -> (path, endpoint)."""
     return {f"{path.rstrip('/')}/{name}": (path, name) for path in paths for name in ENDPOINTS}
-
-
-def _is_native(native: Native, params: dict[str, Any]) -> bool:
-    return native is not None and native(str(params.get("model")))

@@ -129,13 +129,12 @@ class AdvisorMiddleware:
             raise AdvisorRequestError(f"request body is not JSON the advisor middleware can read: {exc}") from None
         if not isinstance(data, dict):
             return [raw]  # the host answers bad JSON its way
-        native = self.config.native_executor
         if endpoint is not None:
-            rewritten = ENDPOINTS[endpoint](data, native)
+            rewritten = ENDPOINTS[endpoint](data, self.config.runs_natively)
             return [raw] if rewritten is None else Plan("rewrite", rewritten)
         plan = classify(data)
         if plan.action == "pass" or (
-            plan.action == "orchestrate" and native is not None and native(str(data.get("model")))
+            plan.action == "orchestrate" and self.config.runs_natively(str(data.get("model")))
         ):
             return [raw]
         return plan

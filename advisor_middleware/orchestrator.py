@@ -19,12 +19,13 @@ from .blocks import ADVISOR_NAME, AdvisorTool, advisor_result_block, server_tool
 from .config import AdvisorConfig
 from .errors import ClientGone, UpstreamError
 from .history import HistoryInfo, advice_tool_result, advisor_tool_use, render_history
+from .profiles import ConsultContext, ConsultPlan, plan_consult, run_chain
 from .prompts import ADVISOR_SYSTEM_PROMPT, EXECUTOR_TOOL_DESCRIPTION, budget_note
 from .routers.base import LEG_HEADER, Batch, Leg, MessagesRouter, leg_headers, run_leg
 from .sse import RawDelta, raw_delta_at, raw_delta_event
 from .transcript import render_transcript, tool_uses
 
-__all__ = ["Orchestration", "advisor_error_code"]
+__all__ = ["Orchestration", "advisor_error_code", "executor_body"]
 
 log = logging.getLogger("advisor_middleware")
 
@@ -270,10 +271,11 @@ class Orchestration:
         self.scope = scope
         self.streaming = streaming
         self._history = history  # render_history of body's messages, when classify already ran it
+        self.headers = headers
         self.exec_headers = leg_headers(headers, "executor")
         # The same headers but the role marker, which leg_headers puts last.
         self.advisor_headers = [*self.exec_headers[:-1], (LEG_HEADER, b"advisor")]
-        self.executor_body = _executor_body(body, tool_index, tool)
+        self.executor_body = executor_body(body, tool_index, tool)
         self.message = ClientMessage()
         self.leg: ExecutorLegRelay | None = None  # the leg in flight, whose open blocks a failure closes
         self.consults = 0
@@ -403,22 +405,46 @@ class Orchestration:
         self.consults += 1
         if any(cap is not None and self.consults > cap for cap in (self.tool.max_uses, self.config.max_consults)):
             return {"error_code": "max_uses_exceeded"}
-        max_tokens = self.tool.max_tokens or self.config.advisor_max_tokens
+        plan = await plan_consult(self.config, self.tool, self._consult_context())
+        if isinstance(plan, str):
+            return {"error_code": plan}
+        body = self._advisor_body(messages, plan)
+
+        async def attempt(model: str, deadline: float) -> dict[str, Any]:
+            return await self._attempt({**body, "model": model}, plan.max_tokens, deadline)
+
+        return await run_chain(plan, attempt)
+
+    def _consult_context(self) -> ConsultContext:
+        return ConsultContext(
+            headers={name.decode("latin-1").lower(): value.decode("latin-1") for name, value in self.headers},
+            executor_model=str(self.body.get("model")),
+            advisor_model=self.tool.model,
+            consult=self.consults,
+            iterations=tuple(self.iterations),
+        )
+
+    async def _attempt(self, body: dict[str, Any], max_tokens: int, deadline: float) -> dict[str, Any]:
+        """One advisor leg of a consult, on ``body["model"]``: the result's fields."""
         acc = MessageAccumulator()
         try:
-            await self._advisor_leg(self._advisor_body(messages, max_tokens), acc)
+            await self._advisor_leg(body, acc, deadline)
         except ClientGone:
             raise  # not the advisor's failure: the request is over
         except Exception as exc:
             return {"error_code": _advisor_failure(exc)}
         finally:
-            self._record_advisor(acc)
+            self._record_advisor(acc, body["model"])
         return self._advice(acc, max_tokens)
 
-    def _advisor_body(self, messages: list[Any], max_tokens: int) -> dict[str, Any]:
+    def _advisor_body(self, messages: list[Any], plan: ConsultPlan) -> dict[str, Any]:
+        """The advisor leg's request to the plan's first model (each attempt sets its own).
+        ``plan.caching`` is the profile's prompt-caching choice, None to follow the tool's."""
         system = self.config.advisor_system_prompt or ADVISOR_SYSTEM_PROMPT
+        if plan.instructions:
+            system += "\n\n" + plan.instructions
         if self.tool.max_tokens:
-            system += budget_note(max_tokens)
+            system += budget_note(plan.max_tokens)
         transcript = render_transcript(
             self.body,
             messages,
@@ -426,8 +452,8 @@ class Orchestration:
             max_chars=self.config.max_transcript_chars,
         )
         body: dict[str, Any] = {
-            "model": self.tool.model,
-            "max_tokens": max_tokens,
+            "model": plan.models[0],
+            "max_tokens": plan.max_tokens,
             "system": system,
             "messages": [{"role": "user", "content": transcript}],
             "stream": True,
@@ -435,20 +461,19 @@ class Orchestration:
         metadata = self.body.get("metadata")
         if isinstance(metadata, dict):
             body["metadata"] = metadata
-        return body
+        return {**body, **plan.params}
 
-    async def _advisor_leg(self, body: dict[str, Any], acc: MessageAccumulator) -> None:
+    async def _advisor_leg(self, body: dict[str, Any], acc: MessageAccumulator, deadline: float) -> None:
         leg = Leg("advisor", body, self.advisor_headers, self.scope, max_bytes=self.config.max_leg_bytes)
 
         async def feed(batch: Batch) -> None:
             acc.feed_all(batch)
 
-        timeout = self.config.advisor_timeout
-        # A deadline scope rather than fail_after, so that the error says how long it had.
-        with anyio.CancelScope(deadline=anyio.current_time() + timeout) as deadline:
+        # The consult's one deadline, whichever attempt this is (a profile's timeout).
+        with anyio.CancelScope(deadline=deadline) as scope:
             await run_leg(self.router, leg, feed)
-        if deadline.cancelled_caught:
-            raise TimeoutError(f"the advisor took longer than {timeout} s")
+        if scope.cancelled_caught:
+            raise TimeoutError("the consult's time budget ran out")
 
     def _advice(self, acc: MessageAccumulator, max_tokens: int) -> dict[str, Any]:
         """The fields of a finished advisor leg's result: its text, or an error code."""
@@ -466,14 +491,16 @@ class Orchestration:
         show_stop = self.tool.max_tokens is not None or stop == "refusal"
         return {"text": text, "stop_reason": stop if show_stop else None}
 
-    def _record_advisor(self, acc: MessageAccumulator) -> None:
+    def _record_advisor(self, acc: MessageAccumulator, model: str) -> None:
         usage = acc.message.get("usage")
         if not acc.message or not isinstance(usage, dict):
             return  # no sub-inference ran (or none we can bill)
-        self.iterations.append(_iteration({"type": "advisor_message", "model": self.tool.model}, usage))
+        if self.config.report_advisor_model == "requested":
+            model = self.tool.model
+        self.iterations.append(_iteration({"type": "advisor_message", "model": model}, usage))
 
 
-def _executor_body(body: dict[str, Any], tool_index: int, tool: AdvisorTool) -> dict[str, Any]:
+def executor_body(body: dict[str, Any], tool_index: int, tool: AdvisorTool) -> dict[str, Any]:
     """What every executor leg sends but its messages. The advisor entry is swapped in place
     for a plain function tool: the other tools keep their positions (and the host's prompt-cache
     prefix). Advisor-only fields such as defer_loading go with it; a cache breakpoint stays."""

@@ -22,13 +22,13 @@ import httpx
 import pytest
 from anthropic.types.beta import BetaMessage
 
-from advisor_middleware import AdvisorMiddleware
+from advisor_middleware import AdvisorMiddleware, AdvisorProfile
 
 from .support.helpers import ONE_CONSULT, block_types, call, wait_until
 from .support.litellm_config import Deployment, write_config
 from .support.openai_backend import ChatScript, openai_host
 from .support.servers import uvicorn_server
-from .support.upstream import Reply, Script, scripted_host, text, tool_use
+from .support.upstream import Fail, Reply, Script, scripted_host, text, tool_use
 
 if TYPE_CHECKING:
     from .support.litellm_support import Call, InterceptorSpy
@@ -49,6 +49,9 @@ PRICES = {"exec": (1e-6, 2e-6), "adv": (1e-5, 3e-5), "adv-oai": (2e-5, 4e-5)}
 
 ADVISOR_MODEL = {"adv": "adv-m", "adv-oai": "adv-oai-m"}
 """advisor model group -> the model name its backend sees."""
+CHAIN = AdvisorProfile(match="adv-chain", models=("adv", "adv-oai"))
+"""The middleware's one profile: the advisor ``adv-chain`` is the ``adv`` deployment, falling back
+to ``adv-oai``. Every other advisor model is consulted as requested."""
 
 
 @dataclass
@@ -98,7 +101,7 @@ async def litellm_proxy(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterat
             env.setenv("CONFIG_FILE_PATH", str(config))
             from litellm.proxy.proxy_server import app
 
-            async with uvicorn_server(AdvisorMiddleware(app)) as url:
+            async with uvicorn_server(AdvisorMiddleware(app, advisor_profiles=(CHAIN,))) as url:
                 yield Proxy(url, chat, script)
 
 
@@ -289,3 +292,33 @@ async def test_requests_without_the_advisor_pass_through(proxy: Proxy, intercept
     (leg,) = proxy.chat.requests
     assert "tools" not in leg.body
     assert [(c.key_alias, c.model_group) for c in await logged(1)] == [("full-caller", "exec")]
+
+
+@pytest.mark.parametrize("streaming", [False, True], ids=["json", "stream"])
+async def test_a_profile_falls_back_to_the_next_deployment(
+    proxy: Proxy, interceptor: InterceptorSpy, streaming: bool
+) -> None:
+    # The chain's first deployment is overloaded; the second answers. The client sees one consult.
+    script_consult(proxy, "adv-oai", advice="Use the backup plan.")
+    proxy.anthropic_host.direct(Fail(529, "overloaded_error", "Overloaded"))
+    async with sdk(proxy, FULL_KEY) as client:
+        message = await call(client, streaming, **request("adv-chain"))
+
+    assert block_types(message.content) == ONE_CONSULT
+    result = message.content[2].model_dump(exclude_none=True)
+    assert result["content"] == {"type": "advisor_result", "text": "Use the backup plan."}
+    assert [(i["type"], i.get("model")) for i in _iterations(message)] == [
+        ("message", None),
+        ("advisor_message", "adv-oai"),
+        ("message", None),
+    ]
+    (failed,) = proxy.anthropic_host.requests
+    assert failed.body["model"] == "adv-m"
+    assert len(proxy.chat.of("adv-oai-m")) == 1
+
+    # Both attempts reached LiteLLM under the caller's key: the first failed, the second answered.
+    calls = await logged(4)
+    assert {c.key_hash for c in calls} == {key_hash(FULL_KEY)}
+    outcomes = sorted((c.outcome, c.model_group or c.model) for c in calls if c.outcome != "denied")
+    assert outcomes == [("failure", "adv"), ("success", "adv-oai"), ("success", "exec"), ("success", "exec")]
+    assert not any(interceptor.verdicts)

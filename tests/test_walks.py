@@ -143,10 +143,14 @@ def test_history_only_request_is_linear(shape: str) -> None:
     assert growth(prepare, SIZES[shape]) < LINEAR
 
 
+def _never_native(model: str) -> bool:
+    return False
+
+
 def test_count_tokens_rewrite_is_linear() -> None:
     def prepare(n: int) -> Callable[[], object]:
         body = request_body(consults(n))
-        return lambda: count_tokens_body(body, None)
+        return lambda: count_tokens_body(body, _never_native)
 
     assert growth(prepare, SIZES["consults"]) < LINEAR
 
@@ -156,7 +160,7 @@ def test_batch_rewrite_is_linear() -> None:
     def prepare(n: int) -> Callable[[], object]:
         params = [{"model": "exec", "max_tokens": 10, "messages": consults(2)} for _ in range(n)]
         body = {"requests": [{"custom_id": f"r{i}", "params": p} for i, p in enumerate(params)]}
-        return lambda: batch_body(body, None)
+        return lambda: batch_body(body, _never_native)
 
     assert growth(prepare, 5_000) < LINEAR
 

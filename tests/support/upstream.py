@@ -101,6 +101,8 @@ class Recorded:
 @dataclass
 class Script:
     turns: dict[str, deque[Turn]] = field(default_factory=lambda: defaultdict(deque))
+    model_turns: dict[str, deque[Turn]] = field(default_factory=dict)
+    """Turns for requests that name a model, whatever their role (see ``model``)."""
     requests: list[Recorded] = field(default_factory=list)
     finished: list[str] = field(default_factory=list)
     """Roles of legs whose handler ran to the end (not cancelled)."""
@@ -118,6 +120,11 @@ class Script:
 
     def direct(self, *turns: Turn) -> Script:
         self.turns["direct"].extend(turns)
+        return self
+
+    def model(self, name: str, *turns: Turn) -> Script:
+        """Requests for model ``name`` get these turns, in order, instead of their role's."""
+        self.model_turns.setdefault(name, deque()).extend(turns)
         return self
 
     def of(self, role: str) -> list[Recorded]:
@@ -238,14 +245,14 @@ def scripted_host(script: Script) -> Starlette:
         body = json.loads(raw)
         role = request.headers.get("x-advisor-leg", "direct")
         script.requests.append(Recorded(role, dict(request.headers), body, raw, request.url.query))
-        queue = script.turns[role]
+        model = str(body.get("model"))
+        queue = script.model_turns[model] if model in script.model_turns else script.turns[role]
         if not queue:
             return JSONResponse(
                 {"type": "error", "error": {"type": "api_error", "message": f"no scripted {role} turn left"}},
                 status_code=500,
             )
         turn = queue.popleft()
-        model = str(body.get("model"))
         if isinstance(turn, Fail):
             await anyio.sleep(turn.delay)
             if turn.raw is not None:
