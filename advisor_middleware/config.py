@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Collection
-from typing import TypedDict
+from typing import Literal, TypedDict
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -42,6 +42,9 @@ class AdvisorConfig(BaseModel):
     """Budget for the advisor's whole transcript (about 100k tokens); see ``render_transcript``."""
     advisor_system_prompt: str | None = None
     """Replaces the built-in advisor system prompt."""
+    advisor_caching: Literal["5m", "1h"] | None = None
+    """Cache breakpoints on every advisor leg at this TTL, whatever the client sent (Claude Code
+    never sends the tool's ``caching``). ``None``: follow the tool's ``caching`` field."""
     native_executor: Callable[[str], bool] | None = None
     """``native_executor(model)`` true: the host serves the advisor tool itself; pass through."""
 
@@ -61,4 +64,5 @@ class AdvisorOptions(TypedDict, total=False):
     max_transcript_block_chars: int
     max_transcript_chars: int
     advisor_system_prompt: str | None
+    advisor_caching: Literal["5m", "1h"] | None
     native_executor: Callable[[str], bool] | None
