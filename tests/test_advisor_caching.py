@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 from starlette.applications import Starlette
 
+from advisor_middleware import AdvisorMiddleware
+from advisor_middleware.demo import DemoGateway
 from advisor_middleware.demo_cache import ImplicitPrefixCache, PromptCache
 
 from .support.helpers import ONE_CONSULT, assistant, block_types, call, request_body, sdk_for, tool_result, user
@@ -174,3 +176,28 @@ async def test_over_the_budget_the_cached_prefix_survives_consult_after_consult(
     assert full_hits >= 5, billed
     assert_iterations_match(message, script, "5m")
     assert json.dumps(message.usage.model_dump()["iterations"]).count("advisor_message") == 8
+
+
+@pytest.mark.parametrize("streaming", [True, False])
+async def test_the_demo_gateway_bills_its_advisor_with_the_cache_rule(streaming: bool) -> None:
+    # Two turns through the offline demo with the operator's switch on: the second turn's
+    # consult reads from cache all the first one wrote.
+    app = AdvisorMiddleware(DemoGateway(delay=0, advisor_delay=0), advisor_caching="1h")
+    history: list[Any] = [user("Say hi.")]
+    iterations = []
+    async with sdk_for(app) as sdk:
+        for question in ("Say hi.", "Now say bye."):
+            if question != history[-1]["content"]:
+                history.append(user(question))
+            message = await call(sdk, streaming, **request_body(history, model="demo", system=SYSTEM))
+            history.append(assistant([block.model_dump(exclude_none=True) for block in message.content]))
+            (iteration,) = advisor_iterations(message)
+            iterations.append(iteration)
+    first, second = iterations
+    assert first["cache_read_input_tokens"] == 0
+    assert first["cache_creation"] == {
+        "ephemeral_5m_input_tokens": 0,
+        "ephemeral_1h_input_tokens": first["cache_creation_input_tokens"],
+    }
+    assert second["cache_read_input_tokens"] == first["cache_creation_input_tokens"] > len(SYSTEM) // 4
+    assert second["input_tokens"] == 0  # the transcript ends at the newest breakpoint
