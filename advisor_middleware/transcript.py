@@ -57,11 +57,11 @@ def render_transcript(
     # bound is over the budget is not tried. Without it, a long conversation would be rendered
     # in part once per cap before the last.
     lengths = _field_lengths(messages, caps[-1], max_chars)
-    for cap in caps[:-1] if lengths is not None else ():
-        if sum(min(n, cap) for n in lengths or ()) <= max_chars:
-            rendered = _render(body, messages, cap, max_chars)
-            if rendered is not None:
-                return rendered.transcript()
+    bounded = [] if lengths is None else [cap for cap in caps[:-1] if sum(min(n, cap) for n in lengths) <= max_chars]
+    for cap in bounded:
+        rendered = _render(body, messages, cap, max_chars)
+        if rendered is not None:
+            return rendered.transcript()
     return _whole(body, messages, caps[-1]).cut(max_chars)
 
 
@@ -145,7 +145,8 @@ class _Rendered:
             open_block.append(chunks[-1])
         settled = len(blocks)
         rest = "".join(open_block)
-        return Transcript([*blocks, rest] if rest else blocks, settled)
+        # Only text a model can read makes a block (Anthropic refuses one of whitespace).
+        return Transcript([*blocks, rest] if rest.strip() else blocks, settled)
 
     def cut(self, max_chars: int) -> Transcript:
         """Within ``max_chars``: whole if it fits; else the head, a marker, and the messages
@@ -173,11 +174,13 @@ def _after(messages: list[list[str]], sizes: list[int], cut: int) -> list[list[s
         first += 1
     skip = cut - at  # characters of the first kept message left out
     partly = ", and part of the next" if skip else ""
-    chunks = list(messages[first])
-    while skip >= len(chunks[0]) and len(chunks) > 1:
-        skip -= len(chunks.pop(0))
+    chunks = messages[first]
+    at = 0  # the chunk the cut falls in
+    while skip >= len(chunks[at]) and at < len(chunks) - 1:
+        skip -= len(chunks[at])
+        at += 1
     marker = f"[... {first} earlier messages left out{partly} ...]\n"
-    return [[marker + chunks[0][skip:], *chunks[1:]], *messages[first + 1 :]]
+    return [[marker + chunks[at][skip:], *chunks[at + 1 :]], *messages[first + 1 :]]
 
 
 def _render(

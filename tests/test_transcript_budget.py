@@ -230,3 +230,12 @@ def test_the_cut_stays_put_while_the_conversation_grows() -> None:
     caps = 4  # 50,000, then each harder cap once
     assert moved <= len("".join(whole(body, messages, 781))) // step + caps
     assert moved < 149 // 5
+
+
+def test_what_follows_the_newest_call_is_a_block_only_when_it_has_text() -> None:
+    call = tool_use("advisor", id="toolu_1")
+    for after, blocks in (([text("  ")], 2), ([text("Then ls.")], 3)):
+        messages: list[Any] = [{"role": "user", "content": "Go."}, {"role": "assistant", "content": [call, *after]}]
+        transcript = render_transcript({"messages": messages}, messages)
+        assert len(transcript.blocks) == blocks and transcript.settled == 2
+        assert all(block.strip() for block in transcript.blocks)
