@@ -186,6 +186,12 @@ def _serve_options(serve: argparse.ArgumentParser) -> None:
         help="send a ping on a stream quiet this long (default: 10, the demo: 2)",
     )
     middleware.add_argument(
+        "--advisor-caching",
+        choices=["5m", "1h"],
+        default=None,
+        help="cache the advisor's prompt at this TTL whatever the client sent (default: the tool's caching)",
+    )
+    middleware.add_argument(
         "--demo-delay",
         type=_seconds,
         default=0.04,
@@ -201,11 +207,12 @@ def build_app(
     upstream_timeout: float = 600.0,
     demo_delay: float = 0.04,
     ping_interval: float | None = None,
+    advisor_caching: str | None = None,
 ) -> Any:
     """The app ``serve`` runs: ``AdvisorMiddleware`` around the demo, ``app_path``, or a proxy."""
     from .middleware import AdvisorMiddleware
 
-    options: dict[str, Any] = {}
+    options: dict[str, Any] = {"advisor_caching": advisor_caching}
     if ping_interval is not None:
         options["ping_interval"] = ping_interval
     if upstream is not None:
@@ -253,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         "upstream_timeout": args.upstream_timeout,
         "demo_delay": args.demo_delay,
         "ping_interval": args.ping_interval,
+        "advisor_caching": args.advisor_caching,
     }
     return _serve(args, options)
 

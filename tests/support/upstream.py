@@ -112,9 +112,9 @@ class Script:
     streamed: list[str] = field(default_factory=list)
     """Roles of legs whose stream generator began (it then finishes or is cancelled)."""
     cache: PromptCache | ImplicitPrefixCache | None = None
-    """Bills the advisor legs' input like a provider's prompt cache, when set."""
+    """Bills the input of every leg but the executor's like a provider's prompt cache, when set."""
     billed: list[dict[str, Any]] = field(default_factory=list)
-    """What ``cache`` billed each advisor leg, in order."""
+    """What ``cache`` billed each of those legs, in order."""
 
     def executor(self, *turns: Turn) -> Script:
         self.turns["executor"].extend(turns)
@@ -277,7 +277,7 @@ def scripted_host(script: Script) -> Starlette:
                 headers=turn.headers,
             )
         reply = turn.reply if isinstance(turn, ErrorEvent) else turn
-        if script.cache is not None and role == "advisor":
+        if script.cache is not None and role != "executor":  # a LiteLLM deployment's legs come unmarked
             script.billed.append(script.cache.usage(body))
             reply = billed(reply, script.billed[-1])
         if not body.get("stream") or reply.json_only:
