@@ -9,6 +9,7 @@ hit, explicit (Anthropic's, at block boundaries) and implicit (byte prefixes) al
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,9 +66,6 @@ def render_transcript(
     return _whole(body, messages, caps[-1]).cut(max_chars)
 
 
-_TRANSCRIPT = "\n=== Transcript ===\n"
-
-
 def _field_lengths(messages: list[Any], cap: int, limit: int) -> list[int] | None:
     """The lengths of the texts a render cuts to its cap and always shows (message and text
     block texts, tool results): at cap c a render is at least the sum of min(length, c). None
@@ -118,7 +116,7 @@ def _head(body: dict[str, Any], max_block_chars: int) -> str:
         lines = [line for line in (_tool_line(t) for t in tools if isinstance(t, dict)) if line]
         if lines:
             parts.append("\n=== Executor's tools ===\n" + "\n".join(lines) + "\n")
-    parts.append(_TRANSCRIPT)
+    parts.append("\n=== Transcript ===\n")
     return "".join(parts)
 
 
@@ -208,6 +206,16 @@ def _whole(body: dict[str, Any], messages: list[Any], max_block_chars: int) -> _
 
 
 _CALLED = "(the executor consulted the advisor)\n"
+
+
+def tool_uses(messages: list[Any]) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Each ``tool_use`` block of ``messages``, with the position of its message."""
+    for at, message in enumerate(messages):
+        content = message.get("content") if isinstance(message, dict) else None
+        for block in content if isinstance(content, list) else ():
+            if isinstance(block, dict) and block.get("type") == "tool_use":
+                yield at, block
+
 
 # Room left for the marker that says what was left out (at most 66 characters).
 _MARKER_ROOM = 80
