@@ -1,8 +1,6 @@
-"""What the advisor's prompt caching saves: a scripted Claude-Code-like session (3 turns, 8
-consults, a transcript growing to about 100k tokens) through ``AdvisorMiddleware`` around the
-tests' scripted host, whose advisor is billed by a cache-faithful prompt cache
-(``advisor_middleware.demo_cache``): Anthropic's explicit rule, or an implicit byte-prefix cache;
-``caching`` off, then on (the operator's ``advisor_caching``). Token counts, not timings."""
+"""What the advisor's prompt caching saves, in tokens: a scripted Claude-Code-like session through
+``AdvisorMiddleware`` around the tests' scripted host, its advisor billed by a cache-faithful prompt
+cache (``advisor_middleware.demo_cache``), ``caching`` off and on."""
 
 from __future__ import annotations
 
@@ -16,9 +14,8 @@ from advisor_middleware import AdvisorMiddleware
 from advisor_middleware.demo_cache import ImplicitPrefixCache, PromptCache
 from tests.support.upstream import ADVISOR_TOOL, Reply, Script, scripted_host, text, tool_use
 
-RATES = {"input": 5.0, "read": 0.50, "5m": 6.25, "1h": 10.0}
-"""USD per million input tokens of Claude Opus 4.8 (and Opus 5), Anthropic's pricing page as read
-on 2026-12-06: base input, cache hits, 5-minute and 1-hour cache writes."""
+RATES = {"input": 5.0, "read": 0.50, "5m": 6.25}
+"""USD per million advisor input tokens: full rate, read from cache, written for 5 minutes."""
 RATES_NOTE = "Claude Opus 4.8 rates, Anthropic's pricing page as read on 2026-12-06"
 BASH = {"name": "Bash", "description": "Run a shell command.", "input_schema": {"type": "object"}}
 TURNS = ("ACAAB", "ACACAB", "ACAB")
@@ -29,6 +26,7 @@ the turn; so 3, 3 and 2 consults."""
 @dataclass(frozen=True)
 class CacheRun:
     host: str
+    """"explicit" (Anthropic's rule) or "implicit" (byte prefixes)."""
     caching: bool
     consults: list[dict[str, Any]]
     """The ``advisor_message`` iterations of the session, in order."""
@@ -43,14 +41,8 @@ class CacheRun:
         return read / max(1, full + read + written)
 
     def dollars(self) -> float:
-        full, read, _ = self.tokens()
-        usd = full * RATES["input"] + read * RATES["read"]
-        for ttl in ("5m", "1h"):
-            written: int = sum(
-                it.get("cache_creation", {}).get(f"ephemeral_{ttl}_input_tokens", 0) for it in self.consults
-            )
-            usd += written * RATES[ttl]
-        return usd / 1e6
+        full, read, written = self.tokens()  # written for 5 minutes: advisor_caching="5m"
+        return (full * RATES["input"] + read * RATES["read"] + written * RATES["5m"]) / 1e6
 
 
 _KEYS = ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
@@ -104,11 +96,8 @@ async def run_session(host: str, caching: bool) -> CacheRun:
                 history.append({"role": "assistant", "content": message["content"]})
                 if message["stop_reason"] != "tool_use":
                     break
-                output = {
-                    "type": "tool_result",
-                    "tool_use_id": message["content"][-1]["id"],
-                    "content": _prose(rng, 28_000),
-                }
+                call = message["content"][-1]["id"]
+                output = {"type": "tool_result", "tool_use_id": call, "content": _prose(rng, 28_000)}
                 history.append({"role": "user", "content": [output]})
     return CacheRun(host, caching, consults)
 
