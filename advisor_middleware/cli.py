@@ -184,6 +184,12 @@ def _serve_options(serve: argparse.ArgumentParser) -> None:
         help="send a ping on a stream quiet this long (default: 10, the demo: 2)",
     )
     middleware.add_argument(
+        "--advisor-caching",
+        choices=["5m", "1h"],
+        default=None,
+        help="cache the advisor's prompt at this TTL whatever the client sent (default: the tool's caching)",
+    )
+    middleware.add_argument(
         "--demo-delay",
         type=_SECONDS,
         default=0.04,
@@ -200,6 +206,7 @@ def build_app(
     demo_delay: float = 0.04,
     ping_interval: float | None = None,
     config: str | None = None,
+    advisor_caching: str | None = None,
 ) -> Any:
     """The app ``serve`` runs: ``AdvisorMiddleware`` around the demo, ``app_path``, or a proxy,
     with the options of the ``config`` file."""
@@ -207,6 +214,8 @@ def build_app(
     from .settings_file import load_config
 
     options: dict[str, Any] = dict(load_config(config)) if config is not None else {}
+    if advisor_caching is not None:
+        options["advisor_caching"] = advisor_caching
     if ping_interval is not None:
         options["ping_interval"] = ping_interval
     if upstream is not None:
@@ -257,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         "demo_delay": args.demo_delay,
         "ping_interval": args.ping_interval,
         "config": args.config,
+        "advisor_caching": args.advisor_caching,
     }
     return _serve(args, options)
 

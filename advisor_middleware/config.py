@@ -42,6 +42,9 @@ class AdvisorConfig(BaseModel):
     """Budget for the advisor's whole transcript (about 100k tokens); see ``render_transcript``."""
     advisor_system_prompt: str | None = None
     """Replaces the built-in advisor system prompt."""
+    advisor_caching: Literal["5m", "1h"] | None = None
+    """Cache breakpoints on every advisor leg at this TTL, whatever the client sent (Claude Code
+    never sends the tool's ``caching``). ``None``: follow the tool's ``caching`` field."""
     native_executor: Callable[[str], bool] | tuple[str, ...] | None = None
     """Executor models the host serves the advisor tool for itself (their requests pass through):
     ``native_executor(model)`` true, or ``model`` matches one of these glob patterns."""
@@ -89,6 +92,7 @@ class AdvisorOptions(TypedDict, total=False):
     max_transcript_block_chars: int
     max_transcript_chars: int
     advisor_system_prompt: str | None
+    advisor_caching: Literal["5m", "1h"] | None
     native_executor: Callable[[str], bool] | Sequence[str] | None
     advisor_profiles: Sequence[AdvisorProfile]
     unmatched_advisor: Literal["as_requested", "refuse"]

@@ -35,6 +35,7 @@ dicts, and the executor's text deltas as :data:`RawDelta`, re-indexed."""
 
 _TOO_LONG = ("prompt is too long", "context length", "context window", "too many tokens")
 _USAGE_SUMS = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens", "output_tokens")
+_CACHE_TTLS = ("ephemeral_5m_input_tokens", "ephemeral_1h_input_tokens")
 
 
 def advisor_error_code(exc: BaseException) -> str:
@@ -438,8 +439,7 @@ class Orchestration:
         return self._advice(acc, max_tokens)
 
     def _advisor_body(self, messages: list[Any], plan: ConsultPlan) -> dict[str, Any]:
-        """The advisor leg's request to the plan's first model (each attempt sets its own).
-        ``plan.caching`` is the profile's prompt-caching choice, None to follow the tool's."""
+        """The advisor leg's request to the plan's first model (each attempt sets its own)."""
         system = self.config.advisor_system_prompt or ADVISOR_SYSTEM_PROMPT
         if plan.instructions:
             system += "\n\n" + plan.instructions
@@ -451,11 +451,19 @@ class Orchestration:
             max_block_chars=self.config.max_transcript_block_chars,
             max_chars=self.config.max_transcript_chars,
         )
+        content: list[dict[str, Any]] = [{"type": "text", "text": block} for block in transcript.blocks]
+        # The profile's choice first, then the operator's, then the tool's ("off" beats both).
+        ttl = plan.caching or self.config.advisor_caching or _caching_ttl(self.tool.caching)
+        if ttl != "off" and ttl is not None and transcript.settled:
+            # The head (a hit even after the budget cut moves) and the newest boundary, which
+            # the next consult reads (docs/protocol.md §4).
+            for index in {0, transcript.settled - 1}:
+                content[index]["cache_control"] = {"type": "ephemeral", "ttl": ttl}
         body: dict[str, Any] = {
             "model": plan.models[0],
             "max_tokens": plan.max_tokens,
             "system": system,
-            "messages": [{"role": "user", "content": transcript}],
+            "messages": [{"role": "user", "content": content}],
             "stream": True,
         }
         metadata = self.body.get("metadata")
@@ -539,7 +547,17 @@ def _advisor_failure(exc: Exception) -> str:
 def _iteration(entry: dict[str, Any], usage: dict[str, Any]) -> dict[str, Any]:
     for key in _USAGE_SUMS:
         entry[key] = _int(usage.get(key))
+    by_ttl = usage.get("cache_creation")
+    if isinstance(by_ttl, dict):
+        entry["cache_creation"] = {key: _int(by_ttl.get(key)) for key in _CACHE_TTLS}
     return entry
+
+
+def _caching_ttl(caching: dict[str, Any] | None) -> str | None:
+    """The TTL of the tool's ``caching`` switch: ``None`` when off (docs/protocol.md §1)."""
+    if caching is None:
+        return None
+    return "1h" if caching.get("ttl") == "1h" else "5m"
 
 
 def _sum_usage(legs: list[dict[str, Any]]) -> dict[str, Any]:

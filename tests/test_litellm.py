@@ -67,6 +67,8 @@ class Proxy:
         self.chat.requests.clear()
         self.anthropic_host.turns.clear()
         self.anthropic_host.requests.clear()
+        self.anthropic_host.cache = None
+        self.anthropic_host.billed.clear()
         recorder.calls.clear()
 
 
@@ -322,3 +324,34 @@ async def test_a_profile_falls_back_to_the_next_deployment(
     outcomes = sorted((c.outcome, c.model_group or c.model) for c in calls if c.outcome != "denied")
     assert outcomes == [("failure", "adv"), ("success", "adv-oai"), ("success", "exec"), ("success", "exec")]
     assert not any(interceptor.verdicts)
+
+
+@pytest.mark.parametrize("streaming", [False, True], ids=["json", "stream"])
+async def test_an_anthropic_advisor_deployment_caches_the_advisors_prompt(proxy: Proxy, streaming: bool) -> None:
+    # The tool's caching switch: the advisor legs' cache_control reaches the anthropic/
+    # deployment's backend through LiteLLM, whose cache-faithful bill reaches the iterations.
+    from advisor_middleware.demo_cache import PromptCache
+
+    proxy.anthropic_host.cache = PromptCache()
+    proxy.chat.model(
+        "exec-m",
+        Reply([text("First look."), tool_use("advisor", id="call_adv_1")], stop_reason="tool_use"),
+        Reply([text("Second look."), tool_use("advisor", id="call_adv_2")], stop_reason="tool_use"),
+        Reply([text("Done.")]),
+    )
+    proxy.anthropic_host.direct(Reply([text("Check the schema.")]), Reply([text("Looks right.")]))
+    tool = {"type": "advisor_20260301", "name": "advisor", "model": "adv", "caching": {"type": "ephemeral"}}
+    body = request(system="You migrate databases with care. " * 200, tools=[tool])
+    async with sdk(proxy, FULL_KEY) as client:
+        message = await call(client, streaming, **body)
+    legs = proxy.anthropic_host.requests
+    assert len(legs) == 2
+    for leg in legs:
+        marked = [b for b in leg.body["messages"][0]["content"] if "cache_control" in b]
+        assert [b["cache_control"] for b in marked] == [{"type": "ephemeral", "ttl": "5m"}] * 2
+    first, second = proxy.anthropic_host.billed
+    assert second["cache_read_input_tokens"] == first["cache_creation_input_tokens"] > 1024
+    advisor = [i for i in _iterations(message) if i["type"] == "advisor_message"]
+    for iteration, billed in zip(advisor, proxy.anthropic_host.billed, strict=True):
+        for key in ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens"):
+            assert iteration[key] == billed[key], (key, iteration, billed)

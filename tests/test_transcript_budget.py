@@ -1,8 +1,8 @@
 """Property test: the transcript budget (``render_transcript`` with ``max_chars``) stops renders
-that are over it, skips caps by a lower bound on their length
-and, over the budget at the last cap, renders only the newest messages; what it
-returns must be what rendering the whole transcript at every cap in turn, then keeping its
-newest characters, gives."""
+that are over it and skips caps by a lower bound on their length; what it returns must be what
+rendering the whole transcript at every cap in turn gives, and over the budget at the last cap,
+the head, a marker and the newest messages from a cut point that moves in steps of half the room
+(so a growing conversation keeps its cached prefix for many consults)."""
 
 from __future__ import annotations
 
@@ -19,9 +19,17 @@ from .support.upstream import text, thinking, tool_use
 
 def whole(body: dict[str, Any], messages: list[Any], cap: int) -> list[str]:
     """The head, then each message's part, of the whole transcript at ``cap``."""
-    parts = _render(body, messages, cap)
-    assert parts is not None
-    return parts
+    rendered = _render(body, messages, cap)
+    assert rendered is not None
+    return [rendered.head, *("".join(chunks) for chunks in rendered.messages)]
+
+
+def budgeted(body: dict[str, Any], messages: list[Any], max_block_chars: int, max_chars: int) -> str:
+    """``render_transcript`` within the budget, its blocks joined; each block has text."""
+    transcript = render_transcript(body, messages, max_block_chars=max_block_chars, max_chars=max_chars)
+    assert all(block.strip() for block in transcript.blocks)
+    assert 0 <= transcript.settled <= len(transcript.blocks)
+    return "".join(transcript.blocks)
 
 
 def every_cap(body: dict[str, Any], messages: list[Any], max_block_chars: int, max_chars: int) -> str:
@@ -39,7 +47,10 @@ def every_cap(body: dict[str, Any], messages: list[Any], max_block_chars: int, m
     room = max_chars - len(head) - 80
     if room <= 0:
         return text[:max_chars]
-    cut = len(rest) - room  # characters left out
+    step = max(room // 2, 1)
+    cut = step  # characters left out: the fewest in whole steps that leave what fits
+    while len(rest) - cut > room:
+        cut += step
     ends, spans, at = [], [], 0
     for part in parts[1:]:
         spans.append((at, at + len(part)))
@@ -47,7 +58,7 @@ def every_cap(body: dict[str, Any], messages: list[Any], max_block_chars: int, m
         ends.append(at)
     left_out = sum(1 for end in ends if end <= cut)
     partly = ", and part of the next" if any(begin < cut < end for begin, end in spans) else ""
-    return f"{head}[... {left_out} earlier messages left out{partly} ...]\n{rest[-room:]}"
+    return f"{head}[... {left_out} earlier messages left out{partly} ...]\n{rest[cut:]}"
 
 
 Draw = Any
@@ -98,7 +109,7 @@ def test_the_budget_gives_what_rendering_every_cap_gives(
     body: dict[str, Any] = {"messages": messages, "tools": [{"name": "Bash", "description": "Runs it."}]}
     if system is not None:
         body["system"] = system
-    fast = render_transcript(body, messages, max_block_chars=max_block_chars, max_chars=max_chars)
+    fast = budgeted(body, messages, max_block_chars, max_chars)
     assert fast == every_cap(body, messages, max_block_chars, max_chars)
     assert len(fast) <= max_chars
 
@@ -110,7 +121,7 @@ def test_a_transcript_that_just_fits_is_kept_whole(slack: int) -> None:
     messages: list[Any] = [{"role": "assistant", "content": [text("y" * 13_000) for _ in range(30)]}]
     body: dict[str, Any] = {"messages": messages}
     exact = len("".join(whole(body, messages, 50_000)))
-    fast = render_transcript(body, messages, max_block_chars=50_000, max_chars=exact - 1 + slack)
+    fast = budgeted(body, messages, 50_000, exact - 1 + slack)
     assert fast == every_cap(body, messages, 50_000, exact - 1 + slack)
     assert ("more characters not shown" in fast) == (slack == 0)
 
@@ -122,7 +133,7 @@ def test_a_transcript_that_just_fits_a_harder_cap_is_cut_at_that_cap() -> None:
     messages: list[Any] = [{"role": "assistant", "content": blocks}]
     body: dict[str, Any] = {"messages": messages}
     budget = len("".join(whole(body, messages, 12_500)))
-    fast = render_transcript(body, messages, max_block_chars=50_000, max_chars=budget)
+    fast = budgeted(body, messages, 50_000, budget)
     assert fast == every_cap(body, messages, 50_000, budget) == "".join(whole(body, messages, 12_500))
 
 
@@ -133,7 +144,7 @@ def test_many_short_texts_do_not_stop_the_walk_before_a_cap_that_fits() -> None:
     messages: list[Any] = [{"role": "assistant", "content": blocks}]
     body: dict[str, Any] = {"messages": messages}
     budget = len("".join(whole(body, messages, 3125)))
-    fast = render_transcript(body, messages, max_block_chars=50_000, max_chars=budget)
+    fast = budgeted(body, messages, 50_000, budget)
     assert fast == every_cap(body, messages, 50_000, budget) == "".join(whole(body, messages, 3125))
 
 
@@ -147,7 +158,7 @@ def test_many_messages_that_fit_the_first_cap_are_rendered_at_it(short: int) -> 
     body: dict[str, Any] = {"messages": messages}
     budget = len("".join(whole(body, messages, 50_000)))
     assert len(messages) * 1000 > budget
-    fast = render_transcript(body, messages, max_block_chars=50_000, max_chars=budget)
+    fast = budgeted(body, messages, 50_000, budget)
     assert fast == every_cap(body, messages, 50_000, budget) == "".join(whole(body, messages, 50_000))
 
 
@@ -184,8 +195,47 @@ def test_the_newest_messages_read_as_in_a_whole_render(pairs: int) -> None:
     total = len("".join(whole(body, messages, 781)))
     seen = set()
     for max_chars in [*range(1000, 24_000, 53), total // 2, total - 1, total]:
-        fast = render_transcript(body, messages, max_block_chars=50_000, max_chars=max_chars)
+        fast = budgeted(body, messages, 50_000, max_chars)
         assert fast == every_cap(body, messages, 50_000, max_chars), max_chars
         assert len(fast) <= max_chars
         seen.add(("advice" if "(the advisor said)" in fast else "") + ("partly" if "part of the next" in fast else ""))
     assert {"advicepartly", "advice"} <= seen, seen
+
+
+def test_the_cut_stays_put_while_the_conversation_grows() -> None:
+    # Consult after consult on a conversation that outgrows the budget: the transcript stays
+    # within it and keeps at least half of it, and the cut moves only in steps of half the
+    # room, so nearly every consult's blocks start with all the settled blocks of the one
+    # before (where a prefix cache hits). A cut that followed the newest characters would move
+    # at every consult.
+    messages: list[Any] = [{"role": "user", "content": "Start. " + "u" * 900}]
+    body: dict[str, Any] = {"messages": messages, "system": "Be brief."}
+    budget = 30_000
+    previous = None
+    moved = 0
+    for n in range(150):
+        messages.append(
+            {"role": "assistant", "content": [text(f"Step {n}. " + "e" * 700), tool_use("advisor", id=f"toolu_{n}")]}
+        )
+        transcript = render_transcript(body, messages, max_block_chars=50_000, max_chars=budget)
+        size = len("".join(transcript.blocks))
+        assert size <= budget
+        assert transcript.settled == len(transcript.blocks)  # each ends at the advisor call
+        if previous is not None:
+            assert size > budget // 2 or len("".join(whole(body, messages, 781))) <= budget
+            moved += transcript.blocks[: previous.settled] != previous.blocks[: previous.settled]
+        previous = transcript
+        messages.append(result_of(f"toolu_{n}", f"Advice {n}. " + "r" * 300))
+    step = (budget - len(whole(body, messages, 781)[0]) - 80) // 2
+    caps = 4  # 50,000, then each harder cap once
+    assert moved <= len("".join(whole(body, messages, 781))) // step + caps
+    assert moved < 149 // 5
+
+
+def test_what_follows_the_newest_call_is_a_block_only_when_it_has_text() -> None:
+    call = tool_use("advisor", id="toolu_1")
+    for after, blocks in (([text("  ")], 2), ([text("Then ls.")], 3)):
+        messages: list[Any] = [{"role": "user", "content": "Go."}, {"role": "assistant", "content": [call, *after]}]
+        transcript = render_transcript({"messages": messages}, messages)
+        assert len(transcript.blocks) == blocks and transcript.settled == 2
+        assert all(block.strip() for block in transcript.blocks)
