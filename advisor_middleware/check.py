@@ -300,6 +300,13 @@ class Answer:
     events: list[dict[str, Any]] = field(default_factory=list)
     message: dict[str, Any] = field(default_factory=dict)
     """The Message: the JSON answer, or the stream accumulated."""
+    unbuilt: str | None = None
+    """Why the stream's events do not build a Message (the event rules say which is wrong)."""
+
+    @property
+    def usable(self) -> bool:
+        """A Message came back, to check and to send back as history."""
+        return self.problem is None and self.unbuilt is None
 
 
 def request_body(options: Options, *, stream: bool, history: list[Any] | None = None) -> dict[str, Any]:
@@ -379,8 +386,8 @@ def _answer_problem(answer: Answer, kind: str, *, streamed: bool) -> str | None:
             for event in answer.events:
                 accumulator.feed(event)
             accumulator.complete()
-        except UpstreamError:
-            pass  # what it could build is checked; the rules say what is wrong
+        except UpstreamError as exc:
+            answer.unbuilt = exc.detail
         answer.message = accumulator.message
         return None
     try:
@@ -517,7 +524,7 @@ def _add_tokens(legs: list[Leg], iterations: Any) -> None:
 
 
 def _bar(leg: Leg, total: float, width: int = 32) -> str:
-    start = round(leg.start / total * width) if total else 0
+    start = min(round(leg.start / total * width), width - 1) if total else 0
     end = max(start + 1, round(leg.end / total * width) if total else width)
     return " " * start + "█" * (end - start) + " " * (width - end)
 
@@ -532,6 +539,10 @@ def _leg_line(leg: Leg, total: float) -> str:
 
 
 # --- the report -------------------------------------------------------------------------------------
+
+
+class NotChecked(str):
+    """Why a check could not run (it has not passed either)."""
 
 
 @dataclass
@@ -563,8 +574,11 @@ class Report:
         return bool(self.results) and all(result.passed for result in self.results)
 
     def add(self, probe: str, checks: Iterable[tuple[str, str | None]]) -> None:
+        """One result per (rule, why it does not hold or None); a :class:`NotChecked` reason is
+        a check that could not run."""
         for rule, problem in checks:
-            self.results.append(CheckResult(probe, rule, problem is None, problem or RULES[rule]))
+            passed = None if isinstance(problem, NotChecked) else problem is None
+            self.results.append(CheckResult(probe, rule, passed, problem or RULES[rule]))
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -621,15 +635,15 @@ def run_check(options: Options) -> Report:
         report.add("streamed", _stream_checks(streamed, required=True))
         report.results.append(_sdk_check(streamed, answered, first))
         report.add("json", _message_checks(answered, required=True))
-        source = streamed if streamed.problem is None else answered
-        if source.problem is not None:
+        source = streamed if streamed.usable else answered
+        if not source.usable:
             report.add("turn 2", [("history", "not sent: neither first answer can be sent back")])
         else:
             history = [first["messages"][0], {"role": "assistant", "content": source.message["content"]}]
             history.append({"role": "user", "content": FOLLOW_UP})
             second = probe(client, url, request_body(options, stream=True, history=history))
             report.add("turn 2", _stream_checks(second, required=False, status="history"))
-    if streamed.problem is None:
+    if streamed.usable:
         report.timeline = timeline(streamed)
     return report
 
@@ -638,14 +652,17 @@ def _message_checks(answer: Answer, *, required: bool, status: str = "status") -
     if answer.problem is not None:
         return [(status, answer.problem)]
     content = answer.message.get("content") or []
-    return [
-        (status, None),
+    checks: list[tuple[str, str | None]] = [
         ("advisor-call", block_problem(content, required=required)),
         ("advisor-result", result_problem(content) or whole_result_problem(answer.events)),
         ("advice", advice_problem(content)),
         ("iterations", iterations_problem(answer.message)),
         ("usage-total", usage_total_problem(answer.message)),
     ]
+    if answer.unbuilt is not None:
+        why = NotChecked("not checked: the events build no Message (see event-order and indices)")
+        checks = [(rule, why) for rule, _ in checks]
+    return [(status, None), *checks]
 
 
 def _stream_checks(answer: Answer, *, required: bool, status: str = "status") -> list[tuple[str, str | None]]:

@@ -1,0 +1,331 @@
+"""``advisor-middleware check URL`` against real servers on 127.0.0.1: the demo gateway behind
+``AdvisorMiddleware`` (every check passes), small gateways that each break one rule (the report
+names it and the exit status is 1), and addresses nothing answers (one line, exit status 2).
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from advisor_middleware.accumulate import message_to_events
+from advisor_middleware.check import INSTALL_SDK
+from advisor_middleware.cli import main
+from advisor_middleware.demo import demo_app
+from advisor_middleware.sse import encode_event, encode_json
+
+from .support.helpers import Slot, read_body
+from .support.servers import free_port, threaded, uvicorn_server
+
+SCRIPT = Path(sys.executable).with_name("advisor-middleware")
+
+Events = list[dict[str, Any]]
+Break = Callable[[dict[str, Any], Events], None]
+
+
+@pytest.fixture(scope="module")
+def gateway() -> Iterator[tuple[str, Slot]]:
+    """One uvicorn server for the module; each test puts its gateway in the slot."""
+    slot = Slot()
+    with threaded(uvicorn_server, slot) as url:
+        yield url, slot
+
+
+def check(url: str, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
+    """Runs the command in this process: its exit status and what it printed."""
+    status = main(["check", url, "--timeout", "60", *args])
+    return status, capsys.readouterr().out
+
+
+def lines(out: str, verdict: str) -> list[tuple[str, str, str]]:
+    """(probe, rule, detail) of every report line with this verdict."""
+    found = []
+    for line in out.splitlines():
+        if line.startswith(f"  {verdict}  "):
+            probe = line[8:16].strip()
+            rule, _, detail = line[18:].partition(" ")
+            found.append((probe, rule, detail.strip()))
+    return found
+
+
+# --- the demo gateway behind AdvisorMiddleware --------------------------------------------------
+
+
+def test_every_check_passes_against_the_demo(gateway: tuple[str, Slot], capsys: pytest.CaptureFixture[str]) -> None:
+    url, slot = gateway
+    slot.app = demo_app(delay=0, advisor_delay=0)
+    status, out = check(url, capsys, "--model", "exec-m", "--advisor", "adv-m")
+    assert status == 0, out
+    assert lines(out, "FAIL") == [] and lines(out, "skip") == []
+    passed = {(probe, rule) for probe, rule, _ in lines(out, "pass")}
+    message_rules = {"advisor-call", "advisor-result", "advice", "iterations", "usage-total"}
+    stream_rules = {"event-order", "indices", *message_rules}
+    expected = {("streamed", rule) for rule in {"status", "sdk", *stream_rules}}
+    expected |= {("json", rule) for rule in {"status", *message_rules}}
+    expected |= {("turn 2", rule) for rule in {"history", *stream_rules}}
+    assert passed == expected
+    assert "23 checks: 0 failed, 0 not checked." in out
+
+
+def test_the_timeline_shows_the_consults_legs_in_order(
+    gateway: tuple[str, Slot], capsys: pytest.CaptureFixture[str]
+) -> None:
+    url, slot = gateway
+    slot.app = demo_app(delay=0, advisor_delay=0)
+    status, out = check(url, capsys, "--model", "exec-m", "--advisor", "adv-m", "--json")
+    assert status == 0, out
+    report = json.loads(out)
+    assert report["ok"] is True
+    assert report["url"] == url + "/v1/messages"
+    legs = report["timeline"]
+    assert [(leg["kind"], leg["model"]) for leg in legs] == [
+        ("executor", "exec-m"),
+        ("advisor", "adv-m"),
+        ("executor", "exec-m"),
+    ]
+    for before, after in itertools.pairwise(legs):
+        assert before["end"] == after["start"]  # each leg starts where the one before ended
+    for leg in legs:
+        assert leg["start"] <= leg["end"]
+        assert leg["input_tokens"] > 0 and leg["output_tokens"] > 0
+    assert legs[1]["first_byte"] is None  # the advisor's result arrives whole
+    assert {(c["probe"], c["rule"], c["passed"]) for c in report["checks"]} >= {("streamed", "sdk", True)}
+
+
+def test_the_text_report_draws_the_timeline(gateway: tuple[str, Slot], capsys: pytest.CaptureFixture[str]) -> None:
+    url, slot = gateway
+    slot.app = demo_app(delay=0, advisor_delay=0)
+    status, out = check(url, capsys, "--model", "exec-m", "--advisor", "adv-m")
+    assert status == 0, out
+    timeline = out.split("Timeline of the streamed consult", 1)[1]
+    assert "legs are not seen separately" in timeline
+    rows = [line.split() for line in timeline.splitlines() if line.startswith(("  executor", "  advisor"))]
+    assert [(row[0], row[1]) for row in rows] == [("executor", "exec-m"), ("advisor", "adv-m"), ("executor", "exec-m")]
+
+
+# --- gateways that break one rule ---------------------------------------------------------------
+
+
+def consult_message() -> dict[str, Any]:
+    """A correct answer with one consult, as the middleware would give it."""
+    srv = "srvtoolu_canned1"
+    return {
+        "id": "msg_canned",
+        "type": "message",
+        "role": "assistant",
+        "model": "exec-m",
+        "content": [
+            {"type": "text", "text": "Asking."},
+            {"type": "server_tool_use", "id": srv, "name": "advisor", "input": {}},
+            {"type": "advisor_tool_result", "tool_use_id": srv, "content": {"type": "advisor_result", "text": "Go."}},
+            {"type": "text", "text": "Done."},
+        ],
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "usage": {
+            "input_tokens": 30,
+            "output_tokens": 12,
+            "cache_read_input_tokens": 0,
+            "cache_creation_input_tokens": 0,
+            "iterations": [
+                {"type": "message", "input_tokens": 10, "output_tokens": 5},
+                {"type": "advisor_message", "model": "adv-m", "input_tokens": 100, "output_tokens": 40},
+                {"type": "message", "input_tokens": 20, "output_tokens": 7},
+            ],
+        },
+    }
+
+
+class Canned:
+    """A gateway that answers every request with ``consult_message()``, after ``damage`` has
+    broken it (the Message for JSON answers, and the event list for streams)."""
+
+    def __init__(self, damage: Break | None = None, refuse_history: bool = False) -> None:
+        self.damage = damage
+        self.refuse_history = refuse_history
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        body = json.loads(await read_body(receive))
+        if self.refuse_history and len(body["messages"]) > 1:
+            error = {"type": "error", "error": {"type": "invalid_request_error", "message": "no advisor blocks"}}
+            await respond(send, 400, "application/json", encode_json(error))
+            return
+        message = consult_message()
+        events = list(message_to_events(copy.deepcopy(message)))
+        if self.damage is not None:
+            self.damage(message, events)
+        if body.get("stream"):
+            await respond(send, 200, "text/event-stream", b"".join(encode_event(event) for event in events))
+        else:
+            await respond(send, 200, "application/json", encode_json(message))
+
+
+async def respond(send: Any, status: int, kind: str, payload: bytes) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", kind.encode())]})
+    await send({"type": "http.response.body", "body": payload})
+
+
+def skip_index(message: dict[str, Any], events: Events) -> None:
+    """The second block and everything after it one index too far."""
+    for event in events:
+        if "index" in event and event["index"] >= 1:
+            event["index"] += 1
+
+
+def drop_advisor_iteration(message: dict[str, Any], events: Events) -> None:
+    for usage in (message["usage"], events[-2]["usage"]):
+        usage["iterations"] = [it for it in usage["iterations"] if it["type"] != "advisor_message"]
+
+
+def no_consult(message: dict[str, Any], events: Events) -> None:
+    """The executor answered without the advisor (as if ``tool_choice`` was ignored)."""
+    message["content"] = [{"type": "text", "text": "Done."}]
+    message["usage"]["iterations"] = message["usage"]["iterations"][:1]
+    message["usage"].update(input_tokens=10, output_tokens=5)
+    events[:] = list(message_to_events(copy.deepcopy(message)))
+
+
+def wrong_call_id(message: dict[str, Any], events: Events) -> None:
+    for content in (message["content"], [e["content_block"] for e in events if "content_block" in e]):
+        for block in content:
+            if block["type"] == "advisor_tool_result":
+                block["tool_use_id"] = "srvtoolu_other"
+
+
+def advisor_tokens_on_top(message: dict[str, Any], events: Events) -> None:
+    for usage in (message["usage"], events[-2]["usage"]):
+        usage.update(input_tokens=130, output_tokens=52)
+
+
+def no_message_delta(message: dict[str, Any], events: Events) -> None:
+    del events[-2]
+
+
+def failed_advisor(message: dict[str, Any], events: Events) -> None:
+    error = {"type": "advisor_tool_result_error", "error_code": "overloaded"}
+    for content in (message["content"], [e["content_block"] for e in events if "content_block" in e]):
+        for block in content:
+            if block["type"] == "advisor_tool_result":
+                block["content"] = error
+
+
+def named_wrong(message: dict[str, Any], events: Events) -> None:
+    for content in (message["content"], [e["content_block"] for e in events if "content_block" in e]):
+        for block in content:
+            if block["type"] == "server_tool_use":
+                block["name"] = "web_search"
+
+
+@pytest.mark.parametrize(
+    ("damage", "failures"),
+    [
+        (
+            skip_index,
+            {
+                (probe, "indices"): "content_block_start at index 2 (event 4), where 1 was next"
+                for probe in ("streamed", "turn 2")
+            },
+        ),
+        (
+            drop_advisor_iteration,
+            {
+                (probe, "iterations"): "0 advisor_message iteration(s) for 1 consult(s)"
+                for probe in ("streamed", "json", "turn 2")
+            },
+        ),
+        (no_consult, {(probe, "advisor-call"): "the forced consult did not happen" for probe in ("streamed", "json")}),
+        (
+            wrong_call_id,
+            {
+                (probe, "advisor-result"): "names 'srvtoolu_other', which no server_tool_use before it has"
+                for probe in ("streamed", "json", "turn 2")
+            },
+        ),
+        (
+            advisor_tokens_on_top,
+            {
+                (probe, "usage-total"): "usage.input_tokens is 130, the executor iterations sum to 30: "
+                "it includes the advisor's tokens"
+                for probe in ("streamed", "json", "turn 2")
+            },
+        ),
+        (
+            no_message_delta,
+            {
+                **{(p, "event-order"): "content_block_stop before message_stop" for p in ("streamed", "turn 2")},
+                # message_start's usage is all there is: output_tokens 0
+                **{(p, "usage-total"): "usage.output_tokens is 0" for p in ("streamed", "turn 2")},
+            },
+        ),
+        (failed_advisor, {(probe, "advice"): "'overloaded'" for probe in ("streamed", "json", "turn 2")}),
+        (named_wrong, {(probe, "advisor-call"): "named 'web_search'" for probe in ("streamed", "json", "turn 2")}),
+    ],
+    ids=lambda value: getattr(value, "__name__", ""),
+)
+def test_a_broken_rule_is_named(
+    gateway: tuple[str, Slot], capsys: pytest.CaptureFixture[str], damage: Break, failures: dict[Any, str]
+) -> None:
+    url, slot = gateway
+    slot.app = Canned(damage)
+    status, out = check(url, capsys)
+    assert status == 1, out
+    failed = {(probe, rule): detail for probe, rule, detail in lines(out, "FAIL")}
+    # Only the broken rule fails (no_message_delta also leaves the SDK without a final message).
+    assert set(failed) - {("streamed", "sdk")} == set(failures), out
+    for key, words in failures.items():
+        assert words in failed[key], (key, failed[key])
+
+
+def test_the_canned_gateway_passes_unbroken(gateway: tuple[str, Slot], capsys: pytest.CaptureFixture[str]) -> None:
+    url, slot = gateway
+    slot.app = Canned()
+    status, out = check(url, capsys)
+    assert status == 0, out
+    assert len(lines(out, "pass")) == 23
+
+
+def test_a_refused_second_turn_fails_history(gateway: tuple[str, Slot], capsys: pytest.CaptureFixture[str]) -> None:
+    url, slot = gateway
+    slot.app = Canned(refuse_history=True)
+    status, out = check(url, capsys)
+    assert status == 1, out
+    assert lines(out, "FAIL") == [("turn 2", "history", "HTTP 400: invalid_request_error: no advisor blocks")]
+
+
+def test_without_the_sdk_its_check_says_how_to_install_it(
+    gateway: tuple[str, Slot], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, slot = gateway
+    slot.app = demo_app(delay=0, advisor_delay=0)
+    monkeypatch.setitem(sys.modules, "anthropic", None)  # import anthropic raises ImportError
+    status, out = check(url, capsys)
+    assert status == 1, out  # a check that could not run has not passed
+    assert lines(out, "skip") == [("streamed", "sdk", f"not checked: the official SDK is not installed: {INSTALL_SDK}")]
+    assert lines(out, "FAIL") == []
+
+
+# --- nothing there --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1:{port}", "no-such-host.invalid"])
+def test_an_address_nothing_answers_is_one_line(host: str) -> None:
+    url = "http://" + host.format(port=free_port())
+    done = subprocess.run(
+        [str(SCRIPT), "check", url, "--timeout", "20"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert done.stderr.startswith(f"advisor-middleware check: cannot reach {url}/v1/messages: ")
+    assert done.stderr.count("\n") == 1, done.stderr
