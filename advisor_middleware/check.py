@@ -25,6 +25,7 @@ import orjson
 import pydantic_core
 
 from .accumulate import MessageAccumulator
+from .blocks import ADVISOR_ERROR_CODES
 from .errors import UpstreamError
 from .routers.http import parse_base_url, upstream_url
 from .sse import SSEDecoder, parse_event
@@ -77,17 +78,6 @@ RULES = {
 
 _SRV_ID = re.compile(r"^srvtoolu_[a-zA-Z0-9_]+$")
 _RESULT_FIELDS = {"advisor_result": "text", "advisor_redacted_result": "encrypted_content"}
-ERROR_CODES = frozenset(
-    (
-        "max_uses_exceeded",
-        "too_many_requests",
-        "overloaded",
-        "prompt_too_long",
-        "execution_time_exceeded",
-        "model_not_found",
-        "unavailable",
-    )
-)
 _TOKENS = ("input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
 
 Event = Mapping[str, Any]
@@ -201,7 +191,7 @@ def _result_content_problem(result: Any) -> str | None:
         return None if isinstance(result.get(name), str) else f"{kind} without a string {name}"
     if kind == "advisor_tool_result_error":
         code = result.get("error_code")
-        return None if code in ERROR_CODES else f"error_code {code!r} is not one of the seven"
+        return None if code in ADVISOR_ERROR_CODES else f"error_code {code!r} is not one of the seven"
     return f"content type {kind!r} is not advisor_result, advisor_redacted_result or advisor_tool_result_error"
 
 
