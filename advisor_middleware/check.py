@@ -88,50 +88,59 @@ Event = Mapping[str, Any]
 
 def order_problem(events: Sequence[Event]) -> str | None:
     """``event-order`` over a stream's events (their data, ``type`` included). A stream that an
-    ``error`` event ends, with every block stopped, keeps the order (§5); ``error_problem`` says
-    whether it ended so."""
+    ``error`` event ends keeps the order (§5): ``error_problem`` says whether it ended so."""
     if not events or events[0].get("type") != "message_start":
         first = events[0].get("type") if events else "nothing"
         return f"the stream starts with {first}, not message_start"
-    seen_block = False
+    ended = False  # a message_delta came: only pings, message_delta and the end may follow
     for position, event in enumerate(events[1:], 1):
         kind = event.get("type")
         if kind == "message_start":
             return f"a second message_start at event {position}"
         if kind in ("message_stop", "error") and position != len(events) - 1:
             return f"{events[position + 1].get('type')} after {kind}"
-        seen_block = seen_block or kind == "content_block_start"
+        if ended and kind not in ("ping", "message_delta", "message_stop", "error"):
+            return f"{kind} after message_delta (event {position})"
+        ended = ended or kind == "message_delta"
     last = events[-1].get("type")
-    if last == "error":
-        return None
-    if last != "message_stop":
+    if last not in ("message_stop", "error"):
         return f"the stream ends with {last}, not message_stop"
-    kinds = [event.get("type") for event in events if event.get("type") != "ping"]
-    if len(kinds) < 2 or kinds[-2] != "message_delta":
-        return f"{kinds[-2] if len(kinds) > 1 else 'nothing'} before message_stop, not message_delta"
-    return None
+    return None if ended or last == "error" else "no message_delta before message_stop"
+
+
+class _Blocks:
+    """The blocks a stream has started and not stopped yet, and the index the next one takes."""
+
+    def __init__(self) -> None:
+        self.open: set[int] = set()
+        self.next_index = 0
+
+    def step(self, event: Event) -> str | None:
+        """Takes one event; why it breaks the ``indices`` rule, or None."""
+        kind, index = event.get("type"), event.get("index")
+        if kind == "content_block_start":
+            if index != self.next_index:
+                return f"content_block_start at index {index!r}, where {self.next_index} was next"
+            self.open.add(index)
+            self.next_index += 1
+        elif kind in ("content_block_delta", "content_block_stop"):
+            if index not in self.open:
+                return f"{kind} for block {index!r}, which is not open"
+            if kind == "content_block_stop":
+                self.open.discard(index)
+        elif kind in ("message_delta", "message_stop", "error") and self.open:
+            return f"{kind} while block {min(self.open)} is still open"
+        return None
 
 
 def index_problem(events: Sequence[Event]) -> str | None:
     """``indices``: blocks start at 0 and go up by one; deltas and stops name an open block;
     none is open at ``message_delta``, ``message_stop`` or ``error``."""
-    open_blocks: set[int] = set()
-    next_index = 0
+    blocks = _Blocks()
     for position, event in enumerate(events):
-        kind = event.get("type")
-        index = event.get("index")
-        if kind == "content_block_start":
-            if index != next_index:
-                return f"content_block_start at index {index!r} (event {position}), where {next_index} was next"
-            open_blocks.add(next_index)
-            next_index += 1
-        elif kind in ("content_block_delta", "content_block_stop"):
-            if index not in open_blocks:
-                return f"{kind} for block {index!r} (event {position}), which is not open"
-            if kind == "content_block_stop":
-                open_blocks.discard(index)
-        elif kind in ("message_delta", "message_stop", "error") and open_blocks:
-            return f"{kind} while block {min(open_blocks)} is still open"
+        problem = blocks.step(event)
+        if problem:
+            return f"{problem} (event {position})"
     return None
 
 

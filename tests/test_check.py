@@ -216,6 +216,12 @@ def no_message_delta(message: dict[str, Any], events: Events) -> None:
     del events[-2]
 
 
+def block_after_message_delta(message: dict[str, Any], events: Events) -> None:
+    """The last block comes after the message_delta."""
+    last_start = max(i for i, event in enumerate(events) if event["type"] == "content_block_start")
+    events.insert(last_start, events.pop(-2))
+
+
 def failed_advisor(message: dict[str, Any], events: Events) -> None:
     error = {"type": "advisor_tool_result_error", "error_code": "overloaded"}
     for content in (message["content"], [e["content_block"] for e in events if "content_block" in e]):
@@ -246,7 +252,7 @@ def named_wrong(message: dict[str, Any], events: Events) -> None:
         (
             skip_index,
             {
-                (probe, "indices"): "content_block_start at index 2 (event 4), where 1 was next"
+                (probe, "indices"): "content_block_start at index 2, where 1 was next (event 4)"
                 for probe in ("streamed", "turn 2")
             },
         ),
@@ -276,10 +282,14 @@ def named_wrong(message: dict[str, Any], events: Events) -> None:
         (
             no_message_delta,
             {
-                **{(p, "event-order"): "content_block_stop before message_stop" for p in ("streamed", "turn 2")},
+                **{(p, "event-order"): "no message_delta before message_stop" for p in ("streamed", "turn 2")},
                 # message_start's usage is all there is: output_tokens 0
                 **{(p, "usage-total"): "usage.output_tokens is 0" for p in ("streamed", "turn 2")},
             },
+        ),
+        (
+            block_after_message_delta,
+            {(p, "event-order"): "content_block_start after message_delta" for p in ("streamed", "turn 2")},
         ),
         (failed_advisor, {(probe, "advice"): "'overloaded'" for probe in ("streamed", "json", "turn 2")}),
         (misnamed, {(p, "event-order"): "event 1 is named 'ping' but its data's type" for p in ("streamed", "turn 2")}),
