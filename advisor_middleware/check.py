@@ -601,9 +601,10 @@ class Report:
             total = max(leg.end for leg in self.timeline)
             lines += [
                 "",
-                f"Timeline of the streamed consult ({total:.2f} s to message_stop), from the arrival times",
-                "of its events here (message_start, server_tool_use, advisor_tool_result, message_stop): a",
-                "remote gateway's legs are not seen separately. Tokens and models from usage.iterations.",
+                f"Timeline of the streamed consult: {total:.2f} s to message_stop. Derived from when its events",
+                "arrived here (message_start, server_tool_use, advisor_tool_result, message_stop): a remote",
+                "gateway's legs are not seen separately. first: the leg's first event, after its start;",
+                "tokens and models: usage.iterations.",
                 f"  {'leg':<8}  {'model':<18} |{'':<32}| {'start':>6} {'took':>6} {'first':>6}  tokens",
                 *(_leg_line(leg, total) for leg in self.timeline),
             ]
@@ -721,9 +722,9 @@ def add_check_command(commands: Any) -> None:
             "Send a forced consult to URL/v1/messages, streamed and as JSON, then a second turn with "
             "that answer as history; check every answer against the advisor protocol (event order, "
             "block indices, the native advisor blocks, usage iterations, the official SDK's "
-            "accumulator) and print one line per check and a timeline of the consult. "
-            "Exit status 0 only if every check passed."
+            "accumulator) and print one line per check and a timeline of the consult."
         ),
+        epilog="exit status: 0 every check passed, 1 one failed or could not run, 2 the gateway did not answer",
     )
     check.add_argument("url", metavar="URL", type=_base_url, help="the gateway's base URL (ANTHROPIC_BASE_URL)")
     check.add_argument("--key", help="API key, sent as x-api-key")
