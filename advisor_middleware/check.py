@@ -404,7 +404,7 @@ def _error_text(raw: bytes) -> str:
     """An error body's ``type: message`` (§5), or its first bytes."""
     try:
         error = pydantic_core.from_json(raw).get("error") or {}
-        return f"{error['type']}: {error['message']}"
+        return f"{error['type']}: {str(error['message'])[:300]}"
     except (ValueError, AttributeError, KeyError, TypeError):
         return raw[:200].decode("utf-8", "replace") or "(empty body)"
 
@@ -435,12 +435,12 @@ def sdk_problem(streamed: Answer, answered: Answer, body: dict[str, Any]) -> str
         with sdk_replaying(streamed, "text/event-stream") as sdk, sdk.beta.messages.stream(**params) as stream:
             built = stream.get_final_message().model_dump(mode="json", exclude_none=True)
     except Exception as exc:  # whatever the SDK raises on these bytes is the finding
-        return f"the SDK's accumulator failed on the streamed answer: {type(exc).__name__}: {exc}"
+        return f"the SDK's accumulator failed on the streamed answer: {type(exc).__name__}: {str(exc)[:300]}"
     try:
         with sdk_replaying(answered, "application/json") as sdk:
             parsed = sdk.beta.messages.create(**params).model_dump(mode="json", exclude_none=True)
     except Exception as exc:
-        return f"the SDK failed on the JSON answer: {type(exc).__name__}: {exc}"
+        return f"the SDK failed on the JSON answer: {type(exc).__name__}: {str(exc)[:300]}"
     if shape(built) != shape(parsed):
         return f"streamed {shape(built)} but JSON {shape(parsed)}"
     return None
