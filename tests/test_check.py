@@ -148,15 +148,23 @@ class Canned:
     """A gateway that answers every request with ``consult_message()``, after ``damage`` has
     broken it (the Message for JSON answers, and the event list for streams)."""
 
-    def __init__(self, damage: Break | None = None, refuse_history: bool = False) -> None:
+    def __init__(self, damage: Break | None = None, refuse_history: bool = False, key: str | None = None) -> None:
         self.damage = damage
         self.refuse_history = refuse_history
+        self.key = key
+        """With a key, requests without it get a 401."""
+        self.requests: list[tuple[str, dict[str, str], dict[str, Any]]] = []
+        """(path, headers, body) of every request."""
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         body = json.loads(await read_body(receive))
+        headers = {name.decode(): value.decode() for name, value in scope["headers"]}
+        self.requests.append((scope["path"], headers, body))
+        if self.key is not None and headers.get("x-api-key") != self.key:
+            await refuse(send, 401, "authentication_error", "invalid x-api-key")
+            return
         if self.refuse_history and len(body["messages"]) > 1:
-            error = {"type": "error", "error": {"type": "invalid_request_error", "message": "no advisor blocks"}}
-            await respond(send, 400, "application/json", encode_json(error))
+            await refuse(send, 400, "invalid_request_error", "no advisor blocks")
             return
         message = consult_message()
         events = list(message_to_events(copy.deepcopy(message)))
@@ -173,6 +181,11 @@ def encode(event: dict[str, Any]) -> bytes:
     name = event.pop("event_line", None)
     sse = encode_event(event)
     return sse if name is None else b"event: " + name.encode() + sse[sse.index(b"\n") :]
+
+
+async def refuse(send: Any, status: int, kind: str, message: str) -> None:
+    error = {"type": "error", "error": {"type": kind, "message": message}}
+    await respond(send, status, "application/json", encode_json(error))
 
 
 async def respond(send: Any, status: int, kind: str, payload: bytes) -> None:
@@ -326,6 +339,44 @@ def test_a_refused_second_turn_fails_history(gateway: tuple[str, Slot], capsys: 
     status, out = check(url, capsys)
     assert status == 1, out
     assert lines(out, "FAIL") == [("turn 2", "history", "HTTP 400: invalid_request_error: no advisor blocks")]
+
+
+def test_what_is_sent(gateway: tuple[str, Slot], capsys: pytest.CaptureFixture[str]) -> None:
+    url, slot = gateway
+    slot.app = canned = Canned(key="sk-right")
+    options = ("--key", "sk-right", "--header", "x-team: infra", "--model", "exec-m", "--advisor", "adv-m")
+    status, out = check(url + "/v1/messages", capsys, *options)  # the Messages URL works too
+    assert status == 0, out
+    assert [(path, body["stream"]) for path, _, body in canned.requests] == [
+        ("/v1/messages", True),
+        ("/v1/messages", False),
+        ("/v1/messages", True),
+    ]
+    for _, headers, body in canned.requests:
+        assert headers["x-api-key"] == "sk-right" and headers["x-team"] == "infra"
+        assert headers["anthropic-beta"] == "advisor-tool-2026-03-01"
+        assert body["model"] == "exec-m"
+        assert body["tools"] == [{"type": "advisor_20260301", "name": "advisor", "model": "adv-m"}]
+    forced = {"type": "tool", "name": "advisor"}
+    assert [body.get("tool_choice") for _, _, body in canned.requests] == [forced, forced, None]
+    history = canned.requests[2][2]["messages"]
+    assert [message["role"] for message in history] == ["user", "assistant", "user"]
+    assert history[1]["content"] == consult_message()["content"]  # the first answer, verbatim
+
+
+def test_a_refused_key_fails_every_answer(gateway: tuple[str, Slot], capsys: pytest.CaptureFixture[str]) -> None:
+    url, slot = gateway
+    slot.app = Canned(key="sk-right")
+    status, out = check(url, capsys, "--key", "sk-wrong")
+    assert status == 1, out
+    refused = "HTTP 401: authentication_error: invalid x-api-key"
+    assert lines(out, "FAIL") == [
+        ("streamed", "status", refused),
+        ("streamed", "sdk", "not compared: an answer failed (see status)"),
+        ("json", "status", refused),
+        ("turn 2", "history", "not sent: neither first answer can be sent back"),
+    ]
+    assert lines(out, "pass") == [] and "Timeline" not in out
 
 
 def test_without_the_sdk_its_check_says_how_to_install_it(
