@@ -30,29 +30,6 @@ from .errors import UpstreamError
 from .routers.http import parse_base_url, upstream_url
 from .sse import SSEDecoder, parse_event
 
-__all__ = [
-    "RULES",
-    "CheckResult",
-    "Leg",
-    "Options",
-    "Report",
-    "add_check_command",
-    "advice_problem",
-    "block_problem",
-    "check_main",
-    "error_problem",
-    "index_problem",
-    "iterations_problem",
-    "messages_url",
-    "order_problem",
-    "result_problem",
-    "run_check",
-    "shape",
-    "timeline",
-    "usage_total_problem",
-    "whole_result_problem",
-]
-
 DEFAULT_MODEL = "claude-sonnet-5-5"
 DEFAULT_ADVISOR = "claude-opus-5-5"
 INSTALL_SDK = "pip install 'asgi-advisor[check]'"

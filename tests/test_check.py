@@ -16,10 +16,11 @@ from typing import Any
 
 import pytest
 
+from advisor_middleware import AdvisorMiddleware
 from advisor_middleware.accumulate import message_to_events
 from advisor_middleware.check import INSTALL_SDK
 from advisor_middleware.cli import main
-from advisor_middleware.demo import demo_app
+from advisor_middleware.demo import DemoGateway
 from advisor_middleware.sse import encode_event, encode_json
 
 from .support.helpers import Slot, read_body
@@ -37,6 +38,11 @@ def gateway() -> Iterator[tuple[str, Slot]]:
     slot = Slot()
     with threaded(uvicorn_server, slot) as url:
         yield url, slot
+
+
+def demo() -> AdvisorMiddleware:
+    """The demo gateway, unpaced, behind the middleware."""
+    return AdvisorMiddleware(DemoGateway(delay=0, advisor_delay=0))
 
 
 def check(url: str, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
@@ -61,7 +67,7 @@ def lines(out: str, verdict: str) -> list[tuple[str, str, str]]:
 
 def test_every_check_passes_against_the_demo(gateway: tuple[str, Slot], capsys: pytest.CaptureFixture[str]) -> None:
     url, slot = gateway
-    slot.app = demo_app(delay=0, advisor_delay=0)
+    slot.app = demo()
     status, out = check(url, capsys, "--model", "exec-m", "--advisor", "adv-m")
     assert status == 0, out
     assert lines(out, "FAIL") == [] and lines(out, "skip") == []
@@ -79,7 +85,7 @@ def test_the_timeline_shows_the_consults_legs_in_order(
     gateway: tuple[str, Slot], capsys: pytest.CaptureFixture[str]
 ) -> None:
     url, slot = gateway
-    slot.app = demo_app(delay=0, advisor_delay=0)
+    slot.app = demo()
     status, out = check(url, capsys, "--model", "exec-m", "--advisor", "adv-m", "--json")
     assert status == 0, out
     report = json.loads(out)
@@ -102,7 +108,7 @@ def test_the_timeline_shows_the_consults_legs_in_order(
 
 def test_the_text_report_draws_the_timeline(gateway: tuple[str, Slot], capsys: pytest.CaptureFixture[str]) -> None:
     url, slot = gateway
-    slot.app = demo_app(delay=0, advisor_delay=0)
+    slot.app = demo()
     status, out = check(url, capsys, "--model", "exec-m", "--advisor", "adv-m")
     assert status == 0, out
     timeline = out.split("Timeline of the streamed consult", 1)[1]
@@ -383,7 +389,7 @@ def test_without_the_sdk_its_check_says_how_to_install_it(
     gateway: tuple[str, Slot], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     url, slot = gateway
-    slot.app = demo_app(delay=0, advisor_delay=0)
+    slot.app = demo()
     monkeypatch.setitem(sys.modules, "anthropic", None)  # import anthropic raises ImportError
     status, out = check(url, capsys)
     assert status == 1, out  # a check that could not run has not passed
