@@ -134,6 +134,9 @@ def _parser() -> argparse.ArgumentParser:
         ),
     )
     _serve_options(serve)
+    from .check import add_check_command
+
+    add_check_command(commands)
     return parser
 
 
@@ -247,6 +250,10 @@ SERVE = "advisor-middleware serve"
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    if args.command == "check":
+        from .check import check_main
+
+        return check_main(args)
     if args.command != "serve":
         parser.print_help()
         return 2

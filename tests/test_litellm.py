@@ -18,11 +18,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import anthropic
+import anyio
 import httpx
 import pytest
 from anthropic.types.beta import BetaMessage
 
 from advisor_middleware import AdvisorMiddleware, AdvisorProfile
+from advisor_middleware.check import Options, run_check
 
 from .support.helpers import ONE_CONSULT, block_types, call, wait_until
 from .support.litellm_config import Deployment, write_config
@@ -355,3 +357,26 @@ async def test_an_anthropic_advisor_deployment_caches_the_advisors_prompt(proxy:
     for iteration, billed in zip(advisor, proxy.anthropic_host.billed, strict=True):
         for key in ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens"):
             assert iteration[key] == billed[key], (key, iteration, billed)
+
+
+def consulting_executor(body: dict[str, Any]) -> Reply:
+    """An executor that calls the advisor once per user turn, then answers."""
+    if body["messages"][-1]["role"] == "tool":
+        return Reply([text("Done, as advised.")], input_tokens=40, output_tokens=9)
+    return Reply([text("Let me ask the advisor."), tool_use("advisor")], stop_reason="tool_use")
+
+
+async def test_check_holds_against_the_proxy(proxy: Proxy, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``advisor-middleware check`` finds every rule held by LiteLLM's proxy behind the middleware."""
+    monkeypatch.setitem(proxy.chat.responders, "exec-m", consulting_executor)
+    monkeypatch.setitem(proxy.chat.responders, "adv-oai-m", lambda body: Reply([text("Keep it small.")]))
+    options = Options(proxy.url, key=FULL_KEY, model="exec", advisor="adv-oai", timeout=60.0)
+    report = await anyio.to_thread.run_sync(run_check, options)
+    assert report.ok, report.text()
+    assert len(report.results) == 23
+    assert [(leg.kind, leg.model) for leg in report.timeline] == [
+        ("executor", "exec"),
+        ("advisor", "adv-oai"),
+        ("executor", "exec"),
+    ]
+    assert len(proxy.chat.of("exec-m")) == 6  # two executor legs for each of the three requests
