@@ -44,6 +44,12 @@ class AdvisorConfig(BaseModel):
     """Replaces the built-in advisor system prompt."""
     native_executor: Callable[[str], bool] | None = None
     """``native_executor(model)`` true: the host serves the advisor tool itself; pass through."""
+    opentelemetry: bool = False
+    """Emit OpenTelemetry GenAI spans and metrics for each orchestrated request, and carry the
+    trace context on every leg (needs the ``[otel]`` extra; docs/observability.md)."""
+    capture_content: bool = False
+    """With ``opentelemetry``: also put the legs' messages, system prompts and answers on their
+    spans (``gen_ai.input.messages`` and the like). Off by default: they hold what users said."""
 
 
 class AdvisorOptions(TypedDict, total=False):
@@ -62,3 +68,5 @@ class AdvisorOptions(TypedDict, total=False):
     max_transcript_chars: int
     advisor_system_prompt: str | None
     native_executor: Callable[[str], bool] | None
+    opentelemetry: bool
+    capture_content: bool

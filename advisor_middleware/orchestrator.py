@@ -30,6 +30,7 @@ from .history import HistoryInfo, advice_tool_result, advisor_tool_use, render_h
 from .prompts import ADVISOR_SYSTEM_PROMPT, EXECUTOR_TOOL_DESCRIPTION, budget_note
 from .routers.base import LEG_HEADER, Batch, Leg, MessagesRouter, leg_headers, run_leg
 from .sse import RawDelta, raw_delta_at, raw_delta_event
+from .telemetry import LegTrace, RequestTrace
 from .transcript import render_transcript
 
 __all__ = ["Orchestration", "advisor_error_code"]
@@ -313,6 +314,14 @@ class Orchestration:
         self.scope = scope
         self.streaming = streaming
         self._history = history  # render_history of body's messages, when classify already ran it
+        self.headers = headers
+        self.trace = RequestTrace(
+            model=body.get("model"),
+            streaming=streaming,
+            enabled=config.opentelemetry,
+            capture_content=config.capture_content,
+        )
+        """The request's logs, spans and metrics (docs/observability.md)."""
         self.exec_headers = leg_headers(headers, "executor")
         # The same headers but the role marker, which leg_headers puts last.
         self.advisor_headers = [*self.exec_headers[:-1], (LEG_HEADER, b"advisor")]
@@ -336,7 +345,8 @@ class Orchestration:
         the stream instead: open blocks closed, then one ``error`` event. :class:`ClientGone`
         (which ``emit`` raises once the client is gone, as a leg does) propagates unchanged."""
         try:
-            await self._loop(emit)
+            with self.trace.request(self.headers):
+                await self._loop(emit)
         except Exception as exc:
             if isinstance(exc, ClientGone) or not self.streaming or not self.message.started:
                 raise
@@ -405,21 +415,22 @@ class Orchestration:
             body["tool_choice"] = {**body["tool_choice"], "type": "auto"}
             body["tool_choice"].pop("name", None)
         relay = self.leg = ExecutorLegRelay(self.message, ids, emit)
-        leg = Leg(
-            "executor",
-            body,
-            self.exec_headers,
-            self.scope,
-            raw_deltas=True,
-            # Where the client's response start finds them.
-            response_headers=self.first_leg_headers if first else [],
-            max_bytes=self.config.max_leg_bytes,
-        )
-        await run_leg(self.router, leg, relay.on_batch)
-        if not relay.accumulator.finished:
-            raise UpstreamError(502, "the executor's stream ended before its message_delta")
-        if not self.message.started:
-            raise UpstreamError(502, "the executor's stream had no message_start")
+        with self.trace.leg("executor", body, relay.accumulator, self.exec_headers) as traced:
+            leg = Leg(
+                "executor",
+                body,
+                traced.headers,
+                self.scope,
+                raw_deltas=True,
+                # Where the client's response start finds them.
+                response_headers=self.first_leg_headers if first else [],
+                max_bytes=self.config.max_leg_bytes,
+            )
+            await run_leg(self.router, leg, traced.watch(relay.on_batch))
+            if not relay.accumulator.finished:
+                raise UpstreamError(502, "the executor's stream ended before its message_delta")
+            if not self.message.started:
+                raise UpstreamError(502, "the executor's stream had no message_start")
         return relay
 
     async def _consult_calls(
@@ -430,7 +441,10 @@ class Orchestration:
         §3), as it is ready. Returns the executor's ``tool_result`` blocks."""
         results: list[dict[str, Any]] = []
         for exec_id, srv_id in calls:
-            block = advisor_result_block(srv_id, **await self._consult(messages))
+            with self.trace.consult(srv_id) as consult:
+                fields = await self._consult(messages)
+                consult.error_code = fields.get("error_code")
+            block = advisor_result_block(srv_id, **fields)
             index = self.message.new_index()
             results.append(advice_tool_result(exec_id, block["content"]))
             await emit(
@@ -462,8 +476,10 @@ class Orchestration:
             return {"error_code": "max_uses_exceeded"}
         max_tokens = self.tool.max_tokens or self.config.advisor_max_tokens
         acc = MessageAccumulator()
+        body = self._advisor_body(messages, max_tokens)
         try:
-            await self._advisor_leg(self._advisor_body(messages, max_tokens), acc)
+            with self.trace.leg("advisor", body, acc, self.advisor_headers) as traced:
+                await self._advisor_leg(body, acc, traced)
         except ClientGone:
             raise  # not the advisor's failure: the request is over
         except Exception as exc:
@@ -494,8 +510,8 @@ class Orchestration:
             body["metadata"] = metadata
         return body
 
-    async def _advisor_leg(self, body: dict[str, Any], acc: MessageAccumulator) -> None:
-        leg = Leg("advisor", body, self.advisor_headers, self.scope, max_bytes=self.config.max_leg_bytes)
+    async def _advisor_leg(self, body: dict[str, Any], acc: MessageAccumulator, traced: LegTrace) -> None:
+        leg = Leg("advisor", body, traced.headers, self.scope, max_bytes=self.config.max_leg_bytes)
 
         async def feed(batch: Batch) -> None:
             acc.feed_all(batch)
@@ -503,7 +519,7 @@ class Orchestration:
         timeout = self.config.advisor_timeout
         # A deadline scope rather than fail_after, so that the error says how long it had.
         with anyio.CancelScope(deadline=anyio.current_time() + timeout) as deadline:
-            await run_leg(self.router, leg, feed)
+            await run_leg(self.router, leg, traced.watch(feed))
         if deadline.cancelled_caught:
             raise TimeoutError(f"the advisor took longer than {timeout} s")
 
