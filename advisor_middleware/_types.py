@@ -12,5 +12,3 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-Event = dict[str, Any]
-"""One Anthropic stream event, as a plain dict (``{"type": "content_block_delta", ...}``)."""

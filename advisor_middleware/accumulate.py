@@ -33,8 +33,7 @@ class MessageAccumulator:
     def __init__(self) -> None:
         self.message: dict[str, Any] = {}
         self.pending: list[RawDelta] = []
-        """RawDelta deltas not applied yet, in the order they came: append one to feed it (the
-        relay does, for nearly every event, so it is a list rather than a method)."""
+        """RawDelta deltas not applied yet, in order: the relay appends one for nearly every event."""
         self._json: dict[int, list[str]] = {}
         self._text: dict[tuple[int, str], list[str]] = {}
         """Text and thinking deltas by (index, field), joined at ``content_block_stop``: adding
@@ -195,44 +194,21 @@ def message_to_events(message: dict[str, Any]) -> Iterator[dict[str, Any]]:
     for index, block in enumerate(message.get("content") or []):
         btype = block.get("type")
         if btype == "text":
-            yield {"type": "content_block_start", "index": index, "content_block": {**block, "text": ""}}
+            yield _block_start(index, {**block, "text": ""})
             if block.get("text"):
-                yield {
-                    "type": "content_block_delta",
-                    "index": index,
-                    "delta": {"type": "text_delta", "text": block["text"]},
-                }
+                yield _delta(index, "text_delta", "text", block["text"])
         elif btype == "thinking":
-            yield {
-                "type": "content_block_start",
-                "index": index,
-                "content_block": {"type": "thinking", "thinking": "", "signature": ""},
-            }
+            yield _block_start(index, {"type": "thinking", "thinking": "", "signature": ""})
             if block.get("thinking"):
-                yield {
-                    "type": "content_block_delta",
-                    "index": index,
-                    "delta": {"type": "thinking_delta", "thinking": block["thinking"]},
-                }
+                yield _delta(index, "thinking_delta", "thinking", block["thinking"])
             if block.get("signature"):
-                yield {
-                    "type": "content_block_delta",
-                    "index": index,
-                    "delta": {"type": "signature_delta", "signature": block["signature"]},
-                }
+                yield _delta(index, "signature_delta", "signature", block["signature"])
         elif btype in ("tool_use", "server_tool_use", "mcp_tool_use"):
-            yield {"type": "content_block_start", "index": index, "content_block": {**block, "input": {}}}
+            yield _block_start(index, {**block, "input": {}})
             if block.get("input"):
-                yield {
-                    "type": "content_block_delta",
-                    "index": index,
-                    "delta": {
-                        "type": "input_json_delta",
-                        "partial_json": pydantic_core.to_json(block["input"]).decode(),
-                    },
-                }
+                yield _delta(index, "input_json_delta", "partial_json", pydantic_core.to_json(block["input"]).decode())
         else:
-            yield {"type": "content_block_start", "index": index, "content_block": block}
+            yield _block_start(index, block)
         yield {"type": "content_block_stop", "index": index}
     yield {
         "type": "message_delta",
@@ -240,3 +216,11 @@ def message_to_events(message: dict[str, Any]) -> Iterator[dict[str, Any]]:
         "usage": usage,
     }
     yield {"type": "message_stop"}
+
+
+def _block_start(index: int, block: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "content_block_start", "index": index, "content_block": block}
+
+
+def _delta(index: int, dtype: str, field: str, value: Any) -> dict[str, Any]:
+    return {"type": "content_block_delta", "index": index, "delta": {"type": dtype, field: value}}

@@ -1,9 +1,4 @@
-"""Pydantic models of what the client sends us about the advisor, and of what we synthesise.
-
-The tool entry keeps unknown fields (``extra="allow"``): Anthropic keeps adding optional ones
-(docs/protocol.md §1). Synthesised blocks are dumped with ``exclude_none`` so only the fields
-the wire format has reach the client.
-"""
+"""Pydantic models of the advisor tool entry and of the blocks we synthesise; the ids."""
 
 from __future__ import annotations
 
@@ -12,26 +7,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
-__all__ = [
-    "ADVISOR_ERROR_CODES",
-    "ADVISOR_TOOL_TYPE",
-    "AdvisorTool",
-    "advisor_result_block",
-    "executor_id",
-    "is_advisor_block",
-    "server_tool_use_block",
-    "server_tool_use_id",
-]
-
 ADVISOR_TOOL_TYPE = "advisor_20260301"
 ADVISOR_NAME = "advisor"
 
 
 def is_advisor_block(block: Any) -> bool:
-    """Whether a content block belongs to the advisor: its call (a ``server_tool_use`` named
-    ``advisor``), its result (``advisor_tool_result``), or a ``tool_addition`` /
-    ``tool_removal`` of the advisor tool (docs/protocol.md §2, §7). Each holds a JSON string
-    that starts with ``advisor``: the middleware's byte scan looks for that."""
+    """Whether a content block is the advisor's call, its result, or a ``tool_addition`` /
+    ``tool_removal`` of its tool (docs/protocol.md §2, §7)."""
     if not isinstance(block, dict):
         return False
     kind = block.get("type")
@@ -60,7 +42,8 @@ ADVISOR_ERROR_CODES = frozenset(
 
 
 class AdvisorTool(BaseModel):
-    """The ``advisor_20260301`` entry of ``tools`` (docs/protocol.md §1)."""
+    """The ``advisor_20260301`` entry of ``tools``; unknown fields are kept, as Anthropic keeps
+    adding optional ones (docs/protocol.md §1)."""
 
     model_config = ConfigDict(extra="allow")
 
@@ -116,14 +99,13 @@ def advisor_result_block(
     return _AdvisorToolResult(tool_use_id=srv_id, content=content).model_dump(exclude_none=True)
 
 
-# Ids. The client sees ``srvtoolu_<escaped executor id>``; the executor sees its own id. The
-# mapping is a bijection, so a later turn renders history with exactly the id the executor saw
-# (prompt caches keep hitting, docs/protocol.md §6). Escaping keeps the id inside the
-# ``^srvtoolu_[a-zA-Z0-9_]+$`` pattern the API reference gives for these ids: "_" doubles,
-# any other character outside [A-Za-z0-9] becomes "_x" + 2 hex digits, "_u" + 4 or "_U" + 6.
+# The client sees ``srvtoolu_<escaped executor id>``, a bijection, so a later turn renders history
+# with exactly the id the executor saw (docs/protocol.md §6). The escape keeps the API's pattern
+# ``^srvtoolu_[a-zA-Z0-9_]+$``: "_" doubles, any other character becomes "_x" + 2 hex digits,
+# "_u" + 4 or "_U" + 6.
 _NOT_PLAIN = re.compile(r"[^A-Za-z0-9]")
 _SRV_PREFIX = "srvtoolu_"
-_UNESCAPE = re.compile(r"__|_x([0-9a-f]{2})|_u([0-9a-f]{4})|_U([0-9a-f]{6})|_")
+_UNESCAPE = re.compile(r"__|_x[0-9a-f]{2}|_u[0-9a-f]{4}|_U[0-9a-f]{6}|_")
 
 
 def server_tool_use_id(exec_id: str) -> str:
@@ -140,31 +122,19 @@ def _escape(match: re.Match[str]) -> str:
 
 
 def executor_id(srv_id: str) -> str:
-    """The executor-facing id for a ``server_tool_use`` id. An id we could not have minted (not
-    ``srvtoolu_``, an escape of a character we never escape, of no character at all, or of a
-    lone surrogate) is used as it is."""
+    """The executor-facing id for a ``server_tool_use`` id; one we could not have minted as it is."""
     if not srv_id.startswith(_SRV_PREFIX):
         return srv_id
-    encoded = srv_id[len(_SRV_PREFIX) :]
-    out = []
-    pos = 0
-    for m in _UNESCAPE.finditer(encoded):
-        out.append(encoded[pos : m.start()])
-        token = m.group(0)
-        if token == "__":
-            out.append("_")
-        elif token == "_":
-            return srv_id  # not our escaping (e.g. a real Anthropic id): use it as it is
-        else:
-            cp = int(next(g for g in m.groups() if g), 16)
-            if cp > 0x10FFFF or 0xD800 <= cp <= 0xDFFF:
-                return srv_id  # no character, or half of one: nothing we would have escaped
-            out.append(chr(cp))
-        pos = m.end()
-    out.append(encoded[pos:])
-    decoded = "".join(out)
-    # The escaping is canonical (one spelling per id): any other spelling, such as "_x41" for
-    # "A" or "_u00e9" for "\u00e9", is not ours.
-    if not decoded or server_tool_use_id(decoded) != srv_id:
+    try:
+        decoded = _UNESCAPE.sub(_unescape, srv_id[len(_SRV_PREFIX) :])
+        decoded.encode()
+    except ValueError:  # an escape past U+10FFFF, or of a lone surrogate: not one of ours
         return srv_id
-    return decoded
+    # The escaping is canonical (one spelling per id): any other spelling, such as "_x41" for
+    # "A" or a lone "_", is not ours.
+    return decoded if decoded and server_tool_use_id(decoded) == srv_id else srv_id
+
+
+def _unescape(match: re.Match[str]) -> str:
+    token = match.group()
+    return "_" if len(token) <= 2 else chr(int(token[2:], 16))

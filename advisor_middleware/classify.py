@@ -27,8 +27,7 @@ class Plan:
 
 
 def involves_advisor(data: dict[str, Any]) -> bool:
-    """Whether a Messages request involves the advisor: it offers the advisor tool, or its
-    messages hold advisor blocks. Every other request reaches the host as it was sent."""
+    """Whether a Messages request offers the advisor tool or its messages hold advisor blocks."""
     messages = data.get("messages")
     return bool(_advisor_entries(data)) or (isinstance(messages, list) and has_advisor_history(messages))
 
@@ -42,14 +41,12 @@ def _advisor_entries(data: dict[str, Any]) -> list[tuple[int, Any]]:
 
 
 def classify(data: dict[str, Any]) -> Plan:
-    """What to do with the request ``data``; :class:`AdvisorRequestError` if its advisor parts
-    are invalid."""
+    """What to do with the request ``data``; :class:`AdvisorRequestError` if its advisor parts are invalid."""
     if not involves_advisor(data):
         return Plan("pass", data)
     entries = _advisor_entries(data)
-    tools = data.get("tools")
     messages = data.get("messages")
-    if entries and not isinstance(messages, list):
+    if not isinstance(messages, list):  # then the advisor is in tools (involves_advisor)
         raise AdvisorRequestError("messages: Input should be a valid list")
     if len(entries) > 1:
         raise AdvisorRequestError(f"tools.{entries[1][0]}: only one advisor_20260301 tool may be given")
@@ -61,23 +58,21 @@ def classify(data: dict[str, Any]) -> Plan:
             tool = AdvisorTool.model_validate(raw)
         except ValidationError as exc:
             raise AdvisorRequestError(_describe(exc, index)) from None
-        stream = data.get("stream", False)
-        if not isinstance(stream, bool):
+        if not isinstance(data.get("stream", False), bool):
             raise AdvisorRequestError("stream: Input should be a valid boolean")
         if not isinstance(data.get("model"), str):
             raise AdvisorRequestError("model: Field required")
-    rendered, info = render_history(messages) if isinstance(messages, list) else (messages, None)
-    if tool is not None and info is not None and not info.advisor_removed:
-        assert isinstance(rendered, list)
+    rendered, info = render_history(messages)
+    if tool is not None and not info.advisor_removed:
         return Plan("orchestrate", data, index, tool, (rendered, info))
     # No advisor on this turn (absent, or switched off by a tool_removal): forward with the
     # history rendered and the tool entry gone; the host answers as usual.
-    if isinstance(messages, list) and info is not None and info.pending:
+    if info.pending:
         rendered, _ = render_history(messages, resume=False)  # nothing can answer a pending call
     body = dict(data)
     body["messages"] = rendered
     if entries:
-        remaining = [t for i, t in enumerate(tools or []) if i != index]
+        remaining = [t for i, t in enumerate(data["tools"]) if i != index]
         if remaining:
             body["tools"] = remaining
             choice = body.get("tool_choice")

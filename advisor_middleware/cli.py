@@ -74,34 +74,27 @@ def _url(value: str) -> str:
     return value
 
 
-def _number(value: str, kind: type[int] | type[float], what: str, valid: Callable[[float], bool]) -> Any:
-    try:
-        number = kind(value)
-    except ValueError:
-        number = None
-    if number is None or not math.isfinite(number) or not valid(number):
-        raise argparse.ArgumentTypeError(f"{value!r} is not {what}")
-    return number
+class _Number:
+    """An argparse ``type``: a finite ``kind`` for which ``valid`` holds, else a usage error
+    saying the value is not ``what``."""
+
+    def __init__(self, kind: type[int] | type[float], what: str, valid: Callable[[float], bool]) -> None:
+        self.kind, self.what, self.valid = kind, what, valid
+
+    def __call__(self, value: str) -> Any:
+        try:
+            number = self.kind(value)
+        except ValueError:
+            number = None
+        if number is None or not math.isfinite(number) or not self.valid(number):
+            raise argparse.ArgumentTypeError(f"{value!r} is not {self.what}")
+        return number
 
 
-def _port(value: str) -> int:
-    port: int = _number(value, int, "a port number (1-65535)", lambda n: 1 <= n <= 65535)
-    return port
-
-
-def _count(value: str) -> int:
-    count: int = _number(value, int, "a whole number of at least 1", lambda n: n >= 1)
-    return count
-
-
-def _seconds(value: str) -> float:
-    seconds: float = _number(value, float, "a number of seconds (0 or more)", lambda n: n >= 0)
-    return seconds
-
-
-def _interval(value: str) -> float:
-    seconds: float = _number(value, float, "a number of seconds above 0", lambda n: n > 0)
-    return seconds
+_PORT = _Number(int, "a port number (1-65535)", lambda n: 1 <= n <= 65535)
+_COUNT = _Number(int, "a whole number of at least 1", lambda n: n >= 1)
+_SECONDS = _Number(float, "a number of seconds (0 or more)", lambda n: n >= 0)
+_INTERVAL = _Number(float, "a number of seconds above 0", lambda n: n > 0)
 
 
 def _app(value: str) -> str:
@@ -162,15 +155,15 @@ def _serve_options(serve: argparse.ArgumentParser) -> None:
     )
     target.add_argument(
         "--upstream-timeout",
-        type=_interval,
+        type=_INTERVAL,
         default=600.0,
         metavar="SECONDS",
         help="--upstream only: longest wait for the next bytes of an answer (default: %(default)s)",
     )
     server = serve.add_argument_group("server")
     server.add_argument("--host", default="127.0.0.1", help="bind address (default: %(default)s)")
-    server.add_argument("--port", type=_port, default=8080, help="port (default: %(default)s)")
-    server.add_argument("--workers", type=_count, default=1, help="uvicorn worker processes (default: %(default)s)")
+    server.add_argument("--port", type=_PORT, default=8080, help="port (default: %(default)s)")
+    server.add_argument("--workers", type=_COUNT, default=1, help="uvicorn worker processes (default: %(default)s)")
     server.add_argument(
         "--log-level",
         default="info",
@@ -180,14 +173,14 @@ def _serve_options(serve: argparse.ArgumentParser) -> None:
     middleware = serve.add_argument_group("middleware")
     middleware.add_argument(
         "--ping-interval",
-        type=_interval,
+        type=_INTERVAL,
         default=None,
         metavar="SECONDS",
         help="send a ping on a stream quiet this long (default: 10, the demo: 2)",
     )
     middleware.add_argument(
         "--demo-delay",
-        type=_seconds,
+        type=_SECONDS,
         default=0.04,
         metavar="SECONDS",
         help="demo gateway only: pause between streamed text pieces (default: %(default)s)",
@@ -288,14 +281,6 @@ def _warn_if_silent(upstream: str) -> None:
         )
 
 
-def _banner(args: argparse.Namespace, port: int) -> str:
-    if args.upstream is not None:
-        return _PROXY.format(host=args.host, port=port, upstream=args.upstream)
-    if args.app is None:
-        return _TRY.format(host=args.host, port=port, claude_code=CLAUDE_CODE)
-    return ""
-
-
 def _serve(args: argparse.Namespace, options: dict[str, Any]) -> int:
     """Runs uvicorn in this process or, with ``--workers N``, in N worker processes."""
     common = {"host": args.host, "port": args.port, "log_level": args.log_level}
@@ -317,9 +302,11 @@ def _serve(args: argparse.Namespace, options: dict[str, Any]) -> int:
 
 
 def _print_banner(args: argparse.Namespace, sock: socket.socket) -> None:
-    banner = _banner(args, sock.getsockname()[1])
-    if banner:
-        print(banner, file=sys.stderr, flush=True)
+    host, port = args.host, sock.getsockname()[1]
+    if args.upstream is not None:
+        print(_PROXY.format(host=host, port=port, upstream=args.upstream), file=sys.stderr, flush=True)
+    elif args.app is None:
+        print(_TRY.format(host=host, port=port, claude_code=CLAUDE_CODE), file=sys.stderr, flush=True)
 
 
 class _BannerServer(uvicorn.Server):

@@ -26,14 +26,10 @@ class AdvisorConfig(BaseModel):
     advisor_max_tokens: int = Field(default=8192, ge=1)
     """``max_tokens`` of an advisor leg when the tool entry sets none."""
     max_consults: int | None = Field(default=10, ge=0)
-    """Most consults one request may run, on top of the tool's ``max_uses`` (the lower wins).
-    Each further call of the advisor gets ``advisor_tool_result_error`` with ``error_code``
-    ``max_uses_exceeded``, as when ``max_uses`` runs out, without running an advisor leg, and the
-    executor goes on. ``None``: no operator cap (only ``max_uses`` and ``max_executor_legs``)."""
+    """Most consults one request may run, on top of the tool's ``max_uses`` (the lower wins);
+    further calls get ``max_uses_exceeded``. ``None``: no operator cap."""
     max_leg_bytes: int = Field(default=32 * 1024 * 1024, gt=0)
-    """Most bytes of one leg's answer the middleware reads (stream or JSON). A leg that sends
-    more ends: an executor leg as 502 ``api_error`` (or an ``error`` event once the response has
-    started), an advisor leg as ``advisor_tool_result_error`` (``unavailable``)."""
+    """Most bytes of one leg's answer the middleware reads (stream or JSON); past it the leg fails."""
     max_executor_legs: int = Field(default=25, ge=1)
     """Hard stop for an executor that keeps calling the advisor."""
     max_transcript_block_chars: int = Field(default=50_000, ge=100)
@@ -53,8 +49,7 @@ class AdvisorConfig(BaseModel):
 
 
 class AdvisorOptions(TypedDict, total=False):
-    """The keyword options of ``AdvisorMiddleware``, for type checkers: the fields of
-    :class:`AdvisorConfig`, which gives their defaults (a test keeps the two in step)."""
+    """``AdvisorMiddleware``'s keyword options for type checkers (a test keeps them in step)."""
 
     paths: Collection[str]
     max_body_bytes: int

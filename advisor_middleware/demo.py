@@ -26,7 +26,7 @@ from ._types import Receive, Scope, Send
 from .accumulate import message_to_events
 from .sse import encode_event, encode_json
 
-__all__ = ["DemoGateway", "demo_app", "paced_events", "request_problem", "scripted_reply"]
+__all__ = ["DemoGateway", "paced_events", "request_problem", "scripted_reply"]
 
 _REMINDER = re.compile(r"<system-reminder>.*?</system-reminder>", re.DOTALL)
 _RUN = re.compile(r"\brun:\s*(.+?)\s*$", re.IGNORECASE | re.MULTILINE)
@@ -105,13 +105,6 @@ async def _read_body(receive: Receive) -> bytes | None:
             return b"".join(chunks)
 
 
-# Top-level fields the demo model reads, and what each must be when present.
-_FIELD_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
-    "tools": ((list,), "a list of tools"),
-    "stream": ((bool,), "a boolean"),
-}
-
-
 def request_problem(body: Any) -> str | None:
     """Why ``body`` is not a Messages request the demo model can read, naming the field the way
     the middleware does (``messages.2.content: ...``); None if it is one. Its types only: the
@@ -128,10 +121,10 @@ def request_problem(body: Any) -> str | None:
             return f"messages.{index}: Input should be an object with a role"
         if not _blocks_or_text(message.get("content")):
             return f"messages.{index}.content: Input should be a string or a list of content blocks"
-    for name, (kinds, what) in _FIELD_TYPES.items():
-        value = body.get(name)
-        if value is not None and not isinstance(value, kinds):
-            return f"{name}: Input should be {what}"
+    if body.get("tools") is not None and not isinstance(body["tools"], list):
+        return "tools: Input should be a list of tools"
+    if body.get("stream") is not None and not isinstance(body["stream"], bool):
+        return "stream: Input should be a boolean"
     if body.get("system") is not None and not _blocks_or_text(body["system"]):
         return "system: Input should be a string or a list of content blocks"
     if not all(isinstance(tool, dict) for tool in body.get("tools") or ()):
@@ -179,13 +172,6 @@ async def paced_events(message: dict[str, Any], delay: float = 0.0) -> AsyncIter
         yield event
 
 
-def demo_app(*, delay: float = 0.04, advisor_delay: float = 1.5) -> Any:
-    """The demo gateway wrapped in ``AdvisorMiddleware`` with its default router."""
-    from .middleware import AdvisorMiddleware
-
-    return AdvisorMiddleware(DemoGateway(delay=delay, advisor_delay=advisor_delay), ping_interval=2.0)
-
-
 def _is_advisor(body: dict[str, Any]) -> bool:
     """Offered no tools and given an advisor's system prompt: this is an advisor leg."""
     return not body.get("tools") and "advisor" in _text(body.get("system")).lower()
@@ -201,33 +187,12 @@ def _script(body: dict[str, Any]) -> tuple[list[dict[str, Any]], str]:
     turn = _current_turn(messages)
     advice = next((r for r in turn if r[0] == "advisor"), None)
     if "advisor" in names and advice is None:
-        return (
-            [
-                {"type": "text", "text": "Let me consult the advisor before I answer."},
-                {
-                    "type": "tool_use",
-                    "id": "toolu_demo_" + uuid.uuid4().hex[:20],
-                    "name": "advisor",
-                    "input": {},
-                },
-            ],
-            "tool_use",
-        )
+        return _calls("Let me consult the advisor before I answer.", "advisor", {})
     command = _RUN.search(request)
     ran = next((r for r in turn if r[0] == "Bash"), None)
     if command and "Bash" in names and ran is None:
-        return (
-            [
-                {"type": "text", "text": f"Running `{command.group(1)}`."},
-                {
-                    "type": "tool_use",
-                    "id": "toolu_demo_" + uuid.uuid4().hex[:20],
-                    "name": "Bash",
-                    "input": {"command": command.group(1), "description": "Run the requested command"},
-                },
-            ],
-            "tool_use",
-        )
+        tool_input = {"command": command.group(1), "description": "Run the requested command"}
+        return _calls(f"Running `{command.group(1)}`.", "Bash", tool_input)
     parts = [f"You asked: “{_first_line(request, 120)}”."]
     if advice is not None:
         parts.append(f"The advisor's advice was: “{_first_line(advice[1], 160)}”")
@@ -237,6 +202,12 @@ def _script(body: dict[str, Any]) -> tuple[list[dict[str, Any]], str]:
         "That is all this scripted demo model can do; point the middleware at a real gateway for real answers."
     )
     return [{"type": "text", "text": " ".join(parts)}], "end_turn"
+
+
+def _calls(text: str, name: str, tool_input: dict[str, Any]) -> tuple[list[dict[str, Any]], str]:
+    """A reply that says ``text`` and calls the tool ``name``."""
+    call = {"type": "tool_use", "id": "toolu_demo_" + uuid.uuid4().hex[:20], "name": name, "input": tool_input}
+    return [{"type": "text", "text": text}, call], "tool_use"
 
 
 def _advice(request: str) -> str:
@@ -318,14 +289,6 @@ def _error(kind: str, message: str) -> dict[str, Any]:
 
 async def _json(send: Send, status: int, data: Any) -> None:
     payload = encode_json(data)
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(payload)).encode()),
-            ],
-        }
-    )
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": payload, "more_body": False})

@@ -9,18 +9,6 @@ import pydantic_core
 
 from ._types import Send
 
-__all__ = [
-    "ERROR_TYPES",
-    "AdvisorRequestError",
-    "ClientGone",
-    "UpstreamError",
-    "error_body",
-    "error_type_for_status",
-    "quoted_error_type",
-    "send_error",
-    "status_for_error_type",
-]
-
 _ERROR_STATUSES: dict[str, tuple[int, ...]] = {
     "invalid_request_error": (400, 415),
     "authentication_error": (401,),
@@ -44,20 +32,17 @@ ERROR_TYPES = frozenset(_ERROR_STATUSES)
 
 def error_type_for_status(status: int) -> str:
     """The error type an answer with ``status`` carries."""
-    if status in _STATUS_TYPES:
-        return _STATUS_TYPES[status]
-    return "invalid_request_error" if 400 <= status < 500 else "api_error"
+    return _STATUS_TYPES.get(status) or ("invalid_request_error" if 400 <= status < 500 else "api_error")
 
 
 def status_for_error_type(error_type: str) -> int:
     """The status an error of ``error_type`` comes with (500 for a type Anthropic does not use)."""
-    statuses = _ERROR_STATUSES.get(error_type)
-    return statuses[0] if statuses else 500
+    return _ERROR_STATUSES.get(error_type, (500,))[0]
 
 
-async def send_error(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None) -> None:
-    """Answer with ``status`` and ``body`` (an error in Anthropic's shape, :func:`error_body`),
-    plus ``headers``: the one way the middleware and the proxy answer an error of their own."""
+async def send_json(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    """Answer with ``status``, the JSON ``body`` and ``headers``: the middleware's and the proxy's
+    own answers (errors in Anthropic's shape, :func:`error_body`; a Message)."""
     start = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *(headers or ())]
     await send({"type": "http.response.start", "status": status, "headers": start})
     await send({"type": "http.response.body", "body": body, "more_body": False})
@@ -68,12 +53,9 @@ def error_body(error_type: str, message: str) -> bytes:
 
 
 def quoted_error_type(message: str) -> str | None:
-    """The Anthropic error type quoted in an error message, if any.
-
-    Gateways re-wrap provider errors: LiteLLM keeps the provider's status only for the classes it
-    knows, so an Anthropic 529 becomes a 500 ``api_error`` whose message quotes
-    ``{"type":"error","error":{"type":"overloaded_error",...}}``. The quoted type says what
-    happened (an advisor leg is then ``overloaded``, not just ``unavailable``)."""
+    """The Anthropic error type quoted in an error message, if any: gateways re-wrap provider
+    errors (LiteLLM makes an Anthropic 529 a 500 ``api_error`` whose message quotes the
+    ``overloaded_error``), and the quoted type says what happened."""
     decoder = json.JSONDecoder()
     start = message.find("{")
     while start != -1:
@@ -89,9 +71,8 @@ def quoted_error_type(message: str) -> str | None:
 
 
 class ClientGone(OSError):
-    """The client left while a leg was in flight, and the leg ended on that news. An ``OSError``,
-    as a server's ``send`` raises once its client is gone (ASGI 2.4): the request ends, quietly,
-    and no further leg starts."""
+    """The client left while a leg was in flight. An ``OSError``, as a server's ``send`` raises
+    once its client is gone (ASGI 2.4): the request ends quietly."""
 
 
 class AdvisorRequestError(Exception):
@@ -111,10 +92,8 @@ class AdvisorRequestError(Exception):
 class UpstreamError(Exception):
     """A leg failed: a non-200 answer, an ``error`` event, or a broken stream.
 
-    ``body`` is what the caller should see if this error ends the request: the host's own bytes
-    when they already are an Anthropic error, otherwise an Anthropic-shaped wrapper. A leg
-    answered with a status that is not an error (``204``, ``304``, a redirect) is a misbehaving
-    upstream: ``502``, since no error body can go out with the status it gave.
+    ``body`` is what the caller sees if this error ends the request, in Anthropic's error shape.
+    A status that is not an error (``204``, a redirect) is a misbehaving upstream: ``502``.
     """
 
     def __init__(
@@ -136,9 +115,7 @@ class UpstreamError(Exception):
             # request or the model's output: only its size goes into the text that is logged.
             size = len(str(info.get("message") or ""))
             detail = body if isinstance(body, str) else f"the upstream's message ({size} characters)"
-        self.detail = detail
-        """What the error is, fit for logs at any level: sizes, positions and types, never a
-        body, advice or model output (``error`` holds the upstream's own message)."""
+        self.detail = detail  # fit for logs at any level: sizes, positions and types, never a body
         super().__init__(f"{status} {info.get('type')}: {detail}")
 
     @property
@@ -153,8 +130,7 @@ class UpstreamError(Exception):
 
     @property
     def kind(self) -> str:
-        """The error's type; for a generic ``api_error`` whose message quotes a more precise
-        Anthropic error (a re-wrapped provider error), the quoted type."""
+        """The error's type, or the more precise one a generic ``api_error``'s message quotes."""
         info = self.error
         kind = str(info.get("type") or "")
         if kind in ("", "api_error"):
@@ -162,21 +138,23 @@ class UpstreamError(Exception):
         return kind
 
 
+def _is_error_shape(value: Any) -> bool:
+    return isinstance(value, dict) and value.get("type") == "error" and isinstance(value.get("error"), dict)
+
+
 def _normalise_body(status: int, body: bytes | dict[str, Any] | str) -> bytes:
     if isinstance(body, dict):
-        if body.get("type") == "error" and isinstance(body.get("error"), dict):
-            return pydantic_core.to_json(body)
-        return pydantic_core.to_json({"type": "error", "error": body})
+        return pydantic_core.to_json(body if _is_error_shape(body) else {"type": "error", "error": body})
     raw = body.encode() if isinstance(body, str) else body
     try:
         parsed = pydantic_core.from_json(raw)
     except ValueError:
         parsed = None
-    if isinstance(parsed, dict) and parsed.get("type") == "error" and isinstance(parsed.get("error"), dict):
+    if _is_error_shape(parsed):
         return raw
-    if isinstance(parsed, dict) and isinstance(parsed.get("error"), dict):
+    inner = parsed.get("error") if isinstance(parsed, dict) else None
+    if isinstance(inner, dict):
         # OpenAI-style {"error": {...}} from a gateway: keep its message, give it Anthropic's shape.
-        inner = parsed["error"]
         message = str(inner.get("message") or inner)
         return error_body(str(inner.get("type") or error_type_for_status(status)), message)
     text = raw.decode("utf-8", "replace").strip()[:2000] or f"upstream answered HTTP {status}"

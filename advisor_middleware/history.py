@@ -126,17 +126,15 @@ def _plain(messages: list[Any]) -> bool:
 def _plain_content(content: Any) -> bool:
     if isinstance(content, str):
         return True
-    if not isinstance(content, list):
-        return False
-    for block in content:
-        if not isinstance(block, dict) or block.get("type") in _NATIVE:
-            return False
-    return True
+    return isinstance(content, list) and all(isinstance(b, dict) and b.get("type") not in _NATIVE for b in content)
 
 
 def _render(messages: list[Any], resume: bool) -> tuple[list[Any], HistoryInfo]:
     render = _Render(messages, resume)
-    return render.run(messages), render.info
+    for position, message in enumerate(messages):
+        render.message(position, message)
+    render.pay()
+    return render.out, render.info
 
 
 class _Render:
@@ -154,31 +152,25 @@ class _Render:
         self.waiting: dict[str, str] = {}  # rendered calls with a result still to place: srvtoolu id -> executor id
         self.turn: list[Any] = []  # the assistant blocks since the last consult split the message
 
-    def run(self, messages: list[Any]) -> list[Any]:
-        for position, message in enumerate(messages):
-            self._message(position, message)
-        self._pay()
-        return self.out
-
-    def _message(self, position: int, message: Any) -> None:
+    def message(self, position: int, message: Any) -> None:
         if not isinstance(message, dict):
-            self._pay()
+            self.pay()
             self.out.append(message)
             return
         role = message.get("role")
         content = message.get("content")
         if role == "system":
-            self._pay()
+            self.pay()
             self._system(message, content)
         elif role == "user" and self.owed:
             blocks = self.owed + _as_blocks(content) if isinstance(content, (list, str)) else self.owed
             self.owed = []
             self._push("user", blocks)
         elif role == "assistant" and isinstance(content, list) and _has_advisor_blocks(content):
-            self._pay()
+            self.pay()
             self._assistant(position, content)
         else:
-            self._pay()
+            self.pay()
             if set(message) <= {"role", "content"} and isinstance(role, str) and isinstance(content, (list, str)):
                 self._push(role, content)
             else:
@@ -200,7 +192,7 @@ class _Render:
                 self.info.had_advisor_blocks = True
                 self.info.advisor_removed = block["type"] == "tool_removal"
                 _move_cache_control(block, texts)
-            elif isinstance(block, dict) and block.get("type") == "text":
+            elif _is_type(block, "text"):
                 texts.append(_reminder(str(block.get("text", "")), block.get("cache_control")))
             else:
                 rest.append(block)
@@ -213,10 +205,9 @@ class _Render:
         self.info.had_advisor_blocks = True
         self.turn = []
         for block in content:
-            kind = block.get("type") if isinstance(block, dict) else None
-            if kind == "server_tool_use" and block.get("name") == ADVISOR_NAME:
+            if _is_advisor_call(block):
                 self._call(position, block)
-            elif kind == "advisor_tool_result":
+            elif _is_type(block, "advisor_tool_result"):
                 self._result(block)
             else:
                 self.turn.append(block)
@@ -282,7 +273,7 @@ class _Render:
         self.waiting.clear()
         return placed
 
-    def _pay(self) -> None:
+    def pay(self) -> None:
         """Answer calls whose result came in a later message at the head of the next user turn."""
         if self.owed:
             self._push("user", self.owed)
@@ -317,10 +308,9 @@ def _note_calls(
     """Adds the advisor calls of one message to ``calls``, and the first result of each call
     made so far to ``results``."""
     for block in content:
-        kind = block.get("type") if isinstance(block, dict) else None
-        if kind == "server_tool_use" and block.get("name") == ADVISOR_NAME:
+        if _is_advisor_call(block):
             calls.setdefault(str(block.get("id", "")), position)
-        elif kind == "advisor_tool_result":
+        elif _is_type(block, "advisor_tool_result"):
             srv_id = str(block.get("tool_use_id", ""))
             if srv_id in calls and srv_id not in results:
                 results[srv_id] = (position, block)
@@ -333,12 +323,11 @@ def _resumable(
     consult, each to ``position``."""
     resumable: dict[str, int] = {}
     for block in content:
-        kind = block.get("type") if isinstance(block, dict) else None
-        if kind == "server_tool_use" and block.get("name") == ADVISOR_NAME:
+        if _is_advisor_call(block):
             srv_id = str(block.get("id", ""))
             if srv_id not in results and calls[srv_id] == position:
                 resumable[srv_id] = position
-        elif kind == "advisor_tool_result":
+        elif _is_type(block, "advisor_tool_result"):
             srv_id = str(block.get("tool_use_id", ""))
             if calls.get(srv_id) == position and results.get(srv_id, (0, None))[1] is block:
                 resumable = {}  # a consult of this message ends after them
@@ -346,29 +335,24 @@ def _resumable(
 
 
 def _only_tool_results(message: Any) -> bool:
-    if not isinstance(message, dict) or message.get("role") != "user":
-        return False
-    content = message.get("content")
-    return (
-        isinstance(content, list)
-        and bool(content)
-        and all(isinstance(b, dict) and b.get("type") == "tool_result" for b in content)
-    )
+    content = message.get("content") if isinstance(message, dict) and message.get("role") == "user" else None
+    return bool(content) and isinstance(content, list) and all(_is_type(b, "tool_result") for b in content)
+
+
+def _is_type(block: Any, kind: str) -> bool:
+    return isinstance(block, dict) and block.get("type") == kind
+
+
+def _is_advisor_call(block: Any) -> bool:
+    return _is_type(block, "server_tool_use") and block.get("name") == ADVISOR_NAME
 
 
 def _has_advisor_blocks(content: list[Any]) -> bool:
-    for block in content:
-        if isinstance(block, dict):
-            kind = block.get("type")
-            if kind == "advisor_tool_result" or (kind == "server_tool_use" and block.get("name") == ADVISOR_NAME):
-                return True
-    return False
+    return any(_is_type(b, "advisor_tool_result") or _is_advisor_call(b) for b in content)
 
 
 def _as_blocks(content: Any) -> list[Any]:
-    if isinstance(content, list):
-        return content
-    return [{"type": "text", "text": str(content)}]
+    return content if isinstance(content, list) else [{"type": "text", "text": str(content)}]
 
 
 def _reminder(text: str, cache_control: Any = None) -> dict[str, Any]:

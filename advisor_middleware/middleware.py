@@ -17,7 +17,7 @@ from ._types import ASGIApp, Message, Receive, Scope, Send
 from .accumulate import MessageAccumulator
 from .classify import Plan, classify
 from .config import AdvisorConfig, AdvisorOptions
-from .errors import AdvisorRequestError, ClientGone, UpstreamError, error_body, send_error
+from .errors import AdvisorRequestError, ClientGone, UpstreamError, error_body, send_json
 from .orchestrator import Orchestration
 from .routers.app import CLIENT, WIND_DOWN, AppRouter, Departure
 from .routers.base import LEG_HEADER, MessagesRouter, forwarded_headers
@@ -35,8 +35,7 @@ _SSE_HEADERS = [
     (b"x-accel-buffering", b"no"),
 ]
 LINGER = 0.1
-"""Seconds the watcher may wait, once the response is out, for the server's ``http.disconnect``
-before it is cancelled. Only the cost depends on it: either way the request ends."""
+"""Seconds the watcher waits, once the response is out, for the server's ``http.disconnect``."""
 
 
 class AdvisorMiddleware:
@@ -44,17 +43,14 @@ class AdvisorMiddleware:
 
     Requests that carry the advisor tool are answered by running the executor and advisor legs
     through ``router`` (default: :class:`AppRouter` around the wrapped app, so the host's own auth,
-    budgets and logging apply to every leg) and merging them into the native blocks, stream events
-    and ``usage.iterations`` that Anthropic's clients understand. Every other request reaches the
-    app untouched (byte for byte when nothing advisor-related is in it).
+    budgets and logging apply to every leg). Every other request reaches the app untouched.
 
     Usage::
 
         app.add_middleware(AdvisorMiddleware)                     # Starlette / FastAPI
         application = AdvisorMiddleware(get_asgi_application())  # Django
 
-    Options (all keyword-only) are the fields of :class:`AdvisorConfig`, which declares their
-    defaults and checks them, plus ``router``.
+    Options (keyword-only): the fields of :class:`AdvisorConfig`, plus ``router``.
     """
 
     def __init__(
@@ -81,7 +77,7 @@ class AdvisorMiddleware:
                 return  # the client left while sending its body
             plan = self._plan(headers, chunks)
         except AdvisorRequestError as exc:
-            await send_error(send, exc.status, exc.body)
+            await send_json(send, exc.status, exc.body)
             return
         if isinstance(plan, list):
             await self.app(scope, _replay(plan, receive), send)
@@ -92,9 +88,7 @@ class AdvisorMiddleware:
             await self._respond(self._orchestration(plan, scope, route), receive, send)
 
     def _route(self, scope: Scope) -> str | None:
-        """The path an ``AppRouter``'s legs take if the request is one to handle (a ``POST`` on
-        one of ``paths``, not a leg): the configured path, under the request's ``root_path`` if
-        its path starts with it."""
+        """The path an ``AppRouter``'s legs take if the request is one to handle, else None."""
         if scope["type"] != "http" or scope.get("method") != "POST":
             return None
         if any(name == LEG_HEADER for name, _ in scope.get("headers") or ()):
@@ -103,25 +97,20 @@ class AdvisorMiddleware:
         root_path: str = scope.get("root_path", "")
         prefix = ""
         # As Starlette's routing does: strip root_path only at a "/" boundary (docs/protocol.md §8).
-        if root_path and path.startswith(root_path) and (len(path) == len(root_path) or path[len(root_path)] == "/"):
+        if root_path and (path == root_path or path.startswith(root_path + "/")):
             path = path[len(root_path) :]
             prefix = root_path
         configured = self._routes.get(path.rstrip("/") or "/")
         return None if configured is None else prefix + configured
 
     def _plan(self, headers: Any, chunks: list[bytes]) -> Plan | list[bytes]:
-        """What to do with the request whose body is ``chunks``: a plan to rewrite or
-        orchestrate it, or the chunks to hand to the app as the request's body.
-
-        The byte scan (:func:`_mentions_advisor`) is a cheaper, necessary condition of
-        :func:`~advisor_middleware.classify.involves_advisor`: a body without its needle goes
-        to the app in the chunks it came in, without a parse or even a join. A compressed body
-        is scanned once decoded. A body that was read goes on as one chunk."""
+        """A plan to rewrite or orchestrate the request, or the chunks to hand to the app. The byte
+        scan is a cheap necessary condition of ``involves_advisor``: most bodies are never parsed."""
         encoding = _content_encoding(headers)
         identity = encoding in (b"", b"identity")
         if identity and not _mentions_advisor(chunks):
             return chunks
-        raw = body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        raw = body = b"".join(chunks)  # a single chunk is not copied
         if not identity:
             body = _decode(raw, encoding, self.config.max_body_bytes)
             if not _has_needle(body):
@@ -129,9 +118,8 @@ class AdvisorMiddleware:
         try:
             data = pydantic_core.from_json(body)
         except ValueError as exc:
-            # Bytes that mention the advisor and that we cannot read (a lone surrogate escape,
-            # nesting past the parser's limit): replayed, a laxer parser could read them and
-            # see the advisor tool or blocks raw. The parser's message gives a position only.
+            # Replayed, a laxer parser could read these bytes (a lone surrogate escape, deep
+            # nesting) and see the advisor tool raw. The parser's message gives a position only.
             raise AdvisorRequestError(f"request body is not JSON the advisor middleware can read: {exc}") from None
         if not isinstance(data, dict):
             return [raw]  # the host answers bad JSON its way
@@ -158,8 +146,7 @@ class AdvisorMiddleware:
         )
 
     async def _read_body(self, headers: Any, receive: Receive) -> list[bytes] | None:
-        """The body's chunks as they came (never empty: an empty body is ``[b""]``), or None
-        if the client left first."""
+        """The body's chunks (an empty body is ``[b""]``), or None if the client left first."""
         cap = self.config.max_body_bytes
         for name, value in headers:
             if name == b"content-length":
@@ -187,9 +174,7 @@ class AdvisorMiddleware:
                 return chunks or [b""]
 
     async def _respond(self, orchestration: Orchestration, receive: Receive, send: Send) -> None:
-        """Run the advisor loop in this task and answer with what it makes, while a watcher
-        task reads ``receive`` for the client's departure (:class:`Departure`, which the
-        ``AppRouter`` legs in flight listen to)."""
+        """Run the advisor loop in this task while a watcher task reads ``receive`` (:class:`Departure`)."""
         departure = Departure()
         token = CLIENT.set(departure)
         try:
@@ -230,21 +215,11 @@ class AdvisorMiddleware:
         except Exception as exc:
             await _send_failure(send, exc)
             return
-        payload = encode_json(message)
-        headers = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(payload)).encode()),
-            *forwarded_headers(orchestration.first_leg_headers),
-        ]
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await send({"type": "http.response.body", "body": payload, "more_body": False})
+        await send_json(send, 200, encode_json(message), forwarded_headers(orchestration.first_leg_headers))
 
     async def _write_stream(self, orchestration: Orchestration, writer: _StreamWriter) -> None:
-        # The loop (and an AppRouter's host) runs in this task and every group of events is
-        # sent as it comes, in one send: what one send of the host or one network read carried.
         # http.response.start waits for the first event, so a failure of the first executor leg
-        # keeps its own status and body; once started, the loop reports failures as an error
-        # event itself.
+        # keeps its own status and body; once started, the loop reports failures itself.
         try:
             await orchestration.run(writer.write)
         except OSError:
@@ -259,35 +234,25 @@ class AdvisorMiddleware:
 
 
 async def _send_failure(send: Send, exc: Exception) -> None:
-    """Answer a request whose advisor loop failed before its response started: a leg's failure
-    with its own status and body, any other as a 500."""
+    """Answer a loop failure before the response started: a leg's with its own status, else 500."""
     if isinstance(exc, UpstreamError):
-        await send_error(send, exc.status, exc.body, exc.headers)
+        await send_json(send, exc.status, exc.body, exc.headers)
         return
     log.error("advisor loop failed", exc_info=exc)
-    await send_error(send, 500, error_body("api_error", "internal error in the advisor middleware"))
+    await send_json(send, 500, error_body("api_error", "internal error in the advisor middleware"))
 
 
 class _Watcher:
-    """The one reader of the real ``receive`` while the advisor loop runs.
-
-    A disconnect ends every leg in flight (a server's ``send`` may stay silent once the client
-    is gone, so ``receive`` is the only signal, docs/protocol.md §8): an ``AppRouter`` leg is
-    told as its host would be by a server, any other is cancelled. While streaming it is also
-    the keep-alive clock: it stops listening every ``ping_interval`` to ping if nothing was
-    written meanwhile, so one task does both.
-    """
-
-    __slots__ = ("answered", "departure", "receive", "tg", "writer")
+    """The one reader of ``receive`` while the loop runs, and the ping clock. A disconnect ends
+    every leg in flight (``receive`` is the only sure signal of it, docs/protocol.md §8)."""
 
     def __init__(self, receive: Receive, tg: TaskGroup, writer: _StreamWriter | None, departure: Departure) -> None:
         self.receive = receive
         self.tg = tg
         self.writer = writer
         self.departure = departure
+        # The whole response is sent: a disconnect now is not the client leaving.
         self.answered = False
-        """The whole response is sent: the disconnect that follows is the server's end of the
-        exchange, not the client leaving, and no ping may follow the last body."""
 
     async def run(self) -> None:
         while True:
@@ -310,30 +275,22 @@ class _Watcher:
 
     def _client_left(self) -> None:
         if self.departure.leave():
-            # An AppRouter leg was in flight: its host now ends it the way it ends any request
-            # whose client left, and the loop stops on the ClientGone that comes out of it. A
-            # host that carries on is cancelled after WIND_DOWN seconds.
+            # An AppRouter leg was in flight: its host ends it as for any client that left, and
+            # the loop stops on the ClientGone that comes out. A host that carries on is cancelled.
             self.tg.cancel_scope.deadline = anyio.current_time() + WIND_DOWN
         else:
             self.tg.cancel_scope.cancel()
 
     def response_sent(self) -> None:
-        """The response is out. Servers answer a ``receive`` waiting then with
-        ``http.disconnect`` (docs/protocol.md §8), and the watcher ends on its own, which is
-        cheaper than cancelling it; a server that stays silent gets :data:`LINGER` seconds."""
+        """The response is out: the server's ``http.disconnect`` ends the watcher (docs/protocol.md
+        §8), which is cheaper than cancelling it; a silent server gets :data:`LINGER` seconds."""
         self.answered = True
         self.tg.cancel_scope.deadline = anyio.current_time() + LINGER
 
 
 class _StreamWriter:
-    """The one writer of a streaming response.
-
-    The first body starts the response; after that the watcher pings whenever nothing was
-    written for ``interval`` seconds (a slow advisor; Claude Code's idle timeout,
-    docs/protocol.md §7). Events and pings share the ASGI ``send``, never two sends at once: a
-    ping is skipped while an event is being sent, and an event waits for a ping that is on its
-    way out.
-    """
+    """The one writer of a streaming response (pings: docs/protocol.md §7). Events and pings share
+    ``send``, never two at once: a ping is skipped while an event is sent, an event waits for a ping."""
 
     __slots__ = ("_last_write", "_leg_headers", "_ping", "_sending", "_tg", "interval", "send", "started")
 
@@ -348,9 +305,8 @@ class _StreamWriter:
         self._ping: anyio.Event | None = None  # set once the ping being sent is out
 
     async def write(self, group: Sequence[dict[str, Any] | RawDelta], *, more_body: bool = True) -> None:
-        """Send one group of events (the loop's ``emit``) in one body; ``more_body=False`` ends
-        the response."""
-        # Most groups are one event (what a host sends per send): no list or join for those.
+        """Send one group of events (the loop's ``emit``) in one body."""
+        # Most groups are one event: no list or join for those.
         body = _encoded(group[0]) if len(group) == 1 else b"".join([_encoded(event) for event in group])
         if self._ping is not None:
             await self._ping.wait()
@@ -362,8 +318,7 @@ class _StreamWriter:
                 await self.send({"type": "http.response.start", "status": 200, "headers": headers})
             await self.send({"type": "http.response.body", "body": body, "more_body": more_body})
         except OSError as exc:
-            # The client is gone. The loop ends on a ClientGone quietly, as when a leg learns
-            # it; any other failure of an emit would be reported as the loop's own.
+            # The loop ends on a ClientGone quietly; any other failure would be reported.
             raise ClientGone("the client left during the response") from exc
         finally:
             self._sending = False
@@ -376,8 +331,8 @@ class _StreamWriter:
         return max(0.0, self.interval - (time.monotonic() - self._last_write))
 
     async def ping_if_quiet(self) -> None:
-        # No ping can follow the last body: the watcher is told the response is sent right
-        # after it, with no checkpoint in between, and a ping is skipped while a body is sent.
+        # No ping can follow the last body: the watcher learns the response is sent with no
+        # checkpoint in between.
         if not self.started or self._sending or time.monotonic() - self._last_write < self.interval:
             return
         self._ping = ping = anyio.Event()
@@ -423,24 +378,19 @@ def _decode(raw: bytes, encoding: bytes, cap: int) -> bytes:
     return out
 
 
-# Every name the middleware acts on is a JSON string that starts with "advisor": the tool type
-# advisor_20260301, the block type advisor_tool_result, and the name advisor of a server_tool_use
-# or of a tool_addition/tool_removal's tool (blocks.is_advisor_block, docs/protocol.md §1, §2, §7).
-# Any JSON encoder writes each of them with this needle at its start, so prose that mentions an
-# advisor does not cost a parse of the whole body. A name spelled with \u escapes ("\u0061dvisor")
-# is missed: it reaches the host as sent, which answers as it would without us.
+# Every name the middleware acts on is a JSON string that starts with "advisor" (the tool type,
+# the result block type, the name of a call or of a tool_addition's tool: docs/protocol.md §1, §2,
+# §7), so prose that mentions an advisor costs no parse. A name spelled with \u escapes is missed:
+# it reaches the host as sent, which answers as it would without us.
 _NEEDLE = b'"advisor'
 
-# sre finds the literal "visor" in a long body faster than bytes.find finds the needle (whose
-# quote is frequent in JSON), and the pass-through of a long conversation is mostly this scan.
+# sre finds "visor" in a long body faster than bytes.find finds the needle (whose quote is
+# frequent in JSON); after this many other hits (supervisor), one bytes.find settles it.
 _VISOR = re.compile(rb"visor")
 _MISSES = 16
-"""Hits that are not the needle (supervisor, "my advisor") before one bytes.find settles it: a
-body made of them costs one scan more, not a Python turn per hit."""
 
 
 def _has_needle(data: bytes) -> bool:
-    """Whether ``"advisor`` occurs in ``data``."""
     match = _VISOR.search(data)
     misses = 0
     while match is not None:
@@ -456,8 +406,7 @@ def _has_needle(data: bytes) -> bool:
 
 
 def _mentions_advisor(chunks: list[bytes]) -> bool:
-    """Whether ``"advisor`` occurs in the body, checked chunk by chunk (a spelling split across
-    two chunks included) so that a pass-through never copies the body to join it."""
+    """Whether ``"advisor`` occurs in the body, chunk by chunk (and across two), never joined."""
     if len(chunks) == 1:
         return _has_needle(chunks[0])
     keep = len(_NEEDLE) - 1
@@ -465,7 +414,7 @@ def _mentions_advisor(chunks: list[bytes]) -> bool:
     for chunk in chunks:
         if _has_needle(chunk) or (tail and _has_needle(tail + chunk[:keep])):
             return True
-        tail = chunk[-keep:] if len(chunk) >= keep else (tail + chunk)[-keep:]
+        tail = (tail + chunk[-keep:])[-keep:]
     return False
 
 
@@ -473,16 +422,11 @@ def _replay(chunks: list[bytes], receive: Receive) -> Receive:
     """Hand the buffered body over (in the chunks it came in), then wait on the real
     ``receive``: answering at once with a disconnect makes Django cancel the view, and a second
     ``http.request`` after the last trips its assertion (docs/protocol.md §8)."""
-    position = 0
     last = len(chunks) - 1
+    messages = iter([{"type": "http.request", "body": c, "more_body": i < last} for i, c in enumerate(chunks)])
 
     async def replay() -> Message:
-        nonlocal position
-        if position <= last:
-            i = position
-            position += 1
-            return {"type": "http.request", "body": chunks[i], "more_body": i < last}
-        return await receive()
+        return next(messages, None) or await receive()
 
     return replay
 

@@ -1,24 +1,16 @@
 """The advisor loop: executor legs and advisor consults merged into one client message.
 
-``Orchestration.run(emit)`` is the single code path behind both response modes: the streaming
-writer's ``emit`` sends each group of events as it comes, the JSON writer's accumulates them into
-one Message.
-
-How a streamed event reaches the client: ``Orchestration._loop`` runs an executor leg through
-``run_leg``; the router hands each group of the leg's events to that leg's
-``ExecutorLegRelay.on_batch`` (an ``AppRouter``, from inside the host's own ``send``), which maps
-them onto the client's message and awaits ``emit``, the client's writer. No task or channel
-stands between the host and the client, so the client's back-pressure reaches the host.
+``Orchestration.run(emit)`` is the single code path behind both response modes (streaming sends
+each group of events as it comes, JSON accumulates them); docs/architecture.md follows one event.
 """
 
 from __future__ import annotations
 
-import enum
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import anyio
 
@@ -31,7 +23,7 @@ from .prompts import ADVISOR_SYSTEM_PROMPT, EXECUTOR_TOOL_DESCRIPTION, budget_no
 from .routers.base import LEG_HEADER, Batch, Leg, MessagesRouter, leg_headers, run_leg
 from .sse import RawDelta, raw_delta_at, raw_delta_event
 from .telemetry import LegTrace, RequestTrace
-from .transcript import render_transcript
+from .transcript import render_transcript, tool_uses
 
 __all__ = ["Orchestration", "advisor_error_code"]
 
@@ -41,6 +33,7 @@ Emit = Callable[[Sequence[dict[str, Any] | RawDelta]], Awaitable[None]]
 """Takes one group of the client's events (the streaming writer sends a group in one ``send``):
 dicts, and the executor's text deltas as :data:`RawDelta`, re-indexed."""
 
+_TOO_LONG = ("prompt is too long", "context length", "context window", "too many tokens")
 _USAGE_SUMS = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens", "output_tokens")
 
 
@@ -58,28 +51,20 @@ def advisor_error_code(exc: BaseException) -> str:
         return "overloaded"
     if exc.status in (408, 504) or kind == "timeout_error":
         return "execution_time_exceeded"
-    if exc.status == 413 or kind == "request_too_large" or _says_too_long(message):
+    if exc.status == 413 or kind == "request_too_large" or any(s in message for s in _TOO_LONG):
         return "prompt_too_long"
     if exc.status == 404 or kind == "not_found_error" or ("model" in message and "not found" in message):
         return "model_not_found"
     return "unavailable"
 
 
-def _says_too_long(message: str) -> bool:
-    return any(s in message for s in ("prompt is too long", "context length", "context window", "too many tokens"))
+BlockMode = Literal["text", "live", "advisor", "held"]
+"""How the relay treats one block of an executor leg."""
 
-
-class BlockMode(enum.Enum):
-    """How the relay treats one block of an executor leg."""
-
-    TEXT = "text"
-    """Text or thinking, relayed live; its deltas go on as the bytes they came in."""
-    LIVE = "live"
-    """Any other block of the executor's own, relayed live as events."""
-    ADVISOR = "advisor"
-    """The executor's call of the advisor, relayed as a ``server_tool_use`` block without input."""
-    HELD = "held"
-    """A client tool, or any block after an advisor call: sent once the leg's consults are."""
+TEXT: BlockMode = "text"  # text or thinking, relayed live; its deltas go on as the bytes they came in
+LIVE: BlockMode = "live"  # any other block of the executor's own, relayed live as events
+ADVISOR: BlockMode = "advisor"  # the executor's advisor call, relayed as a server_tool_use without input
+HELD: BlockMode = "held"  # a client tool, or any block after an advisor call: sent after the consults
 
 
 @dataclass(slots=True)
@@ -92,23 +77,12 @@ class RelayedBlock:
 
 
 @dataclass(slots=True)
-class AdvisorCall:
-    """The executor's call of the advisor: its block index in the leg, its id and ours."""
-
-    upstream_index: int
-    exec_id: str
-    srv_id: str
-
-
 class ClientMessage:
-    """The one message the client receives across the request's legs: whether it has started,
-    and the index its next block takes (each leg's own indices are mapped onto these)."""
+    """The one message the client receives across the request's legs (each leg's own block
+    indices are mapped onto its ``next_index``)."""
 
-    __slots__ = ("next_index", "started")
-
-    def __init__(self) -> None:
-        self.started = False
-        self.next_index = 0
+    started: bool = False
+    next_index: int = 0
 
     def new_index(self) -> int:
         index = self.next_index
@@ -116,27 +90,24 @@ class ClientMessage:
         return index
 
     def start(self, message: dict[str, Any]) -> dict[str, Any]:
-        """The client's ``message_start``: ``message`` with no content (the legs bring it)."""
+        # No content: the legs bring it.
         self.started = True
         return {"type": "message_start", "message": {**message, "content": []}}
 
 
+@dataclass(slots=True)
 class ToolUseIds:
-    """The ``tool_use`` ids the conversation has taken, so that each advisor call gets its own.
-    The history is walked at the first call only: most requests that offer the advisor never
-    call it."""
+    """The ``tool_use`` ids the conversation has taken, walked at the first advisor call only:
+    most requests that offer the advisor never call it."""
 
-    __slots__ = ("_messages", "_taken")
-
-    def __init__(self, messages: list[Any]) -> None:
-        self._messages = messages
-        self._taken: set[str] | None = None
+    _messages: list[Any]
+    _taken: set[str] | None = None
 
     def claim(self, proposed: Any) -> str:
         """The executor's own id when usable; a fresh one if it is missing or reused (some
         OpenAI-compatible servers number calls per response), so ``srvtoolu_`` ids stay unique."""
         if self._taken is None:
-            self._taken = _tool_use_ids(self._messages)
+            self._taken = {str(block.get("id")) for _, block in tool_uses(self._messages)}
         if isinstance(proposed, str) and proposed and proposed not in self._taken:
             self._taken.add(proposed)
             return proposed
@@ -145,29 +116,20 @@ class ToolUseIds:
         return fresh
 
 
+@dataclass(slots=True)
 class ExecutorLegRelay:
-    """One executor leg, relayed onto the client's message as its events arrive.
+    """One executor leg, relayed onto the client's message as its events arrive (each block as
+    its :data:`BlockMode` says). Held blocks wait until the leg's consults are done: the advisor
+    pair comes first (docs/protocol.md §3). The accumulator keeps the whole leg, for the next
+    leg's conversation."""
 
-    Text and thinking (and any other block of the executor's own) go on live, re-indexed to the
-    client's numbering; a call of the advisor goes on as a ``server_tool_use`` block and joins
-    ``calls``; client tools, and every block after an advisor call, wait in ``held`` until the
-    leg's consults are done (the advisor pair comes first, docs/protocol.md §3). The
-    accumulator keeps the whole leg, for the next leg's conversation. Every group of events
-    reaches ``on_batch`` in the request's task; for an ``AppRouter`` leg, from inside the host's
-    own ``send``, so the client's back-pressure reaches the host."""
-
-    __slots__ = ("accumulator", "blocks", "calls", "emit", "held", "ids", "message")
-
-    def __init__(self, message: ClientMessage, ids: ToolUseIds, emit: Emit) -> None:
-        self.message = message
-        self.ids = ids
-        self.emit = emit
-        self.accumulator = MessageAccumulator()
-        self.blocks: dict[int, RelayedBlock] = {}
-        """The leg's open blocks by their index in the leg."""
-        self.held: list[list[dict[str, Any]]] = []
-        """The events of each held block, in the order the blocks started."""
-        self.calls: list[AdvisorCall] = []
+    message: ClientMessage
+    ids: ToolUseIds
+    emit: Emit
+    accumulator: MessageAccumulator = field(default_factory=MessageAccumulator)
+    blocks: dict[int, RelayedBlock] = field(default_factory=dict)  # the open blocks, by their index in the leg
+    held: list[list[dict[str, Any]]] = field(default_factory=list)  # each held block's events, in start order
+    calls: dict[int, str] = field(default_factory=dict)  # the advisor calls: block index in the leg -> executor id
 
     async def on_batch(self, batch: Batch) -> None:
         """Relay one group of the leg's events to ``emit`` as one group; a malformed stream
@@ -188,7 +150,7 @@ class ExecutorLegRelay:
                 # A delta as its bytes, nearly every event: those of a text or thinking block go
                 # on as they are, kept unparsed for a consult that may follow.
                 block = blocks.get(event.index)
-                if block is not None and block.mode is BlockMode.TEXT:
+                if block is not None and block.mode == TEXT:
                     kept.append(event)
                     out.append(event if block.index == event.index else raw_delta_at(event, block.index))
                     continue
@@ -215,9 +177,9 @@ class ExecutorLegRelay:
         stop = event.get("type") == "content_block_stop"
         if stop:
             del self.blocks[upstream_index]
-        if block.mode is BlockMode.HELD:
+        if block.mode == HELD:
             self.held[block.index].append(event)
-        elif block.mode is not BlockMode.ADVISOR:
+        elif block.mode != ADVISOR:
             # Copied only to re-index: a block keeps its index until a consult comes first.
             out.append(event if block.index == upstream_index else {**event, "index": block.index})
         elif stop:  # the call's input is ours to give: none
@@ -235,21 +197,19 @@ class ExecutorLegRelay:
         if kind == "tool_use" and content.get("name") == ADVISOR_NAME:
             out += self._advisor_call(upstream_index, content.get("id"))
         elif kind == "tool_use" or self.calls:
-            self.blocks[upstream_index] = RelayedBlock(BlockMode.HELD, len(self.held))
+            self.blocks[upstream_index] = RelayedBlock(HELD, len(self.held))
             self.held.append([event])
         else:
             index = self.message.new_index()
-            mode = BlockMode.TEXT if kind in ("text", "thinking") else BlockMode.LIVE
+            mode = TEXT if kind in ("text", "thinking") else LIVE
             self.blocks[upstream_index] = RelayedBlock(mode, index)
             out.append({**event, "index": index})
 
     def _advisor_call(self, upstream_index: int, proposed_id: Any) -> list[dict[str, Any]]:
-        exec_id = self.ids.claim(proposed_id)
-        call = AdvisorCall(upstream_index, exec_id, server_tool_use_id(exec_id))
-        self.calls.append(call)
+        exec_id = self.calls[upstream_index] = self.ids.claim(proposed_id)
         index = self.message.new_index()
-        self.blocks[upstream_index] = RelayedBlock(BlockMode.ADVISOR, index)
-        block = server_tool_use_block(call.srv_id)
+        self.blocks[upstream_index] = RelayedBlock(ADVISOR, index)
+        block = server_tool_use_block(server_tool_use_id(exec_id))
         # Real advisor streams carry one empty input_json_delta (docs/protocol.md §3).
         delta = {"type": "input_json_delta", "partial_json": ""}
         return [
@@ -258,9 +218,8 @@ class ExecutorLegRelay:
         ]
 
     def close(self) -> list[dict[str, Any]]:
-        """Stop events for the blocks the client has open (held ones were not sent yet); the
-        leg is over for the relay."""
-        indexes = sorted(block.index for block in self.blocks.values() if block.mode is not BlockMode.HELD)
+        """Stop events for the blocks the client has open; the leg is over for the relay."""
+        indexes = sorted(block.index for block in self.blocks.values() if block.mode != HELD)
         self.blocks = {}
         return [{"type": "content_block_stop", "index": index} for index in indexes]
 
@@ -281,13 +240,11 @@ class ExecutorLegRelay:
     def content(self) -> list[dict[str, Any]]:
         """The leg's blocks, verbatim (thinking keeps its signature), with the advisor calls in
         the canonical form later turns render from history (docs/protocol.md §6)."""
-        by_index = {call.upstream_index: call for call in self.calls}
         out = []
         for index, block in enumerate(self.accumulator.content):
-            if not block:
-                continue
-            call = by_index.get(index)
-            out.append(advisor_tool_use(call.exec_id) if call else block)
+            if block:
+                exec_id = self.calls.get(index)
+                out.append(advisor_tool_use(exec_id) if exec_id else block)
         return out
 
 
@@ -327,23 +284,19 @@ class Orchestration:
         self.advisor_headers = [*self.exec_headers[:-1], (LEG_HEADER, b"advisor")]
         self.executor_body = _executor_body(body, tool_index, tool)
         self.message = ClientMessage()
-        self.leg: ExecutorLegRelay | None = None
-        """The executor leg in flight, whose open blocks a failure closes."""
+        self.leg: ExecutorLegRelay | None = None  # the leg in flight, whose open blocks a failure closes
         self.consults = 0
         self.iterations: list[dict[str, Any]] = []
         self.leg_usages: list[dict[str, Any]] = []
         self.first_leg_headers: list[tuple[bytes, bytes]] = []
-        """The headers of the first executor leg's answer, as its router gave them; filled
-        before that leg's first events are emitted."""
+        """The first executor leg's answer headers, filled by its router before its first events."""
 
     async def run(self, emit: Emit) -> None:
         """Run the loop, handing the client's events to ``emit`` in groups that are ready
-        together (what one ``send`` of the host or one network read carried), as soon as they
-        are. The loop, the host of an ``AppRouter`` leg and ``emit`` all run in the caller's
-        task. Before anything was emitted (and always in JSON mode) a failure raises, so the
-        caller can answer with the upstream's own status; once streaming has started it ends
-        the stream instead: open blocks closed, then one ``error`` event. :class:`ClientGone`
-        (which ``emit`` raises once the client is gone, as a leg does) propagates unchanged."""
+        together, in the caller's task. Before anything was emitted (and always in JSON mode) a
+        failure raises, so the caller can answer with the upstream's own status; once streaming
+        has started it ends the stream: open blocks closed, then one ``error`` event.
+        :class:`ClientGone` propagates unchanged."""
         try:
             with self.trace.request(self.headers):
                 await self._loop(emit)
@@ -363,7 +316,9 @@ class Orchestration:
         for legs in range(1, self.config.max_executor_legs + 1):
             leg = await self._executor_leg(messages, ids, emit, first=legs == 1)
             ended = leg.accumulator.message
-            self._record_leg(ended.get("usage") or {})
+            leg_usage = ended.get("usage") or {}
+            self.leg_usages.append(leg_usage)
+            self.iterations.append(_iteration({"type": "message"}, leg_usage))
             tail = leg.close()
             if not leg.calls:
                 tail += leg.release_held()
@@ -371,7 +326,8 @@ class Orchestration:
             messages = _append_assistant(messages, leg.content())
             if tail:  # sent before the consults, which take a while
                 await emit(tail)
-            results = await self._consult_calls(messages, [(c.exec_id, c.srv_id) for c in leg.calls], emit)
+            calls = [(exec_id, server_tool_use_id(exec_id)) for exec_id in leg.calls.values()]
+            results = await self._consult_calls(messages, calls, emit)
             tail = leg.release_held()
             if leg.held_client_tools():
                 break  # the client's turn: its tools run before the executor goes on
@@ -383,12 +339,14 @@ class Orchestration:
             log.warning("executor kept calling the advisor; stopping after %d legs", legs)
             ended = {"stop_reason": "end_turn", "stop_sequence": ended.get("stop_sequence")}
         delta = {"stop_reason": ended.get("stop_reason"), "stop_sequence": ended.get("stop_sequence")}
-        await emit([*tail, {"type": "message_delta", "delta": delta, "usage": self._usage()}, {"type": "message_stop"}])
+        # Top-level usage sums the executor legs only; advisor tokens bill at the advisor's
+        # rates and live only in iterations (docs/protocol.md §4).
+        usage = {**_sum_usage(self.leg_usages), "iterations": self.iterations}
+        await emit([*tail, {"type": "message_delta", "delta": delta, "usage": usage}, {"type": "message_stop"}])
 
     async def _resume(self, messages: list[Any], pending: list[tuple[str, str]], emit: Emit) -> list[Any]:
-        """A resumed ``pause_turn``: run the pending consults first; the response begins with
-        their results (docs/protocol.md §6). No executor leg has started yet, so the
-        ``message_start`` is ours; the legs' usage arrives in ``message_delta`` as usual."""
+        """A resumed ``pause_turn``: the response begins with the pending consults' results
+        (docs/protocol.md §6), under a ``message_start`` of ours: no executor leg has started."""
         start: dict[str, Any] = {
             "id": f"msg_{uuid.uuid4().hex[:24]}",
             "type": "message",
@@ -407,7 +365,6 @@ class Orchestration:
         return _answer(messages, await self._consult_calls(upto, pending, emit))
 
     async def _executor_leg(self, messages: list[Any], ids: ToolUseIds, emit: Emit, *, first: bool) -> ExecutorLegRelay:
-        """Run one executor leg on ``messages``, relayed to ``emit`` as it comes."""
         body = dict(self.executor_body)
         body["messages"] = messages
         if self.consults and _forces_advisor(body.get("tool_choice")):
@@ -434,7 +391,7 @@ class Orchestration:
         return relay
 
     async def _consult_calls(
-        self, messages: list[Any], calls: Sequence[tuple[str, str]], emit: Emit
+        self, messages: list[Any], calls: list[tuple[str, str]], emit: Emit
     ) -> list[dict[str, Any]]:
         """Consult the advisor on ``messages`` for each call (executor id, ``srvtoolu_`` id), in
         order; emit each ``advisor_tool_result`` whole, in one start event (docs/protocol.md
@@ -455,24 +412,10 @@ class Orchestration:
             )
         return results
 
-    def _record_leg(self, usage: dict[str, Any]) -> None:
-        self.leg_usages.append(usage)
-        self.iterations.append(_iteration({"type": "message"}, usage))
-
-    def _usage(self) -> dict[str, Any]:
-        # Top-level usage: every field summed over executor legs only; advisor tokens bill at
-        # the advisor's rates and live only in iterations (docs/protocol.md §4).
-        usage = _sum_usage(self.leg_usages)
-        usage["iterations"] = self.iterations
-        return usage
-
     async def _consult(self, messages: list[Any]) -> dict[str, Any]:
-        """Run one advisor leg; return the fields of its ``advisor_tool_result`` content."""
+        """The fields of one consult's ``advisor_tool_result`` content."""
         self.consults += 1
-        cap = self.tool.max_uses
-        if (cap is not None and self.consults > cap) or (
-            self.config.max_consults is not None and self.consults > self.config.max_consults
-        ):
+        if any(cap is not None and self.consults > cap for cap in (self.tool.max_uses, self.config.max_consults)):
             return {"error_code": "max_uses_exceeded"}
         max_tokens = self.tool.max_tokens or self.config.advisor_max_tokens
         acc = MessageAccumulator()
@@ -483,9 +426,9 @@ class Orchestration:
         except ClientGone:
             raise  # not the advisor's failure: the request is over
         except Exception as exc:
-            self._record_advisor(acc)
             return {"error_code": _advisor_failure(exc)}
-        self._record_advisor(acc)
+        finally:
+            self._record_advisor(acc)
         return self._advice(acc, max_tokens)
 
     def _advisor_body(self, messages: list[Any], max_tokens: int) -> dict[str, Any]:
@@ -563,7 +506,7 @@ def _executor_body(body: dict[str, Any], tool_index: int, tool: AdvisorTool) -> 
 
 
 def _stream_error(exc: Exception) -> dict[str, Any]:
-    """The ``error`` event's error for a failure after the stream started; logs it."""
+    # The error event's error for a failure after the stream started; logged here.
     if isinstance(exc, UpstreamError):
         log.warning("executor leg failed after the response started: %s", exc)
         _log_upstream_message(exc)
@@ -573,7 +516,6 @@ def _stream_error(exc: Exception) -> dict[str, Any]:
 
 
 def _advisor_failure(exc: Exception) -> str:
-    """The error code of a failed advisor leg; logs it."""
     code = advisor_error_code(exc)
     if isinstance(exc, UpstreamError | TimeoutError):
         log.warning("advisor leg failed (%s): %s", code, exc)
@@ -619,18 +561,7 @@ def _log_upstream_message(exc: Exception) -> None:
         log.debug("the upstream's error message: %r", exc.error.get("message"))
 
 
-def _tool_use_ids(messages: list[Any]) -> set[str]:
-    ids: set[str] = set()
-    for message in messages:
-        content = message.get("content") if isinstance(message, dict) else None
-        blocks = content if isinstance(content, list) else ()
-        ids.update(str(b.get("id")) for b in blocks if isinstance(b, dict) and b.get("type") == "tool_use")
-    return ids
-
-
-_EVENT_TYPES = frozenset(
-    ("message_start", "content_block_start", "content_block_delta", "content_block_stop", "message_delta")
-)
+_EVENT_TYPES = ("message_start", "content_block_start", "content_block_delta", "content_block_stop", "message_delta")
 
 
 def _malformed(kind: Any) -> UpstreamError:

@@ -1,9 +1,5 @@
-"""``UpstreamProxy``: an ASGI app that forwards every request to another HTTP gateway.
-
-``advisor-middleware serve --upstream URL`` wraps it in ``AdvisorMiddleware`` with an
-``HTTPRouter`` on the same connection pool: advisor requests are orchestrated here, everything
-else (any path or method, and every leg) goes to the upstream gateway as it is.
-"""
+"""``UpstreamProxy``: an ASGI app that forwards every request to another HTTP gateway
+(``advisor-middleware serve --upstream URL`` wraps it in ``AdvisorMiddleware``)."""
 
 from __future__ import annotations
 
@@ -17,7 +13,7 @@ import anyio
 import httpx
 
 from ._types import Receive, Scope, Send
-from .errors import error_body, send_error
+from .errors import error_body, send_json
 from .middleware import LINGER
 from .routers.base import end_to_end
 from .routers.http import DEFAULT_TIMEOUT, InvalidTarget, PooledClient, parse_base_url, shown_url, upstream_url
@@ -26,8 +22,7 @@ __all__ = ["UpstreamProxy"]
 
 log = logging.getLogger("advisor_middleware.proxy")
 
-# httpx writes host from the URL.
-_HOST = frozenset({b"host"})
+_HOST = frozenset({b"host"})  # httpx writes it from the URL
 
 
 class _Disconnected(Exception):
@@ -35,14 +30,11 @@ class _Disconnected(Exception):
 
 
 class UpstreamProxy(PooledClient):
-    """Forward every HTTP request to ``base_url``: method, path, query, headers and body as they
-    came, and the answer (status, headers, body bytes, still compressed if it was) as it streams.
+    """Forward every HTTP request to ``base_url`` as it came, and stream the answer back as it is.
 
     A client that disconnects cancels the upstream request. An unreachable upstream is answered
-    ``502`` (``504`` on a timeout) in Anthropic's error shape. Each proxy adds itself to the
-    ``via`` header and answers ``508`` to a request that already passed through it, so an
-    upstream URL that leads back to this proxy fails fast instead of looping. WebSockets are
-    refused. Lifespan is answered here; shutdown closes the connection pool.
+    ``502`` (``504`` on a timeout); a request that already passed through this proxy (``via``)
+    ``508``, so a loop fails fast. WebSockets are refused; lifespan shutdown closes the pool.
     """
 
     def __init__(
@@ -75,9 +67,8 @@ class UpstreamProxy(PooledClient):
             await send({"type": "websocket.close", "code": 1003})
 
     def _forwarded_headers(self, received: Any) -> list[tuple[bytes, bytes]] | None:
-        """The request's headers as forwarded: end to end only, this proxy added to ``via``,
-        ``accept-encoding: identity`` if the caller asked for none. None if the request has
-        passed through this proxy already."""
+        """The request's headers as forwarded, this proxy added to ``via``; None if the request
+        has passed through this proxy already."""
         headers = []
         via = []
         for name, value in _framed(end_to_end(received, _HOST), received):
@@ -97,11 +88,11 @@ class UpstreamProxy(PooledClient):
         try:
             url = upstream_url(self._base, _target_path(scope), bytes(scope.get("query_string") or b""))
         except InvalidTarget as exc:
-            await send_error(send, 400, error_body("invalid_request_error", str(exc)))
+            await send_json(send, 400, error_body("invalid_request_error", str(exc)))
             return
         headers = self._forwarded_headers(scope["headers"])
         if headers is None:
-            await send_error(send, 508, error_body("api_error", "request loop: the upstream leads back here"))
+            await send_json(send, 508, error_body("api_error", "request loop: the upstream leads back here"))
             return
         body_read = anyio.Event()
         content = await _request_content(receive, body_read)
@@ -110,9 +101,7 @@ class UpstreamProxy(PooledClient):
         async with anyio.create_task_group() as tg:
             tg.start_soon(_watch, receive, body_read, tg.cancel_scope)
             if await self._forward(scope["method"], url, headers, content, send):
-                # As in the middleware: once the response is out, the server answers the
-                # watcher's receive with http.disconnect and the watcher ends by itself. A
-                # silent server gets LINGER seconds.
+                # As in the middleware: the server's http.disconnect ends the watcher, or LINGER.
                 tg.cancel_scope.deadline = anyio.current_time() + LINGER
             else:
                 tg.cancel_scope.cancel()
@@ -141,8 +130,7 @@ class UpstreamProxy(PooledClient):
         except _Disconnected:
             return False
         except Exception as exc:
-            # Whatever the transport raised (httpx's errors, the protocol library's, the
-            # socket's): the upstream failed us, which is a 502 (504 on a timeout).
+            # Whatever the transport raised, the upstream failed us: a 502 (504 on a timeout).
             if started:
                 # The type only: the transport's words may quote what the upstream sent.
                 log.warning("upstream %s broke off mid-response: %s", self._shown, type(exc).__name__)
@@ -150,14 +138,13 @@ class UpstreamProxy(PooledClient):
             timeout = isinstance(exc, httpx.TimeoutException)
             status, kind = (504, "timeout_error") if timeout else (502, "api_error")
             message = f"upstream {self._shown} failed: {type(exc).__name__}: {exc}"
-            await send_error(send, status, error_body(kind, message))
+            await send_json(send, status, error_body(kind, message))
             return False
 
 
 async def _request_content(receive: Receive, body_read: anyio.Event) -> bytes | AsyncIterator[bytes] | None:
-    """The request's body as httpx sends it: the bytes if they came in one message, else an
-    iterator that reads the rest as it is sent (``body_read`` is set once all of it is in).
-    None if the client left first."""
+    """The request's body for httpx: bytes if it came in one message, else an iterator that sets
+    ``body_read`` once all is in. None if the client left first."""
     first = await receive()
     if first["type"] == "http.disconnect":
         return None
@@ -169,9 +156,8 @@ async def _request_content(receive: Receive, body_read: anyio.Event) -> bytes | 
 
 
 async def _watch(receive: Receive, body_read: anyio.Event, scope: anyio.CancelScope) -> None:
-    """The one reader of ``receive`` once the body is read: its only news then is a disconnect
-    (a server's send may stay silent once the client is gone, docs/protocol.md §8), which
-    cancels the forwarding. After a complete answer the cancel only ends this task."""
+    """The one reader of ``receive`` once the body is read: a disconnect cancels the forwarding
+    (a server's send may stay silent once the client is gone, docs/protocol.md §8)."""
     # Event.wait() checkpoints even when the event is set: not waited on for a body already read.
     if not body_read.is_set():
         await body_read.wait()
@@ -181,9 +167,8 @@ async def _watch(receive: Receive, body_read: anyio.Event, scope: anyio.CancelSc
 
 
 def _framed(headers: list[tuple[bytes, bytes]], received: Any) -> list[tuple[bytes, bytes]]:
-    """``headers`` (forwarded from ``received``) without ``content-length`` if ``received`` had
-    a ``transfer-encoding``: the chunks were decoded on the way in, and a length sent with them
-    means nothing (RFC 9112 §6.1). Forwarded, it would frame the body wrongly."""
+    """``headers`` without ``content-length`` if ``received`` had a ``transfer-encoding``: the
+    length means nothing then (RFC 9112 §6.1), and forwarded it would frame the body wrongly."""
     if any(bytes(name).lower() == b"transfer-encoding" for name, _ in received):
         return [(name, value) for name, value in headers if name != b"content-length"]
     return headers

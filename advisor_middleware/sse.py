@@ -1,13 +1,13 @@
-"""Server-sent events: an incremental bytes-level decoder, the encoder we answer with, and
-:class:`RawDelta`, a delta relayed as the bytes it came in.
+"""Server-sent events: an incremental decoder, the encoder, and :class:`RawDelta`.
 
-The decoder splits on the three SSE line endings on *bytes* (never ``str.splitlines``, which
-also breaks on U+2028/U+0085 inside JSON) and keeps a partial line across
-chunks, so a multibyte character split between two ``http.response.body`` messages is safe.
+The decoder splits lines on *bytes* (``str.splitlines`` also breaks on U+2028 inside JSON) and
+keeps a partial event across chunks, so a character split between two chunks is safe.
 """
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from typing import Any, final
 
 import orjson
@@ -15,24 +15,9 @@ import pydantic_core
 
 from .errors import UpstreamError
 
-__all__ = [
-    "DELTA_DATA",
-    "DELTA_HEAD",
-    "DELTA_SSE",
-    "RawDelta",
-    "SSEDecoder",
-    "encode_event",
-    "encode_json",
-    "index_at",
-    "parse_event",
-    "raw_delta_at",
-    "raw_delta_event",
-]
-
 
 def encode_json(data: Any) -> bytes:
-    """Compact JSON (no spaces, newlines escaped, so it fits on one ``data:`` line). ``orjson``
-    is the faster encoder of a long conversation; ``pydantic_core.to_json`` takes what orjson
+    """Compact JSON on one line: ``orjson`` (the faster), or ``pydantic_core`` for what orjson
     refuses (integers over 64 bits)."""
     try:
         return orjson.dumps(data)
@@ -40,60 +25,27 @@ def encode_json(data: Any) -> bytes:
         return pydantic_core.to_json(data)
 
 
-# The line before the data of each event type we send, encoded once.
-_EVENT_LINES = {
-    kind: b"event: " + kind.encode() + b"\ndata: "
-    for kind in (
-        "message_start",
-        "content_block_start",
-        "content_block_delta",
-        "content_block_stop",
-        "message_delta",
-        "message_stop",
-        "error",
-    )
-}
-
-
-# The event line of each type Anthropic streams, to its name: a lookup, not a decode.
-_NAMES = {b"event: " + kind.encode(): kind for kind in (*_EVENT_LINES, "ping")}
-
-
 def encode_event(data: dict[str, Any]) -> bytes:
     """``event: <type>`` plus one ``data:`` line, the shape Anthropic streams use."""
-    kind = data["type"]
-    try:
-        head = _EVENT_LINES[kind]
-    except (KeyError, TypeError):  # a type of its own (TypeError: not even a string)
-        head = b"event: " + str(kind).encode() + b"\ndata: "
-    return head + encode_json(data) + b"\n\n"
+    return b"event: %b\ndata: %b\n\n" % (str(data["type"]).encode(), encode_json(data))
 
 
 class SSEDecoder:
     """Feed bytes, get ``(event_name, data)`` pairs for each complete event, ``data`` as bytes
-    (``pydantic_core.from_json`` takes them as they are; decoding first costs a copy).
-
-    Follows the WHATWG field rules: ``data:`` lines are joined with ``\\n``, one leading space
-    after the colon is dropped, comment lines (``:``) and unknown fields are ignored, and an
-    event with no data is not dispatched.
+    (``pydantic_core.from_json`` takes them as they are), by the WHATWG field rules.
     """
 
     __slots__ = ("_partial", "_pending_cr", "idle")
 
     def __init__(self) -> None:
-        # The start of an event that has not ended yet, in the pieces it came in: joined only
-        # once its end arrives, so a long event split over many chunks is copied once.
+        # The start of an unfinished event, in its pieces: joined once, when its end arrives.
         self._partial: list[bytes] = []
         self._pending_cr = False
-        # Nothing of an earlier chunk is waiting: a chunk that ends with a blank line is whole
-        # events. Kept by ``feed`` rather than computed by a property: a router reads it for
-        # every chunk of every leg, and the property's call shows on the per-event cost.
+        # Nothing of an earlier chunk is waiting (an attribute, not a property: read per chunk).
         self.idle = True
 
     def feed(self, chunk: bytes) -> list[tuple[str, bytes]]:
-        # Byte tests are written `10 in chunk` (10 is "\n", 13 "\r"): with an int, `in` is one
-        # memchr, while `b"\r" in chunk` first tries the bytes as an int and formats the
-        # TypeError it gets. This runs for every chunk of every leg.
+        # `10 in chunk` (10 is "\n", 13 "\r") is one memchr; `b"\r" in chunk` costs more.
         if not chunk:
             return []  # changes nothing, and must not forget a "\r" that ended the last chunk
         if self._pending_cr:
@@ -111,10 +63,9 @@ class SSEDecoder:
         partial = self._partial
         if partial:
             # An event ends at a blank line: "\n\n" in this chunk, or across the boundary.
-            if chunk.find(b"\n\n") < 0 and not (chunk[0] == 10 and partial[-1][-1] == 10):
-                partial.append(chunk)
-                return []  # idle was already False
             partial.append(chunk)
+            if chunk.find(b"\n\n") < 0 and not (chunk[0] == 10 and partial[-2][-1] == 10):
+                return []  # idle was already False
             chunk = b"".join(partial)
             partial.clear()
         events = chunk.split(b"\n\n")
@@ -127,8 +78,7 @@ class SSEDecoder:
             if event[:7] == b"event: ":
                 head, sep, data = event.partition(b"\ndata: ")
                 if sep and 10 not in head and 10 not in data:
-                    name = _NAMES.get(head) or head[7:].decode("utf-8", "replace") or "message"
-                    out.append((name, data))
+                    out.append((head[7:].decode("utf-8", "replace") or "message", data))
                     continue
             _fields(event, out)
         self.idle = not partial and not self._pending_cr
@@ -136,17 +86,11 @@ class SSEDecoder:
 
 
 def _fields(event: bytes, out: list[tuple[str, bytes]]) -> None:
-    """The general field rules over the lines of one event (blank lines inside it included)."""
+    """The general field rules over the lines of one event (no blank line but at its ends)."""
     name = ""
     data: list[bytes] = []
     for line in event.split(b"\n"):
-        if not line:
-            if data:
-                out.append((name or "message", b"\n".join(data)))
-                data = []
-            name = ""
-            continue
-        if line[0] == 0x3A:  # ":" comment
+        if not line or line[0] == 0x3A:  # ":" comment
             continue
         field, sep, value = line.partition(b":")
         if sep and value[:1] == b" ":
@@ -163,20 +107,15 @@ def parse_event(name: str, data: str | bytes) -> dict[str, Any] | UpstreamError:
     """One decoded SSE event (``name``, ``data``) as a stream event dict, or why it is unusable."""
     try:
         event = pydantic_core.from_json(data)
-    except ValueError as exc:
+    except ValueError:
+        # Bytes that are not UTF-8 inside a string: read as a client's SSE parser reads them (U+FFFD).
         text = data if isinstance(data, str) else data.decode("utf-8", "replace")
-        reason: ValueError = exc
         try:
-            # Bytes that are not UTF-8 inside a string: read the way a text decoder reads
-            # them (U+FFFD), which is what a client's SSE parser does too.
-            event = pydantic_core.from_json(text) if text is not data else None
-        except ValueError as again:
-            event, reason = None, again
-        if event is None:
+            event = pydantic_core.from_json(text)
+        except ValueError as reason:
             if name == "error":
                 return {"type": "error", "error": {"type": "api_error", "message": text[:2000]}}
-            # The parser's reason is a position ("... at line 1 column 57"); the data itself may
-            # be advice or model output, and this message is logged: its size only.
+            # The reason is a position; the data may be model output, and this is logged: its size only.
             return UpstreamError(502, f"leg sent an SSE event whose data ({len(data)} bytes) is not JSON: {reason}")
     if not isinstance(event, dict):
         return UpstreamError(502, "leg sent an SSE event whose data is not a JSON object")
@@ -186,30 +125,17 @@ def parse_event(name: str, data: str | bytes) -> dict[str, Any] | UpstreamError:
 
 
 @final
+@dataclass(slots=True, eq=False)
 class RawDelta:
-    """A ``content_block_delta`` kept as the SSE event it arrived in (``sse``: ``b"event:
-    content_block_delta\ndata: {...}\n\n"``), its ``index`` already read.
+    """A ``content_block_delta`` kept as the SSE event it arrived in (``sse``), its ``index`` read.
 
-    Nearly every event of a stream is one, and most are relayed unchanged and never needed again
-    (a leg that ends without a consult): relaying the bytes skips a parse, an accumulator step
-    and an encode per event. Only a leg whose ``Leg.raw_deltas`` is set gets them, in place of
-    the ``content_block_delta`` dicts of Anthropic's own layout; every other event is a dict.
-    Code that takes both tells them apart with ``type(event) is RawDelta``.
-
-    The bytes are not validated: a delta that is not JSON (or repeats its ``index`` key) reaches
-    the client as the host wrote it, as it would from the host alone; the relay reads the index
-    the layout puts first. One whose text is read again (the leg consulted, or a JSON answer)
-    fails the leg there as a 502, as any event that is not JSON does.
+    Most deltas are relayed unchanged, never parsed (only for a leg with ``Leg.raw_deltas``; tell
+    them from dicts with ``type(event) is RawDelta``). One that is not JSON fails the leg (502)
+    only if it is read again.
     """
 
-    __slots__ = ("index", "sse")
-
-    def __init__(self, index: int, sse: bytes) -> None:
-        self.index = index
-        self.sse = sse
-
-    def __repr__(self) -> str:
-        return f"RawDelta({self.index}, {self.sse!r})"
+    index: int
+    sse: bytes
 
 
 # How Anthropic (and any JSON encoder that keeps key order and writes no spaces) starts a delta's
@@ -219,25 +145,19 @@ DELTA_DATA = b'{"type":"content_block_delta","index":'
 DELTA_HEAD = DELTA_SSE + DELTA_DATA
 _DATA_AT = len(DELTA_SSE)
 _DIGITS_AT = len(DELTA_HEAD)
+_INDEX = re.compile(rb"(0|[1-9][0-9]*),")  # a JSON integer (no leading zero), then the comma
 
 
 def index_at(buf: bytes, at: int) -> int:
     """The JSON integer at ``buf[at:]`` that a comma ends, or -1."""
-    size = len(buf)
-    if size > at + 1 and buf[at + 1] == 44 and 48 <= buf[at] <= 57:  # one digit: nearly every index
+    if len(buf) > at + 1 and buf[at + 1] == 44 and 48 <= buf[at] <= 57:  # one digit: nearly every index
         return buf[at] - 48
-    end = at
-    while end < size and 48 <= buf[end] <= 57:
-        end += 1
-    # No leading zero (JSON's integers); the comma: the digits are the whole value.
-    if end == at or end == size or buf[end] != 44 or buf[at] == 48:
-        return -1
-    return int(buf[at:end])
+    match = _INDEX.match(buf, at)
+    return int(match[1]) if match else -1
 
 
-# The head of a delta at each of the first indexes, made once: after a consult every delta of
-# the executor's text is re-indexed, and formatting the index each time shows on the
-# per-event cost.
+# The head of a delta at each of the first indexes, made once: after a consult every delta is
+# re-indexed, and formatting the index each time shows on the per-event cost.
 _HEADS = [DELTA_HEAD + str(index).encode() for index in range(64)]
 
 

@@ -8,6 +8,7 @@ N-1 plus one appended segment: providers' prefix caches hit.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import pydantic_core
@@ -48,9 +49,6 @@ def render_transcript(
             if parts is not None:
                 return "".join(parts)
     return _shorten(_whole(body, messages, caps[-1]), 0, max_chars)
-
-
-_TRANSCRIPT = "\n=== Transcript ===\n"
 
 
 def _field_lengths(messages: list[Any], cap: int, limit: int) -> list[int] | None:
@@ -103,7 +101,7 @@ def _head(body: dict[str, Any], max_block_chars: int) -> str:
         lines = [line for line in (_tool_line(t) for t in tools if isinstance(t, dict)) if line]
         if lines:
             parts.append("\n=== Executor's tools ===\n" + "\n".join(lines) + "\n")
-    parts.append(_TRANSCRIPT)
+    parts.append("\n=== Transcript ===\n")
     return "".join(parts)
 
 
@@ -166,12 +164,19 @@ def _newest(body: dict[str, Any], messages: list[Any], cap: int, max_chars: int)
 def _advisor_calls(messages: list[Any]) -> dict[str, int]:
     """Each advisor ``tool_use`` id, to the message that makes it first."""
     first_call: dict[str, int] = {}
+    for at, block in tool_uses(messages):
+        if block.get("name") == ADVISOR_NAME:
+            first_call.setdefault(str(block.get("id")), at)
+    return first_call
+
+
+def tool_uses(messages: list[Any]) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Each ``tool_use`` block of ``messages``, with the position of its message."""
     for at, message in enumerate(messages):
         content = message.get("content") if isinstance(message, dict) else None
         for block in content if isinstance(content, list) else ():
-            if isinstance(block, dict) and block.get("type") == "tool_use" and block.get("name") == ADVISOR_NAME:
-                first_call.setdefault(str(block.get("id")), at)
-    return first_call
+            if isinstance(block, dict) and block.get("type") == "tool_use":
+                yield at, block
 
 
 # Room left for the marker that says what was left out (at most 66 characters).

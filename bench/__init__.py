@@ -1,11 +1,9 @@
-"""Benchmarks of ``AdvisorMiddleware`` against the host alone and LiteLLM (``python -m bench``; see
-``bench/run.py`` and docs/performance.md)."""
+"""Benchmarks of ``AdvisorMiddleware`` against the host alone and LiteLLM: ``python -m bench``."""
 
 import os
 import sys
 
-PACKAGE_PATH = "BENCH_PACKAGE_PATH"
-"""``python -m bench --compare DIR`` runs its children with this set to DIR: they import DIR's package."""
+PACKAGE_PATH = "BENCH_PACKAGE_PATH"  # set to DIR by ``--compare DIR``: its children import DIR's package
 
 if os.environ.get(PACKAGE_PATH):
     # Only the package comes from DIR: its tests/ (the scripted model) must stay this checkout's.

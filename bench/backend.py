@@ -1,85 +1,51 @@
-"""A bench server in its own process: ``python -m bench.backend [--middleware] [options]``.
-
-Serves ``ModelHost`` (optionally behind ``AdvisorMiddleware``) with uvicorn on 127.0.0.1, on a
-port it picks, and prints that port once it accepts connections. A separate process keeps the
-server's CPU out of the client's measurements, and the client's out of the server's.
-"""
+"""A server in a process of its own, which keeps its CPU out of the client's figures: ``python -m
+bench.backend '[MIDDLEWARE, OPTIONS]'`` serves ``ModelHost(**OPTIONS)`` with uvicorn, prints its port."""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import socket
+import json
 import subprocess
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import uvicorn
 
-from .hosts import ModelHost
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _listening_socket() -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    # Without it Linux adds ~40 ms of delayed ACK to small writes (accepted sockets inherit it).
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(4096)
-    sock.setblocking(False)
-    return sock
+from .hosts import ROOT, ModelHost
 
 
 async def serve_app(app: Any) -> None:
-    sock = _listening_socket()
-    config = uvicorn.Config(app, lifespan="off", ws="none", log_config=None, log_level="error", access_log=False)
-    config.backlog = 4096
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
+    """Serve ``app`` with uvicorn on 127.0.0.1, on a port it picks, and print that port."""
+    options: dict[str, Any] = {"lifespan": "off", "ws": "none", "log_config": None, "log_level": "error"}
+    server = uvicorn.Server(uvicorn.Config(app, port=0, backlog=4096, access_log=False, **options))
+    task = asyncio.create_task(server.serve())
     while not server.started:  # noqa: ASYNC110 (uvicorn.Server has no event to wait on)
         await asyncio.sleep(0.01)
-    print(sock.getsockname()[1], flush=True)
+    print(server.servers[0].sockets[0].getsockname()[1], flush=True)
     await task
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.backend")
-    parser.add_argument("--middleware", action="store_true", help="serve AdvisorMiddleware(ModelHost)")
-    parser.add_argument("--advisor-delay", type=float, default=0.0, help="seconds the advisor thinks")
-    args = parser.parse_args()
-    app: Any = ModelHost(advisor_delay=args.advisor_delay)
-    if args.middleware:
-        from advisor_middleware import AdvisorMiddleware
-
-        app = AdvisorMiddleware(app)
-    asyncio.run(serve_app(app))
 
 
 @contextmanager
 def serve_in_subprocess(*args: str, module: str = "bench.backend") -> Iterator[tuple[int, int]]:
-    """Start ``python -m MODULE ARGS``; yield its port and pid; stop it on exit."""
-    process = subprocess.Popen([sys.executable, "-m", module, *args], stdout=subprocess.PIPE, text=True, cwd=ROOT)
-    try:
-        assert process.stdout is not None
-        line = process.stdout.readline().strip()
-        if not line.isdigit():
-            raise RuntimeError(f"bench backend failed to start (exit {process.poll()})")
-        yield int(line), process.pid
-    finally:
-        process.terminate()
+    """Run ``python -m MODULE ARGS``, a server that prints its port; yield that port and its pid."""
+    command = [sys.executable, "-m", module, *args]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=ROOT) as process:
         try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        if process.stdout is not None:
-            process.stdout.close()
+            assert process.stdout is not None
+            yield int(process.stdout.readline()), process.pid
+        finally:
+            process.terminate()
+
+
+def serve_model(*, middleware: bool = False, **options: Any) -> AbstractContextManager[tuple[int, int]]:
+    """``ModelHost(**options)``, behind the middleware if asked, served in a process of its own."""
+    return serve_in_subprocess(json.dumps([middleware, options]))
 
 
 if __name__ == "__main__":
-    main()
+    from advisor_middleware import AdvisorMiddleware
+
+    middleware, options = json.loads(sys.argv[1])
+    asyncio.run(serve_app(AdvisorMiddleware(ModelHost(**options)) if middleware else ModelHost(**options)))

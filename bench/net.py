@@ -1,28 +1,31 @@
-"""Rows over real sockets: the server (uvicorn, h11, one process) in a subprocess, the client
-(a minimal HTTP/1.1 client) here, both on 127.0.0.1. Also the start-up probes, LiteLLM's included."""
+"""Rows over sockets (uvicorn in a subprocess, a minimal HTTP/1.1 client here), the start-up probes,
+and LiteLLM's loop (``python -m bench.net URL N WARMUP`` prints its figures as JSON)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager, suppress
 from functools import partial
+from importlib import metadata
 from importlib.util import find_spec
 from typing import Any
 
 import anyio
+import httpx
 
-from .backend import ROOT, serve_in_subprocess
-from .hosts import FINAL_DELTAS_HEADER, PACED_HEADER, ModelHost, small_consult_body
-from .inproc import record_legs
+from .backend import serve_model
+from .hosts import ADVISOR_MODEL, ADVISOR_TOOL, EXEC_MODEL, ROOT, ModelHost, small_consult_body
+from .inproc import Call, alternate, medians, record_legs
 
-_LEG_HEADERS = {"content-type": "application/json", "x-api-key": "sk-bench", "anthropic-version": "2023-06-01"}
-_CONSULT_HEADERS = _LEG_HEADERS | {"anthropic-beta": "advisor-tool-2026-03-01"}
+LEG_HEADERS = {"content-type": "application/json", "x-api-key": "sk-bench", "anthropic-version": "2023-06-01"}
+CONSULT_HEADERS = LEG_HEADERS | {"anthropic-beta": "advisor-tool-2026-03-01"}
 
 
 def litellm_installed() -> bool:
@@ -31,89 +34,60 @@ def litellm_installed() -> bool:
 
 async def _leg_bodies() -> list[bytes]:
     """The three leg bodies the middleware sends for the short streaming consult."""
-    legs = await record_legs(ModelHost(), small_consult_body(True), stream=True)
-    return [body for _, body in legs]
+    return [body for _, body in await record_legs(ModelHost(), small_consult_body(True), stream=True)]
 
 
-async def _post(port: int, body: bytes, headers: dict[str, str]) -> tuple[float, bytes]:
-    """``POST /v1/messages`` on a new connection (``connection: close``) and read the whole answer;
-    returns (seconds to the first response byte, the raw response). A hand-written HTTP/1.1
-    client: ``httpx``'s connection pool costs more CPU than the server at a thousand connections."""
+async def post(port: int, body: bytes, headers: dict[str, str]) -> tuple[float, bytes]:
+    """``POST /v1/messages`` on a new connection, answered with a whole stream: the µs to its first
+    byte and the raw response. Hand-written: ``httpx``'s pool costs more CPU than the server."""
     head = f"POST /v1/messages HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\ncontent-length: {len(body)}\r\n"
     head += "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-    request = (head + "connection: close\r\n\r\n").encode() + body
-    t0 = time.perf_counter()
-    first = 0.0
-    chunks = []
+    t0, first, chunks = time.perf_counter(), 0.0, []
     async with await anyio.connect_tcp("127.0.0.1", port) as stream:
-        await stream.send(request)
+        await stream.send((head + "connection: close\r\n\r\n").encode() + body)
         while True:
             try:
-                chunk = await stream.receive(1 << 16)
+                chunks.append(await stream.receive(1 << 16))
             except (anyio.EndOfStream, anyio.BrokenResourceError):
                 break
-            if not first:
-                first = time.perf_counter() - t0
-            chunks.append(chunk)
+            first = first or (time.perf_counter() - t0) * 1e6
     raw = b"".join(chunks)
-    if not raw.startswith(b"HTTP/1.1 200 "):
+    if not raw.startswith(b"HTTP/1.1 200 ") or b'{"type":"message_stop"}' not in raw[-100:]:
         raise RuntimeError(f"answered {raw[:200]!r}")
     return first, raw
 
 
-@dataclass
-class Relay:
-    ttfb_n: int
-    events: int
-    rounds: int
-    alone_ttfb_us: float = 0.0
-    through_ttfb_us: float = 0.0
-    alone_events_s: float = 0.0
-    through_events_s: float = 0.0
+async def _client(port: int, bodies: list[bytes], headers: dict[str, str]) -> tuple[float, int]:
+    """``bodies`` posted in turn: the µs to the first answer's first byte, and the events received."""
+    answers = [await post(port, body, headers) for body in bodies]
+    return answers[0][0], sum(raw.count(b"\n\n") for _, raw in answers)
 
 
-async def measure_relay(ttfb_n: int, events: int, rounds: int) -> Relay:
-    """Two uvicorn servers of the same ``ModelHost``, one behind the middleware. Time to first
-    byte: a streamed consult's vs its first leg's sent directly. Events/s: a consult whose last leg
-    streams ``events`` text deltas vs the same three legs sent directly, the host yielding to the
-    event loop after each event, as a host reading each event off the network does."""
-    legs, consult = await _leg_bodies(), small_consult_body(True)
-    paced = {FINAL_DELTAS_HEADER.decode(): str(events), PACED_HEADER.decode(): "1"}
-    relay = Relay(ttfb_n, events, rounds)
-    with serve_in_subprocess() as (alone, _), serve_in_subprocess("--middleware") as (through, _):
-        alone_first, through_first = partial(_first, alone, legs[0], _LEG_HEADERS), partial(_first, through, consult)
-        relay.alone_ttfb_us, relay.through_ttfb_us = await _alternate(alone_first, through_first, ttfb_n, 10)
-        alone_rate = partial(_rate, alone, legs, _LEG_HEADERS | paced)
-        through_rate = partial(_rate, through, [consult], _CONSULT_HEADERS | paced)
-        relay.alone_events_s, relay.through_events_s = await _alternate(alone_rate, through_rate, rounds, 1)
-    return relay
+Client = Callable[[], Awaitable[tuple[float, int]]]
 
 
-async def _first(port: int, body: bytes, headers: dict[str, str] = _CONSULT_HEADERS) -> float:
-    """µs to the first byte of the answer."""
-    return (await _post(port, body, headers))[0] * 1e6
+@contextmanager
+def side_by_side(legs: list[bytes], **options: Any) -> Iterator[list[tuple[Client, int]]]:
+    """``ModelHost(**options)`` alone and behind the middleware, each served by uvicorn in its own
+    process: per side, one client's requests (``legs``, or the short streaming consult) and the pid."""
+    with serve_model(**options) as alone, serve_model(middleware=True, **options) as through:
+        requests = [(alone, legs, LEG_HEADERS), (through, [small_consult_body(True)], CONSULT_HEADERS)]
+        yield [(partial(_client, port, bodies, headers), pid) for (port, pid), bodies, headers in requests]
 
 
-async def _rate(port: int, bodies: list[bytes], headers: dict[str, str]) -> float:
-    """Events per second over ``bodies`` posted one after the other."""
-    t0, count = time.perf_counter(), 0
-    for body in bodies:
-        count += (await _post(port, body, headers))[1].count(b"\n\n")
-    return count / (time.perf_counter() - t0)
-
-
-async def _alternate(
-    a: Callable[[], Awaitable[float]], b: Callable[[], Awaitable[float]], n: int, warmup: int
-) -> tuple[float, float]:
-    """The medians of ``n`` calls each of ``a`` and ``b``, taking turns (a b b a a b ...)."""
-    for _ in range(warmup):
-        await a()
-        await b()
-    out: tuple[list[float], list[float]] = ([], [])
-    for i in range(n):
-        for side, call in ((0, a), (1, b)) if i % 2 == 0 else ((1, b), (0, a)):
-            out[side].append(await call())
-    return statistics.median(out[0]), statistics.median(out[1])
+async def measure_relay(ttfb_n: int, events: int, rounds: int) -> dict[str, float]:
+    """Time to first byte: a streamed consult's against its first leg's. Events/s: a consult whose
+    final leg streams ``events`` deltas against its three legs, the host paced."""
+    legs = await _leg_bodies()
+    with side_by_side(legs[:1]) as sides:
+        ttfb = await alternate([call for call, _ in sides], ttfb_n, 10)
+    with side_by_side(legs, final_deltas=events, paced=True) as sides:
+        rates = await alternate([call for call, _ in sides], rounds, 1)
+    out = {}
+    for side, firsts, streams in zip(("alone", "through"), ttfb, rates, strict=True):
+        out[f"{side}_ttfb_us"] = statistics.median(first for _, _, (first, _) in firsts)
+        out[f"{side}_events_s"] = statistics.median(count * 1e6 / wall for _, wall, (_, count) in streams)
+    return out
 
 
 def _rss_mb(pid: int) -> float:
@@ -121,112 +95,119 @@ def _rss_mb(pid: int) -> float:
         return next((int(line.split()[1]) / 1024 for line in f if line.startswith("VmRSS:")), float("nan"))
 
 
-class Swarm:
-    """Many concurrent clients of the server ``pid``: their latencies, and the server's resident
-    memory before they start and at its peak (sampled every 10 ms)."""
+async def swarm(pid: int, clients: int, one: Callable[[], Awaitable[object]]) -> dict[str, float]:
+    """``clients`` calls of ``one`` at once: their latencies, and server ``pid``'s RSS before and at peak."""
+    latencies: list[float] = []
+    rss = [_rss_mb(pid)]
 
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.latencies: list[float] = []
-        self.failed = 0
-        self.idle_rss_mb = self.peak_rss_mb = _rss_mb(pid)
-        self.done = anyio.Event()
+    async def client() -> None:
+        t0 = time.perf_counter()
+        with suppress(OSError, RuntimeError):
+            await one()
+            latencies.append(time.perf_counter() - t0)
 
-    async def run(self, clients: int, one: Callable[[], Awaitable[None]]) -> Swarm:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(self._sample)
-            async with anyio.create_task_group() as clients_tg:
-                for _ in range(clients):
-                    clients_tg.start_soon(self._client, one)
-            self.done.set()
-        return self
-
-    async def _sample(self) -> None:
-        while not self.done.is_set():
-            self.peak_rss_mb = max(self.peak_rss_mb, _rss_mb(self.pid))
+    async def sample() -> None:
+        while True:
+            rss.append(_rss_mb(pid))
             await anyio.sleep(0.01)
 
-    async def _client(self, one: Callable[[], Awaitable[None]]) -> None:
-        t0 = time.perf_counter()
-        try:
-            await one()
-        except (OSError, RuntimeError):
-            self.failed += 1
-            return
-        self.latencies.append(time.perf_counter() - t0)
-
-    def percentile_s(self, fraction: float) -> float:
-        ordered = sorted(self.latencies) or [float("nan")]
-        return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+    async with anyio.create_task_group() as sampler:
+        sampler.start_soon(sample)
+        async with anyio.create_task_group() as tg:
+            for _ in range(clients):
+                tg.start_soon(client)
+        sampler.cancel_scope.cancel()
+    ordered = sorted(latencies) or [float("nan")]
+    p50, p99 = (ordered[min(len(ordered) - 1, int(p * len(ordered)))] * 1000 for p in (0.5, 0.99))
+    figures = {"completed": len(latencies), "failed": clients - len(latencies), "p50_ms": p50, "p99_ms": p99}
+    return figures | {"idle_mb": rss[0], "peak_mb": max(rss)}
 
 
-async def measure_concurrency(clients: int, advisor_delay: float) -> tuple[Swarm, Swarm]:
-    """``clients`` streaming consults at once against uvicorn + middleware, the advisor taking
-    ``advisor_delay`` s; side by side with the same number of clients each sending the three
-    legs directly to the host alone (the advisor leg waits just as long)."""
-    legs = await _leg_bodies()
-    consult = small_consult_body(True)
-    delay = str(advisor_delay)
-    with (
-        serve_in_subprocess("--advisor-delay", delay) as (alone, alone_pid),
-        serve_in_subprocess("--middleware", "--advisor-delay", delay) as (through, through_pid),
-    ):
-
-        async def alone_one() -> None:
-            for body in legs:
-                await _post(alone, body, _LEG_HEADERS)
-
-        async def through_one() -> None:
-            raw = (await _post(through, consult, _CONSULT_HEADERS))[1]
-            if b'{"type":"message_stop"}' not in raw[-100:]:
-                raise RuntimeError("incomplete stream")
-
-        await alone_one()
-        await through_one()
-        return await Swarm(alone_pid).run(clients, alone_one), await Swarm(through_pid).run(clients, through_one)
+async def measure_concurrency(clients: int, advisor_delay: float) -> list[dict[str, float]]:
+    """``clients`` streaming consults at once, the advisor taking ``advisor_delay`` s, through the
+    middleware; and as many clients each sending the three legs to the host alone."""
+    with side_by_side(await _leg_bodies(), advisor_delay=advisor_delay) as sides:
+        for call, _ in sides:
+            await call()
+        return [await swarm(pid, clients, call) for call, pid in sides]
 
 
 def measure_litellm(base_url: str, n: int, warmup: int) -> dict[str, Any]:
-    """LiteLLM's loop on the backend at ``base_url``, in a process of its own (``bench.litellm_probe``):
-    its figures, or ``{"error": why not}``."""
+    """LiteLLM's loop on the backend at ``base_url``, in its own process, which keeps LiteLLM's
+    import, threads and globals away from our rows: its figures, or ``{"error": why not}``."""
     if not litellm_installed():
         return {"error": "not installed"}
-    command = [sys.executable, "-m", "bench.litellm_probe", base_url, str(n), str(warmup)]
+    command = [sys.executable, "-m", "bench.net", base_url, str(n), str(warmup)]
     out = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
-    try:
-        data: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
-    except (IndexError, ValueError):
+    if out.returncode:
         return {"error": f"failed: {out.stderr.strip().splitlines()[-1:]}"}
-    return data | {"n": n}
+    return {**json.loads(out.stdout.strip().splitlines()[-1]), "n": n}
 
 
-@dataclass
-class Startup:
-    import_ms: float
-    rss_added_mb: float
-    runs: int
+LITELLM_BLOCK = 10
+"""Requests per timed sample of LiteLLM's: it finishes each call in background tasks after it
+returns, so timing calls one by one would bill that work to the next sample (often ``raw3``)."""
+USER = [{"role": "user", "content": "Write a Go worker pool with graceful shutdown."}]
+_QUESTION = {"type": "object", "properties": {"question": {"type": "string"}}, "required": ["question"]}
+_FUNCTION = {"type": "function", "function": {"name": "advisor", "description": "Ask.", "parameters": _QUESTION}}
+
+
+async def _raw3(client: httpx.AsyncClient, base: str) -> None:
+    chat, request = f"{base}/v1/chat/completions", {"model": EXEC_MODEL, "max_tokens": 1024, "tools": [_FUNCTION]}
+    first = await client.post(chat, json=request | {"messages": USER})
+    call = first.json()["choices"][0]["message"]["tool_calls"][0]
+    question = json.loads(call["function"]["arguments"])["question"]
+    advice = await client.post(
+        f"{base}/v1/messages",
+        headers={"x-api-key": "sk-bench", "anthropic-version": "2023-06-01"},
+        json={"model": ADVISOR_MODEL, "max_tokens": 1024, "messages": [*USER, {"role": "user", "content": question}]},
+    )
+    answer = {"role": "tool", "tool_call_id": call["id"], "content": advice.json()["content"][0]["text"]}
+    messages = [*USER, {"role": "assistant", "tool_calls": [call]}, answer]
+    (await client.post(chat, json=request | {"messages": messages})).raise_for_status()
+
+
+async def _litellm(base: str, n: int, warmup: int) -> dict[str, Any]:
+    os.environ.update(LITELLM_LOCAL_MODEL_COST_MAP="True", ANTHROPIC_API_BASE=base, ANTHROPIC_API_KEY="sk-ant-bench")
+    import litellm  # type: ignore[import-not-found, unused-ignore]
+
+    kwargs: dict[str, Any] = {"model": f"hosted_vllm/{EXEC_MODEL}", "max_tokens": 1024, "messages": USER}
+    kwargs |= {"api_base": f"{base}/v1", "api_key": "sk-bench", "tools": [ADVISOR_TOOL]}
+
+    async def orchestrated() -> None:
+        response = await litellm.anthropic_messages(**kwargs)
+        if "Done" not in response["content"][0]["text"]:
+            raise RuntimeError(f"unexpected LiteLLM answer: {response}")
+
+    async def orchestrated_stream() -> None:
+        async for _ in await litellm.anthropic_messages(stream=True, **kwargs):
+            pass
+
+    async with httpx.AsyncClient() as client:
+        t0 = time.perf_counter()
+        await orchestrated()
+        first_ms = (time.perf_counter() - t0) * 1000
+        calls: list[Call] = [partial(_raw3, client, base), orchestrated, orchestrated_stream]
+        samples = await alternate(calls, max(1, n // LITELLM_BLOCK), warmup, LITELLM_BLOCK)
+    figures: dict[str, Any] = {"version": metadata.version("litellm"), "first_ms": first_ms}
+    for name, side in zip(("raw3", "json", "stream"), samples, strict=True):
+        figures[name] = dict(zip(("cpu_us", "wall_us"), medians(side), strict=True))
+    return figures
 
 
 _IMPORT_PROBE = """
 import sys, time
-def rss():
-    return next(int(line.split()[1]) / 1024 for line in open("/proc/self/status") if line.startswith("VmRSS:"))
-for name in filter(None, sys.argv[2].split(",")):  # what the host process has loaded already
-    __import__(name)
+rss = lambda: next(int(line.split()[1]) / 1024 for line in open("/proc/self/status") if line.startswith("VmRSS:"))
+[__import__(name) for name in filter(None, sys.argv[2].split(","))]  # what the host process has loaded already
 before, t = rss(), time.perf_counter()
 __import__(sys.argv[1])
 print(time.perf_counter() - t, rss() - before)
 """
 
 
-def measure_startup(module: str, runs: int, preload: tuple[str, ...] = ()) -> Startup:
-    """``import MODULE`` in fresh interpreters that first import ``preload`` (a host's own
-    modules, untimed): time and resident memory added.
-
-    Timed with bytecode cached, as a deployed package runs: an installed wheel carries its
-    ``.pyc`` files, and an editable checkout writes them on its first import. Under
-    ``PYTHONDONTWRITEBYTECODE`` every timed import would compile the sources again, so the
-    variable is dropped and a first, untimed run writes the cache."""
+def measure_startup(module: str, runs: int, preload: tuple[str, ...] = ()) -> tuple[float, float]:
+    """``import MODULE`` in fresh interpreters that first import ``preload``: median ms and MB of
+    RSS added, with bytecode cached as a deployed package runs (a first, untimed run writes it)."""
     env = dict(os.environ, LITELLM_LOCAL_MODEL_COST_MAP="True")
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     command = [sys.executable, "-c", _IMPORT_PROBE, module, ",".join(preload)]
@@ -234,5 +215,16 @@ def measure_startup(module: str, runs: int, preload: tuple[str, ...] = ()) -> St
     for attempt in range(runs + 1):
         out = subprocess.run(command, capture_output=True, text=True, check=True, cwd=ROOT, env=env).stdout
         if attempt:  # the first run wrote the bytecode
-            results.append([float(x) for x in out.strip().splitlines()[-1].split()])
-    return Startup(statistics.median(r[0] for r in results) * 1000, statistics.median(r[1] for r in results), runs)
+            results.append([float(x) for x in out.split()])
+    return statistics.median(r[0] for r in results) * 1000, statistics.median(r[1] for r in results)
+
+
+def measure_imports(runs: int) -> dict[str, tuple[float, float] | None]:
+    """Ours bare and after FastAPI's import (what a gateway pays), and LiteLLM's (if installed)."""
+    bare, fastapi = (measure_startup("advisor_middleware", runs, preload) for preload in ((), ("fastapi",)))
+    litellm = measure_startup("litellm", min(runs, 3)) if litellm_installed() else None
+    return {"bare": bare, "fastapi": fastapi, "litellm": litellm}
+
+
+if __name__ == "__main__":
+    print(json.dumps(asyncio.run(_litellm(sys.argv[1], int(sys.argv[2]), int(sys.argv[3])))))

@@ -10,9 +10,8 @@ import anyio
 
 from .._types import ASGIApp, Message, Scope
 from ..errors import ClientGone, UpstreamError
-from ..sse import SSEDecoder
 from .base import Batch, BatchRouter, Leg, OnBatch, forwarded_headers
-from .events import decode_events, json_message_events, too_large
+from .events import AnswerReader, json_message_events
 
 __all__ = ["CLIENT", "WIND_DOWN", "AppRouter", "Departure"]
 
@@ -21,10 +20,8 @@ log = logging.getLogger("advisor_middleware")
 
 class Departure:
     """The client of the request in flight, as the middleware's watcher sees it. When the client
-    leaves, the ``AppRouter`` legs in flight are told the way a server tells an app: the host's
-    ``receive`` reports ``http.disconnect`` and its ``send`` raises ``OSError``. A host then ends
-    its leg itself, cleanly, instead of being cancelled: Django's ``ASGIHandler``, cancelled,
-    leaves its two tasks running and asyncio logs their exceptions on every disconnect."""
+    leaves, the ``AppRouter`` legs in flight are told the way a server tells an app
+    (:class:`_HostCall`)."""
 
     __slots__ = ("_listeners", "gone")
 
@@ -104,13 +101,11 @@ class _HostCall:
     """One leg as a request to the host: the ``receive`` and ``send`` the host is called with,
     and what it has answered so far.
 
-    The leg stops early when ``on_batch`` raises (the client left, or the loop found the stream
-    malformed), when the stream itself fails, or when the client leaves (:meth:`client_left`).
-    The host is then told the way a server tells an app whose client has gone (``send`` raises
-    ``OSError``, ``receive`` reports ``http.disconnect``) and ends the leg itself, cleanly:
-    Django's ``ASGIHandler``, cancelled instead, leaves its two tasks running and asyncio logs
-    their exceptions on every stopped leg. A host that carries on is cancelled after
-    :data:`WIND_DOWN` seconds.
+    A leg stopped early (``on_batch`` raised, the stream failed, the client left) is told to the
+    host the way a server tells an app whose client has gone: ``send`` raises ``OSError`` and
+    ``receive`` reports ``http.disconnect``, so the host ends the leg itself, cleanly (Django's
+    ``ASGIHandler``, cancelled instead, leaves its tasks running and asyncio logs their
+    exceptions). A host that carries on is cancelled after :data:`WIND_DOWN` seconds.
     """
 
     __slots__ = ("body", "body_sent", "cancel_scope", "on_batch", "over", "response", "role", "stopped", "waiting")
@@ -120,7 +115,7 @@ class _HostCall:
         self.on_batch = on_batch
         self.body = leg.encode()
         self.body_sent = False
-        self.response = _Response(leg.raw_deltas, leg.response_headers, leg.max_bytes)
+        self.response = _Response(leg)
         self.stopped: Exception | None = None
         """Why the leg stopped early; raised once the host is done, whatever the host made of
         the ``OSError`` or the disconnect it got instead."""
@@ -213,32 +208,17 @@ class _LegClosed(OSError):
 class _Response:
     """What the app has answered on one leg so far."""
 
-    __slots__ = (
-        "buffered",
-        "complete",
-        "decoder",
-        "encoding",
-        "headers",
-        "is_sse",
-        "limit",
-        "raw_deltas",
-        "size",
-        "status",
-        "streaming",
-    )
+    __slots__ = ("buffered", "complete", "encoding", "headers", "is_sse", "reader", "status", "streaming")
 
-    def __init__(self, raw_deltas: bool, headers: list[tuple[bytes, bytes]], limit: int) -> None:
-        self.raw_deltas = raw_deltas
-        self.limit = limit  # the most bytes of body read, streamed or buffered
+    def __init__(self, leg: Leg) -> None:
+        self.reader = AnswerReader(leg.max_bytes, leg.raw_deltas)  # counts every byte of body
         self.status = 0
         self.is_sse = False
         self.encoding = b""
-        self.headers = headers  # the leg's response_headers, filled at http.response.start
-        headers.clear()
+        self.headers = leg.response_headers  # filled at http.response.start
+        self.headers.clear()
         self.buffered: list[bytes] = []  # a body that is not a readable stream
-        self.size = 0  # bytes of body so far
         self.complete = False
-        self.decoder = SSEDecoder()
         self.streaming = False  # a readable event stream with status 200: decoded as it comes
 
     @property
@@ -254,13 +234,11 @@ class _Response:
             if type(chunk) is not bytes:  # a bytearray or memoryview is allowed by ASGI
                 chunk = bytes(chunk)
             self.complete = not message.get("more_body", False)
-            self.size += len(chunk)
-            if self.size > self.limit:
-                return too_large(self.limit)
             if self.streaming:
-                return decode_events(self.decoder, chunk, batch, self.raw_deltas)
+                return self.reader.read(chunk, batch)
             self.buffered.append(chunk)
-        elif kind == "http.response.start":
+            return self.reader.count(len(chunk))
+        if kind == "http.response.start":
             self.status = int(message["status"])
             for name, value in message.get("headers") or []:
                 key = bytes(name).lower()

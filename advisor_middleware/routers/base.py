@@ -17,24 +17,6 @@ T = TypeVar("T")
 MAX_LEG_BYTES = 32 * 1024 * 1024
 """The default of :attr:`Leg.max_bytes` (and of ``AdvisorMiddleware``'s ``max_leg_bytes``)."""
 
-__all__ = [
-    "FORWARDED_ANSWER_HEADERS",
-    "FORWARDED_ANSWER_PREFIXES",
-    "HOP_BY_HOP",
-    "LEG_HEADER",
-    "MAX_LEG_BYTES",
-    "Batch",
-    "BatchRouter",
-    "Leg",
-    "MessagesRouter",
-    "OnBatch",
-    "closing",
-    "end_to_end",
-    "forwarded_headers",
-    "leg_headers",
-    "run_leg",
-]
-
 LEG_HEADER = b"x-advisor-leg"
 """Marks requests the middleware makes itself; the middleware passes them through untouched,
 so a router that loops back to the same gateway can never recurse."""
@@ -50,17 +32,8 @@ OnBatch = Callable[[Batch], Awaitable[None]]
 
 
 HOP_BY_HOP = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-    }
+    b"""connection keep-alive proxy-authenticate proxy-authorization proxy-connection te trailer
+    transfer-encoding upgrade""".split()
 )
 """Headers that concern one connection, not the request (RFC 9110 §7.6.1): never forwarded, by
 the proxy or on a leg, and neither are the headers a ``connection`` header names."""
@@ -71,14 +44,7 @@ the proxy or on a leg, and neither are the headers a ``connection`` header names
 _BODY = frozenset({b"content-length", b"content-encoding", b"accept-encoding", b"expect", LEG_HEADER})
 
 FORWARDED_ANSWER_HEADERS = frozenset(
-    {
-        b"request-id",
-        b"x-request-id",
-        b"anthropic-organization-id",
-        b"retry-after",
-        b"retry-after-ms",
-        b"x-should-retry",
-    }
+    b"request-id x-request-id anthropic-organization-id retry-after retry-after-ms x-should-retry".split()
 )
 FORWARDED_ANSWER_PREFIXES = (b"anthropic-ratelimit-",)
 """The headers of a leg's answer that reach the client (:func:`forwarded_headers`): names, and
@@ -136,19 +102,14 @@ class MessagesRouter(Protocol):
 
 
 class BatchRouter:
-    """Base of the shipped routers. A subclass implements one of two ways to hand over a leg's
-    events in the groups they arrived in, and gets the other (and the protocol's ``stream``)
-    from it:
+    """Base of the shipped routers. A subclass writes one of two ways to hand over a leg's
+    events in the groups they arrived in, and gets the other and the protocol's ``stream``:
+    ``batches(leg)``, an async iterator of groups (for a router handed an iterator, such as
+    LiteLLM's stream), or ``push(leg, on_batch)``, which awaits ``on_batch(group)`` for each
+    group in the caller's task (for a router that calls an ASGI app or reads a socket).
 
-    - ``batches(leg)``, pulled: an async iterator of groups (for a router that is handed an
-      iterator, such as LiteLLM's stream);
-    - ``push(leg, on_batch)``, pushed: awaits ``on_batch(group)`` for each group, in the
-      caller's task, and returns when the leg is over (for a router that calls an ASGI app,
-      whose ``send`` is the natural place to hand events on, or reads a socket in a loop).
-
-    The middleware drives every leg with ``push``: the loop, the host and the client's writer
-    then share the request's task, with no task or channel per leg. Exceptions raised by
-    ``on_batch`` come out of ``push`` unchanged.
+    The middleware drives every leg with ``push``, so the loop, the host and the client's writer
+    share the request's task. Exceptions raised by ``on_batch`` come out of ``push`` unchanged.
     """
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -276,12 +237,8 @@ def end_to_end(
 def forwarded_headers(headers: list[tuple[bytes, bytes]] | Any) -> list[tuple[bytes, bytes]]:
     """Of a leg's answer's headers, those the client gets on the middleware's own response, an
     error included (:data:`FORWARDED_ANSWER_HEADERS`)."""
-    out: list[tuple[bytes, bytes]] = []
-    for name, value in headers:
-        key = bytes(name).lower()
-        if key in FORWARDED_ANSWER_HEADERS or key.startswith(FORWARDED_ANSWER_PREFIXES):
-            out.append((key, bytes(value)))
-    return out
+    pairs = [(bytes(name).lower(), bytes(value)) for name, value in headers]
+    return [(k, v) for k, v in pairs if k in FORWARDED_ANSWER_HEADERS or k.startswith(FORWARDED_ANSWER_PREFIXES)]
 
 
 @asynccontextmanager

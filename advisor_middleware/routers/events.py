@@ -10,16 +10,7 @@ import pydantic_core
 from ..accumulate import message_to_events
 from ..errors import UpstreamError, status_for_error_type
 from ..sse import DELTA_DATA, DELTA_HEAD, DELTA_SSE, RawDelta, SSEDecoder, index_at, parse_event
-
-__all__ = [
-    "RawDelta",
-    "decode_events",
-    "event_error",
-    "json_message_events",
-    "message_events",
-    "parse_event",
-    "too_large",
-]
+from .base import Batch
 
 
 def too_large(limit: int) -> UpstreamError:
@@ -77,6 +68,31 @@ def decode_events(
             return event_error(event)
         into.append(event)
     return None
+
+
+class AnswerReader:
+    """Reads one leg's answer as it arrives: counts every byte against ``limit``
+    (:attr:`Leg.max_bytes`) and decodes SSE chunks with :func:`decode_events`."""
+
+    __slots__ = ("decoder", "left", "limit", "raw_deltas")
+
+    def __init__(self, limit: int, raw_deltas: bool = False) -> None:
+        self.decoder = SSEDecoder()
+        self.limit = limit
+        self.left = limit
+        self.raw_deltas = raw_deltas
+
+    def count(self, size: int) -> UpstreamError | None:
+        """Count ``size`` more bytes read; the leg's failure once they pass ``limit``."""
+        self.left -= size
+        return too_large(self.limit) if self.left < 0 else None
+
+    def read(self, chunk: bytes, into: Batch) -> UpstreamError | None:
+        """Count one chunk of an SSE answer and decode its events into ``into``."""
+        self.left -= len(chunk)
+        if self.left < 0:
+            return too_large(self.limit)
+        return decode_events(self.decoder, chunk, into, self.raw_deltas)
 
 
 def json_message_events(raw: bytes) -> Iterator[dict[str, Any]]:

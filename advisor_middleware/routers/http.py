@@ -10,19 +10,8 @@ from urllib.parse import unquote_to_bytes
 import httpx
 
 from ..errors import UpstreamError
-from ..sse import SSEDecoder
 from .base import Batch, BatchRouter, Leg, OnBatch, end_to_end, forwarded_headers
-from .events import decode_events, json_message_events, too_large
-
-__all__ = [
-    "DEFAULT_TIMEOUT",
-    "HTTPRouter",
-    "InvalidTarget",
-    "PooledClient",
-    "parse_base_url",
-    "shown_url",
-    "upstream_url",
-]
+from .events import AnswerReader, json_message_events, too_large
 
 DEFAULT_TIMEOUT = httpx.Timeout(600.0, connect=10.0)
 """Ten seconds to connect; then up to ten minutes between two reads (a model thinking quietly)."""
@@ -107,21 +96,14 @@ class PooledClient:
 
 
 class HTTPRouter(PooledClient, BatchRouter):
-    """Answers legs by POSTing them to ``base_url + path`` (default ``/v1/messages``).
+    """Answers legs by POSTing them to ``base_url + path`` (default ``/v1/messages``) with the
+    caller's query and cleaned headers, and reads the answer as it streams (docs/routers.md).
 
-    The caller's headers (their credentials included, plus the ``x-advisor-leg`` marker) go to
-    this one base URL and nowhere else: redirects are never followed and nothing in the request
-    body chooses where a leg goes. The caller's query string (``?beta=true``) is kept. Answers are
-    read as they stream; a gateway that answers one JSON Message is read too.
-
-    Failures become :class:`~advisor_middleware.UpstreamError`: a non-200 answer keeps its status,
-    body and ``retry-after``; an ``error`` event keeps its type; a timeout (``timeout`` applies to
-    every leg: ``connect``, and ``read`` between two chunks) is ``504 timeout_error``, which an
-    advisor leg reports as ``execution_time_exceeded``; any other transport failure is
-    ``502 api_error``.
-
-    ``client``: an ``httpx.AsyncClient`` to share (it is not closed by :meth:`aclose`). Without
-    one, a pooled client is created on first use; close it with ``await router.aclose()``.
+    The caller's headers (their credentials included) go to this one base URL and nowhere else:
+    redirects are never followed and nothing in the request body chooses where a leg goes.
+    ``timeout`` applies to every leg; past it the leg is ``504 timeout_error``, any other
+    transport failure ``502 api_error``. ``client``: an ``httpx.AsyncClient`` to share (left
+    open); without one, a pooled client is created on first use and closed by :meth:`aclose`.
     """
 
     def __init__(
@@ -140,13 +122,10 @@ class HTTPRouter(PooledClient, BatchRouter):
         self._shown = shown_url(self._base, self._path)
 
     async def push(self, leg: Leg, on_batch: OnBatch) -> None:
-        """Await ``on_batch`` with each network read's events, as they arrive.
-
-        Pushed, not pulled (``batches``, derived from this, is for the protocol's ``stream``):
-        the middleware drives every leg with ``push``, and a loop here in its task saves two
-        async generator levels per read over iterating ``batches``."""
+        """Await ``on_batch`` with each network read's events, as they arrive (a loop in the
+        caller's task: no async generator between the socket and the relay)."""
         async with self._exchange(leg) as response:
-            if _is_sse(response):
+            if response.headers.get("content-type", "").lower().startswith("text/event-stream"):
                 await _relay(response, leg, on_batch)
                 return
             raw = await _read(response, leg.max_bytes)
@@ -190,23 +169,14 @@ class HTTPRouter(PooledClient, BatchRouter):
 
 async def _relay(response: httpx.Response, leg: Leg, on_batch: OnBatch) -> None:
     """Hand each network read of an SSE answer to ``on_batch`` as one group of events."""
-    decoder = SSEDecoder()
-    left = leg.max_bytes
+    reader = AnswerReader(leg.max_bytes, leg.raw_deltas)
     async for chunk in _body(response):
-        left -= len(chunk)
-        if left < 0:
-            raise too_large(leg.max_bytes)
         batch: Batch = []
-        error = decode_events(decoder, chunk, batch, leg.raw_deltas)
+        error = reader.read(chunk, batch)
         if batch:  # what came before an error is still the leg's output
             await on_batch(batch)
         if error is not None:
             raise error
-
-
-def _is_sse(response: httpx.Response) -> bool:
-    kind: str = response.headers.get("content-type", "")
-    return kind.lower().startswith("text/event-stream")
 
 
 def _body(response: httpx.Response) -> AsyncIterator[bytes]:

@@ -8,41 +8,20 @@ start-up (seconds) and installs without it. Install the extra with
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 from ..errors import UpstreamError, error_type_for_status, quoted_error_type
-from ..sse import SSEDecoder, encode_json
+from ..sse import encode_json
 from .base import Batch, BatchRouter, Leg, closing, forwarded_headers
-from .events import decode_events, event_error, message_events, too_large
+from .events import AnswerReader, event_error, message_events
 
 __all__ = ["MESSAGES_FIELDS", "LiteLLMRouter"]
 
 MESSAGES_FIELDS = frozenset(
-    {
-        "model",
-        "messages",
-        "max_tokens",
-        "system",
-        "metadata",
-        "stop_sequences",
-        "stream",
-        "temperature",
-        "top_k",
-        "top_p",
-        "thinking",
-        "tools",
-        "tool_choice",
-        "service_tier",
-        "container",
-        "context_management",
-        "mcp_servers",
-        "output_config",
-        "output_format",
-        "cache_control",
-        "inference_geo",
-        "speed",
-    }
+    """model messages max_tokens system metadata stop_sequences stream temperature top_k top_p
+    thinking tools tool_choice service_tier container context_management mcp_servers output_config
+    output_format cache_control inference_geo speed""".split()
 )
 """The fields of a leg's body that :class:`LiteLLMRouter` passes to ``aanthropic_messages``: the
 Messages API's request parameters. Any other field (``api_base``, ``api_key``, ...) is dropped, so
@@ -50,26 +29,16 @@ no request chooses a deployment's URL or credentials; ``call_kwargs`` adds what 
 
 
 class LiteLLMRouter(BatchRouter):
-    """Answers legs with ``await router.aanthropic_messages(**leg.body, stream=True)``.
+    """Answers legs with ``await router.aanthropic_messages(**fields, stream=True)``, where
+    ``router`` is a ``litellm.Router`` (LiteLLM 1.109) and ``fields`` the body's Messages API
+    fields (:data:`MESSAGES_FIELDS`): its routing, retries, fallbacks and translations apply to
+    every leg (docs/routers.md). Executor legs carry the advisor as a plain custom tool, so
+    LiteLLM's own advisor interceptor does not take them over.
 
-    ``router`` is a ``litellm.Router`` (LiteLLM 1.109): its model groups, load balancing,
-    retries, fallbacks, cooldowns and callbacks apply to every leg, and each deployment's own
-    translation (Anthropic→OpenAI for ``hosted_vllm/…``, ``openai/…`` and the like) runs as for
-    any Messages call. Executor legs carry the advisor as a plain custom tool named ``advisor``,
-    never ``advisor_20260301``, so LiteLLM's own advisor interceptor does not take them over.
-
-    The answer is read as it streams: LiteLLM yields SSE bytes (or event dicts); a deployment that
-    answers one JSON Message is replayed as events. A LiteLLM exception becomes
-    :class:`~advisor_middleware.UpstreamError` with its ``status_code`` (``litellm.RateLimitError``
-    429, ``litellm.Timeout`` 408, ``litellm.BadRequestError`` 400 for an unknown model group...),
-    its message, and the provider's ``retry-after``. Exceptions without a status code are bugs and
-    propagate unchanged.
-
-    The caller's headers are not used: an app holding a Router authenticates its callers itself.
-    Only the body's Messages API fields are passed (:data:`MESSAGES_FIELDS`): a field such as
-    ``api_base`` or ``api_key`` in a request never reaches LiteLLM. ``call_kwargs(leg)`` may add
-    keyword arguments per leg (``metadata``, ``extra_headers``, ``user``...); they override the
-    body's fields of the same name.
+    A LiteLLM exception becomes :class:`~advisor_middleware.UpstreamError` with its
+    ``status_code``, message and the provider's ``retry-after``; one without a status code is a
+    bug and propagates. The caller's headers are not used. ``call_kwargs(leg)`` may add keyword
+    arguments per leg (``metadata``, ``extra_headers``, ``user``...), overriding the body's.
     """
 
     def __init__(self, router: Any, *, call_kwargs: Callable[[Leg], Mapping[str, Any]] | None = None) -> None:
@@ -89,10 +58,10 @@ class LiteLLMRouter(BatchRouter):
         except Exception as exc:
             raise _upstream_error(exc) from exc
         if isinstance(response, Mapping):
-            yield [*_message_events(response)]
+            # A whole Message (the deployment ignored stream), without LiteLLM's _hidden_params.
+            yield [*message_events({k: v for k, v in response.items() if not k.startswith("_")})]
             return
-        decoder = SSEDecoder()
-        left = leg.max_bytes
+        reader = AnswerReader(leg.max_bytes, leg.raw_deltas)
         async with closing(aiter(response)) as items:
             while True:
                 try:
@@ -101,44 +70,29 @@ class LiteLLMRouter(BatchRouter):
                     return
                 except Exception as exc:
                     raise _upstream_error(exc) from exc
-                left -= _size(item)
-                if left < 0:
-                    raise too_large(leg.max_bytes)
                 batch: Batch = []
-                error = _item_events(item, decoder, batch, leg.raw_deltas)
+                error = _item_events(item, reader, batch)
                 if batch:  # what came before an error is still the leg's output
                     yield batch
                 if error is not None:
                     raise error
 
 
-def _item_events(item: object, decoder: SSEDecoder, into: Batch, raw_deltas: bool) -> UpstreamError | None:
+def _item_events(item: object, reader: AnswerReader, into: Batch) -> UpstreamError | None:
     """The stream events in one item of LiteLLM's stream (SSE bytes in any chunking, or a
-    dict), appended to ``into``; the leg's failure if the item holds one."""
+    dict, counted as its JSON), appended to ``into``; the leg's failure if the item holds one."""
     if isinstance(item, bytes | bytearray | str):
-        chunk = item.encode() if isinstance(item, str) else bytes(item)
-        return decode_events(decoder, chunk, into, raw_deltas)
+        return reader.read(item.encode() if isinstance(item, str) else bytes(item), into)
     if not isinstance(item, Mapping):
         raise UpstreamError(502, f"LiteLLM streamed a {type(item).__name__}, not SSE bytes or an event")
     event = dict(item)
+    error = reader.count(len(encode_json(event)))
+    if error is not None:
+        return error
     if event.get("type") == "error":
         return event_error(event)
     into.append(event)
     return None
-
-
-def _size(item: object) -> int:
-    """What one item of LiteLLM's stream counts against :attr:`Leg.max_bytes`: its length, or
-    an event's as JSON."""
-    if isinstance(item, bytes | bytearray | str):
-        return len(item)
-    return len(encode_json(dict(item))) if isinstance(item, Mapping) else 0
-
-
-def _message_events(response: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
-    """A whole Message (the deployment ignored ``stream``) as its stream events."""
-    message = {k: v for k, v in response.items() if not k.startswith("_")}  # LiteLLM's _hidden_params
-    return message_events(message)
 
 
 def _upstream_error(exc: Exception) -> UpstreamError:
