@@ -308,6 +308,37 @@ async def test_an_instrumented_fastapi_host_nests_each_leg_under_its_span(script
     assert {s.context.trace_id for s in servers if s.context} == {agent.context.trace_id if agent.context else 0}
 
 
+async def test_in_an_instrumented_fastapi_app_the_host_spans_of_each_leg_nest_under_it(script: Script) -> None:
+    # The usual wiring: the middleware added to the app, the app instrumented as a whole. The
+    # instrumentation's server span holds ours; what the host does for a leg (here, a span
+    # around its route) nests under that leg's span, in-process.
+    executor, advisor = models()
+    consulting(script, Reply([text(ADVICE)]))
+    inner = scripted_host(script)
+    tracer = trace.get_tracer("the host")
+
+    async def traced_route(scope: Any, receive: Any, send: Any) -> None:
+        with tracer.start_as_current_span("the host serves a leg"):
+            await inner(scope, receive, send)
+
+    app = FastAPI()
+    app.mount("/", traced_route)
+    app.add_middleware(AdvisorMiddleware, opentelemetry=True)
+    FastAPIInstrumentor.instrument_app(app, exclude_spans=["receive", "send"])
+    try:
+        response = await post(app, json=body(executor, advisor))
+    finally:
+        FastAPIInstrumentor.uninstrument_app(app)
+    assert response.status_code == 200
+    finished = EXPORTER.get_finished_spans()
+    [server] = [s for s in finished if s.kind is SpanKind.SERVER]
+    [agent] = [s for s in finished if s.name == "invoke_agent advisor"]
+    assert parent_of(agent) == span_id(server)
+    ours = {span_id(s): s.name for s in finished if s.name.startswith("chat ")}
+    served = [ours[parent_of(s) or 0] for s in finished if s.name == "the host serves a leg"]
+    assert sorted(served) == sorted([f"chat {executor}", f"chat {executor}", f"chat {advisor}"])
+
+
 async def test_the_request_span_continues_the_callers_trace(script: Script) -> None:
     executor, advisor = models()
     consulting(script, Reply([text(ADVICE)]))
