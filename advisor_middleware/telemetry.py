@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from typing import TYPE_CHECKING, Any
 
-from .errors import ClientGone, UpstreamError
+from .errors import ERROR_TYPES, ClientGone, UpstreamError, error_type_for_status
 from .routers.base import OnBatch
 
 if TYPE_CHECKING:
@@ -242,7 +242,8 @@ def error_type(exc: BaseException) -> str:
     if isinstance(exc, ClientGone):
         return "client_gone"
     if isinstance(exc, UpstreamError):
-        return exc.kind or str(exc.status)
+        kind = exc.kind  # the host's words: kept only if it is one of Anthropic's types
+        return kind if kind in ERROR_TYPES else error_type_for_status(exc.status)
     if isinstance(exc, TimeoutError):
         return "timeout"
     if not isinstance(exc, Exception):
