@@ -274,7 +274,6 @@ class Orchestration:
         self.headers = headers
         self.trace = RequestTrace(
             model=body.get("model"),
-            streaming=streaming,
             enabled=config.opentelemetry,
             capture_content=config.capture_content,
         )

@@ -56,7 +56,7 @@ def start_opentelemetry() -> None:
 class LegTrace:
     """One leg as it runs: when it started and first answered, how it ended, its span."""
 
-    __slots__ = ("acc", "error", "first", "headers", "kind", "model", "span", "start", "stream")
+    __slots__ = ("acc", "error", "first", "headers", "kind", "model", "span", "start")
 
     def __init__(self, kind: str, model: str, headers: list[tuple[bytes, bytes]], acc: MessageAccumulator) -> None:
         self.kind = kind
@@ -65,7 +65,6 @@ class LegTrace:
         """The leg's request headers: the trace context added when tracing."""
         self.acc = acc
         """Where the leg's answer accumulates: its model, usage and stop reason."""
-        self.stream = True
         self.start = time.perf_counter()
         self.first: float | None = None
         self.error: str | None = None
@@ -115,17 +114,15 @@ class RequestTrace:
     ``request()`` goes around the loop, ``leg(...)`` around each leg, ``consult(...)`` around
     each consult; ``fallback(...)`` notes that a consult moved on to another advisor model."""
 
-    def __init__(self, *, model: Any, streaming: bool, enabled: bool, capture_content: bool) -> None:
+    def __init__(self, *, model: Any, enabled: bool, capture_content: bool) -> None:
         self.request_id = f"advreq_{uuid.uuid4().hex[:16]}"
         self.model = _name(model)
-        self.streaming = streaming
         self.otel = _otel() if enabled else None
         self.capture_content = capture_content and enabled
         self.consults = 0
         self.outcomes: list[str] = []
         self.tokens: dict[str, dict[str, int]] = {}
         """The usage fields summed per model that answered."""
-        self.consult_span: Span | None = None
 
     @contextmanager
     def request(self, headers: list[tuple[bytes, bytes]]) -> Iterator[None]:
@@ -184,7 +181,7 @@ class RequestTrace:
         self.consults += 1
         with ExitStack() as stack:
             if self.otel is not None:
-                stack.enter_context(self.otel.consult_span(self, consult))
+                stack.enter_context(self.otel.consult_span(consult))
             try:
                 yield consult
             except BaseException as exc:
@@ -208,7 +205,7 @@ class RequestTrace:
             extra={"request_id": self.request_id, **facts},
         )
         if self.otel is not None:
-            self.otel.fallback(self, facts)
+            self.otel.fallback(facts)
 
     def _count(self, facts: dict[str, Any]) -> None:
         totals = self.tokens.setdefault(facts["model"], dict.fromkeys(_USAGE_KEYS, 0))
@@ -337,7 +334,6 @@ class _Otel:
             f"chat {leg.model}", kind=self.trace.SpanKind.CLIENT, attributes=attributes, **_MANUAL_STATUS
         ) as span:
             leg.span = span
-            leg.stream = attributes["gen_ai.request.stream"]
             leg.headers = self._with_context(leg.headers)
             yield span
 
@@ -381,7 +377,7 @@ class _Otel:
             self.tokens.record(facts["output_tokens"], {**metric, "gen_ai.token.type": "output"})
 
     @contextmanager
-    def consult_span(self, request: RequestTrace, consult: ConsultTrace) -> Iterator[Span]:
+    def consult_span(self, consult: ConsultTrace) -> Iterator[Span]:
         attributes = {
             "gen_ai.operation.name": "execute_tool",
             "gen_ai.tool.name": AGENT,
@@ -391,11 +387,8 @@ class _Otel:
         with self.tracer.start_as_current_span(
             f"execute_tool {AGENT}", kind=self.trace.SpanKind.INTERNAL, attributes=attributes, **_MANUAL_STATUS
         ) as span:
-            consult.span = request.consult_span = span
-            try:
-                yield span
-            finally:
-                request.consult_span = None
+            consult.span = span
+            yield span
 
     def end_consult(self, consult: ConsultTrace, outcome: str) -> None:
         span = consult.span
@@ -406,9 +399,8 @@ class _Otel:
             self._fail(span, consult.error_code)
         self.consults.add(1, {"advisor_middleware.consult.outcome": outcome})
 
-    def fallback(self, request: RequestTrace, facts: dict[str, str]) -> None:
-        if request.consult_span is not None:
-            request.consult_span.add_event("advisor_middleware.fallback", facts)
+    def fallback(self, facts: dict[str, str]) -> None:
+        self.trace.get_current_span().add_event("advisor_middleware.fallback", facts)  # the consult's
         self.fallbacks.add(1, {"error.type": facts["error_code"], "gen_ai.request.model": facts["failed_model"]})
 
     def _fail(self, span: Span, kind: str) -> None:

@@ -354,7 +354,7 @@ async def test_the_request_span_continues_the_callers_trace(script: Script) -> N
 async def test_a_fallback_is_an_event_on_its_consult_a_count_and_a_record(caplog: pytest.LogCaptureFixture) -> None:
     # The hook the consult code calls when it moves on to another advisor model.
     failed_model, next_model = models()
-    request = RequestTrace(model="exec", streaming=False, enabled=True, capture_content=False)
+    request = RequestTrace(model="exec", enabled=True, capture_content=False)
     with caplog.at_level(logging.INFO, logger="advisor_middleware"), request.request([]):
         with request.consult("srvtoolu_F"):
             request.fallback(failed_model, next_model, "overloaded")
