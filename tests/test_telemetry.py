@@ -252,6 +252,21 @@ async def test_a_failing_advisor_ends_its_consult_with_the_error_code(script: Sc
     assert consult_count("overloaded") == failed_before + 1
 
 
+async def test_an_advisor_past_its_timeout_is_a_timed_out_leg_in_a_failed_consult(script: Script) -> None:
+    executor, advisor = models()
+    consulting(script, Reply([text("Thinking...")], hang_after=3, hang=600))
+    app = AdvisorMiddleware(scripted_host(script), opentelemetry=True, advisor_timeout=0.2)
+    with anyio.fail_after(30):
+        response = await post(app, json=body(executor, advisor))
+    assert response.status_code == 200
+    spans = by_name(EXPORTER.get_finished_spans())
+    [tool] = spans["execute_tool advisor"]
+    [advisor_leg] = spans[f"chat {advisor}"]
+    assert tool.attributes is not None and tool.attributes["error.type"] == "execution_time_exceeded"
+    assert advisor_leg.attributes is not None and advisor_leg.attributes["error.type"] == "timeout"
+    assert "gen_ai.response.time_to_first_chunk" in advisor_leg.attributes, "it had begun to answer"
+
+
 async def test_a_client_that_leaves_mid_consult_ends_every_span(script: Script) -> None:
     executor, advisor = models()
     consulting(script, Reply([text("Thinking...")], hang_after=3, hang=600))
