@@ -50,7 +50,7 @@ def start_opentelemetry() -> None:
     try:
         _otel()
     except ImportError as exc:
-        raise ImportError("opentelemetry=True needs the OpenTelemetry API: pip install 'asgi-advisor[otel]'") from exc
+        raise ImportError("opentelemetry=True needs the OpenTelemetry API: install the package's [otel] extra") from exc
 
 
 class LegTrace:
