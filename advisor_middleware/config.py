@@ -61,6 +61,13 @@ class AdvisorConfig(BaseModel):
     """Called before each consult with a :class:`~advisor_middleware.profiles.ConsultContext`;
     allows, denies or overrides it (docs/operators.md)."""
 
+    opentelemetry: bool = False
+    """Emit OpenTelemetry GenAI spans and metrics for each orchestrated request, and carry the
+    trace context on every leg (needs the ``[otel]`` extra; docs/observability.md)."""
+    capture_content: bool = False
+    """With ``opentelemetry``: also put the legs' messages, system prompts and answers on their
+    spans (``gen_ai.input.messages`` and the like). Off by default: they hold what users said."""
+
     @field_validator("native_executor", mode="plain")
     @classmethod
     def _native_patterns(cls, value: Any) -> Callable[[str], bool] | tuple[str, ...] | None:
@@ -98,3 +105,5 @@ class AdvisorOptions(TypedDict, total=False):
     unmatched_advisor: Literal["as_requested", "refuse"]
     report_advisor_model: Literal["answered", "requested"]
     advisor_policy: AdvisorPolicy | None
+    opentelemetry: bool
+    capture_content: bool

@@ -23,6 +23,7 @@ from .orchestrator import Orchestration
 from .routers.app import CLIENT, WIND_DOWN, AppRouter, Departure
 from .routers.base import LEG_HEADER, MessagesRouter, forwarded_headers
 from .sse import RawDelta, encode_event, encode_json
+from .telemetry import start_opentelemetry
 
 __all__ = ["LINGER", "AdvisorMiddleware"]
 
@@ -59,6 +60,8 @@ class AdvisorMiddleware:
     ) -> None:
         self.app = app
         self.config = AdvisorConfig.model_validate(options)
+        if self.config.opentelemetry:
+            start_opentelemetry()  # at start-up, so that a missing extra is said at once
         self.router: MessagesRouter = router if router is not None else AppRouter(app)
         # Each matched spelling -> the path as configured (legs go there, not to the caller's
         # spelling of it: a trailing slash the host would redirect or refuse) and the endpoint

@@ -23,6 +23,7 @@ from .profiles import ConsultContext, ConsultPlan, plan_consult, run_chain
 from .prompts import ADVISOR_SYSTEM_PROMPT, EXECUTOR_TOOL_DESCRIPTION, budget_note
 from .routers.base import LEG_HEADER, Batch, Leg, MessagesRouter, leg_headers, run_leg
 from .sse import RawDelta, raw_delta_at, raw_delta_event
+from .telemetry import LegTrace, RequestTrace
 from .transcript import render_transcript, tool_uses
 
 __all__ = ["Orchestration", "advisor_error_code", "executor_body"]
@@ -273,6 +274,12 @@ class Orchestration:
         self.streaming = streaming
         self._history = history  # render_history of body's messages, when classify already ran it
         self.headers = headers
+        self.trace = RequestTrace(
+            model=body.get("model"),
+            enabled=config.opentelemetry,
+            capture_content=config.capture_content,
+        )
+        """The request's logs, spans and metrics (docs/observability.md)."""
         self.exec_headers = leg_headers(headers, "executor")
         # The same headers but the role marker, which leg_headers puts last.
         self.advisor_headers = [*self.exec_headers[:-1], (LEG_HEADER, b"advisor")]
@@ -292,7 +299,8 @@ class Orchestration:
         has started it ends the stream: open blocks closed, then one ``error`` event.
         :class:`ClientGone` propagates unchanged."""
         try:
-            await self._loop(emit)
+            with self.trace.request(self.headers):
+                await self._loop(emit)
         except Exception as exc:
             if isinstance(exc, ClientGone) or not self.streaming or not self.message.started:
                 raise
@@ -365,21 +373,22 @@ class Orchestration:
             body["tool_choice"] = {**body["tool_choice"], "type": "auto"}
             body["tool_choice"].pop("name", None)
         relay = self.leg = ExecutorLegRelay(self.message, ids, emit)
-        leg = Leg(
-            "executor",
-            body,
-            self.exec_headers,
-            self.scope,
-            raw_deltas=True,
-            # Where the client's response start finds them.
-            response_headers=self.first_leg_headers if first else [],
-            max_bytes=self.config.max_leg_bytes,
-        )
-        await run_leg(self.router, leg, relay.on_batch)
-        if not relay.accumulator.finished:
-            raise UpstreamError(502, "the executor's stream ended before its message_delta")
-        if not self.message.started:
-            raise UpstreamError(502, "the executor's stream had no message_start")
+        with self.trace.leg("executor", body, relay.accumulator, self.exec_headers) as traced:
+            leg = Leg(
+                "executor",
+                body,
+                traced.headers,
+                self.scope,
+                raw_deltas=True,
+                # Where the client's response start finds them.
+                response_headers=self.first_leg_headers if first else [],
+                max_bytes=self.config.max_leg_bytes,
+            )
+            await run_leg(self.router, leg, traced.watch(relay.on_batch))
+            if not relay.accumulator.finished:
+                raise UpstreamError(502, "the executor's stream ended before its message_delta")
+            if not self.message.started:
+                raise UpstreamError(502, "the executor's stream had no message_start")
         return relay
 
     async def _consult_calls(
@@ -390,7 +399,10 @@ class Orchestration:
         §3), as it is ready. Returns the executor's ``tool_result`` blocks."""
         results: list[dict[str, Any]] = []
         for exec_id, srv_id in calls:
-            block = advisor_result_block(srv_id, **await self._consult(messages))
+            with self.trace.consult(srv_id) as consult:
+                fields = await self._consult(messages)
+                consult.error_code = fields.get("error_code")
+            block = advisor_result_block(srv_id, **fields)
             index = self.message.new_index()
             results.append(advice_tool_result(exec_id, block["content"]))
             await emit(
@@ -414,7 +426,7 @@ class Orchestration:
         async def attempt(model: str, deadline: float) -> dict[str, Any]:
             return await self._attempt({**body, "model": model}, plan.max_tokens, deadline)
 
-        return await run_chain(plan, attempt)
+        return await run_chain(plan, attempt, self.trace.fallback)
 
     def _consult_context(self) -> ConsultContext:
         return ConsultContext(
@@ -429,7 +441,8 @@ class Orchestration:
         """One advisor leg of a consult, on ``body["model"]``: the result's fields."""
         acc = MessageAccumulator()
         try:
-            await self._advisor_leg(body, acc, deadline)
+            with self.trace.leg("advisor", body, acc, self.advisor_headers) as traced:
+                await self._advisor_leg(body, acc, deadline, traced)
         except ClientGone:
             raise  # not the advisor's failure: the request is over
         except Exception as exc:
@@ -471,15 +484,17 @@ class Orchestration:
             body["metadata"] = metadata
         return {**body, **plan.params}
 
-    async def _advisor_leg(self, body: dict[str, Any], acc: MessageAccumulator, deadline: float) -> None:
-        leg = Leg("advisor", body, self.advisor_headers, self.scope, max_bytes=self.config.max_leg_bytes)
+    async def _advisor_leg(
+        self, body: dict[str, Any], acc: MessageAccumulator, deadline: float, traced: LegTrace
+    ) -> None:
+        leg = Leg("advisor", body, traced.headers, self.scope, max_bytes=self.config.max_leg_bytes)
 
         async def feed(batch: Batch) -> None:
             acc.feed_all(batch)
 
         # The consult's one deadline, whichever attempt this is (a profile's timeout).
         with anyio.CancelScope(deadline=deadline) as scope:
-            await run_leg(self.router, leg, feed)
+            await run_leg(self.router, leg, traced.watch(feed))
         if scope.cancelled_caught:
             raise TimeoutError("the consult's time budget ran out")
 

@@ -194,9 +194,12 @@ Attempt = Callable[[str, float], Awaitable[dict[str, Any]]]
 fields of its ``advisor_tool_result`` content (``text`` or ``error_code``)."""
 
 
-async def run_chain(plan: ConsultPlan, attempt: Attempt) -> dict[str, Any]:
+async def run_chain(
+    plan: ConsultPlan, attempt: Attempt, on_fallback: Callable[[str, str, str], None] | None = None
+) -> dict[str, Any]:
     """Try the plan's models in order until one answers, fails with a code not in
-    ``fallback_on``, or the consult's time runs out; the last attempt's fields are the result."""
+    ``fallback_on``, or the consult's time runs out; the last attempt's fields are the result.
+    ``on_fallback(failed_model, next_model, error_code)`` is told of each step down the chain."""
     deadline = anyio.current_time() + plan.timeout
     fields: dict[str, Any] = {"error_code": "execution_time_exceeded"}
     for number, model in enumerate(plan.models, 1):
@@ -215,4 +218,6 @@ async def run_chain(plan: ConsultPlan, attempt: Attempt) -> dict[str, Any]:
             )
         if code is None or code not in plan.fallback_on or ended >= deadline:
             break
+        if on_fallback is not None and number < len(plan.models):
+            on_fallback(model, plan.models[number], code)
     return fields

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
@@ -348,6 +349,14 @@ def answer_content(response: httpx.Response, streaming: bool) -> list[dict[str, 
     _, message = check_stream(response.content)
     assert message is not None, "the stream ended in an error event"
     return [block.model_dump(exclude_none=True) for block in message.content]
+
+
+_PLAIN_RECORD = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+
+def logged_fields(record: logging.LogRecord) -> str:
+    """The fields a log record carries beyond a plain one's (``extra``), as text to scan."""
+    return repr({key: value for key, value in vars(record).items() if key not in _PLAIN_RECORD})
 
 
 def http_scope(headers: list[tuple[bytes, bytes]], **overrides: Any) -> dict[str, Any]:
