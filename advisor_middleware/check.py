@@ -13,7 +13,7 @@ import re
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -87,8 +87,7 @@ def order_problem(events: Sequence[Event]) -> str | None:
 
 
 def index_problem(events: Sequence[Event]) -> str | None:
-    """``indices``: blocks start at 0 and go up by one; deltas and stops name an open block;
-    none is open at ``message_delta``, ``message_stop`` or ``error``."""
+    """``indices``: blocks start at 0, 1, 2, ...; deltas and stops name an open block; none is open at the end."""
     started = 0
     open_blocks: set[int] = set()
     for position, event in enumerate(events):
@@ -126,8 +125,7 @@ def block_problem(content: Sequence[Event], *, required: bool = True) -> str | N
 
 
 def result_problem(content: Sequence[Event]) -> str | None:
-    """``advisor-result``: each result names an earlier call, each call has a result, and the
-    result's ``content`` is one object of a known type."""
+    """``advisor-result``: each result names an earlier call, its ``content`` is one known object; each call has one."""
     calls: list[Any] = []
     for position, block in enumerate(content):
         if block.get("type") == "server_tool_use":
@@ -137,7 +135,7 @@ def result_problem(content: Sequence[Event]) -> str | None:
             problem = None if call_id in calls else f"names {call_id!r}, which no server_tool_use before it has"
             problem = problem or _result_content_problem(block.get("content"))
             if problem:
-                return f"advisor_tool_result (block {position}) {problem}"
+                return f"advisor_tool_result (block {position}): {problem}"
     answered = {block.get("tool_use_id") for block in content if block.get("type") == "advisor_tool_result"}
     missing = [call_id for call_id in calls if call_id not in answered]
     return f"server_tool_use {missing[0]!r} has no advisor_tool_result" if missing else None
@@ -202,8 +200,7 @@ def iterations_problem(message: Event) -> str | None:
 
 
 def usage_total_problem(message: Event) -> str | None:
-    """``usage-total``: each top-level token field is the sum over the ``message`` iterations
-    (without iterations there is nothing to sum: ``iterations_problem`` says whether that is right)."""
+    """``usage-total``: each top-level token field is the sum over the ``message`` iterations, if any."""
     iterations = _iterations(message)
     for key in _TOKENS if iterations else ():
         executor = sum(_count(item, key) for item in iterations if item.get("type") == "message")
@@ -308,13 +305,17 @@ def _answer_problem(answer: Answer, kind: str, *, streamed: bool) -> str | None:
             answer.unbuilt = exc.detail
         return None
     try:
-        answer.message = orjson.loads(answer.raw)
+        message = orjson.loads(answer.raw)
     except orjson.JSONDecodeError:
         return "the body is not JSON"
-    message = answer.message
-    if isinstance(message, dict) and message.get("type") == "message" and isinstance(message.get("content"), list):
-        return None
-    return "the body is not a Message (type 'message' with a content list)"
+    if (
+        not isinstance(message, dict)
+        or message.get("type") != "message"
+        or not isinstance(message.get("content"), list)
+    ):
+        return "the body is not a Message (type 'message' with a content list)"
+    answer.message = message
+    return None
 
 
 def _error_text(raw: bytes) -> str:
@@ -422,9 +423,8 @@ class Leg:
 
 
 def timeline(answer: Answer) -> list[Leg]:
-    """The legs of a streamed answer, from when its events arrived: the executor up to each
-    ``server_tool_use``, the advisor up to its ``advisor_tool_result``, the executor again up to
-    ``message_stop``; tokens and models from ``usage.iterations``, in order."""
+    """A streamed answer's legs, from when its events arrived: the executor up to a ``server_tool_use``,
+    the advisor up to its result, and so on to ``message_stop``; tokens and models from ``usage.iterations``."""
     model = answer.message.get("model")
     legs = [Leg("executor", model, 0.0, 0.0)]
     for at, event in zip(answer.arrivals, answer.events, strict=True):
@@ -476,7 +476,7 @@ class Report:
         """Every check ran and passed: the exit status is 0 only then."""
         return bool(self.results) and all(result["passed"] for result in self.results)
 
-    def add(self, probe: str, checks: Iterable[tuple[str, str | None]]) -> None:
+    def add(self, probe: str, checks: Checks) -> None:
         for rule, problem in checks:
             passed = None if isinstance(problem, NotChecked) else problem is None
             self.results.append({"probe": probe, "rule": rule, "passed": passed, "detail": problem or RULES[rule]})
