@@ -63,7 +63,7 @@ Event = Mapping[str, Any]
 Checks = list[tuple[str, str | None]]  # (rule, why it does not hold or None)
 
 
-# --- the rules: each returns why it does not hold, or None --------------------------------------
+# --- the rules: each returns why it does not hold, or None ----------------------------------------
 
 
 def order_problem(events: Sequence[Event]) -> str | None:
@@ -223,7 +223,7 @@ def _count(usage: Mapping[str, Any], key: str) -> int:
     return value if isinstance(value, int) else 0
 
 
-# --- probing ------------------------------------------------------------------------------------
+# --- probing --------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -405,7 +405,7 @@ def shape(message: Mapping[str, Any]) -> str:
     return f"[{', '.join(kinds)}] iterations [{iterations}]"
 
 
-# --- the timeline, the report and the command ----------------------------------------------------------------
+# --- the timeline, the report and the command -----------------------------------------------------
 
 
 @dataclass
