@@ -1,12 +1,8 @@
 """``advisor-middleware check URL``: probe a deployed gateway the way a client would.
 
-Three requests go to ``URL/v1/messages``, each with the advisor tool: a forced consult
-(``tool_choice`` on the advisor, so a real model consults too) streamed, the same request as
-JSON, and a second turn that sends the streamed answer back as history. Each answer is held to
-the rules of docs/protocol.md (§2 blocks, §3 stream events, §4 usage), the rules the test suite
-holds the middleware to: the rule functions here (``order_problem``, ``index_problem``, ...) are
-the ones the tests use. The report is one line per check and a timeline of the consult.
-
+Three requests go to ``URL/v1/messages`` with the advisor tool: a forced consult streamed, the
+same request as JSON, and a second turn that sends the first answer back as history. Each answer
+is held to the rules of docs/protocol.md; the tests hold the middleware to the same functions.
 The official SDK (``anthropic``, the ``check`` extra) is imported only by the check that needs it.
 """
 
@@ -16,13 +12,13 @@ import argparse
 import re
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import httpx
 import orjson
-import pydantic_core
 
 from .accumulate import MessageAccumulator
 from .blocks import ADVISOR_ERROR_CODES
@@ -54,79 +50,60 @@ RULES = {
 """Each check's rule, as the report states it (sections of docs/protocol.md)."""
 
 _SRV_ID = re.compile(r"^srvtoolu_[a-zA-Z0-9_]+$")
-_RESULT_FIELDS = {"advisor_result": "text", "advisor_redacted_result": "encrypted_content"}
+_RESULT_FIELDS = {
+    "advisor_result": "text",
+    "advisor_redacted_result": "encrypted_content",
+    "advisor_tool_result_error": "error_code",
+}
 _TOKENS = ("input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
+_SSE = "text/event-stream"
+_HEADERS = {"anthropic-version": "2023-06-01", "anthropic-beta": "advisor-tool-2026-03-01"}
 
 Event = Mapping[str, Any]
+Checks = list[tuple[str, str | None]]  # (rule, why it does not hold or None)
 
 
-# --- the rules: each returns why it does not hold, or None --------------------------------------
+# --- the rules: each returns why it does not hold, or None ----------------------------------------
 
 
 def order_problem(events: Sequence[Event]) -> str | None:
-    """``event-order`` over a stream's events (their data, ``type`` included). A stream that an
-    ``error`` event ends keeps the order (§5): ``error_problem`` says whether it ended so."""
-    if not events or events[0].get("type") != "message_start":
-        first = events[0].get("type") if events else "nothing"
-        return f"the stream starts with {first}, not message_start"
+    """``event-order`` over a stream's events. A stream that an ``error`` event ends keeps the
+    order (§5): ``answer_checks`` fails such a stream on its own."""
+    kinds = [event.get("type") for event in events]
+    if not kinds or kinds[0] != "message_start":
+        return f"the stream starts with {kinds[0] if kinds else 'nothing'}, not message_start"
     ended = False  # a message_delta came: only pings, message_delta and the end may follow
-    for position, event in enumerate(events[1:], 1):
-        kind = event.get("type")
+    for position, kind in enumerate(kinds[1:], 1):
         if kind == "message_start":
             return f"a second message_start at event {position}"
-        if kind in ("message_stop", "error") and position != len(events) - 1:
-            return f"{events[position + 1].get('type')} after {kind}"
+        if kind in ("message_stop", "error") and position != len(kinds) - 1:
+            return f"{kinds[position + 1]} after {kind}"
         if ended and kind not in ("ping", "message_delta", "message_stop", "error"):
             return f"{kind} after message_delta (event {position})"
         ended = ended or kind == "message_delta"
-    last = events[-1].get("type")
-    if last not in ("message_stop", "error"):
-        return f"the stream ends with {last}, not message_stop"
-    return None if ended or last == "error" else "no message_delta before message_stop"
-
-
-class _Blocks:
-    """The blocks a stream has started and not stopped yet, and the index the next one takes."""
-
-    def __init__(self) -> None:
-        self.open: set[int] = set()
-        self.next_index = 0
-
-    def step(self, event: Event) -> str | None:
-        """Takes one event; why it breaks the ``indices`` rule, or None."""
-        kind, index = event.get("type"), event.get("index")
-        if kind == "content_block_start":
-            if index != self.next_index:
-                return f"content_block_start at index {index!r}, where {self.next_index} was next"
-            self.open.add(index)
-            self.next_index += 1
-        elif kind in ("content_block_delta", "content_block_stop"):
-            if index not in self.open:
-                return f"{kind} for block {index!r}, which is not open"
-            if kind == "content_block_stop":
-                self.open.discard(index)
-        elif kind in ("message_delta", "message_stop", "error") and self.open:
-            return f"{kind} while block {min(self.open)} is still open"
-        return None
+    if kinds[-1] not in ("message_stop", "error"):
+        return f"the stream ends with {kinds[-1]}, not message_stop"
+    return None if ended or kinds[-1] == "error" else "no message_delta before message_stop"
 
 
 def index_problem(events: Sequence[Event]) -> str | None:
-    """``indices``: blocks start at 0 and go up by one; deltas and stops name an open block;
-    none is open at ``message_delta``, ``message_stop`` or ``error``."""
-    blocks = _Blocks()
+    """``indices``: blocks start at 0, 1, 2, ...; deltas and stops name an open block; none is open at the end."""
+    started = 0
+    open_blocks: set[int] = set()
     for position, event in enumerate(events):
-        problem = blocks.step(event)
-        if problem:
-            return f"{problem} (event {position})"
-    return None
-
-
-def error_problem(events: Sequence[Event]) -> str | None:
-    """An ``error`` event in the stream: the request failed after it started."""
-    for event in events:
-        if event.get("type") == "error":
-            error = event.get("error") or {}
-            return f"the stream ended with an error event: {error.get('type')}: {error.get('message')}"
+        kind, index, where = event.get("type"), event.get("index"), f"(event {position})"
+        if kind == "content_block_start":
+            if index != started:
+                return f"content_block_start at index {index!r}, where {started} was next {where}"
+            open_blocks.add(started)
+            started += 1
+        elif kind in ("content_block_delta", "content_block_stop"):
+            if index not in open_blocks:
+                return f"{kind} for block {index!r}, which is not open {where}"
+            if kind == "content_block_stop":
+                open_blocks.discard(index)
+        elif kind in ("message_delta", "message_stop", "error") and open_blocks:
+            return f"{kind} while block {min(open_blocks)} is still open {where}"
     return None
 
 
@@ -148,68 +125,66 @@ def block_problem(content: Sequence[Event], *, required: bool = True) -> str | N
 
 
 def result_problem(content: Sequence[Event]) -> str | None:
-    """``advisor-result``: each result names an earlier call, each call has a result, and the
-    result's ``content`` is one object of a known type."""
+    """``advisor-result``: each result names an earlier call, its ``content`` is one known object; each call has one."""
     calls: list[Any] = []
-    answered: set[Any] = set()
     for position, block in enumerate(content):
         if block.get("type") == "server_tool_use":
             calls.append(block.get("id"))
-        if block.get("type") != "advisor_tool_result":
-            continue
-        call_id = block.get("tool_use_id")
-        if call_id not in calls:
-            return f"advisor_tool_result (block {position}) names {call_id!r}, which no server_tool_use before it has"
-        answered.add(call_id)
-        problem = _result_content_problem(block.get("content"))
-        if problem:
-            return f"advisor_tool_result (block {position}): {problem}"
+        elif block.get("type") == "advisor_tool_result":
+            call_id = block.get("tool_use_id")
+            problem = None if call_id in calls else f"names {call_id!r}, which no server_tool_use before it has"
+            problem = problem or _result_content_problem(block.get("content"))
+            if problem:
+                return f"advisor_tool_result (block {position}): {problem}"
+    answered = {block.get("tool_use_id") for block in content if block.get("type") == "advisor_tool_result"}
     missing = [call_id for call_id in calls if call_id not in answered]
     return f"server_tool_use {missing[0]!r} has no advisor_tool_result" if missing else None
 
 
+def whole_result_problem(events: Sequence[Event]) -> str | None:
+    """An ``advisor_tool_result`` arrives complete at its start: no delta names it (§3)."""
+    results = set()
+    for event in events:
+        if (event.get("content_block") or {}).get("type") == "advisor_tool_result":
+            results.add(event.get("index"))
+        elif event.get("type") == "content_block_delta" and event.get("index") in results:
+            return f"a content_block_delta for the advisor_tool_result at index {event.get('index')}"
+    return None
+
+
 def _result_content_problem(result: Any) -> str | None:
-    if not isinstance(result, dict):
-        return f"content is {type(result).__name__}, not one object"
-    kind = result.get("type")
-    if kind in _RESULT_FIELDS:
-        name = _RESULT_FIELDS[kind]
-        return None if isinstance(result.get(name), str) else f"{kind} without a string {name}"
-    if kind == "advisor_tool_result_error":
-        code = result.get("error_code")
-        return None if code in ADVISOR_ERROR_CODES else f"error_code {code!r} is not one of the seven"
-    return f"content type {kind!r} is not advisor_result, advisor_redacted_result or advisor_tool_result_error"
+    kind = result.get("type") if isinstance(result, dict) else None
+    if kind not in _RESULT_FIELDS:
+        what = f"type {kind!r}" if isinstance(result, dict) else type(result).__name__
+        return f"content ({what}) is not one advisor_result, advisor_redacted_result or advisor_tool_result_error"
+    name = _RESULT_FIELDS[kind]
+    if kind == "advisor_tool_result_error" and result.get(name) not in ADVISOR_ERROR_CODES:
+        return f"error_code {result.get(name)!r} is not one of the seven"
+    return None if isinstance(result.get(name), str) else f"{kind} without a string {name}"
+
+
+def _result_contents(content: Sequence[Event]) -> list[dict[str, Any]]:
+    """The ``content`` object of each ``advisor_tool_result``."""
+    results = [block.get("content") for block in content if block.get("type") == "advisor_tool_result"]
+    return [result for result in results if isinstance(result, dict)]
 
 
 def advice_problem(content: Sequence[Event]) -> str | None:
     """``advice``: no consult failed."""
-    for block in content:
-        result = block.get("content")
-        if block.get("type") == "advisor_tool_result" and isinstance(result, dict):
-            if result.get("type") == "advisor_tool_result_error":
-                return f"the advisor failed: advisor_tool_result_error {result.get('error_code')!r}"
-    return None
-
-
-def _consults(content: Sequence[Event]) -> int:
-    """Consults that ran an advisor (a ``max_uses_exceeded`` result runs none, §4)."""
-    return sum(
-        1
-        for block in content
-        if block.get("type") == "advisor_tool_result"
-        and (block.get("content") or {}).get("error_code") != "max_uses_exceeded"
-    )
+    results = _result_contents(content)
+    codes = [result.get("error_code") for result in results if result.get("type") == "advisor_tool_result_error"]
+    return f"the advisor failed: advisor_tool_result_error {codes[0]!r}" if codes else None
 
 
 def iterations_problem(message: Event) -> str | None:
-    """``iterations``: one ``advisor_message`` (with its ``model``) per consult that ran, between
-    executor ``message`` iterations."""
-    content = message.get("content") or []
+    """``iterations``: one ``advisor_message`` (with its ``model``) per consult that ran (a
+    ``max_uses_exceeded`` result runs none, §4), between executor ``message`` iterations."""
     iterations = (message.get("usage") or {}).get("iterations")
-    consults = _consults(content)
+    results = _result_contents(message.get("content") or [])
+    consults = sum(result.get("error_code") != "max_uses_exceeded" for result in results)
     if iterations is None and not consults:
         return None
-    if not isinstance(iterations, list) or not all(isinstance(item, dict) for item in iterations):
+    if not isinstance(iterations, list) or iterations != _iterations(message):
         return f"usage.iterations is {type(iterations).__name__}, not a list of objects, with {consults} consult(s)"
     kinds = [item.get("type") for item in iterations]
     if kinds.count("advisor_message") != consults:
@@ -225,35 +200,37 @@ def iterations_problem(message: Event) -> str | None:
 
 
 def usage_total_problem(message: Event) -> str | None:
-    """``usage-total``: each top-level token field is the sum over the ``message`` iterations."""
-    usage = message.get("usage") or {}
-    iterations = usage.get("iterations")
-    if not isinstance(iterations, list):
-        return None  # nothing to sum; iterations_problem says whether that is right
-    for key in _TOKENS:
+    """``usage-total``: each top-level token field is the sum over the ``message`` iterations, if any."""
+    iterations = _iterations(message)
+    for key in _TOKENS if iterations else ():
         executor = sum(_count(item, key) for item in iterations if item.get("type") == "message")
         advisor = sum(_count(item, key) for item in iterations if item.get("type") == "advisor_message")
-        total = _count(usage, key)
+        total = _count(message["usage"], key)
         if total != executor:
             hint = ": it includes the advisor's tokens" if advisor and total == executor + advisor else ""
             return f"usage.{key} is {total}, the executor iterations sum to {executor}{hint}"
     return None
 
 
-def _count(usage: Any, key: str) -> int:
-    value = usage.get(key) if isinstance(usage, dict) else None
+def _iterations(message: Event) -> list[dict[str, Any]]:
+    """The objects in ``usage.iterations`` (none if it is not a list)."""
+    iterations = (message.get("usage") or {}).get("iterations")
+    return [item for item in iterations if isinstance(item, dict)] if isinstance(iterations, list) else []
+
+
+def _count(usage: Mapping[str, Any], key: str) -> int:
+    value = usage.get(key)
     return value if isinstance(value, int) else 0
 
 
-# --- probing ------------------------------------------------------------------------------------
+# --- probing --------------------------------------------------------------------------------------
 
 
 @dataclass
 class Options:
-    """What ``check`` sends, and where."""
+    """What ``check`` sends, and where (``url``: the gateway's base URL, ``ANTHROPIC_BASE_URL``)."""
 
     url: str
-    """The gateway's base URL (what clients set as ``ANTHROPIC_BASE_URL``)."""
     key: str | None = None
     model: str = DEFAULT_MODEL
     advisor: str = DEFAULT_ADVISOR
@@ -263,21 +240,18 @@ class Options:
 
 @dataclass
 class Answer:
-    """What one request got back, as a client saw it."""
+    """What one request got back, as a client saw it. ``problem``: why it is not a usable answer
+    (the ``status`` rule). A stream's ``events`` come with their ``event:`` ``names`` and their
+    ``arrivals`` (seconds from the request); ``unbuilt`` says why they build no ``message``."""
 
     status: int = 0
     problem: str | None = None
-    """Why it is not a usable answer (status, content type, body); None when it is."""
     raw: bytes = b""
-    arrivals: list[float] = field(default_factory=list)
-    """Seconds from sending the request to each event's arrival (streamed answers)."""
-    names: list[str] = field(default_factory=list)
-    """Each event's ``event:`` name, as the stream gave it."""
     events: list[dict[str, Any]] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)
+    arrivals: list[float] = field(default_factory=list)
     message: dict[str, Any] = field(default_factory=dict)
-    """The Message: the JSON answer, or the stream accumulated."""
     unbuilt: str | None = None
-    """Why the stream's events do not build a Message (the event rules say which is wrong)."""
 
     @property
     def usable(self) -> bool:
@@ -285,93 +259,60 @@ class Answer:
         return self.problem is None and self.unbuilt is None
 
 
-def request_body(options: Options, *, stream: bool, history: list[Any] | None = None) -> dict[str, Any]:
-    """A forced consult (§1), or with ``history`` a second turn in which the model may consult."""
-    body: dict[str, Any] = {
-        "model": options.model,
-        "max_tokens": 1024,
-        "stream": stream,
-        "messages": history or [{"role": "user", "content": QUESTION}],
-        "tools": [{"type": "advisor_20260301", "name": "advisor", "model": options.advisor}],
-    }
-    if history is None:
-        body["tool_choice"] = {"type": "tool", "name": "advisor"}
-    return body
-
-
-def _headers(options: Options) -> dict[str, str]:
-    headers = {"anthropic-version": "2023-06-01", "anthropic-beta": "advisor-tool-2026-03-01"}
-    if options.key:
-        headers["x-api-key"] = options.key
-    headers.update(options.headers)
-    return headers
-
-
-def _read(response: httpx.Response, answer: Answer, started: float) -> None:
-    """The body, at most ``MAX_ANSWER_BYTES``; a stream's events with their arrival times."""
-    streaming = response.headers.get("content-type", "").startswith("text/event-stream")
-    decoder = SSEDecoder()
-    chunks: list[bytes] = []
-    size = 0
-    for chunk in response.iter_bytes():
-        size += len(chunk)
-        if size > MAX_ANSWER_BYTES:
-            answer.problem = f"the answer is over {MAX_ANSWER_BYTES} bytes"
-            return
-        chunks.append(chunk)
-        if streaming:
-            _add_events(answer, decoder.feed(chunk), time.monotonic() - started)
-    answer.raw = b"".join(chunks)
-
-
-def _add_events(answer: Answer, decoded: list[tuple[str, bytes]], at: float) -> None:
-    for name, data in decoded:
-        event = parse_event(name, data)
-        if isinstance(event, UpstreamError):
-            event = {"type": "unreadable", "reason": event.detail}
-        answer.arrivals.append(at)
-        answer.names.append(name)
-        answer.events.append(event)
-
-
 def probe(client: httpx.Client, url: httpx.URL, body: dict[str, Any]) -> Answer:
-    """Send ``body``; read the answer the way its ``stream`` flag asks for."""
+    """Send ``body``; read the answer (at most ``MAX_ANSWER_BYTES``) the way its ``stream`` flag asks."""
     answer = Answer()
     started = time.monotonic()
-    with client.stream("POST", url, content=orjson.dumps(body), headers={"content-type": "application/json"}) as got:
-        answer.status = got.status_code
-        _read(got, answer, started)
-        kind = got.headers.get("content-type", "")
-    if answer.problem is None:
-        answer.problem = _answer_problem(answer, kind, streamed=body["stream"])
+    raw = bytearray()
+    with client.stream("POST", url, json=body) as response:
+        answer.status = response.status_code
+        kind = response.headers.get("content-type", "")
+        decoder = SSEDecoder()
+        for chunk in response.iter_bytes():
+            raw += chunk
+            if len(raw) > MAX_ANSWER_BYTES:
+                answer.problem = f"the answer is over {MAX_ANSWER_BYTES} bytes"
+                return answer
+            for name, data in decoder.feed(chunk) if kind.startswith(_SSE) else ():
+                answer.events.append(_readable(parse_event(name, data)))
+                answer.names.append(name)
+                answer.arrivals.append(time.monotonic() - started)
+    answer.raw = bytes(raw)
+    answer.problem = _answer_problem(answer, kind, streamed=body["stream"])
     return answer
 
 
+def _readable(event: dict[str, Any] | UpstreamError) -> dict[str, Any]:
+    return {"type": "unreadable", "reason": event.detail} if isinstance(event, UpstreamError) else event
+
+
 def _answer_problem(answer: Answer, kind: str, *, streamed: bool) -> str | None:
-    """``status``: a 2xx with the right content type and a Message; fills ``answer.message``."""
+    """``status``: a 2xx with the right content type and a Message; sets ``answer.message``."""
+    wanted = _SSE if streamed else "application/json"
     if not 200 <= answer.status < 300:
         return f"HTTP {answer.status}: {_error_text(answer.raw)}"
-    wanted = "text/event-stream" if streamed else "application/json"
     if not kind.startswith(wanted):
         return f"HTTP {answer.status} with content-type {kind or 'none'!r}, not {wanted}"
+    if streamed and not answer.events:
+        return "the stream holds no events"
     if streamed:
-        if not answer.events:
-            return "the stream holds no events"
         accumulator = MessageAccumulator()
         try:
             for event in answer.events:
                 accumulator.feed(event)
-            accumulator.complete()
+            answer.message = accumulator.complete()
         except UpstreamError as exc:
             answer.unbuilt = exc.detail
-        answer.message = accumulator.message
         return None
     try:
-        message = pydantic_core.from_json(answer.raw)
-    except ValueError:
+        message = orjson.loads(answer.raw)
+    except orjson.JSONDecodeError:
         return "the body is not JSON"
-    is_message = isinstance(message, dict) and message.get("type") == "message"
-    if not is_message or not isinstance(message.get("content"), list):
+    if (
+        not isinstance(message, dict)
+        or message.get("type") != "message"
+        or not isinstance(message.get("content"), list)
+    ):
         return "the body is not a Message (type 'message' with a content list)"
     answer.message = message
     return None
@@ -380,47 +321,74 @@ def _answer_problem(answer: Answer, kind: str, *, streamed: bool) -> str | None:
 def _error_text(raw: bytes) -> str:
     """An error body's ``type: message`` (§5), or its first bytes."""
     try:
-        error = pydantic_core.from_json(raw).get("error") or {}
+        error = orjson.loads(raw).get("error") or {}
         return f"{error['type']}: {str(error['message'])[:300]}"
     except (ValueError, AttributeError, KeyError, TypeError):
         return raw[:200].decode("utf-8", "replace") or "(empty body)"
 
 
-# --- the official SDK as the oracle ---------------------------------------------------------------
+def _event_problem(answer: Answer) -> str | None:
+    """``event-order``: each event readable and named by its data's type, in order, with no error."""
+    for position, (name, event) in enumerate(zip(answer.names, answer.events, strict=True)):
+        if event["type"] == "unreadable":
+            return f"event {position} ({name}): {event['reason']}"
+        if name != event["type"]:
+            return f"event {position} is named {name!r} but its data's type is {event['type']!r}"
+        if name == "error":
+            error = event.get("error") or {}
+            return f"the stream ended with an error event: {error.get('type')}: {error.get('message')}"
+    return order_problem(answer.events)
 
 
-class SDKMissing(Exception):
-    """The ``anthropic`` package is not installed (the ``check`` extra)."""
+def answer_checks(answer: Answer, *, required: bool, status: str = "status") -> Checks:
+    """Every rule on one answer: ``status`` (or ``history``), a stream's event rules, the Message's."""
+    if answer.problem is not None:
+        return [(status, answer.problem)]
+    events, content = answer.events, answer.message.get("content") or []
+    event_checks: Checks = [("event-order", _event_problem(answer)), ("indices", index_problem(events))]
+    message_checks: Checks = [
+        ("advisor-call", block_problem(content, required=required)),
+        ("advisor-result", result_problem(content) or whole_result_problem(events)),
+        ("advice", advice_problem(content)),
+        ("iterations", iterations_problem(answer.message)),
+        ("usage-total", usage_total_problem(answer.message)),
+    ]
+    if answer.unbuilt is not None:
+        why = NotChecked("not checked: the events build no Message (see event-order and indices)")
+        message_checks = [(rule, why) for rule, _ in message_checks]
+    return [(status, None), *(event_checks if events else []), *message_checks]
 
 
 def sdk_problem(streamed: Answer, answered: Answer, body: dict[str, Any]) -> str | None:
     """``sdk``: the SDK, given the bytes each answer came in, builds the streamed Message with its
     accumulator and parses the JSON one; both have the same shape (:func:`shape`)."""
-    try:
-        import anthropic
-        import httpx2
-    except ImportError:
-        raise SDKMissing from None
-
-    def sdk_replaying(answer: Answer, kind: str) -> anthropic.Anthropic:
-        response = httpx2.Response(200, content=answer.raw, headers={"content-type": kind})
-        http = httpx2.Client(transport=httpx2.MockTransport(lambda request: response))
-        return anthropic.Anthropic(api_key="replay", base_url="http://replay", http_client=http, max_retries=0)
-
+    if streamed.problem is not None or answered.problem is not None:
+        return "not compared: an answer failed (see status)"
     params = {key: value for key, value in body.items() if key != "stream"}
-    try:
-        with sdk_replaying(streamed, "text/event-stream") as sdk, sdk.beta.messages.stream(**params) as stream:
-            built = stream.get_final_message().model_dump(mode="json", exclude_none=True)
-    except Exception as exc:  # whatever the SDK raises on these bytes is the finding
-        return f"the SDK's accumulator failed on the streamed answer: {type(exc).__name__}: {str(exc)[:300]}"
-    try:
-        with sdk_replaying(answered, "application/json") as sdk:
-            parsed = sdk.beta.messages.create(**params).model_dump(mode="json", exclude_none=True)
-    except Exception as exc:
-        return f"the SDK failed on the JSON answer: {type(exc).__name__}: {str(exc)[:300]}"
-    if shape(built) != shape(parsed):
-        return f"streamed {shape(built)} but JSON {shape(parsed)}"
-    return None
+    shapes = []
+    failures = ("the SDK's accumulator failed on the streamed", "the SDK failed on the JSON")
+    for answer, failed in zip((streamed, answered), failures, strict=True):
+        try:
+            shapes.append(shape(_sdk_message(answer.raw, answer is streamed, params)))
+        except ImportError:
+            return NotChecked(f"not checked: the official SDK is not installed: {INSTALL_SDK}")
+        except Exception as exc:  # whatever the SDK raises on these bytes is the finding
+            return f"{failed} answer: {type(exc).__name__}: {str(exc)[:300]}"
+    return None if shapes[0] == shapes[1] else f"streamed {shapes[0]} but JSON {shapes[1]}"
+
+
+def _sdk_message(raw: bytes, streamed: bool, params: dict[str, Any]) -> Any:
+    """The Message the SDK makes of ``raw``, replayed as its answer to ``params``."""
+    import anthropic
+    import httpx2
+
+    response = httpx2.Response(200, content=raw, headers={"content-type": _SSE if streamed else "application/json"})
+    http = httpx2.Client(transport=httpx2.MockTransport(lambda request: response))
+    with anthropic.Anthropic(api_key="replay", base_url="http://replay", http_client=http, max_retries=0) as sdk:
+        if not streamed:
+            return sdk.beta.messages.create(**params).model_dump(mode="json", exclude_none=True)
+        with sdk.beta.messages.stream(**params) as stream:
+            return stream.get_final_message().model_dump(mode="json", exclude_none=True)
 
 
 def shape(message: Mapping[str, Any]) -> str:
@@ -433,88 +401,58 @@ def shape(message: Mapping[str, Any]) -> str:
             kind += f"({(block.get('content') or {}).get('type')})"
         if not (kinds and kinds[-1] == kind and kind in ("text", "thinking")):
             kinds.append(kind)
-    iterations = (message.get("usage") or {}).get("iterations") or []
-    return f"[{', '.join(kinds)}] iterations [{', '.join(str(item.get('type')) for item in iterations)}]"
+    iterations = ", ".join(str(item.get("type")) for item in _iterations(message))
+    return f"[{', '.join(kinds)}] iterations [{iterations}]"
 
 
-# --- the timeline -----------------------------------------------------------------------------------
+# --- the timeline, the report and the command -----------------------------------------------------
 
 
 @dataclass
 class Leg:
-    """One sampling of a consult as the client saw it: seconds from the request."""
+    """One sampling in the streamed consult (``executor`` or ``advisor``), in seconds from the
+    request; ``first_byte``: when its first event arrived (None for an advisor: its result arrives whole)."""
 
     kind: str
-    """``executor`` or ``advisor``."""
     model: str | None
     start: float
     end: float
-    first_byte: float | None
-    """When its first event arrived (an advisor's result arrives whole: None)."""
+    first_byte: float | None = None
     input_tokens: int | None = None
     output_tokens: int | None = None
 
 
 def timeline(answer: Answer) -> list[Leg]:
-    """The legs of a streamed answer, from its events' arrival times: an executor leg up to each
-    ``server_tool_use``, the advisor up to its ``advisor_tool_result``, the executor again up to
-    ``message_stop``; tokens and models from ``usage.iterations``."""
-    if not answer.events:
-        return []
-    calls: list[float] = []
-    results: list[tuple[float, float]] = []
-    for position, event in enumerate(answer.events):
+    """A streamed answer's legs, from when its events arrived: the executor up to a ``server_tool_use``,
+    the advisor up to its result, and so on to ``message_stop``; tokens and models from ``usage.iterations``."""
+    model = answer.message.get("model")
+    legs = [Leg("executor", model, 0.0, 0.0)]
+    for at, event in zip(answer.arrivals, answer.events, strict=True):
         block_type = (event.get("content_block") or {}).get("type")
         if block_type == "server_tool_use":
-            calls.append(answer.arrivals[position])
+            legs[-1].end = at
+            legs.append(Leg("advisor", None, at, at))
         elif block_type == "advisor_tool_result":
-            results.append((answer.arrivals[position], _next_arrival(answer, position)))
-    model = answer.message.get("model")
-    legs: list[Leg] = []
-    start, first_byte = 0.0, answer.arrivals[0]
-    for called, (returned, resumed) in zip(calls, results, strict=False):
-        legs.append(Leg("executor", model, start, called, first_byte))
-        legs.append(Leg("advisor", None, called, returned, None))
-        start, first_byte = returned, resumed
-    legs.append(Leg("executor", model, start, answer.arrivals[-1], first_byte))
-    _add_tokens(legs, (answer.message.get("usage") or {}).get("iterations"))
-    return legs
-
-
-def _next_arrival(answer: Answer, position: int) -> float:
-    """When the executor's next event came, after the result at ``position``."""
-    for at, event in zip(answer.arrivals[position + 1 :], answer.events[position + 1 :], strict=True):
-        if event.get("type") not in ("ping", "content_block_stop"):
-            return at
-    return answer.arrivals[-1]
-
-
-def _add_tokens(legs: list[Leg], iterations: Any) -> None:
-    if not isinstance(iterations, list):
-        return
+            legs[-1].end = at
+            legs.append(Leg("executor", model, at, at))
+        elif legs[-1].kind == "executor" and legs[-1].first_byte is None and event["type"] != "content_block_stop":
+            legs[-1].first_byte = at
+    legs[-1].end = answer.arrivals[-1]
     for kind, name in (("executor", "message"), ("advisor", "advisor_message")):
-        usages = [item for item in iterations if isinstance(item, dict) and item.get("type") == name]
+        usages = [item for item in _iterations(answer.message) if item.get("type") == name]
         for leg, usage in zip([leg for leg in legs if leg.kind == kind], usages, strict=False):
             leg.input_tokens, leg.output_tokens = usage.get("input_tokens"), usage.get("output_tokens")
             leg.model = usage.get("model", leg.model)
+    return legs
 
 
-def _bar(leg: Leg, total: float, width: int = 32) -> str:
-    start = min(round(leg.start / total * width), width - 1) if total else 0
-    end = max(start + 1, round(leg.end / total * width) if total else width)
-    return " " * start + "█" * (end - start) + " " * (width - end)
-
-
-def _leg_line(leg: Leg, total: float) -> str:
+def _leg_line(leg: Leg, total: float, width: int = 32) -> str:
+    start = min(round(leg.start / total * width), width - 1)
+    bar = (" " * start + "█" * max(1, round(leg.end / total * width) - start)).ljust(width)
     first = "  -   " if leg.first_byte is None else f"{leg.first_byte - leg.start:5.2f}s"
-    tokens = f"{leg.input_tokens} in, {leg.output_tokens} out" if leg.input_tokens is not None else "tokens ?"
-    return (
-        f"  {leg.kind:<8}  {leg.model or '?':<18} |{_bar(leg, total)}| "
-        f"{leg.start:5.2f}s {leg.end - leg.start:5.2f}s {first}  {tokens}"
-    )
-
-
-# --- the report -------------------------------------------------------------------------------------
+    tokens = "tokens ?" if leg.input_tokens is None else f"{leg.input_tokens} in, {leg.output_tokens} out"
+    times = f"{leg.start:5.2f}s {leg.end - leg.start:5.2f}s {first}"
+    return f"  {leg.kind:<8}  {leg.model or '?':<18} |{bar}| {times}  {tokens}"
 
 
 class NotChecked(str):
@@ -522,73 +460,50 @@ class NotChecked(str):
 
 
 @dataclass
-class CheckResult:
-    """One rule held against one answer."""
-
-    probe: str
-    """``streamed``, ``json`` or ``turn 2``."""
-    rule: str
-    """A key of :data:`RULES`."""
-    passed: bool | None
-    """None: not checked (the detail says why)."""
-    detail: str
-
-
-@dataclass
 class Report:
-    """What ``check`` found: one result per check, and the streamed consult's legs."""
+    """What ``check`` found: the streamed consult's legs, and one result per check: its ``probe``
+    (``streamed``, ``json`` or ``turn 2``), ``rule`` (a key of :data:`RULES`), whether it ``passed``
+    (None: not checked) and the ``detail`` (the rule, or why it does not hold or was not checked)."""
 
     url: str
     model: str
     advisor: str
-    results: list[CheckResult] = field(default_factory=list)
+    results: list[dict[str, Any]] = field(default_factory=list)
     timeline: list[Leg] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         """Every check ran and passed: the exit status is 0 only then."""
-        return bool(self.results) and all(result.passed for result in self.results)
+        return bool(self.results) and all(result["passed"] for result in self.results)
 
-    def add(self, probe: str, checks: Iterable[tuple[str, str | None]]) -> None:
-        """One result per (rule, why it does not hold or None); a :class:`NotChecked` reason is
-        a check that could not run."""
+    def add(self, probe: str, checks: Checks) -> None:
         for rule, problem in checks:
             passed = None if isinstance(problem, NotChecked) else problem is None
-            self.results.append(CheckResult(probe, rule, passed, problem or RULES[rule]))
+            self.results.append({"probe": probe, "rule": rule, "passed": passed, "detail": problem or RULES[rule]})
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "url": self.url,
-            "model": self.model,
-            "advisor": self.advisor,
-            "ok": self.ok,
-            "checks": [asdict(result) for result in self.results],
-            "timeline": [asdict(leg) for leg in self.timeline],
-        }
+        found = asdict(self)
+        found["checks"] = found.pop("results")
+        return {**found, "ok": self.ok}
 
     def text(self) -> str:
         lines = [f"advisor-middleware check {self.url}", f"executor {self.model}, advisor {self.advisor}", ""]
         for result in self.results:
-            verdict = {True: "pass", False: "FAIL", None: "skip"}[result.passed]
-            lines.append(f"  {verdict}  {result.probe:<8}  {result.rule:<14}  {result.detail}")
-        failed = sum(result.passed is False for result in self.results)
-        skipped = sum(result.passed is None for result in self.results)
-        lines += ["", f"{len(self.results)} checks: {failed} failed, {skipped} not checked."]
+            verdict = {True: "pass", False: "FAIL", None: "skip"}[result["passed"]]
+            lines.append(f"  {verdict}  {result['probe']:<8}  {result['rule']:<14}  {result['detail']}")
+        counts = Counter(result["passed"] for result in self.results)
+        lines += ["", f"{len(self.results)} checks: {counts[False]} failed, {counts[None]} not checked."]
         if self.timeline:
-            total = max(leg.end for leg in self.timeline)
+            total = max(leg.end for leg in self.timeline) or 1.0
             lines += [
                 "",
-                f"Timeline of the streamed consult: {total:.2f} s to message_stop. Derived from when its events",
-                "arrived here (message_start, server_tool_use, advisor_tool_result, message_stop): a remote",
-                "gateway's legs are not seen separately. first: the leg's first event, after its start;",
-                "tokens and models: usage.iterations.",
+                f"Timeline of the streamed consult: {total:.2f} s to message_stop, from when its events arrived",
+                "here (a remote gateway's legs are not seen separately). first: the leg's first event, after",
+                "its start; tokens and models: usage.iterations.",
                 f"  {'leg':<8}  {'model':<18} |{'':<32}| {'start':>6} {'took':>6} {'first':>6}  tokens",
                 *(_leg_line(leg, total) for leg in self.timeline),
             ]
         return "\n".join(lines)
-
-
-# --- running it -------------------------------------------------------------------------------------
 
 
 def messages_url(base: str) -> httpx.URL:
@@ -604,129 +519,56 @@ def run_check(options: Options) -> Report:
     """Probe ``options.url``; raises ``httpx.HTTPError`` when the gateway cannot be reached."""
     url = messages_url(options.url)
     report = Report(str(url), options.model, options.advisor)
+    body: dict[str, Any] = {
+        "model": options.model,
+        "max_tokens": 1024,
+        "stream": True,
+        "messages": [{"role": "user", "content": QUESTION}],
+        "tools": [{"type": "advisor_20260301", "name": "advisor", "model": options.advisor}],
+    }
+    forced = {**body, "tool_choice": {"type": "tool", "name": "advisor"}}  # so a real model consults too (§1)
     timeout = httpx.Timeout(options.timeout, connect=min(options.timeout, 10.0))
-    with httpx.Client(timeout=timeout, headers=_headers(options)) as client:
-        first = request_body(options, stream=True)
-        streamed = probe(client, url, first)
-        answered = probe(client, url, request_body(options, stream=False))
-        report.add("streamed", _stream_checks(streamed, required=True))
-        report.results.append(_sdk_check(streamed, answered, first))
-        report.add("json", _message_checks(answered, required=True))
-        source = streamed if streamed.usable else answered
-        if not source.usable:
+    key = {"x-api-key": options.key} if options.key else {}
+    with httpx.Client(timeout=timeout, headers={**_HEADERS, **key, **dict(options.headers)}) as client:
+        streamed = probe(client, url, forced)
+        answered = probe(client, url, {**forced, "stream": False})
+        report.add("streamed", answer_checks(streamed, required=True))
+        report.add("streamed", [("sdk", sdk_problem(streamed, answered, forced))])
+        report.add("json", answer_checks(answered, required=True))
+        first = streamed if streamed.usable else answered
+        if not first.usable:
             report.add("turn 2", [("history", "not sent: neither first answer can be sent back")])
         else:
-            history = [first["messages"][0], {"role": "assistant", "content": source.message["content"]}]
-            history.append({"role": "user", "content": FOLLOW_UP})
-            second = probe(client, url, request_body(options, stream=True, history=history))
-            report.add("turn 2", _stream_checks(second, required=False, status="history"))
-    if streamed.usable:
-        report.timeline = timeline(streamed)
+            reply = {"role": "assistant", "content": first.message["content"]}
+            history = [*body["messages"], reply, {"role": "user", "content": FOLLOW_UP}]
+            second = probe(client, url, {**body, "messages": history})
+            report.add("turn 2", answer_checks(second, required=False, status="history"))
+    report.timeline = timeline(streamed) if streamed.usable else []
     return report
-
-
-def _message_checks(answer: Answer, *, required: bool, status: str = "status") -> list[tuple[str, str | None]]:
-    if answer.problem is not None:
-        return [(status, answer.problem)]
-    content = answer.message.get("content") or []
-    checks: list[tuple[str, str | None]] = [
-        ("advisor-call", block_problem(content, required=required)),
-        ("advisor-result", result_problem(content) or whole_result_problem(answer.events)),
-        ("advice", advice_problem(content)),
-        ("iterations", iterations_problem(answer.message)),
-        ("usage-total", usage_total_problem(answer.message)),
-    ]
-    if answer.unbuilt is not None:
-        why = NotChecked("not checked: the events build no Message (see event-order and indices)")
-        checks = [(rule, why) for rule, _ in checks]
-    return [(status, None), *checks]
-
-
-def _stream_checks(answer: Answer, *, required: bool, status: str = "status") -> list[tuple[str, str | None]]:
-    checks = _message_checks(answer, required=required, status=status)
-    if answer.problem is not None:
-        return checks
-    events = answer.events
-    order = _name_problem(answer) or order_problem(events) or error_problem(events)
-    checks[1:1] = [("event-order", order), ("indices", index_problem(events))]
-    return checks
-
-
-def _name_problem(answer: Answer) -> str | None:
-    for position, (name, event) in enumerate(zip(answer.names, answer.events, strict=True)):
-        if event.get("type") == "unreadable":
-            return f"event {position} ({name}): {event['reason']}"
-        if name != event.get("type"):
-            return f"event {position} is named {name!r} but its data's type is {event.get('type')!r}"
-    return None
-
-
-def whole_result_problem(events: Sequence[Event]) -> str | None:
-    """An ``advisor_tool_result`` arrives complete at its start: no delta names it (§3)."""
-    results = {
-        event.get("index")
-        for event in events
-        if event.get("type") == "content_block_start"
-        and (event.get("content_block") or {}).get("type") == "advisor_tool_result"
-    }
-    for event in events:
-        if event.get("type") == "content_block_delta" and event.get("index") in results:
-            return f"a content_block_delta for the advisor_tool_result at index {event.get('index')}"
-    return None
-
-
-def _sdk_check(streamed: Answer, answered: Answer, body: dict[str, Any]) -> CheckResult:
-    if streamed.problem is not None or answered.problem is not None:
-        return CheckResult("streamed", "sdk", False, "not compared: an answer failed (see status)")
-    try:
-        problem = sdk_problem(streamed, answered, body)
-    except SDKMissing:
-        return CheckResult("streamed", "sdk", None, f"not checked: the official SDK is not installed: {INSTALL_SDK}")
-    return CheckResult("streamed", "sdk", problem is None, problem or RULES["sdk"])
-
-
-# --- the command ------------------------------------------------------------------------------------
-
-_PROG = "advisor-middleware check"
 
 
 def add_check_command(commands: Any) -> None:
     """Adds ``check`` to the CLI's subcommands (``commands``, from ``add_subparsers``)."""
+    from .cli import _INTERVAL, _url
+
     check = commands.add_parser(
         "check",
         help="probe a deployed gateway's advisor support the way a client would",
         description=(
-            "Send a forced consult to URL/v1/messages, streamed and as JSON, then a second turn with "
-            "that answer as history; check every answer against the advisor protocol (event order, "
-            "block indices, the native advisor blocks, usage iterations, the official SDK's "
-            "accumulator) and print one line per check and a timeline of the consult."
+            "Send a forced consult to URL/v1/messages, streamed and as JSON, then a second turn with that answer "
+            "as history; check each answer against the advisor protocol; print the checks and a timeline."
         ),
         epilog="exit status: 0 every check passed, 1 one failed or could not run, 2 the gateway did not answer",
     )
-    check.add_argument("url", metavar="URL", type=_base_url, help="the gateway's base URL (ANTHROPIC_BASE_URL)")
+    check.add_argument("url", metavar="URL", type=_url, help="the gateway's base URL (ANTHROPIC_BASE_URL)")
     check.add_argument("--key", help="API key, sent as x-api-key")
     check.add_argument("--model", default=DEFAULT_MODEL, help="executor model (default: %(default)s)")
     check.add_argument("--advisor", default=DEFAULT_ADVISOR, help="advisor model (default: %(default)s)")
-    check.add_argument(
-        "--header",
-        action="append",
-        default=[],
-        type=_header,
-        metavar="NAME:VALUE",
-        help="an extra request header (repeatable), e.g. 'authorization: Bearer sk-...'",
-    )
-    check.add_argument(
-        "--timeout", type=_timeout, default=300.0, metavar="SECONDS", help="longest wait for bytes (default: 300)"
-    )
+    extra = "an extra request header (repeatable), e.g. 'authorization: Bearer sk-...'"
+    check.add_argument("--header", action="append", default=[], type=_header, metavar="NAME:VALUE", help=extra)
+    wait = "longest wait for bytes (default: 300)"
+    check.add_argument("--timeout", type=_INTERVAL, default=300.0, metavar="SECONDS", help=wait)
     check.add_argument("--json", action="store_true", help="print the report as JSON")
-
-
-def _base_url(value: str) -> str:
-    try:
-        messages_url(value)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return value
 
 
 def _header(value: str) -> tuple[str, str]:
@@ -736,16 +578,6 @@ def _header(value: str) -> tuple[str, str]:
     return name.strip(), content.strip()
 
 
-def _timeout(value: str) -> float:
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = -1.0
-    if not 0 < seconds < float("inf"):
-        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds above 0")
-    return seconds
-
-
 def check_main(args: argparse.Namespace) -> int:
     """Runs ``check`` with parsed arguments: prints the report; 0 if every check passed, 1 if
     one did not, 2 if the gateway could not be reached (one line on stderr)."""
@@ -753,12 +585,10 @@ def check_main(args: argparse.Namespace) -> int:
     try:
         report = run_check(options)
     except httpx.HTTPError as exc:
-        reason = str(exc) or type(exc).__name__
         what = "cannot reach" if isinstance(exc, httpx.ConnectError) else "request failed at"
-        print(f"{_PROG}: {what} {messages_url(args.url)}: {reason}", file=sys.stderr, flush=True)
+        reason = str(exc) or type(exc).__name__
+        print(f"advisor-middleware check: {what} {messages_url(args.url)}: {reason}", file=sys.stderr, flush=True)
         return 2
-    if args.json:
-        print(orjson.dumps(report.to_json(), option=orjson.OPT_INDENT_2).decode(), flush=True)
-    else:
-        print(report.text(), flush=True)
+    text = orjson.dumps(report.to_json(), option=orjson.OPT_INDENT_2).decode() if args.json else report.text()
+    print(text, flush=True)
     return 0 if report.ok else 1
