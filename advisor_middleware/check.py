@@ -98,7 +98,7 @@ def index_problem(events: Sequence[Event]) -> str | None:
             open_blocks.add(started)
             started += 1
         elif kind in ("content_block_delta", "content_block_stop"):
-            if index not in open_blocks:
+            if not isinstance(index, int) or index not in open_blocks:
                 return f"{kind} for block {index!r}, which is not open {where}"
             if kind == "content_block_stop":
                 open_blocks.discard(index)
@@ -549,7 +549,7 @@ def run_check(options: Options) -> Report:
 
 def add_check_command(commands: Any) -> None:
     """Adds ``check`` to the CLI's subcommands (``commands``, from ``add_subparsers``)."""
-    from .cli import _INTERVAL, _url
+    from .cli import SECONDS_ABOVE_ZERO, http_url
 
     check = commands.add_parser(
         "check",
@@ -560,14 +560,14 @@ def add_check_command(commands: Any) -> None:
         ),
         epilog="exit status: 0 every check passed, 1 one failed or could not run, 2 the gateway did not answer",
     )
-    check.add_argument("url", metavar="URL", type=_url, help="the gateway's base URL (ANTHROPIC_BASE_URL)")
+    check.add_argument("url", metavar="URL", type=http_url, help="the gateway's base URL (ANTHROPIC_BASE_URL)")
     check.add_argument("--key", help="API key, sent as x-api-key")
     check.add_argument("--model", default=DEFAULT_MODEL, help="executor model (default: %(default)s)")
     check.add_argument("--advisor", default=DEFAULT_ADVISOR, help="advisor model (default: %(default)s)")
     extra = "an extra request header (repeatable), e.g. 'authorization: Bearer sk-...'"
     check.add_argument("--header", action="append", default=[], type=_header, metavar="NAME:VALUE", help=extra)
     wait = "longest wait for bytes (default: 300)"
-    check.add_argument("--timeout", type=_INTERVAL, default=300.0, metavar="SECONDS", help=wait)
+    check.add_argument("--timeout", type=SECONDS_ABOVE_ZERO, default=300.0, metavar="SECONDS", help=wait)
     check.add_argument("--json", action="store_true", help="print the report as JSON")
 
 

@@ -62,7 +62,8 @@ def _usage_error(prog: str, message: str) -> NoReturn:
     raise SystemExit(2)
 
 
-def _url(value: str) -> str:
+def http_url(value: str) -> str:
+    """An argparse ``type``: an http:// or https:// base URL the proxy and the router accept."""
     if not value.startswith(("http://", "https://")):
         raise argparse.ArgumentTypeError(f"{value!r} is not an http:// or https:// URL")
     from .routers.http import parse_base_url
@@ -94,7 +95,7 @@ class _Number:
 _PORT = _Number(int, "a port number (1-65535)", lambda n: 1 <= n <= 65535)
 _COUNT = _Number(int, "a whole number of at least 1", lambda n: n >= 1)
 _SECONDS = _Number(float, "a number of seconds (0 or more)", lambda n: n >= 0)
-_INTERVAL = _Number(float, "a number of seconds above 0", lambda n: n > 0)
+SECONDS_ABOVE_ZERO = _Number(float, "a number of seconds above 0", lambda n: n > 0)
 
 
 def _app(value: str) -> str:
@@ -147,7 +148,7 @@ def _serve_options(serve: argparse.ArgumentParser) -> None:
     exclusive.add_argument(
         "--upstream",
         metavar="URL",
-        type=_url,
+        type=http_url,
         help="forward everything to this gateway (its base URL, without /v1/messages)",
     )
     target.add_argument(
@@ -158,7 +159,7 @@ def _serve_options(serve: argparse.ArgumentParser) -> None:
     )
     target.add_argument(
         "--upstream-timeout",
-        type=_INTERVAL,
+        type=SECONDS_ABOVE_ZERO,
         default=600.0,
         metavar="SECONDS",
         help="--upstream only: longest wait for the next bytes of an answer (default: %(default)s)",
@@ -181,7 +182,7 @@ def _serve_options(serve: argparse.ArgumentParser) -> None:
     )
     middleware.add_argument(
         "--ping-interval",
-        type=_INTERVAL,
+        type=SECONDS_ABOVE_ZERO,
         default=None,
         metavar="SECONDS",
         help="send a ping on a stream quiet this long (default: 10, the demo: 2)",

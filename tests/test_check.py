@@ -18,7 +18,7 @@ import pytest
 
 from advisor_middleware import AdvisorMiddleware
 from advisor_middleware.accumulate import message_to_events
-from advisor_middleware.check import INSTALL_SDK
+from advisor_middleware.check import INSTALL_SDK, index_problem
 from advisor_middleware.cli import main
 from advisor_middleware.demo import DemoGateway
 from advisor_middleware.sse import encode_event, encode_json
@@ -414,3 +414,14 @@ def test_an_address_nothing_answers_is_one_line(host: str) -> None:
     assert done.stdout == ""
     assert done.stderr.startswith(f"advisor-middleware check: cannot reach {url}/v1/messages: ")
     assert done.stderr.count("\n") == 1, done.stderr
+
+
+@pytest.mark.parametrize("index", [[0], {"i": 0}, "0", None])
+def test_an_index_that_is_not_a_number_is_a_problem_not_a_crash(index: object) -> None:
+    events: list[dict[str, Any]] = [
+        {"type": "message_start", "message": {}},
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        {"type": "content_block_delta", "index": index, "delta": {"type": "text_delta", "text": "x"}},
+    ]
+    problem = index_problem(events)
+    assert problem is not None and "not open" in problem
