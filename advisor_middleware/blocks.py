@@ -29,15 +29,8 @@ def is_advisor_block(block: Any) -> bool:
 
 # The seven codes of advisor_tool_result_error (docs/protocol.md §2).
 ADVISOR_ERROR_CODES = frozenset(
-    {
-        "max_uses_exceeded",
-        "too_many_requests",
-        "overloaded",
-        "prompt_too_long",
-        "execution_time_exceeded",
-        "model_not_found",
-        "unavailable",
-    }
+    """max_uses_exceeded too_many_requests overloaded prompt_too_long execution_time_exceeded
+    model_not_found unavailable""".split()
 )
 
 

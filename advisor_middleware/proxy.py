@@ -16,9 +16,7 @@ from ._types import Receive, Scope, Send
 from .errors import error_body, send_json
 from .middleware import LINGER
 from .routers.base import end_to_end
-from .routers.http import DEFAULT_TIMEOUT, InvalidTarget, PooledClient, parse_base_url, shown_url, upstream_url
-
-__all__ = ["UpstreamProxy"]
+from .routers.http import DEFAULT_TIMEOUT, InvalidTarget, PooledClient, upstream_url
 
 log = logging.getLogger("advisor_middleware.proxy")
 
@@ -44,10 +42,7 @@ class UpstreamProxy(PooledClient):
         client: httpx.AsyncClient | None = None,
         timeout: httpx.Timeout | float | None = DEFAULT_TIMEOUT,
     ) -> None:
-        super().__init__(client, timeout)
-        self._base = parse_base_url(base_url)
-        self.base_url = str(self._base).rstrip("/")
-        self._shown = shown_url(self._base)
+        super().__init__(base_url, client, timeout)
         self.via = b"1.1 advisor-middleware-" + uuid.uuid4().hex[:16].encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
 
@@ -155,6 +155,8 @@ async def _pulled(push: Callable[[Leg, OnBatch], Awaitable[None]], leg: Leg) -> 
     failure: list[Exception] = []
 
     async def put(batch: Batch) -> None:
+        if not batch:
+            return
         try:
             # No checkpoint when there is room (anyio's send() always yields to the loop): the
             # reader takes everything sent before the producer had to wait as one group.
@@ -171,39 +173,25 @@ async def _pulled(push: Callable[[Leg, OnBatch], Awaitable[None]], leg: Leg) -> 
 
     async with anyio.create_task_group() as tg, from_push:
         tg.start_soon(produce)
-        ended = False
-        while not ended:
-            batch: Batch = []
-            ended = _drain(from_push, batch)
-            if not batch and not ended:
-                # receive() checkpoints even when a group is waiting, hence _drain() first.
-                try:
-                    batch += await from_push.receive()
-                except anyio.EndOfStream:
-                    ended = True
-                else:
-                    ended = _drain(from_push, batch)
-            if batch:
-                try:
-                    yield batch
-                except GeneratorExit:
-                    # Closed early by the consumer: stop the producer and leave the task group
-                    # normally (a GeneratorExit crossing it would come out as an ExceptionGroup).
-                    tg.cancel_scope.cancel()
-                    return
+        async for first in from_push:
+            try:
+                yield [*first, *_waiting(from_push)]
+            except GeneratorExit:
+                # Closed early by the consumer: stop the producer and leave the task group
+                # normally (a GeneratorExit crossing it would come out as an ExceptionGroup).
+                tg.cancel_scope.cancel()
+                return
     if failure:
         raise failure[0]
 
 
-def _drain(stream: MemoryObjectReceiveStream[Batch], into: Batch) -> bool:
-    """Add every group waiting in ``stream`` to ``into``; whether the stream has ended."""
-    while True:
-        try:
-            into += stream.receive_nowait()
-        except anyio.WouldBlock:
-            return False
-        except anyio.EndOfStream:
-            return True
+def _waiting(stream: MemoryObjectReceiveStream[Batch]) -> Batch:
+    """The events of every group waiting in ``stream``, taken without waiting."""
+    waiting: Batch = []
+    with suppress(anyio.WouldBlock, anyio.EndOfStream):
+        while True:
+            waiting += stream.receive_nowait()
+    return waiting
 
 
 def leg_headers(headers: list[tuple[bytes, bytes]] | Any, role: str) -> list[tuple[bytes, bytes]]:
