@@ -80,8 +80,10 @@ class UpstreamProxy(PooledClient):
         return headers
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raw_path = scope.get("raw_path")  # the path as the client sent it
+        path = bytes(raw_path) if raw_path is not None else quote(scope["path"]).encode()
         try:
-            url = upstream_url(self._base, _target_path(scope), bytes(scope.get("query_string") or b""))
+            url = upstream_url(self._base, path, bytes(scope.get("query_string") or b""))
         except InvalidTarget as exc:
             await send_json(send, 400, error_body("invalid_request_error", str(exc)))
             return
@@ -130,8 +132,7 @@ class UpstreamProxy(PooledClient):
                 # The type only: the transport's words may quote what the upstream sent.
                 log.warning("upstream %s broke off mid-response: %s", self._shown, type(exc).__name__)
                 raise  # the server aborts the connection: the client sees the body is cut short
-            timeout = isinstance(exc, httpx.TimeoutException)
-            status, kind = (504, "timeout_error") if timeout else (502, "api_error")
+            status, kind = (504, "timeout_error") if isinstance(exc, httpx.TimeoutException) else (502, "api_error")
             message = f"upstream {self._shown} failed: {type(exc).__name__}: {exc}"
             await send_json(send, status, error_body(kind, message))
             return False
@@ -181,9 +182,3 @@ async def _rest_of_body(first: bytes, receive: Receive, done: anyio.Event) -> As
         if not message.get("more_body", False):
             done.set()
             return
-
-
-def _target_path(scope: Scope) -> bytes:
-    """The request-target's path as the client sent it (the server's ``raw_path``)."""
-    raw = scope.get("raw_path")
-    return bytes(raw) if raw is not None else quote(scope["path"]).encode()

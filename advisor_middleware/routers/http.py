@@ -167,21 +167,16 @@ class HTTPRouter(PooledClient, BatchRouter):
 async def _relay(response: httpx.Response, leg: Leg, on_batch: OnBatch) -> None:
     """Hand each network read of an SSE answer to ``on_batch`` as one group of events."""
     reader = AnswerReader(leg.max_bytes, leg.raw_deltas)
-    async for chunk in _body(response):
+    # The bytes as read: asked for identity, most gateways send them so, and httpx's decoding
+    # layer (a decoder and a chunker per read) is skipped. One that compresses anyway is decoded.
+    identity = response.headers.get("content-encoding", "").strip().lower() in ("", "identity")
+    async for chunk in response.aiter_raw() if identity else response.aiter_bytes():
         batch: Batch = []
         error = reader.read(chunk, batch)
         if batch:  # what came before an error is still the leg's output
             await on_batch(batch)
         if error is not None:
             raise error
-
-
-def _body(response: httpx.Response) -> AsyncIterator[bytes]:
-    # The bytes as read: asked for identity, most gateways send them so, and httpx's decoding
-    # layer (a decoder and a chunker per read) is skipped. One that compresses anyway is decoded.
-    if response.headers.get("content-encoding", "").strip().lower() in ("", "identity"):
-        return response.aiter_raw()
-    return response.aiter_bytes()
 
 
 async def _read(response: httpx.Response, limit: int) -> bytes:
