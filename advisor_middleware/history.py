@@ -137,28 +137,22 @@ class _Render:
         self.turn: list[Any] = []  # the assistant blocks since the last consult split the message
 
     def message(self, position: int, message: Any) -> None:
-        if not isinstance(message, dict):
-            self.pay()
-            self.out.append(message)
-            return
-        role = message.get("role")
-        content = message.get("content")
-        if role == "system":
-            self.pay()
-            self._system(message, content)
-        elif role == "user" and self.owed:
+        role = message.get("role") if isinstance(message, dict) else None
+        content = message.get("content") if isinstance(message, dict) else None
+        if role == "user" and self.owed:
             blocks = self.owed + _as_blocks(content) if isinstance(content, (list, str)) else self.owed
             self.owed = []
             self._push("user", blocks)
+            return
+        self.pay()
+        if role == "system":
+            self._system(message, content)
         elif role == "assistant" and isinstance(content, list) and _has_advisor_blocks(content):
-            self.pay()
             self._assistant(position, content)
+        elif isinstance(role, str) and set(message) <= {"role", "content"} and isinstance(content, (list, str)):
+            self._push(role, content)
         else:
-            self.pay()
-            if set(message) <= {"role", "content"} and isinstance(role, str) and isinstance(content, (list, str)):
-                self._push(role, content)
-            else:
-                self.out.append(dict(message))
+            self.out.append(dict(message) if isinstance(message, dict) else message)
 
     def _system(self, message: dict[str, Any], content: Any) -> None:
         """A system message as user-side reminders, the advisor's tool_addition/tool_removal
@@ -175,7 +169,10 @@ class _Render:
             if is_advisor_block(block) and block["type"] in ("tool_addition", "tool_removal"):
                 self.info.had_advisor_blocks = True
                 self.info.advisor_removed = block["type"] == "tool_removal"
-                _move_cache_control(block, texts)
+                # Keep the client's cache breakpoint when the block carrying it goes away.
+                cache_control = block.get("cache_control")
+                if cache_control is not None and texts and "cache_control" not in texts[-1]:
+                    texts[-1]["cache_control"] = cache_control
             elif _is_type(block, "text"):
                 texts.append(_reminder(str(block.get("text", "")), block.get("cache_control")))
             else:
@@ -342,10 +339,3 @@ def _reminder(text: str, cache_control: Any = None) -> dict[str, Any]:
     if cache_control is not None:
         block["cache_control"] = cache_control
     return block
-
-
-def _move_cache_control(block: dict[str, Any], texts: list[Any]) -> None:
-    # Keep the client's cache breakpoint when the block carrying it goes away.
-    cache_control = block.get("cache_control")
-    if cache_control is not None and texts and "cache_control" not in texts[-1]:
-        texts[-1]["cache_control"] = cache_control
