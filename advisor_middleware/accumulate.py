@@ -17,7 +17,8 @@ import pydantic_core
 from .errors import UpstreamError
 from .sse import RawDelta, raw_delta_event
 
-__all__ = ["MessageAccumulator", "message_to_events"]
+INPUT_BLOCKS = ("tool_use", "server_tool_use", "mcp_tool_use")
+"""The block types whose ``input`` streams as ``input_json_delta``."""
 
 
 class MessageAccumulator:
@@ -153,7 +154,7 @@ class MessageAccumulator:
             content.append(block)
         else:
             content[index] = block
-        if block.get("type") in ("tool_use", "server_tool_use", "mcp_tool_use"):
+        if block.get("type") in INPUT_BLOCKS:
             self._json[index] = []
 
     def _stop_block(self, index: int) -> None:
@@ -181,6 +182,14 @@ class MessageAccumulator:
                 target[key] = value
 
 
+_DELTA_TYPES = {
+    "text": "text_delta",
+    "thinking": "thinking_delta",
+    "signature": "signature_delta",
+    "partial_json": "input_json_delta",
+}
+
+
 def message_to_events(message: dict[str, Any]) -> Iterator[dict[str, Any]]:
     """The stream a host would have sent for ``message`` (used when a host answers a streaming
     leg with plain JSON)."""
@@ -192,23 +201,23 @@ def message_to_events(message: dict[str, Any]) -> Iterator[dict[str, Any]]:
     start.setdefault("role", "assistant")
     yield {"type": "message_start", "message": start}
     for index, block in enumerate(message.get("content") or []):
+        # The block as it starts, and the values its deltas fill in (field: value).
         btype = block.get("type")
         if btype == "text":
-            yield _block_start(index, {**block, "text": ""})
-            if block.get("text"):
-                yield _delta(index, "text_delta", "text", block["text"])
+            opened, filled = {**block, "text": ""}, {"text": block.get("text")}
         elif btype == "thinking":
-            yield _block_start(index, {"type": "thinking", "thinking": "", "signature": ""})
-            if block.get("thinking"):
-                yield _delta(index, "thinking_delta", "thinking", block["thinking"])
-            if block.get("signature"):
-                yield _delta(index, "signature_delta", "signature", block["signature"])
-        elif btype in ("tool_use", "server_tool_use", "mcp_tool_use"):
-            yield _block_start(index, {**block, "input": {}})
-            if block.get("input"):
-                yield _delta(index, "input_json_delta", "partial_json", pydantic_core.to_json(block["input"]).decode())
+            opened = {"type": "thinking", "thinking": "", "signature": ""}
+            filled = {"thinking": block.get("thinking"), "signature": block.get("signature")}
+        elif btype in INPUT_BLOCKS:
+            opened = {**block, "input": {}}
+            filled = {"partial_json": pydantic_core.to_json(block["input"]).decode() if block.get("input") else ""}
         else:
-            yield _block_start(index, block)
+            opened, filled = block, {}
+        yield {"type": "content_block_start", "index": index, "content_block": opened}
+        for field, value in filled.items():
+            if value:
+                delta = {"type": _DELTA_TYPES[field], field: value}
+                yield {"type": "content_block_delta", "index": index, "delta": delta}
         yield {"type": "content_block_stop", "index": index}
     yield {
         "type": "message_delta",
@@ -216,11 +225,3 @@ def message_to_events(message: dict[str, Any]) -> Iterator[dict[str, Any]]:
         "usage": usage,
     }
     yield {"type": "message_stop"}
-
-
-def _block_start(index: int, block: dict[str, Any]) -> dict[str, Any]:
-    return {"type": "content_block_start", "index": index, "content_block": block}
-
-
-def _delta(index: int, dtype: str, field: str, value: Any) -> dict[str, Any]:
-    return {"type": "content_block_delta", "index": index, "delta": {"type": dtype, field: value}}

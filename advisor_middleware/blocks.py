@@ -14,17 +14,11 @@ ADVISOR_NAME = "advisor"
 def is_advisor_block(block: Any) -> bool:
     """Whether a content block is the advisor's call, its result, or a ``tool_addition`` /
     ``tool_removal`` of its tool (docs/protocol.md §2, §7)."""
-    if not isinstance(block, dict):
-        return False
-    kind = block.get("type")
-    if kind == "advisor_tool_result":
-        return True
-    if kind == "server_tool_use":
-        return block.get("name") == ADVISOR_NAME
+    kind = block.get("type") if isinstance(block, dict) else None
     if kind in ("tool_addition", "tool_removal"):
         tool = block.get("tool")
         return isinstance(tool, dict) and tool.get("name") == ADVISOR_NAME
-    return False
+    return kind == "advisor_tool_result" or (kind == "server_tool_use" and block.get("name") == ADVISOR_NAME)
 
 
 AdvisorErrorCode = Literal[

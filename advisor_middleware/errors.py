@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import re
 from typing import Any
 
 import pydantic_core
@@ -52,22 +52,16 @@ def error_body(error_type: str, message: str) -> bytes:
     return pydantic_core.to_json({"type": "error", "error": {"type": error_type, "message": message}})
 
 
+# An error object as Anthropic writes it, type first: {"error": {"type": "overloaded_error", ...
+_QUOTED_TYPE = re.compile(r'"error"\s*:\s*\{\s*"type"\s*:\s*"(\w+)"')
+
+
 def quoted_error_type(message: str) -> str | None:
     """The Anthropic error type quoted in an error message, if any: gateways re-wrap provider
     errors (LiteLLM makes an Anthropic 529 a 500 ``api_error`` whose message quotes the
     ``overloaded_error``), and the quoted type says what happened."""
-    decoder = json.JSONDecoder()
-    start = message.find("{")
-    while start != -1:
-        try:
-            value, _ = decoder.raw_decode(message, start)
-        except ValueError:
-            start = message.find("{", start + 1)
-            continue
-        inner = value.get("error") if isinstance(value, dict) else None
-        kind = inner.get("type") if isinstance(inner, dict) else None
-        return kind if kind in ERROR_TYPES else None
-    return None
+    match = _QUOTED_TYPE.search(message)
+    return match[1] if match and match[1] in ERROR_TYPES else None
 
 
 class ClientGone(OSError):

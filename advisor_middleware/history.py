@@ -17,8 +17,6 @@ from typing import Any
 
 from .blocks import ADVISOR_NAME, executor_id, is_advisor_block
 
-__all__ = ["HistoryInfo", "advice_tool_result", "advisor_tool_use", "has_advisor_history", "render_history"]
-
 log = logging.getLogger("advisor_middleware")
 
 _RESULT_TYPES = ("advisor_result", "advisor_redacted_result", "advisor_tool_result_error")
@@ -40,7 +38,8 @@ def advice_tool_result(exec_id: str, content: Any) -> dict[str, Any]:
         parts = [c for c in content if isinstance(c, dict)]
         # One advisor object in a list is that object; anything else (e.g. text blocks) is advice text.
         single = len(parts) == 1 and parts[0].get("type") in _RESULT_TYPES
-        content = parts[0] if single else {"type": "advisor_result", "text": _join_texts(parts)}
+        texts = [part["text"] for part in parts if isinstance(part.get("text"), str)]
+        content = parts[0] if single else {"type": "advisor_result", "text": "\n\n".join(texts)}
     if isinstance(content, str):
         content = {"type": "advisor_result", "text": content}
     if not isinstance(content, dict):
@@ -53,16 +52,8 @@ def advice_tool_result(exec_id: str, content: Any) -> dict[str, Any]:
         log.info("advisor history: encrypted advice replaced by a placeholder for the executor")
         return {"type": "tool_result", "tool_use_id": exec_id, "content": REDACTED_PLACEHOLDER}
     code = content.get("error_code") or "unavailable"
-    return {
-        "type": "tool_result",
-        "tool_use_id": exec_id,
-        "content": f"The advisor is unavailable ({code}). Continue without its advice.",
-        "is_error": True,
-    }
-
-
-def _join_texts(parts: list[dict[str, Any]]) -> str:
-    return "\n\n".join(str(p.get("text")) for p in parts if isinstance(p.get("text"), str))
+    message = f"The advisor is unavailable ({code}). Continue without its advice."
+    return {"type": "tool_result", "tool_use_id": exec_id, "content": message, "is_error": True}
 
 
 @dataclass
@@ -75,13 +66,6 @@ class HistoryInfo:
     """``(executor id, srvtoolu id)`` of advisor calls left unanswered at the end of the
     conversation: a resumed ``pause_turn`` (docs/protocol.md §6). The rendered messages keep
     their ``tool_use``; the loop runs them first and adds the ``tool_result``."""
-
-
-def _is_advisor_ref(block: Any) -> bool:
-    if not isinstance(block, dict) or block.get("type") not in ("tool_addition", "tool_removal"):
-        return False
-    tool = block.get("tool")
-    return isinstance(tool, dict) and tool.get("name") == ADVISOR_NAME
 
 
 def has_advisor_history(messages: list[Any]) -> bool:
@@ -153,28 +137,22 @@ class _Render:
         self.turn: list[Any] = []  # the assistant blocks since the last consult split the message
 
     def message(self, position: int, message: Any) -> None:
-        if not isinstance(message, dict):
-            self.pay()
-            self.out.append(message)
-            return
-        role = message.get("role")
-        content = message.get("content")
-        if role == "system":
-            self.pay()
-            self._system(message, content)
-        elif role == "user" and self.owed:
+        role = message.get("role") if isinstance(message, dict) else None
+        content = message.get("content") if isinstance(message, dict) else None
+        if role == "user" and self.owed:
             blocks = self.owed + _as_blocks(content) if isinstance(content, (list, str)) else self.owed
             self.owed = []
             self._push("user", blocks)
+            return
+        self.pay()
+        if role == "system":
+            self._system(message, content)
         elif role == "assistant" and isinstance(content, list) and _has_advisor_blocks(content):
-            self.pay()
             self._assistant(position, content)
+        elif isinstance(role, str) and set(message) <= {"role", "content"} and isinstance(content, (list, str)):
+            self._push(role, content)
         else:
-            self.pay()
-            if set(message) <= {"role", "content"} and isinstance(role, str) and isinstance(content, (list, str)):
-                self._push(role, content)
-            else:
-                self.out.append(dict(message))
+            self.out.append(dict(message) if isinstance(message, dict) else message)
 
     def _system(self, message: dict[str, Any], content: Any) -> None:
         """A system message as user-side reminders, the advisor's tool_addition/tool_removal
@@ -188,10 +166,13 @@ class _Render:
         texts: list[Any] = []
         rest: list[Any] = []
         for block in content:
-            if _is_advisor_ref(block):
+            if is_advisor_block(block) and block["type"] in ("tool_addition", "tool_removal"):
                 self.info.had_advisor_blocks = True
                 self.info.advisor_removed = block["type"] == "tool_removal"
-                _move_cache_control(block, texts)
+                # Keep the client's cache breakpoint when the block carrying it goes away.
+                cache_control = block.get("cache_control")
+                if cache_control is not None and texts and "cache_control" not in texts[-1]:
+                    texts[-1]["cache_control"] = cache_control
             elif _is_type(block, "text"):
                 texts.append(_reminder(str(block.get("text", "")), block.get("cache_control")))
             else:
@@ -236,7 +217,7 @@ class _Render:
         srv_id = str(block.get("tool_use_id", ""))
         if id(block) in self.consumed:
             return
-        if srv_id in self.waiting and self.results[srv_id][1] is block:
+        if srv_id in self.waiting and self.results[srv_id] is block:
             # A consult splits the executor's turn here. Every call before this point is
             # answered now: a tool_use needs its tool_result in the very next message.
             self._push("assistant", self.turn)
@@ -267,7 +248,7 @@ class _Render:
         """The results of the waiting calls, in call order, wherever they sit in the history."""
         placed = []
         for srv_id, exec_id in self.waiting.items():
-            answer = self.results[srv_id][1]
+            answer = self.results[srv_id]
             self.consumed.add(id(answer))
             placed.append(advice_tool_result(exec_id, answer.get("content")))
         self.waiting.clear()
@@ -280,13 +261,13 @@ class _Render:
             self.owed = []
 
 
-def _scan(messages: list[Any]) -> tuple[dict[str, tuple[int, dict[str, Any]]], dict[str, int]]:
+def _scan(messages: list[Any]) -> tuple[dict[str, dict[str, Any]], dict[str, int]]:
     """First pass: for each advisor call, where its result is (message index, block), and which
     unanswered calls are resumable: in the last assistant message after its last consult (an
     answered call there would split them off from the end), followed by nothing or by one user
     message of tool results only (the mixed-turn shape, docs/protocol.md §6)."""
     calls: dict[str, int] = {}  # srvtoolu id -> the message that makes the call first
-    results: dict[str, tuple[int, dict[str, Any]]] = {}
+    results: dict[str, dict[str, Any]] = {}
     last_assistant = -1
     for position, message in enumerate(messages):
         if not isinstance(message, dict) or not isinstance(message.get("content"), list):
@@ -302,9 +283,7 @@ def _scan(messages: list[Any]) -> tuple[dict[str, tuple[int, dict[str, Any]]], d
     return results, _resumable(last_assistant, messages[last_assistant]["content"], calls, results)
 
 
-def _note_calls(
-    position: int, content: list[Any], calls: dict[str, int], results: dict[str, tuple[int, dict[str, Any]]]
-) -> None:
+def _note_calls(position: int, content: list[Any], calls: dict[str, int], results: dict[str, dict[str, Any]]) -> None:
     """Adds the advisor calls of one message to ``calls``, and the first result of each call
     made so far to ``results``."""
     for block in content:
@@ -313,11 +292,11 @@ def _note_calls(
         elif _is_type(block, "advisor_tool_result"):
             srv_id = str(block.get("tool_use_id", ""))
             if srv_id in calls and srv_id not in results:
-                results[srv_id] = (position, block)
+                results[srv_id] = block
 
 
 def _resumable(
-    position: int, content: list[Any], calls: dict[str, int], results: dict[str, tuple[int, dict[str, Any]]]
+    position: int, content: list[Any], calls: dict[str, int], results: dict[str, dict[str, Any]]
 ) -> dict[str, int]:
     """The unanswered calls of the last assistant message (at ``position``) after its last
     consult, each to ``position``."""
@@ -329,7 +308,7 @@ def _resumable(
                 resumable[srv_id] = position
         elif _is_type(block, "advisor_tool_result"):
             srv_id = str(block.get("tool_use_id", ""))
-            if calls.get(srv_id) == position and results.get(srv_id, (0, None))[1] is block:
+            if calls.get(srv_id) == position and results.get(srv_id) is block:
                 resumable = {}  # a consult of this message ends after them
     return resumable
 
@@ -360,10 +339,3 @@ def _reminder(text: str, cache_control: Any = None) -> dict[str, Any]:
     if cache_control is not None:
         block["cache_control"] = cache_control
     return block
-
-
-def _move_cache_control(block: dict[str, Any], texts: list[Any]) -> None:
-    # Keep the client's cache breakpoint when the block carrying it goes away.
-    cache_control = block.get("cache_control")
-    if cache_control is not None and texts and "cache_control" not in texts[-1]:
-        texts[-1]["cache_control"] = cache_control

@@ -16,9 +16,7 @@ from ._types import Receive, Scope, Send
 from .errors import error_body, send_json
 from .middleware import LINGER
 from .routers.base import end_to_end
-from .routers.http import DEFAULT_TIMEOUT, InvalidTarget, PooledClient, parse_base_url, shown_url, upstream_url
-
-__all__ = ["UpstreamProxy"]
+from .routers.http import DEFAULT_TIMEOUT, InvalidTarget, PooledClient, upstream_url
 
 log = logging.getLogger("advisor_middleware.proxy")
 
@@ -44,10 +42,7 @@ class UpstreamProxy(PooledClient):
         client: httpx.AsyncClient | None = None,
         timeout: httpx.Timeout | float | None = DEFAULT_TIMEOUT,
     ) -> None:
-        super().__init__(client, timeout)
-        self._base = parse_base_url(base_url)
-        self.base_url = str(self._base).rstrip("/")
-        self._shown = shown_url(self._base)
+        super().__init__(base_url, client, timeout)
         self.via = b"1.1 advisor-middleware-" + uuid.uuid4().hex[:16].encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -85,8 +80,10 @@ class UpstreamProxy(PooledClient):
         return headers
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raw_path = scope.get("raw_path")  # the path as the client sent it
+        path = bytes(raw_path) if raw_path is not None else quote(scope["path"]).encode()
         try:
-            url = upstream_url(self._base, _target_path(scope), bytes(scope.get("query_string") or b""))
+            url = upstream_url(self._base, path, bytes(scope.get("query_string") or b""))
         except InvalidTarget as exc:
             await send_json(send, 400, error_body("invalid_request_error", str(exc)))
             return
@@ -135,8 +132,7 @@ class UpstreamProxy(PooledClient):
                 # The type only: the transport's words may quote what the upstream sent.
                 log.warning("upstream %s broke off mid-response: %s", self._shown, type(exc).__name__)
                 raise  # the server aborts the connection: the client sees the body is cut short
-            timeout = isinstance(exc, httpx.TimeoutException)
-            status, kind = (504, "timeout_error") if timeout else (502, "api_error")
+            status, kind = (504, "timeout_error") if isinstance(exc, httpx.TimeoutException) else (502, "api_error")
             message = f"upstream {self._shown} failed: {type(exc).__name__}: {exc}"
             await send_json(send, status, error_body(kind, message))
             return False
@@ -186,9 +182,3 @@ async def _rest_of_body(first: bytes, receive: Receive, done: anyio.Event) -> As
         if not message.get("more_body", False):
             done.set()
             return
-
-
-def _target_path(scope: Scope) -> bytes:
-    """The request-target's path as the client sent it (the server's ``raw_path``)."""
-    raw = scope.get("raw_path")
-    return bytes(raw) if raw is not None else quote(scope["path"]).encode()

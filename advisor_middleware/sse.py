@@ -46,19 +46,16 @@ class SSEDecoder:
 
     def feed(self, chunk: bytes) -> list[tuple[str, bytes]]:
         # `10 in chunk` (10 is "\n", 13 "\r") is one memchr; `b"\r" in chunk` costs more.
-        if not chunk:
-            return []  # changes nothing, and must not forget a "\r" that ended the last chunk
-        if self._pending_cr:
+        if self._pending_cr and chunk[:1] == b"\n":
+            chunk = chunk[1:]  # the "\n" of a CRLF whose "\r" ended the previous chunk
             self._pending_cr = False
-            if chunk[0] == 10:  # the previous chunk ended in "\r", this one starts with "\n": one CRLF
-                chunk = chunk[1:]
-                if not chunk:
-                    self.idle = not self._partial
-                    return []
+        if not chunk:
+            self.idle = not self._partial and not self._pending_cr
+            return []
+        # A "\r" at the very end may be the first half of a CRLF split between two chunks.
+        self._pending_cr = chunk[-1] == 13
         if 13 in chunk:
-            # Rare (Anthropic and most servers use "\n"): make every line end one "\n". A "\r"
-            # at the very end may be the first half of a CRLF split between two chunks.
-            self._pending_cr = chunk[-1] == 13
+            # Rare (Anthropic and most servers use "\n"): make every line end one "\n".
             chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         partial = self._partial
         if partial:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
 
@@ -117,10 +117,42 @@ class BatchRouter:
         if cls.batches is BatchRouter.batches and cls.push is BatchRouter.push:
             raise TypeError(f"{cls.__name__} must implement batches() or push()")
 
-    def batches(self, leg: Leg) -> AsyncIterator[Batch]:
+    async def batches(self, leg: Leg) -> AsyncIterator[Batch]:
         """The leg's events in groups. Derived from ``push``: it runs in a task of its own,
         and the groups waiting when the consumer asks come out as one."""
-        return _pulled(self.push, leg)
+        # The channel's buffer of 16 groups is the only read-ahead.
+        to_reader, from_push = anyio.create_memory_object_stream[Batch](16)
+        failure: list[Exception] = []
+
+        async def put(batch: Batch) -> None:
+            if not batch:
+                return
+            try:
+                # No checkpoint when there is room (anyio's send() always yields to the loop): the
+                # reader takes everything sent before the producer had to wait as one group.
+                to_reader.send_nowait(batch)
+            except anyio.WouldBlock:
+                await to_reader.send(batch)
+
+        async def produce() -> None:
+            async with to_reader:
+                try:
+                    await self.push(leg, put)
+                except Exception as exc:  # raised to the consumer below, not as an ExceptionGroup
+                    failure.append(exc)
+
+        async with anyio.create_task_group() as tg, from_push:
+            tg.start_soon(produce)
+            async for first in from_push:
+                try:
+                    yield [*first, *_waiting(from_push)]
+                except GeneratorExit:
+                    # Closed early by the consumer: stop the producer and leave the task group
+                    # normally (a GeneratorExit crossing it would come out as an ExceptionGroup).
+                    tg.cancel_scope.cancel()
+                    return
+        if failure:
+            raise failure[0]
 
     async def push(self, leg: Leg, on_batch: OnBatch) -> None:
         """Await ``on_batch`` for each group of the leg's events. Derived from ``batches``."""
@@ -148,62 +180,13 @@ async def run_leg(router: MessagesRouter, leg: Leg, on_batch: OnBatch) -> None:
             await on_batch([event])
 
 
-async def _pulled(push: Callable[[Leg, OnBatch], Awaitable[None]], leg: Leg) -> AsyncIterator[Batch]:
-    # Pull from push: the producer runs in a task and parks each group in a channel (its buffer
-    # of 16 groups is the only read-ahead); the consumer takes whatever is waiting as one group.
-    to_reader, from_push = anyio.create_memory_object_stream[Batch](16)
-    failure: list[Exception] = []
-
-    async def put(batch: Batch) -> None:
-        try:
-            # No checkpoint when there is room (anyio's send() always yields to the loop): the
-            # reader takes everything sent before the producer had to wait as one group.
-            to_reader.send_nowait(batch)
-        except anyio.WouldBlock:
-            await to_reader.send(batch)
-
-    async def produce() -> None:
-        async with to_reader:
-            try:
-                await push(leg, put)
-            except Exception as exc:  # raised to the consumer below, not as an ExceptionGroup
-                failure.append(exc)
-
-    async with anyio.create_task_group() as tg, from_push:
-        tg.start_soon(produce)
-        ended = False
-        while not ended:
-            batch: Batch = []
-            ended = _drain(from_push, batch)
-            if not batch and not ended:
-                # receive() checkpoints even when a group is waiting, hence _drain() first.
-                try:
-                    batch += await from_push.receive()
-                except anyio.EndOfStream:
-                    ended = True
-                else:
-                    ended = _drain(from_push, batch)
-            if batch:
-                try:
-                    yield batch
-                except GeneratorExit:
-                    # Closed early by the consumer: stop the producer and leave the task group
-                    # normally (a GeneratorExit crossing it would come out as an ExceptionGroup).
-                    tg.cancel_scope.cancel()
-                    return
-    if failure:
-        raise failure[0]
-
-
-def _drain(stream: MemoryObjectReceiveStream[Batch], into: Batch) -> bool:
-    """Add every group waiting in ``stream`` to ``into``; whether the stream has ended."""
-    while True:
-        try:
-            into += stream.receive_nowait()
-        except anyio.WouldBlock:
-            return False
-        except anyio.EndOfStream:
-            return True
+def _waiting(stream: MemoryObjectReceiveStream[Batch]) -> Batch:
+    """The events of every group waiting in ``stream``, taken without waiting."""
+    waiting: Batch = []
+    with suppress(anyio.WouldBlock, anyio.EndOfStream):
+        while True:
+            waiting += stream.receive_nowait()
+    return waiting
 
 
 def leg_headers(headers: list[tuple[bytes, bytes]] | Any, role: str) -> list[tuple[bytes, bytes]]:

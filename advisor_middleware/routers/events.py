@@ -7,7 +7,7 @@ from typing import Any
 
 import pydantic_core
 
-from ..accumulate import message_to_events
+from ..accumulate import INPUT_BLOCKS, message_to_events
 from ..errors import UpstreamError, status_for_error_type
 from ..sse import DELTA_DATA, DELTA_HEAD, DELTA_SSE, RawDelta, SSEDecoder, index_at, parse_event
 from .base import Batch
@@ -89,10 +89,7 @@ class AnswerReader:
 
     def read(self, chunk: bytes, into: Batch) -> UpstreamError | None:
         """Count one chunk of an SSE answer and decode its events into ``into``."""
-        self.left -= len(chunk)
-        if self.left < 0:
-            return too_large(self.limit)
-        return decode_events(self.decoder, chunk, into, self.raw_deltas)
+        return self.count(len(chunk)) or decode_events(self.decoder, chunk, into, self.raw_deltas)
 
 
 def json_message_events(raw: bytes) -> Iterator[dict[str, Any]]:
@@ -115,7 +112,6 @@ def message_events(message: Any) -> Iterator[dict[str, Any]]:
 
 # The fields of a block that the replay writes as a delta's text: each must be a string.
 _TEXT_FIELDS = {"text": ("text",), "thinking": ("thinking", "signature")}
-_INPUT_BLOCKS = ("tool_use", "server_tool_use", "mcp_tool_use")
 
 
 def _message_problem(message: Any) -> str | None:
@@ -135,6 +131,6 @@ def _message_problem(message: Any) -> str | None:
         for field in _TEXT_FIELDS.get(kind, ()):
             if not isinstance(block.get(field, ""), str):
                 return f"a Message whose {kind} block {index} has a {field} that is not a string"
-        if kind in _INPUT_BLOCKS and not isinstance(block.get("input", {}), dict):
+        if kind in INPUT_BLOCKS and not isinstance(block.get("input", {}), dict):
             return f"a Message whose {kind} block {index} has an input that is not an object"
     return None

@@ -64,14 +64,18 @@ def upstream_url(base: httpx.URL, path: bytes, query: bytes = b"") -> httpx.URL:
 
 
 class PooledClient:
-    """One ``httpx.AsyncClient`` (one connection pool), created on first use.
+    """A configured base URL (:func:`parse_base_url`) and one ``httpx.AsyncClient`` (one
+    connection pool), created on first use.
 
     A client passed in is used as it is and never closed here; the one created here keeps no
     cookies (a ``Set-Cookie`` answering one caller must never ride along with another caller's
     request) and is closed by :meth:`aclose`.
     """
 
-    def __init__(self, client: httpx.AsyncClient | None, timeout: httpx.Timeout | float | None) -> None:
+    def __init__(self, base_url: str, client: httpx.AsyncClient | None, timeout: httpx.Timeout | float | None) -> None:
+        self._base = parse_base_url(base_url)
+        self.base_url = str(self._base).rstrip("/")
+        self._shown = shown_url(self._base)
         self._client = client
         self._owns_client = client is None
         self.timeout = timeout
@@ -114,9 +118,7 @@ class HTTPRouter(PooledClient, BatchRouter):
         timeout: httpx.Timeout | float | None = DEFAULT_TIMEOUT,
         path: str = "/v1/messages",
     ) -> None:
-        super().__init__(client, timeout)
-        self._base = parse_base_url(base_url)
-        self.base_url = str(self._base).rstrip("/")
+        super().__init__(base_url, client, timeout)
         self._path = b"/" + path.lstrip("/").encode()
         self.url = str(upstream_url(self._base, self._path))
         self._shown = shown_url(self._base, self._path)
@@ -144,12 +146,7 @@ class HTTPRouter(PooledClient, BatchRouter):
         headers += [(b"content-type", b"application/json"), (b"accept-encoding", b"identity")]
         try:
             async with self.client.stream(
-                "POST",
-                url,
-                content=leg.encode(),
-                headers=headers,
-                timeout=self.timeout,
-                follow_redirects=False,
+                "POST", url, content=leg.encode(), headers=headers, timeout=self.timeout, follow_redirects=False
             ) as response:
                 leg.response_headers[:] = response.headers.raw
                 if response.status_code != 200:
@@ -170,21 +167,16 @@ class HTTPRouter(PooledClient, BatchRouter):
 async def _relay(response: httpx.Response, leg: Leg, on_batch: OnBatch) -> None:
     """Hand each network read of an SSE answer to ``on_batch`` as one group of events."""
     reader = AnswerReader(leg.max_bytes, leg.raw_deltas)
-    async for chunk in _body(response):
+    # The bytes as read: asked for identity, most gateways send them so, and httpx's decoding
+    # layer (a decoder and a chunker per read) is skipped. One that compresses anyway is decoded.
+    identity = response.headers.get("content-encoding", "").strip().lower() in ("", "identity")
+    async for chunk in response.aiter_raw() if identity else response.aiter_bytes():
         batch: Batch = []
         error = reader.read(chunk, batch)
         if batch:  # what came before an error is still the leg's output
             await on_batch(batch)
         if error is not None:
             raise error
-
-
-def _body(response: httpx.Response) -> AsyncIterator[bytes]:
-    # The bytes as read: asked for identity, most gateways send them so, and httpx's decoding
-    # layer (a decoder and a chunker per read) is skipped. One that compresses anyway is decoded.
-    if response.headers.get("content-encoding", "").strip().lower() in ("", "identity"):
-        return response.aiter_raw()
-    return response.aiter_bytes()
 
 
 async def _read(response: httpx.Response, limit: int) -> bytes:

@@ -16,8 +16,6 @@ from ..sse import encode_json
 from .base import Batch, BatchRouter, Leg, closing, forwarded_headers
 from .events import AnswerReader, event_error, message_events
 
-__all__ = ["MESSAGES_FIELDS", "LiteLLMRouter"]
-
 MESSAGES_FIELDS = frozenset(
     """model messages max_tokens system metadata stop_sequences stream temperature top_k top_p
     thinking tools tool_choice service_tier container context_management mcp_servers output_config
