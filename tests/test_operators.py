@@ -376,6 +376,24 @@ def test_a_wrong_file_is_one_line_naming_the_key(tmp_path: Path, text_: str, wro
     assert message.startswith(f"{path}: {wrong}"), message
 
 
+@pytest.mark.parametrize(
+    ("raw", "wrong"),
+    [
+        (b"# caf\xe9\nadvisor_timeout = 5\n", "not valid TOML: not UTF-8"),
+        (b"policy = '..:policy'\n", "policy: cannot import '..:policy'"),
+    ],
+)
+def test_a_file_that_breaks_the_reader_or_the_import_is_one_line(tmp_path: Path, raw: bytes, wrong: str) -> None:
+    # Bytes that are not UTF-8, and an import path importlib refuses with its own error.
+    path = tmp_path / "advisor.toml"
+    path.write_bytes(raw)
+    with pytest.raises(ConfigFileError) as caught:
+        load_config(path)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith(f"{path}: {wrong}"), message
+
+
 def test_a_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigFileError, match=r"advisor.toml: cannot read it \(No such file or directory\)"):
         load_config(tmp_path / "advisor.toml")
