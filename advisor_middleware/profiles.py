@@ -157,7 +157,7 @@ async def plan_consult(
     model = decision.model or tool.model
     matched = next((p for p in config.advisor_profiles if p.matches(model)), None)
     if matched is None and config.unmatched_advisor == "refuse":
-        log.info("advisor model %s matches no profile: refused", model)
+        log.info("advisor model %.100r matches no profile: refused", model)  # the client's name: cut, escaped
         return "model_not_found"
     profile = matched or AdvisorProfile(match=model, models=(model,))
     return ConsultPlan(

@@ -131,6 +131,20 @@ async def test_an_advisor_no_profile_matches(make_app: MakeApp, script: Script, 
         assert advisor_models(script) == ["gpt-advisor"]
 
 
+async def test_a_refused_model_name_is_logged_short_and_on_one_line(
+    make_app: MakeApp, script: Script, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The name is the client's: at INFO only a bounded, escaped prefix of it.
+    caplog.set_level(logging.INFO, "advisor_middleware")
+    asks(script)
+    name = "gpt-advisor\nFORGED LOG LINE " + "x" * 100_000
+    app = make_app(advisor_profiles=chain("adv-b"), unmatched_advisor="refuse")
+    message = await consult_once(app, True, tools=params(name)["tools"])
+    assert results(message) == [{"type": "advisor_tool_result_error", "error_code": "model_not_found"}]
+    (logged,) = [r.getMessage() for r in caplog.records if "matches no profile" in r.getMessage()]
+    assert "\n" not in logged and len(logged) < 300, logged[:400]
+
+
 # --- the fallback chain ------------------------------------------------------------------------
 
 FAILURES = {
