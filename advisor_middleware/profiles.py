@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeAlias
@@ -33,6 +33,7 @@ __all__ = [
     "ConsultPlan",
     "PolicyDecision",
     "plan_consult",
+    "request_headers",
     "run_chain",
 ]
 
@@ -93,7 +94,8 @@ class ConsultContext:
     """What a policy hook is told about a consult about to run."""
 
     headers: Mapping[str, str]
-    """The request's headers, names in lower case (``x-api-key``, ``authorization``...)."""
+    """The request's headers, names in lower case (``x-api-key``, ``authorization``...); a
+    header sent more than once reads as its first value, as the host reads it (Starlette)."""
     executor_model: str
     advisor_model: str
     """The advisor model the client asked for."""
@@ -128,6 +130,15 @@ class PolicyDecision(BaseModel):
 
 AdvisorPolicy: TypeAlias = Callable[[ConsultContext], PolicyDecision | Awaitable[PolicyDecision | None] | None]
 """A policy hook: sync or async, given a :class:`ConsultContext`; None allows the consult."""
+
+
+def request_headers(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
+    """``ConsultContext.headers`` from the ASGI scope's: the first value of a repeated header,
+    so that a policy judges the key the host authenticates, not one appended after it."""
+    headers: dict[str, str] = {}
+    for name, value in raw:
+        headers.setdefault(name.decode("latin-1").lower(), value.decode("latin-1"))
+    return headers
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,7 +26,7 @@ from advisor_middleware.profiles import AdvisorProfile, ConsultContext, PolicyDe
 from advisor_middleware.settings_file import ConfigFileError, load_config
 from examples.advisor_policy import policy as example_policy
 
-from .support.helpers import ONE_CONSULT, block_types, call, parse_sse, post, sdk_for
+from .support.helpers import ONE_CONSULT, block_types, call, http_for, parse_sse, post, sdk_for
 from .support.servers import ROOT, serving
 from .support.upstream import ErrorEvent, Fail, Reply, Script, scripted_host, text, tool_use
 
@@ -298,6 +298,27 @@ async def test_the_policy_sees_the_request(script: Script) -> None:
     ]
     assert [it["type"] for it in seen[1].iterations] == ["message", "advisor_message"]
     assert [r.body["max_tokens"] for r in script.of("advisor")] == [1500, 1500]
+
+
+async def test_the_policy_reads_a_repeated_header_as_the_host_does(script: Script) -> None:
+    # A caller sends its key twice: the host authenticates the first value, so the policy
+    # (a per-key cap here) must judge that one too, not the last.
+    seen: list[str] = []
+
+    def record(context: ConsultContext) -> PolicyDecision | None:
+        seen.append(context.headers["x-api-key"])
+        return example_policy(context)
+
+    asks(script, times=2)
+    script.advisor(Reply([text("one")]), Reply([text("two")]))
+    app = AdvisorMiddleware(scripted_host(script), advisor_policy=record)
+    keys = [("x-api-key", "sk-trial"), ("x-api-key", "sk-other")]
+    async with http_for(app) as http:
+        answer = await http.post("/v1/messages", json=params(), headers=keys)
+    (leg, *_) = script.of("executor")
+    assert seen == [leg.headers["x-api-key"]] * 2 == ["sk-trial"] * 2
+    codes = [b["content"].get("error_code") for b in answer.json()["content"] if b["type"] == "advisor_tool_result"]
+    assert codes == [None, "max_uses_exceeded"]  # the trial key's cap of one consult holds
 
 
 @pytest.mark.parametrize("streaming", [True, False])
