@@ -162,7 +162,7 @@ async def plan_consult(
     config: AdvisorConfig, tool: AdvisorTool, context: ConsultContext
 ) -> ConsultPlan | AdvisorErrorCode:
     """The plan of a consult, or the error code that ends it before any advisor leg runs."""
-    decision = await _decide(config.advisor_policy, context)
+    decision = await _decide(config.advisor_policy, context, config.advisor_timeout)
     if isinstance(decision, str):
         return decision
     model = decision.model or tool.model
@@ -183,13 +183,19 @@ async def plan_consult(
     )
 
 
-async def _decide(policy: AdvisorPolicy | None, context: ConsultContext) -> PolicyDecision | AdvisorErrorCode:
+async def _decide(
+    policy: AdvisorPolicy | None, context: ConsultContext, seconds: float
+) -> PolicyDecision | AdvisorErrorCode:
     if policy is None:
         return PolicyDecision()
     try:
-        answer = policy(context)
-        if inspect.isawaitable(answer):
-            answer = await answer
+        with anyio.move_on_after(seconds) as waiting:  # an async hook that hangs ends the consult
+            answer = policy(context)
+            if inspect.isawaitable(answer):
+                answer = await answer
+        if waiting.cancelled_caught:
+            log.warning("the advisor policy gave no answer in %s s: execution_time_exceeded", seconds)
+            return "execution_time_exceeded"
         decision = PolicyDecision() if answer is None else PolicyDecision.model_validate(answer)
     except Exception:  # a ValidationError too: the hook returned something else
         log.exception("the advisor policy failed; the consult ends as unavailable")

@@ -338,6 +338,22 @@ async def test_a_policy_that_raises_ends_the_consult_not_the_request(
     assert any(r.exc_info and "policy" in r.getMessage() for r in caplog.records)
 
 
+async def test_a_policy_that_never_answers_ends_the_consult_within_the_budget(script: Script) -> None:
+    # A hook awaiting a quota service that hangs: the consult, not the request, waits no
+    # longer than advisor_timeout.
+    async def hangs(context: ConsultContext) -> PolicyDecision:
+        await anyio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    asks(script)
+    app = AdvisorMiddleware(scripted_host(script), advisor_policy=hangs, advisor_timeout=0.2)
+    with anyio.fail_after(30):
+        message = await consult_once(app, True)
+    assert block_types(message.content) == ONE_CONSULT
+    assert results(message) == [{"type": "advisor_tool_result_error", "error_code": "execution_time_exceeded"}]
+    assert advisor_models(script) == []
+
+
 async def test_a_policy_that_answers_nonsense_ends_the_consult(script: Script) -> None:
     asks(script)
     script.advisor(Reply([text("Advice.")]))
