@@ -19,7 +19,7 @@ from .blocks import ADVISOR_NAME, AdvisorTool, advisor_result_block, server_tool
 from .config import AdvisorConfig
 from .errors import ClientGone, UpstreamError
 from .history import HistoryInfo, advice_tool_result, advisor_tool_use, render_history
-from .profiles import ConsultContext, ConsultPlan, plan_consult, run_chain
+from .profiles import ConsultContext, ConsultPlan, plan_consult, request_headers, run_chain
 from .prompts import ADVISOR_SYSTEM_PROMPT, EXECUTOR_TOOL_DESCRIPTION, budget_note
 from .routers.base import LEG_HEADER, Batch, Leg, MessagesRouter, leg_headers, run_leg
 from .sse import RawDelta, raw_delta_at, raw_delta_event
@@ -430,7 +430,7 @@ class Orchestration:
 
     def _consult_context(self) -> ConsultContext:
         return ConsultContext(
-            headers={name.decode("latin-1").lower(): value.decode("latin-1") for name, value in self.headers},
+            headers=request_headers(self.headers),
             executor_model=str(self.body.get("model")),
             advisor_model=self.tool.model,
             consult=self.consults,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeAlias
@@ -33,6 +33,7 @@ __all__ = [
     "ConsultPlan",
     "PolicyDecision",
     "plan_consult",
+    "request_headers",
     "run_chain",
 ]
 
@@ -93,7 +94,8 @@ class ConsultContext:
     """What a policy hook is told about a consult about to run."""
 
     headers: Mapping[str, str]
-    """The request's headers, names in lower case (``x-api-key``, ``authorization``...)."""
+    """The request's headers, names in lower case (``x-api-key``, ``authorization``...); a
+    header sent more than once reads as its first value, as the host reads it (Starlette)."""
     executor_model: str
     advisor_model: str
     """The advisor model the client asked for."""
@@ -130,6 +132,15 @@ AdvisorPolicy: TypeAlias = Callable[[ConsultContext], PolicyDecision | Awaitable
 """A policy hook: sync or async, given a :class:`ConsultContext`; None allows the consult."""
 
 
+def request_headers(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
+    """``ConsultContext.headers`` from the ASGI scope's: the first value of a repeated header,
+    so that a policy judges the key the host authenticates, not one appended after it."""
+    headers: dict[str, str] = {}
+    for name, value in raw:
+        headers.setdefault(name.decode("latin-1").lower(), value.decode("latin-1"))
+    return headers
+
+
 @dataclass(frozen=True, slots=True)
 class ConsultPlan:
     """One consult as it will run."""
@@ -151,13 +162,13 @@ async def plan_consult(
     config: AdvisorConfig, tool: AdvisorTool, context: ConsultContext
 ) -> ConsultPlan | AdvisorErrorCode:
     """The plan of a consult, or the error code that ends it before any advisor leg runs."""
-    decision = await _decide(config.advisor_policy, context)
+    decision = await _decide(config.advisor_policy, context, config.advisor_timeout)
     if isinstance(decision, str):
         return decision
     model = decision.model or tool.model
     matched = next((p for p in config.advisor_profiles if p.matches(model)), None)
     if matched is None and config.unmatched_advisor == "refuse":
-        log.info("advisor model %s matches no profile: refused", model)
+        log.info("advisor model %.100r matches no profile: refused", model)  # the client's name: cut, escaped
         return "model_not_found"
     profile = matched or AdvisorProfile(match=model, models=(model,))
     return ConsultPlan(
@@ -172,13 +183,19 @@ async def plan_consult(
     )
 
 
-async def _decide(policy: AdvisorPolicy | None, context: ConsultContext) -> PolicyDecision | AdvisorErrorCode:
+async def _decide(
+    policy: AdvisorPolicy | None, context: ConsultContext, seconds: float
+) -> PolicyDecision | AdvisorErrorCode:
     if policy is None:
         return PolicyDecision()
     try:
-        answer = policy(context)
-        if inspect.isawaitable(answer):
-            answer = await answer
+        with anyio.move_on_after(seconds) as waiting:  # an async hook that hangs ends the consult
+            answer = policy(context)
+            if inspect.isawaitable(answer):
+                answer = await answer
+        if waiting.cancelled_caught:
+            log.warning("the advisor policy gave no answer in %s s: execution_time_exceeded", seconds)
+            return "execution_time_exceeded"
         decision = PolicyDecision() if answer is None else PolicyDecision.model_validate(answer)
     except Exception:  # a ValidationError too: the hook returned something else
         log.exception("the advisor policy failed; the consult ends as unavailable")

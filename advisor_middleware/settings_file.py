@@ -40,6 +40,8 @@ def load_config(path: str | os.PathLike[str]) -> AdvisorOptions:
         raise ConfigFileError(f"{name}: cannot read it ({exc.strerror or exc})") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigFileError(f"{name}: not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigFileError(f"{name}: not valid TOML: not UTF-8 ({exc.reason} at byte {exc.start})") from None
     options = {_option_name(name, key): value for key, value in data.items()}
     if isinstance(options.get("advisor_policy"), str):
         options["advisor_policy"] = _import_policy(name, options["advisor_policy"])
@@ -57,11 +59,11 @@ def _option_name(name: str, key: str) -> str:
 
 
 def _import_policy(name: str, target: str) -> Any:
-    from uvicorn.importer import ImportFromStringError, import_from_string
+    from uvicorn.importer import import_from_string
 
     try:
         return import_from_string(target)
-    except (ImportFromStringError, ImportError) as exc:
+    except Exception as exc:  # importlib's own refusals too (a relative path is a TypeError)
         raise ConfigFileError(f"{name}: policy: cannot import {target!r}: {exc}") from None
 
 

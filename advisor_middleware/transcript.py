@@ -47,7 +47,8 @@ def render_transcript(
     """The advisor's user message. Blocks longer than ``max_block_chars`` are cut with a marker
     (append-only safe: a block renders the same in every consult). Over the ``max_chars``
     budget, blocks are cut harder, then the oldest part is left out in steps of half the
-    budget (a marker says how many messages), so the cut stays put for many consults. The
+    budget (a marker says how many messages), so the cut stays put for many consults; the
+    head then keeps the largest cap at which it is at most a quarter of the budget. The
     advisor leg fails with ``prompt_too_long`` only when even that cannot help."""
     if max_chars is None:
         return _whole(body, messages, max_block_chars).transcript()
@@ -63,7 +64,16 @@ def render_transcript(
         rendered = _render(body, messages, cap, max_chars)
         if rendered is not None:
             return rendered.transcript()
-    return _whole(body, messages, caps[-1]).cut(max_chars)
+    return _whole(body, messages, caps[-1]).cut(max_chars, _roomy_head(body, caps, max_chars))
+
+
+def _roomy_head(body: dict[str, Any], caps: list[int], max_chars: int) -> str:
+    """The head of a transcript the budget cuts: at the largest cap at which it takes at most a
+    quarter of the budget. At the messages' hardest cap the executor's system prompt would be
+    cut to a few lines, and the head could be too short for a prompt cache to keep (1,024
+    tokens), so a consult whose cut moved would read nothing from cache."""
+    heads = (_head(body, cap) for cap in caps)
+    return next((head for head in heads if len(head) <= max_chars // 4), _head(body, caps[-1]))
 
 
 def _field_lengths(messages: list[Any], cap: int, limit: int) -> list[int] | None:
@@ -146,20 +156,20 @@ class _Rendered:
         # Only text a model can read makes a block (Anthropic refuses one of whitespace).
         return Transcript([*blocks, rest] if rest.strip() else blocks, settled)
 
-    def cut(self, max_chars: int) -> Transcript:
-        """Within ``max_chars``: whole if it fits; else the head, a marker, and the messages
+    def cut(self, max_chars: int, head: str) -> Transcript:
+        """Within ``max_chars``: whole if it fits; else ``head``, a marker, and the messages
         from a cut point that moves only in steps of half the room, so a growing conversation
         keeps the same cut (and cached prefix) for many consults."""
         sizes = [sum(len(c) for c in chunks) for chunks in self.messages]
         total = sum(sizes)
         if len(self.head) + total <= max_chars:
             return self.transcript()
-        room = max_chars - len(self.head) - _MARKER_ROOM
+        room = max_chars - len(head) - _MARKER_ROOM
         if room <= 0:  # the head alone fills the budget
             return Transcript([(self.head + "".join(c for m in self.messages for c in m))[:max_chars]], 0)
         step = max(room // 2, 1)
         cut = -(-(total - room) // step) * step  # characters left out: a multiple of step
-        return self._blocks(self.head, _after(self.messages, sizes, cut))
+        return self._blocks(head, _after(self.messages, sizes, cut))
 
 
 def _after(messages: list[list[str]], sizes: list[int], cut: int) -> list[list[str]]:

@@ -26,7 +26,7 @@ from advisor_middleware.profiles import AdvisorProfile, ConsultContext, PolicyDe
 from advisor_middleware.settings_file import ConfigFileError, load_config
 from examples.advisor_policy import policy as example_policy
 
-from .support.helpers import ONE_CONSULT, block_types, call, parse_sse, post, sdk_for
+from .support.helpers import ONE_CONSULT, block_types, call, http_for, parse_sse, post, sdk_for
 from .support.servers import ROOT, serving
 from .support.upstream import ErrorEvent, Fail, Reply, Script, scripted_host, text, tool_use
 
@@ -129,6 +129,20 @@ async def test_an_advisor_no_profile_matches(make_app: MakeApp, script: Script, 
     else:
         assert results(message) == [{"type": "advisor_result", "text": "Advice as requested."}]
         assert advisor_models(script) == ["gpt-advisor"]
+
+
+async def test_a_refused_model_name_is_logged_short_and_on_one_line(
+    make_app: MakeApp, script: Script, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The name is the client's: at INFO only a bounded, escaped prefix of it.
+    caplog.set_level(logging.INFO, "advisor_middleware")
+    asks(script)
+    name = "gpt-advisor\nFORGED LOG LINE " + "x" * 100_000
+    app = make_app(advisor_profiles=chain("adv-b"), unmatched_advisor="refuse")
+    message = await consult_once(app, True, tools=params(name)["tools"])
+    assert results(message) == [{"type": "advisor_tool_result_error", "error_code": "model_not_found"}]
+    (logged,) = [r.getMessage() for r in caplog.records if "matches no profile" in r.getMessage()]
+    assert "\n" not in logged and len(logged) < 300, logged[:400]
 
 
 # --- the fallback chain ------------------------------------------------------------------------
@@ -286,6 +300,27 @@ async def test_the_policy_sees_the_request(script: Script) -> None:
     assert [r.body["max_tokens"] for r in script.of("advisor")] == [1500, 1500]
 
 
+async def test_the_policy_reads_a_repeated_header_as_the_host_does(script: Script) -> None:
+    # A caller sends its key twice: the host authenticates the first value, so the policy
+    # (a per-key cap here) must judge that one too, not the last.
+    seen: list[str] = []
+
+    def record(context: ConsultContext) -> PolicyDecision | None:
+        seen.append(context.headers["x-api-key"])
+        return example_policy(context)
+
+    asks(script, times=2)
+    script.advisor(Reply([text("one")]), Reply([text("two")]))
+    app = AdvisorMiddleware(scripted_host(script), advisor_policy=record)
+    keys = [("x-api-key", "sk-trial"), ("x-api-key", "sk-other")]
+    async with http_for(app) as http:
+        answer = await http.post("/v1/messages", json=params(), headers=keys)
+    (leg, *_) = script.of("executor")
+    assert seen == [leg.headers["x-api-key"]] * 2 == ["sk-trial"] * 2
+    codes = [b["content"].get("error_code") for b in answer.json()["content"] if b["type"] == "advisor_tool_result"]
+    assert codes == [None, "max_uses_exceeded"]  # the trial key's cap of one consult holds
+
+
 @pytest.mark.parametrize("streaming", [True, False])
 async def test_a_policy_that_raises_ends_the_consult_not_the_request(
     script: Script, streaming: bool, caplog: pytest.LogCaptureFixture
@@ -301,6 +336,22 @@ async def test_a_policy_that_raises_ends_the_consult_not_the_request(
     assert results(message) == [{"type": "advisor_tool_result_error", "error_code": "unavailable"}]
     assert advisor_models(script) == []
     assert any(r.exc_info and "policy" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_policy_that_never_answers_ends_the_consult_within_the_budget(script: Script) -> None:
+    # A hook awaiting a quota service that hangs: the consult, not the request, waits no
+    # longer than advisor_timeout.
+    async def hangs(context: ConsultContext) -> PolicyDecision:
+        await anyio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    asks(script)
+    app = AdvisorMiddleware(scripted_host(script), advisor_policy=hangs, advisor_timeout=0.2)
+    with anyio.fail_after(30):
+        message = await consult_once(app, True)
+    assert block_types(message.content) == ONE_CONSULT
+    assert results(message) == [{"type": "advisor_tool_result_error", "error_code": "execution_time_exceeded"}]
+    assert advisor_models(script) == []
 
 
 async def test_a_policy_that_answers_nonsense_ends_the_consult(script: Script) -> None:
@@ -362,13 +413,15 @@ WRONG_FILES = [
     ("policy = 'no_such_module_here:policy'\n", "policy: cannot import 'no_such_module_here:policy'"),
     ("policy = 3\n", "policy: Input should be callable"),
     ("advisor_timeout = \n", "not valid TOML: Invalid value (at line 1, column 19)"),
+    (b"# caf\xe9\nadvisor_timeout = 5\n", "not valid TOML: not UTF-8"),
+    ("policy = '..:policy'\n", "policy: cannot import '..:policy'"),  # importlib's TypeError
 ]
 
 
 @pytest.mark.parametrize(("text_", "wrong"), WRONG_FILES)
-def test_a_wrong_file_is_one_line_naming_the_key(tmp_path: Path, text_: str, wrong: str) -> None:
+def test_a_wrong_file_is_one_line_naming_the_key(tmp_path: Path, text_: str | bytes, wrong: str) -> None:
     path = tmp_path / "advisor.toml"
-    path.write_text(text_)
+    path.write_bytes(text_ if isinstance(text_, bytes) else text_.encode())
     with pytest.raises(ConfigFileError) as caught:
         load_config(path)
     message = str(caught.value)

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from advisor_middleware.demo_cache import PromptCache
 from advisor_middleware.transcript import _render, render_transcript
 
 from .support.upstream import text, thinking, tool_use
@@ -32,6 +33,13 @@ def budgeted(body: dict[str, Any], messages: list[Any], max_block_chars: int, ma
     return "".join(transcript.blocks)
 
 
+def caps_of(max_block_chars: int) -> list[int]:
+    caps = [max_block_chars]
+    while caps[-1] > 1000:
+        caps.append(caps[-1] // 4)
+    return caps
+
+
 def every_cap(body: dict[str, Any], messages: list[Any], max_block_chars: int, max_chars: int) -> str:
     """The budget without any shortcut: render the whole transcript at each cap until one fits;
     over the budget at the last, the head, a marker and the newest characters that fit."""
@@ -43,7 +51,10 @@ def every_cap(body: dict[str, Any], messages: list[Any], max_block_chars: int, m
     text = "".join(parts)
     if len(text) <= max_chars:
         return text
-    head, rest = parts[0], "".join(parts[1:])
+    rest = "".join(parts[1:])
+    # The head of a cut transcript: at the largest cap at which it is a quarter of the budget.
+    heads = [whole(body, [], c)[0] for c in caps_of(max_block_chars)]
+    head = next((h for h in heads if len(h) <= max_chars // 4), parts[0])
     room = max_chars - len(head) - 80
     if room <= 0:
         return text[:max_chars]
@@ -239,3 +250,35 @@ def test_what_follows_the_newest_call_is_a_block_only_when_it_has_text() -> None
         transcript = render_transcript({"messages": messages}, messages)
         assert len(transcript.blocks) == blocks and transcript.settled == 2
         assert all(block.strip() for block in transcript.blocks)
+
+
+def test_where_the_cut_moves_the_head_is_still_read_from_cache() -> None:
+    # Over the budget the cut moves now and then; the head (preamble, the executor's system
+    # prompt, its tools) does not, and it keeps the system prompt as the first cap shows it,
+    # long enough for Anthropic's cache (1,024 tokens), so a consult whose cut moved still
+    # reads the head from cache.
+    system = "You are a careful coding agent. " * 300
+    messages: list[Any] = []
+    for n in range(40):
+        messages += [{"role": "user", "content": f"Q{n} " + "q" * 900}, {"role": "assistant", "content": "a" * 900}]
+    body: dict[str, Any] = {"messages": messages, "system": system}
+    cache = PromptCache()
+    heads, moves = set(), 0
+    previous: Any = None
+    for n in range(40):
+        step = [text(f"Step {n} " + "w" * 1600), tool_use("advisor", id=f"t{n}")]
+        messages.append({"role": "assistant", "content": step})
+        transcript = render_transcript(body, messages, max_block_chars=50_000, max_chars=40_000)
+        content: list[dict[str, Any]] = [{"type": "text", "text": block} for block in transcript.blocks]
+        for index in {0, transcript.settled - 1}:
+            content[index]["cache_control"] = {"type": "ephemeral", "ttl": "5m"}
+        billed = cache.usage({"model": "advisor", "messages": [{"role": "user", "content": content}]})
+        heads.add(transcript.blocks[0])
+        if previous is not None and transcript.blocks[: previous.settled] != previous.blocks[: previous.settled]:
+            moves += 1
+            assert billed["cache_read_input_tokens"] >= len(system) // 4, billed
+        previous = transcript
+        messages.append(result_of(f"t{n}", f"Advice {n}."))
+    assert moves >= 1 and len(heads) == 1
+    (head,) = heads
+    assert system in head
