@@ -434,7 +434,7 @@ class Orchestration:
             executor_model=str(self.body.get("model")),
             advisor_model=self.tool.model,
             consult=self.consults,
-            iterations=tuple(self.iterations),
+            iterations=tuple(dict(entry) for entry in self.iterations),  # copies: what the policy edits is not billed
         )
 
     async def _attempt(self, body: dict[str, Any], max_tokens: int, deadline: float) -> dict[str, Any]:

@@ -280,6 +280,19 @@ async def test_the_policy_decides_per_key(
     assert {r.headers["authorization"] for r in script.of("advisor")} <= {f"Bearer {key}"}
 
 
+async def test_what_the_policy_does_to_the_usage_it_sees_is_not_billed(script: Script) -> None:
+    def meddle(context: ConsultContext) -> None:
+        for entry in context.iterations:
+            assert isinstance(entry, dict)  # a Mapping to type checkers; a policy may still write
+            entry["input_tokens"] = 0
+
+    asks(script, times=2)
+    script.advisor(Reply([text("one")], input_tokens=3), Reply([text("two")], input_tokens=4))
+    app = AdvisorMiddleware(scripted_host(script), advisor_policy=meddle)
+    message = await consult_once(app, False)
+    assert [tokens for _, tokens in advisor_iterations(message)] == [3, 4]
+
+
 async def test_the_policy_sees_the_request(script: Script) -> None:
     seen: list[ConsultContext] = []
 
