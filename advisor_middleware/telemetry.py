@@ -30,14 +30,16 @@ __all__ = ["ConsultTrace", "LegTrace", "RequestTrace", "start_opentelemetry"]
 
 log = logging.getLogger("advisor_middleware")
 
-PROVIDER = "anthropic"
-"""``gen_ai.provider.name`` of every leg: each is an Anthropic Messages request."""
-AGENT = "advisor"
-"""The agent the request span invokes (``invoke_agent advisor``) and the tool a consult executes."""
+PROVIDER = "anthropic"  # every leg is an Anthropic Messages request, whatever model answers it
+AGENT = "advisor"  # the agent a request invokes, and the tool a consult executes
 
 _USAGE_KEYS = ("input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
 _TRACE_HEADERS = (b"traceparent", b"tracestate")
 _NAME_CAP = 200  # model names come from the request and the host: kept short in records
+_LEG_LINE = (
+    "%(leg)s leg %(model)s: %(status)s in %(duration_s).3f s, %(input_tokens)d in / %(output_tokens)d out tokens"
+)
+_REQUEST_LINE = "advisor request %(request_id)s: %(outcome)s in %(duration_s).3f s, %(consults)d consult(s)"
 
 
 def start_opentelemetry() -> None:
@@ -122,10 +124,7 @@ class RequestTrace:
         """Around the whole loop: the ``invoke_agent`` span, and the request's log record."""
         start = time.perf_counter()
         outcome = "ok"
-        opened: AbstractContextManager[Span | None] = nullcontext()
-        if self.otel is not None:
-            opened = self.otel.request_span(self, headers)
-        with opened as span:
+        with nullcontext() if self.otel is None else self.otel.request_span(self, headers) as span:
             try:
                 yield
             except BaseException as exc:
@@ -135,7 +134,7 @@ class RequestTrace:
                 if self.otel is not None and span is not None:
                     self.otel.end_request(span, self, outcome)
                 if log.isEnabledFor(logging.INFO):
-                    self._log_request(outcome, time.perf_counter() - start)
+                    self._log_request(outcome, start)
 
     @contextmanager
     def leg(
@@ -159,10 +158,7 @@ class RequestTrace:
         The caller sets ``error_code`` when the consult failed."""
         consult = ConsultTrace(call_id)
         self.consults += 1
-        opened: AbstractContextManager[Span | None] = nullcontext()
-        if self.otel is not None:
-            opened = self.otel.consult_span(call_id)
-        with opened as consult.span:
+        with nullcontext() if self.otel is None else self.otel.consult_span(call_id) as consult.span:
             try:
                 yield consult
             except BaseException as exc:
@@ -198,34 +194,19 @@ class RequestTrace:
         if self.otel is not None:
             self.otel.end_leg(leg, facts, self.capture_content)
         if logged:
-            log.info(
-                "%s leg %s: %s in %.3f s, %d in / %d out tokens",
-                leg.kind,
-                facts["model"],
-                facts["status"],
-                facts["duration_s"],
-                facts["input_tokens"],
-                facts["output_tokens"],
-                extra={"request_id": self.request_id, **facts},
-            )
+            log.info(_LEG_LINE, facts, extra={"request_id": self.request_id, **facts})
 
-    def _log_request(self, outcome: str, seconds: float) -> None:
-        log.info(
-            "advisor request %s: %s in %.3f s, %d consult(s)",
-            self.request_id,
-            outcome,
-            seconds,
-            self.consults,
-            extra={
-                "request_id": self.request_id,
-                "model": self.model,
-                "outcome": outcome,
-                "duration_s": round(seconds, 6),
-                "consults": self.consults,
-                "consult_outcomes": self.outcomes,
-                "tokens": self.tokens,
-            },
-        )
+    def _log_request(self, outcome: str, start: float) -> None:
+        facts = {
+            "request_id": self.request_id,
+            "model": self.model,
+            "outcome": outcome,
+            "duration_s": round(time.perf_counter() - start, 6),
+            "consults": self.consults,
+            "consult_outcomes": self.outcomes,
+            "tokens": self.tokens,
+        }
+        log.info(_REQUEST_LINE, facts, extra=facts)
 
 
 def error_type(exc: BaseException) -> str:
@@ -338,10 +319,12 @@ class _Otel:
             "gen_ai.response.time_to_first_chunk": facts["ttfb_s"],
         }
         reported = isinstance(message.get("usage"), dict)
+        inputs = _input_tokens(facts)
         if reported:
-            attributes["gen_ai.usage.input_tokens"] = _input_tokens(facts)
-            for key in _USAGE_KEYS[1:]:
-                attributes["gen_ai.usage." + key.replace("_input", ".input")] = facts[key]
+            attributes["gen_ai.usage.input_tokens"] = inputs
+            attributes["gen_ai.usage.output_tokens"] = facts["output_tokens"]
+            attributes["gen_ai.usage.cache_read.input_tokens"] = facts["cache_read_input_tokens"]
+            attributes["gen_ai.usage.cache_creation.input_tokens"] = facts["cache_creation_input_tokens"]
         if capture_content and leg.acc.finished and leg.error is None:
             attributes["gen_ai.output.messages"] = _messages_json([{"role": "assistant", **leg.acc.complete()}])
         span.set_attributes({k: v for k, v in attributes.items() if v is not None})
@@ -351,7 +334,7 @@ class _Otel:
             labels["error.type"] = leg.error
         self.duration.record(facts["duration_s"], labels)
         if reported:
-            self.tokens.record(_input_tokens(facts), {**labels, "gen_ai.token.type": "input"})
+            self.tokens.record(inputs, {**labels, "gen_ai.token.type": "input"})
             self.tokens.record(facts["output_tokens"], {**labels, "gen_ai.token.type": "output"})
 
     def consult_span(self, call_id: str) -> AbstractContextManager[Span]:
@@ -367,10 +350,10 @@ class _Otel:
         span = consult.span
         assert span is not None
         outcome = consult.error_code or "ok"
-        span.set_attribute("advisor_middleware.consult.outcome", outcome)
         if consult.error_code is not None:
             span.set_attribute("advisor_middleware.consult.error_code", consult.error_code)
             self._fail(span, consult.error_code)
+        span.set_attribute("advisor_middleware.consult.outcome", outcome)
         self.consults.add(1, {"advisor_middleware.consult.outcome": outcome})
 
     def fallback(self, facts: dict[str, str]) -> None:
