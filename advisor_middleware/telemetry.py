@@ -173,13 +173,8 @@ class RequestTrace:
         """Note that a consult's advisor model failed with ``error_code`` and the consult goes on
         with ``next_model``: a log record, an event on the consult's span, the fallback counter."""
         facts = {"failed_model": _name(failed_model), "next_model": _name(next_model), "error_code": error_code}
-        log.info(
-            "advisor %s failed (%s): falling back to %s",
-            facts["failed_model"],
-            error_code,
-            facts["next_model"],
-            extra={"request_id": self.request_id, **facts},
-        )
+        line = "advisor %(failed_model)s failed (%(error_code)s): falling back to %(next_model)s"
+        log.info(line, facts, extra={"request_id": self.request_id, **facts})
         if self.otel is not None:
             self.otel.fallback(facts)
 
@@ -350,10 +345,10 @@ class _Otel:
         span = consult.span
         assert span is not None
         outcome = consult.error_code or "ok"
+        span.set_attribute("advisor_middleware.consult.outcome", outcome)
         if consult.error_code is not None:
             span.set_attribute("advisor_middleware.consult.error_code", consult.error_code)
             self._fail(span, consult.error_code)
-        span.set_attribute("advisor_middleware.consult.outcome", outcome)
         self.consults.add(1, {"advisor_middleware.consult.outcome": outcome})
 
     def fallback(self, facts: dict[str, str]) -> None:
