@@ -12,8 +12,8 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import secrets
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any
@@ -110,7 +110,7 @@ class RequestTrace:
     moved on to another advisor model."""
 
     def __init__(self, *, model: Any, enabled: bool, capture_content: bool) -> None:
-        self.request_id = f"advreq_{uuid.uuid4().hex[:16]}"
+        self.request_id = f"advreq_{secrets.token_hex(8)}"
         self.model = _name(model)
         self.otel = _otel() if enabled else None
         self.capture_content = capture_content and enabled
