@@ -2,11 +2,9 @@
 
 Always: one INFO record per leg and one per request on the ``advisor_middleware`` logger, with
 their facts as ``extra`` fields (never content). With ``opentelemetry=True`` and the ``[otel]``
-extra installed, also the GenAI conventions' spans and metrics, and every leg's headers carry
-the trace context (W3C ``traceparent``), so an instrumented host nests its own spans under ours.
-
-:class:`RequestTrace` is the orchestration's one hook. With OpenTelemetry off its ``otel`` is
-None: a leg then costs that one check, and the clock readings its log record needs.
+extra, also the GenAI conventions' spans and metrics, made from the same facts, and every leg's
+headers carry its span's trace context (W3C ``traceparent``). With logging below INFO and
+OpenTelemetry off, a leg costs two clock readings.
 """
 
 from __future__ import annotations
@@ -14,10 +12,10 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import secrets
 import time
-import uuid
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any
 
 from .errors import ERROR_TYPES, ClientGone, UpstreamError, error_type_for_status
@@ -32,17 +30,16 @@ __all__ = ["ConsultTrace", "LegTrace", "RequestTrace", "start_opentelemetry"]
 
 log = logging.getLogger("advisor_middleware")
 
-PROVIDER = "anthropic"
-"""``gen_ai.provider.name`` of every leg: each is an Anthropic Messages request, whatever model
-the host routes it to."""
-AGENT = "advisor"
-"""The agent the request span invokes (``invoke_agent advisor``) and the tool a consult executes."""
+PROVIDER = "anthropic"  # every leg is an Anthropic Messages request, whatever model answers it
+AGENT = "advisor"  # the agent a request invokes, and the tool a consult executes
 
-# The conventions' advised histogram buckets.
-_TOKEN_BUCKETS = [4.0**n for n in range(14)]
-_SECOND_BUCKETS = [0.01 * 2**n for n in range(14)]
+_USAGE_KEYS = ("input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
 _TRACE_HEADERS = (b"traceparent", b"tracestate")
 _NAME_CAP = 200  # model names come from the request and the host: kept short in records
+_LEG_LINE = (
+    "%(leg)s leg %(model)s: %(status)s in %(duration_s).3f s, %(input_tokens)d in / %(output_tokens)d out tokens"
+)
+_REQUEST_LINE = "advisor request %(request_id)s: %(outcome)s in %(duration_s).3f s, %(consults)d consult(s)"
 
 
 def start_opentelemetry() -> None:
@@ -81,15 +78,14 @@ class LegTrace:
         return first_noted
 
     def facts(self) -> dict[str, Any]:
-        """The leg's log fields: what it cost and how long it took; no content."""
+        """The leg's log fields, which its span and metrics reuse: cost and timing, no content."""
         usage = self.acc.message.get("usage")
         usage = usage if isinstance(usage, dict) else {}
-        now = time.perf_counter()
         return {
             "leg": self.kind,
             "model": _name(self.acc.message.get("model")) or self.model,
             "status": self.error or "ok",
-            "duration_s": round(now - self.start, 6),
+            "duration_s": round(time.perf_counter() - self.start, 6),
             "ttfb_s": None if self.first is None else round(self.first - self.start, 6),
             "stop_reason": _name(self.acc.message.get("stop_reason")) or None,
             **{key: _int(usage.get(key)) for key in _USAGE_KEYS},
@@ -109,13 +105,12 @@ class ConsultTrace:
 
 
 class RequestTrace:
-    """One orchestrated request's account: its legs and consults, logged and (optionally) traced.
-
-    ``request()`` goes around the loop, ``leg(...)`` around each leg, ``consult(...)`` around
-    each consult; ``fallback(...)`` notes that a consult moved on to another advisor model."""
+    """One orchestrated request's account: ``request()`` goes around the loop, ``leg(...)``
+    around each leg, ``consult(...)`` around each consult; ``fallback(...)`` notes that a consult
+    moved on to another advisor model."""
 
     def __init__(self, *, model: Any, enabled: bool, capture_content: bool) -> None:
-        self.request_id = f"advreq_{uuid.uuid4().hex[:16]}"
+        self.request_id = f"advreq_{secrets.token_hex(8)}"
         self.model = _name(model)
         self.otel = _otel() if enabled else None
         self.capture_content = capture_content and enabled
@@ -129,18 +124,17 @@ class RequestTrace:
         """Around the whole loop: the ``invoke_agent`` span, and the request's log record."""
         start = time.perf_counter()
         outcome = "ok"
-        otel = self.otel
-        with ExitStack() as stack:
-            span = None if otel is None else stack.enter_context(otel.request_span(self, headers))
+        with nullcontext() if self.otel is None else self.otel.request_span(self, headers) as span:
             try:
                 yield
             except BaseException as exc:
                 outcome = error_type(exc)
                 raise
             finally:
-                if otel is not None and span is not None:
-                    otel.end_request(span, self, outcome)
-                self._log_request(outcome, time.perf_counter() - start)
+                if self.otel is not None and span is not None:
+                    self.otel.end_request(span, self, outcome)
+                if log.isEnabledFor(logging.INFO):
+                    self._log_request(outcome, start)
 
     @contextmanager
     def leg(
@@ -149,89 +143,65 @@ class RequestTrace:
         """Around one leg: its ``chat`` span (under the consult's, for an advisor leg), the trace
         context in its headers, its metrics and its log record."""
         leg = LegTrace(kind, _name(body.get("model")), headers, acc)
-        with ExitStack() as stack:
-            if self.otel is not None:
-                stack.enter_context(self.otel.leg_span(self, leg, body))
+        with nullcontext() if self.otel is None else self.otel.leg_span(self, leg, body):
             try:
                 yield leg
             except BaseException as exc:
                 leg.error = error_type(exc)
                 raise
             finally:
-                facts = leg.facts()
-                self._count(facts)
-                if self.otel is not None:
-                    self.otel.end_leg(leg, facts, self.capture_content)
-                log.info(
-                    "%s leg %s: %s in %.3f s, %d in / %d out tokens",
-                    kind,
-                    facts["model"],
-                    facts["status"],
-                    facts["duration_s"],
-                    facts["input_tokens"],
-                    facts["output_tokens"],
-                    extra={"request_id": self.request_id, **facts},
-                )
+                self._end_leg(leg)
 
     @contextmanager
     def consult(self, call_id: str) -> Iterator[ConsultTrace]:
-        """Around one consult: its ``execute_tool advisor`` span, parent of the advisor leg's,
-        and the consult counter. The caller sets ``error_code`` when the consult failed."""
+        """Around one consult: its ``execute_tool advisor`` span, parent of the advisor leg's.
+        The caller sets ``error_code`` when the consult failed."""
         consult = ConsultTrace(call_id)
         self.consults += 1
-        with ExitStack() as stack:
-            if self.otel is not None:
-                stack.enter_context(self.otel.consult_span(consult))
+        with nullcontext() if self.otel is None else self.otel.consult_span(call_id) as consult.span:
             try:
                 yield consult
             except BaseException as exc:
                 consult.error_code = consult.error_code or error_type(exc)
                 raise
             finally:
-                outcome = consult.error_code or "ok"
-                self.outcomes.append(outcome)
+                self.outcomes.append(consult.error_code or "ok")
                 if self.otel is not None:
-                    self.otel.end_consult(consult, outcome)
+                    self.otel.end_consult(consult)
 
     def fallback(self, failed_model: str, next_model: str, error_code: str) -> None:
         """Note that a consult's advisor model failed with ``error_code`` and the consult goes on
         with ``next_model``: a log record, an event on the consult's span, the fallback counter."""
         facts = {"failed_model": _name(failed_model), "next_model": _name(next_model), "error_code": error_code}
-        log.info(
-            "advisor %s failed (%s): falling back to %s",
-            facts["failed_model"],
-            error_code,
-            facts["next_model"],
-            extra={"request_id": self.request_id, **facts},
-        )
+        line = "advisor %(failed_model)s failed (%(error_code)s): falling back to %(next_model)s"
+        log.info(line, facts, extra={"request_id": self.request_id, **facts})
         if self.otel is not None:
             self.otel.fallback(facts)
 
-    def _count(self, facts: dict[str, Any]) -> None:
+    def _end_leg(self, leg: LegTrace) -> None:
+        logged = log.isEnabledFor(logging.INFO)
+        if self.otel is None and not logged:
+            return
+        facts = leg.facts()
         totals = self.tokens.setdefault(facts["model"], dict.fromkeys(_USAGE_KEYS, 0))
         for key in _USAGE_KEYS:
             totals[key] += facts[key]
+        if self.otel is not None:
+            self.otel.end_leg(leg, facts, self.capture_content)
+        if logged:
+            log.info(_LEG_LINE, facts, extra={"request_id": self.request_id, **facts})
 
-    def _log_request(self, outcome: str, seconds: float) -> None:
-        log.info(
-            "advisor request %s: %s in %.3f s, %d consult(s)",
-            self.request_id,
-            outcome,
-            seconds,
-            self.consults,
-            extra={
-                "request_id": self.request_id,
-                "model": self.model,
-                "outcome": outcome,
-                "duration_s": round(seconds, 6),
-                "consults": self.consults,
-                "consult_outcomes": self.outcomes,
-                "tokens": self.tokens,
-            },
-        )
-
-
-_USAGE_KEYS = ("input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
+    def _log_request(self, outcome: str, start: float) -> None:
+        facts = {
+            "request_id": self.request_id,
+            "model": self.model,
+            "outcome": outcome,
+            "duration_s": round(time.perf_counter() - start, 6),
+            "consults": self.consults,
+            "consult_outcomes": self.outcomes,
+            "tokens": self.tokens,
+        }
+        log.info(_REQUEST_LINE, facts, extra=facts)
 
 
 def error_type(exc: BaseException) -> str:
@@ -266,17 +236,18 @@ class _Otel:
         self.propagate = propagate
         self.tracer = trace.get_tracer("advisor_middleware", __version__)
         meter = metrics.get_meter("advisor_middleware", __version__)
+        # The buckets are the conventions' advice.
         self.tokens = meter.create_histogram(
             "gen_ai.client.token.usage",
             unit="{token}",
             description="Tokens of one leg, input (cache reads and writes included) and output",
-            explicit_bucket_boundaries_advisory=_TOKEN_BUCKETS,
+            explicit_bucket_boundaries_advisory=[4.0**n for n in range(14)],
         )
         self.duration = meter.create_histogram(
             "gen_ai.client.operation.duration",
             unit="s",
             description="Duration of one leg",
-            explicit_bucket_boundaries_advisory=_SECOND_BUCKETS,
+            explicit_bucket_boundaries_advisory=[0.01 * 2**n for n in range(14)],
         )
         self.consults = meter.create_counter(
             "advisor_middleware.consults", unit="{consult}", description="Consults, by outcome"
@@ -285,12 +256,18 @@ class _Otel:
             "advisor_middleware.fallbacks", unit="{fallback}", description="Advisor fallbacks taken"
         )
 
-    @contextmanager
-    def request_span(self, request: RequestTrace, headers: list[tuple[bytes, bytes]]) -> Iterator[Span]:
+    def span(self, name: str, attributes: dict[str, Any], **options: Any) -> AbstractContextManager[Span]:
+        # Exceptions are not recorded on spans: their messages may quote what an upstream said.
+        return self.tracer.start_as_current_span(
+            name, attributes=attributes, record_exception=False, set_status_on_exception=False, **options
+        )
+
+    def request_span(self, request: RequestTrace, headers: list[tuple[bytes, bytes]]) -> AbstractContextManager[Span]:
         # Under the host's own span when it has one, else under the caller's traceparent.
         parent = None
         if not self.trace.get_current_span().get_span_context().is_valid:
-            parent = self.propagate.extract(_carrier(headers))
+            carrier = {k.decode("latin-1"): v.decode("latin-1") for k, v in headers if k in _TRACE_HEADERS}
+            parent = self.propagate.extract(carrier)
         attributes = {
             "gen_ai.operation.name": "invoke_agent",
             "gen_ai.agent.name": AGENT,
@@ -298,18 +275,14 @@ class _Otel:
             "gen_ai.request.model": request.model,
             "advisor_middleware.request_id": request.request_id,
         }
-        with self.tracer.start_as_current_span(
-            f"invoke_agent {AGENT}", context=parent, attributes=attributes, **_MANUAL_STATUS
-        ) as span:
-            yield span
+        return self.span(f"invoke_agent {AGENT}", attributes, context=parent)
 
     def end_request(self, span: Span, request: RequestTrace, outcome: str) -> None:
-        inputs = sum(_input_tokens(t) for t in request.tokens.values())
-        outputs = sum(t["output_tokens"] for t in request.tokens.values())
+        totals = request.tokens.values()
         span.set_attributes(
             {
-                "gen_ai.usage.input_tokens": inputs,
-                "gen_ai.usage.output_tokens": outputs,
+                "gen_ai.usage.input_tokens": sum(_input_tokens(t) for t in totals),
+                "gen_ai.usage.output_tokens": sum(t["output_tokens"] for t in totals),
                 "advisor_middleware.consults": request.consults,
             }
         )
@@ -317,82 +290,61 @@ class _Otel:
             self._fail(span, outcome)
 
     @contextmanager
-    def leg_span(self, request: RequestTrace, leg: LegTrace, body: dict[str, Any]) -> Iterator[Span]:
-        attributes: dict[str, Any] = {
-            "gen_ai.operation.name": "chat",
-            "gen_ai.provider.name": PROVIDER,
-            "gen_ai.request.model": leg.model,
-            "gen_ai.request.stream": bool(body.get("stream")),
-            "advisor_middleware.leg": leg.kind,
-        }
-        max_tokens = body.get("max_tokens")
-        if isinstance(max_tokens, int):
-            attributes["gen_ai.request.max_tokens"] = max_tokens
+    def leg_span(self, request: RequestTrace, leg: LegTrace, body: dict[str, Any]) -> Iterator[None]:
+        attributes = {**_chat_labels(leg), "gen_ai.request.stream": bool(body.get("stream"))}
+        if isinstance(body.get("max_tokens"), int):
+            attributes["gen_ai.request.max_tokens"] = body["max_tokens"]
         if request.capture_content:
-            attributes.update(_input_content(body))
-        with self.tracer.start_as_current_span(
-            f"chat {leg.model}", kind=self.trace.SpanKind.CLIENT, attributes=attributes, **_MANUAL_STATUS
-        ) as span:
-            leg.span = span
+            attributes["gen_ai.input.messages"] = _messages_json(body.get("messages") or [])
+            if body.get("system"):
+                attributes["gen_ai.system_instructions"] = json.dumps(body["system"], ensure_ascii=False, default=str)
+        with self.span(f"chat {leg.model}", attributes, kind=self.trace.SpanKind.CLIENT) as leg.span:
             leg.headers = self._with_context(leg.headers)
-            yield span
+            yield
 
     def end_leg(self, leg: LegTrace, facts: dict[str, Any], capture_content: bool) -> None:
         span = leg.span
         assert span is not None
-        usage = leg.acc.message.get("usage")
+        message = leg.acc.message
+        stop = facts["stop_reason"]
+        attributes = {
+            "gen_ai.response.model": facts["model"],
+            "gen_ai.response.finish_reasons": [stop] if stop else None,
+            "gen_ai.response.id": _name(message.get("id")) or None,
+            "gen_ai.response.time_to_first_chunk": facts["ttfb_s"],
+        }
+        reported = isinstance(message.get("usage"), dict)
         inputs = _input_tokens(facts)
-        attributes: dict[str, Any] = {"gen_ai.response.model": facts["model"]}
-        if facts["stop_reason"]:
-            attributes["gen_ai.response.finish_reasons"] = [facts["stop_reason"]]
-        if isinstance(leg.acc.message.get("id"), str):
-            attributes["gen_ai.response.id"] = _name(leg.acc.message["id"])
-        if facts["ttfb_s"] is not None:
-            attributes["gen_ai.response.time_to_first_chunk"] = facts["ttfb_s"]
-        if isinstance(usage, dict):
-            attributes.update(
-                {
-                    "gen_ai.usage.input_tokens": inputs,
-                    "gen_ai.usage.output_tokens": facts["output_tokens"],
-                    "gen_ai.usage.cache_read.input_tokens": facts["cache_read_input_tokens"],
-                    "gen_ai.usage.cache_creation.input_tokens": facts["cache_creation_input_tokens"],
-                }
-            )
+        if reported:
+            attributes["gen_ai.usage.input_tokens"] = inputs
+            attributes["gen_ai.usage.output_tokens"] = facts["output_tokens"]
+            attributes["gen_ai.usage.cache_read.input_tokens"] = facts["cache_read_input_tokens"]
+            attributes["gen_ai.usage.cache_creation.input_tokens"] = facts["cache_creation_input_tokens"]
         if capture_content and leg.acc.finished and leg.error is None:
             attributes["gen_ai.output.messages"] = _messages_json([{"role": "assistant", **leg.acc.complete()}])
-        span.set_attributes(attributes)
-        metric = {
-            "gen_ai.operation.name": "chat",
-            "gen_ai.provider.name": PROVIDER,
-            "gen_ai.request.model": leg.model,
-            "gen_ai.response.model": facts["model"],
-            "advisor_middleware.leg": leg.kind,
-        }
+        span.set_attributes({k: v for k, v in attributes.items() if v is not None})
+        labels = {**_chat_labels(leg), "gen_ai.response.model": facts["model"]}
         if leg.error is not None:
             self._fail(span, leg.error)
-            metric["error.type"] = leg.error
-        self.duration.record(facts["duration_s"], metric)
-        if isinstance(usage, dict):
-            self.tokens.record(inputs, {**metric, "gen_ai.token.type": "input"})
-            self.tokens.record(facts["output_tokens"], {**metric, "gen_ai.token.type": "output"})
+            labels["error.type"] = leg.error
+        self.duration.record(facts["duration_s"], labels)
+        if reported:
+            self.tokens.record(inputs, {**labels, "gen_ai.token.type": "input"})
+            self.tokens.record(facts["output_tokens"], {**labels, "gen_ai.token.type": "output"})
 
-    @contextmanager
-    def consult_span(self, consult: ConsultTrace) -> Iterator[Span]:
+    def consult_span(self, call_id: str) -> AbstractContextManager[Span]:
         attributes = {
             "gen_ai.operation.name": "execute_tool",
             "gen_ai.tool.name": AGENT,
             "gen_ai.tool.type": "extension",
-            "gen_ai.tool.call.id": consult.call_id,
+            "gen_ai.tool.call.id": call_id,
         }
-        with self.tracer.start_as_current_span(
-            f"execute_tool {AGENT}", kind=self.trace.SpanKind.INTERNAL, attributes=attributes, **_MANUAL_STATUS
-        ) as span:
-            consult.span = span
-            yield span
+        return self.span(f"execute_tool {AGENT}", attributes)
 
-    def end_consult(self, consult: ConsultTrace, outcome: str) -> None:
+    def end_consult(self, consult: ConsultTrace) -> None:
         span = consult.span
         assert span is not None
+        outcome = consult.error_code or "ok"
         span.set_attribute("advisor_middleware.consult.outcome", outcome)
         if consult.error_code is not None:
             span.set_attribute("advisor_middleware.consult.error_code", consult.error_code)
@@ -415,21 +367,14 @@ class _Otel:
         return [*kept, *((k.encode("latin-1"), v.encode("latin-1")) for k, v in carrier.items())]
 
 
-# Exceptions are not recorded on spans: their messages may quote what an upstream said.
-_MANUAL_STATUS: dict[str, Any] = {"record_exception": False, "set_status_on_exception": False}
-
-
-def _carrier(headers: list[tuple[bytes, bytes]]) -> dict[str, str]:
-    return {k.decode("latin-1"): v.decode("latin-1") for k, v in headers if k in _TRACE_HEADERS}
-
-
-def _input_content(body: dict[str, Any]) -> dict[str, str]:
-    """The opt-in content attributes of a leg's request: its messages and system prompt."""
-    out = {"gen_ai.input.messages": _messages_json(body.get("messages") or [])}
-    system = body.get("system")
-    if system:
-        out["gen_ai.system_instructions"] = json.dumps(system, ensure_ascii=False, default=str)
-    return out
+def _chat_labels(leg: LegTrace) -> dict[str, Any]:
+    """What a leg's span starts with and its metrics are recorded by."""
+    return {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.provider.name": PROVIDER,
+        "gen_ai.request.model": leg.model,
+        "advisor_middleware.leg": leg.kind,
+    }
 
 
 def _messages_json(messages: list[Any]) -> str:
