@@ -418,7 +418,7 @@ class Orchestration:
         self.consults += 1
         if any(cap is not None and self.consults > cap for cap in (self.tool.max_uses, self.config.max_consults)):
             return {"error_code": "max_uses_exceeded"}
-        plan = await plan_consult(self.config, self.tool, self._consult_context())
+        plan = await plan_consult(self.config, self.tool, self._consult_context)
         if isinstance(plan, str):
             return {"error_code": plan}
         body = self._advisor_body(messages, plan)

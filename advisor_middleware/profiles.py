@@ -128,6 +128,8 @@ class PolicyDecision(BaseModel):
         return cls(model=model, max_tokens=max_tokens)
 
 
+_ALLOW = PolicyDecision()
+
 AdvisorPolicy: TypeAlias = Callable[[ConsultContext], PolicyDecision | Awaitable[PolicyDecision | None] | None]
 """A policy hook: sync or async, given a :class:`ConsultContext`; None allows the consult."""
 
@@ -159,9 +161,10 @@ class ConsultPlan:
 
 
 async def plan_consult(
-    config: AdvisorConfig, tool: AdvisorTool, context: ConsultContext
+    config: AdvisorConfig, tool: AdvisorTool, context: Callable[[], ConsultContext]
 ) -> ConsultPlan | AdvisorErrorCode:
-    """The plan of a consult, or the error code that ends it before any advisor leg runs."""
+    """The plan of a consult, or the error code that ends it before any advisor leg runs.
+    ``context`` makes the policy's view of the request, only when there is a policy."""
     decision = await _decide(config.advisor_policy, context, config.advisor_timeout)
     if isinstance(decision, str):
         return decision
@@ -170,7 +173,8 @@ async def plan_consult(
     if matched is None and config.unmatched_advisor == "refuse":
         log.info("advisor model %.100r matches no profile: refused", model)  # the client's name: cut, escaped
         return "model_not_found"
-    profile = matched or AdvisorProfile(match=model, models=(model,))
+    # The requested model as its own one-model profile (its fields need no validating).
+    profile = matched or AdvisorProfile.model_construct(match=model, models=(model,))
     return ConsultPlan(
         models=profile.models,
         max_tokens=decision.max_tokens or tool.max_tokens or profile.max_tokens or config.advisor_max_tokens,
@@ -184,24 +188,25 @@ async def plan_consult(
 
 
 async def _decide(
-    policy: AdvisorPolicy | None, context: ConsultContext, seconds: float
+    policy: AdvisorPolicy | None, context: Callable[[], ConsultContext], seconds: float
 ) -> PolicyDecision | AdvisorErrorCode:
     if policy is None:
-        return PolicyDecision()
+        return _ALLOW
+    seen = context()
     try:
         with anyio.move_on_after(seconds) as waiting:  # an async hook that hangs ends the consult
-            answer = policy(context)
+            answer = policy(seen)
             if inspect.isawaitable(answer):
                 answer = await answer
         if waiting.cancelled_caught:
             log.warning("the advisor policy gave no answer in %s s: execution_time_exceeded", seconds)
             return "execution_time_exceeded"
-        decision = PolicyDecision() if answer is None else PolicyDecision.model_validate(answer)
+        decision = _ALLOW if answer is None else PolicyDecision.model_validate(answer)
     except Exception:  # a ValidationError too: the hook returned something else
         log.exception("the advisor policy failed; the consult ends as unavailable")
         return "unavailable"
     if not decision.allow:
-        log.info("advisor policy denied consult %d (%s)", context.consult, decision.error_code)
+        log.info("advisor policy denied consult %d (%s)", seen.consult, decision.error_code)
         return decision.error_code
     return decision
 
