@@ -6,7 +6,9 @@ from .blocks import AdvisorTool
 from .config import AdvisorConfig
 from .errors import AdvisorRequestError, UpstreamError
 from .middleware import AdvisorMiddleware
+from .profiles import AdvisorProfile, ConsultContext, PolicyDecision
 from .routers import AppRouter, Leg, LiteLLMRouter, MessagesRouter
+from .settings_file import load_config
 
 if TYPE_CHECKING:
     from .routers.http import HTTPRouter
@@ -26,13 +28,17 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "AdvisorConfig",
     "AdvisorMiddleware",
+    "AdvisorProfile",
     "AdvisorRequestError",
     "AdvisorTool",
     "AppRouter",
+    "ConsultContext",
     "HTTPRouter",
     "Leg",
     "LiteLLMRouter",
     "MessagesRouter",
+    "PolicyDecision",
     "UpstreamError",
     "__version__",
+    "load_config",
 ]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
@@ -21,11 +21,17 @@ def is_advisor_block(block: Any) -> bool:
     return kind == "advisor_tool_result" or (kind == "server_tool_use" and block.get("name") == ADVISOR_NAME)
 
 
-# The seven codes of advisor_tool_result_error (docs/protocol.md §2).
-ADVISOR_ERROR_CODES = frozenset(
-    """max_uses_exceeded too_many_requests overloaded prompt_too_long execution_time_exceeded
-    model_not_found unavailable""".split()
-)
+AdvisorErrorCode = Literal[
+    "max_uses_exceeded",
+    "too_many_requests",
+    "overloaded",
+    "prompt_too_long",
+    "execution_time_exceeded",
+    "model_not_found",
+    "unavailable",
+]
+"""The seven codes of ``advisor_tool_result_error`` (docs/protocol.md §2)."""
+ADVISOR_ERROR_CODES = frozenset(get_args(AdvisorErrorCode))
 
 
 class AdvisorTool(BaseModel):

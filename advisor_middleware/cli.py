@@ -62,7 +62,8 @@ def _usage_error(prog: str, message: str) -> NoReturn:
     raise SystemExit(2)
 
 
-def _url(value: str) -> str:
+def http_url(value: str) -> str:
+    """An argparse ``type``: an http:// or https:// base URL the proxy and the router accept."""
     if not value.startswith(("http://", "https://")):
         raise argparse.ArgumentTypeError(f"{value!r} is not an http:// or https:// URL")
     from .routers.http import parse_base_url
@@ -94,7 +95,7 @@ class _Number:
 _PORT = _Number(int, "a port number (1-65535)", lambda n: 1 <= n <= 65535)
 _COUNT = _Number(int, "a whole number of at least 1", lambda n: n >= 1)
 _SECONDS = _Number(float, "a number of seconds (0 or more)", lambda n: n >= 0)
-_INTERVAL = _Number(float, "a number of seconds above 0", lambda n: n > 0)
+SECONDS_ABOVE_ZERO = _Number(float, "a number of seconds above 0", lambda n: n > 0)
 
 
 def _app(value: str) -> str:
@@ -134,6 +135,9 @@ def _parser() -> argparse.ArgumentParser:
         ),
     )
     _serve_options(serve)
+    from .check import add_check_command
+
+    add_check_command(commands)
     return parser
 
 
@@ -144,7 +148,7 @@ def _serve_options(serve: argparse.ArgumentParser) -> None:
     exclusive.add_argument(
         "--upstream",
         metavar="URL",
-        type=_url,
+        type=http_url,
         help="forward everything to this gateway (its base URL, without /v1/messages)",
     )
     target.add_argument(
@@ -155,7 +159,7 @@ def _serve_options(serve: argparse.ArgumentParser) -> None:
     )
     target.add_argument(
         "--upstream-timeout",
-        type=_INTERVAL,
+        type=SECONDS_ABOVE_ZERO,
         default=600.0,
         metavar="SECONDS",
         help="--upstream only: longest wait for the next bytes of an answer (default: %(default)s)",
@@ -172,11 +176,22 @@ def _serve_options(serve: argparse.ArgumentParser) -> None:
     )
     middleware = serve.add_argument_group("middleware")
     middleware.add_argument(
+        "--config",
+        metavar="FILE",
+        help="the middleware's options and advisor profiles, from a TOML file (docs/operators.md)",
+    )
+    middleware.add_argument(
         "--ping-interval",
-        type=_INTERVAL,
+        type=SECONDS_ABOVE_ZERO,
         default=None,
         metavar="SECONDS",
         help="send a ping on a stream quiet this long (default: 10, the demo: 2)",
+    )
+    middleware.add_argument(
+        "--advisor-caching",
+        choices=["5m", "1h"],
+        default=None,
+        help="cache the advisor's prompt at this TTL whatever the client sent (default: the tool's caching)",
     )
     middleware.add_argument(
         "--demo-delay",
@@ -194,11 +209,17 @@ def build_app(
     upstream_timeout: float = 600.0,
     demo_delay: float = 0.04,
     ping_interval: float | None = None,
+    config: str | None = None,
+    advisor_caching: str | None = None,
 ) -> Any:
-    """The app ``serve`` runs: ``AdvisorMiddleware`` around the demo, ``app_path``, or a proxy."""
+    """The app ``serve`` runs: ``AdvisorMiddleware`` around the demo, ``app_path``, or a proxy,
+    with the options of the ``config`` file."""
     from .middleware import AdvisorMiddleware
+    from .settings_file import load_config
 
-    options: dict[str, Any] = {}
+    options: dict[str, Any] = dict(load_config(config)) if config is not None else {}
+    if advisor_caching is not None:
+        options["advisor_caching"] = advisor_caching
     if ping_interval is not None:
         options["ping_interval"] = ping_interval
     if upstream is not None:
@@ -230,6 +251,10 @@ SERVE = "advisor-middleware serve"
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    if args.command == "check":
+        from .check import check_main
+
+        return check_main(args)
     if args.command != "serve":
         parser.print_help()
         return 2
@@ -238,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, os.path.abspath(args.app_dir))
     if args.app is not None:
         _check_importable(args.app)
+    if args.config is not None:
+        _check_config(args.config)
     if args.upstream is not None:
         _warn_if_silent(args.upstream)
     options = {
@@ -246,6 +273,8 @@ def main(argv: list[str] | None = None) -> int:
         "upstream_timeout": args.upstream_timeout,
         "demo_delay": args.demo_delay,
         "ping_interval": args.ping_interval,
+        "config": args.config,
+        "advisor_caching": args.advisor_caching,
     }
     return _serve(args, options)
 
@@ -263,6 +292,16 @@ def _check_importable(app_path: str) -> None:
         if exc.name is None or not (module == exc.name or module.startswith(exc.name + ".")):
             raise  # the app's own import failed: its traceback says where
         _usage_error(SERVE, f"argument APP: no module named {exc.name!r} (looked in --app-dir and sys.path)")
+
+
+def _check_config(path: str) -> None:
+    """Loads the config file once, turning what is wrong with it into a usage error."""
+    from .settings_file import ConfigFileError, load_config
+
+    try:
+        load_config(path)
+    except ConfigFileError as exc:
+        _usage_error(SERVE, f"argument --config: {exc}")
 
 
 def _warn_if_silent(upstream: str) -> None:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
-from typing import TypedDict
+from collections.abc import Callable, Collection, Sequence
+from fnmatch import fnmatchcase
+from typing import Any, Literal, TypedDict
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from .profiles import AdvisorPolicy, AdvisorProfile
 
 __all__ = ["AdvisorConfig", "AdvisorOptions"]
 
@@ -22,7 +25,8 @@ class AdvisorConfig(BaseModel):
     ping_interval: float = Field(default=10.0, gt=0)
     """Seconds of silence after which a ``ping`` event is sent on a streaming response."""
     advisor_timeout: float = Field(default=300.0, gt=0)
-    """Seconds one advisor leg may take before it ends as ``execution_time_exceeded``."""
+    """Seconds one consult may take before it ends as ``execution_time_exceeded`` (a profile's
+    ``timeout`` replaces it)."""
     advisor_max_tokens: int = Field(default=8192, ge=1)
     """``max_tokens`` of an advisor leg when the tool entry sets none."""
     max_consults: int | None = Field(default=10, ge=0)
@@ -38,8 +42,47 @@ class AdvisorConfig(BaseModel):
     """Budget for the advisor's whole transcript (about 100k tokens); see ``render_transcript``."""
     advisor_system_prompt: str | None = None
     """Replaces the built-in advisor system prompt."""
-    native_executor: Callable[[str], bool] | None = None
-    """``native_executor(model)`` true: the host serves the advisor tool itself; pass through."""
+    advisor_caching: Literal["5m", "1h"] | None = None
+    """Cache breakpoints on every advisor leg at this TTL, whatever the client sent (Claude Code
+    never sends the tool's ``caching``). ``None``: follow the tool's ``caching`` field."""
+    native_executor: Callable[[str], bool] | tuple[str, ...] | None = None
+    """Executor models the host serves the advisor tool for itself (their requests pass through):
+    ``native_executor(model)`` true, or ``model`` matches one of these glob patterns."""
+    advisor_profiles: tuple[AdvisorProfile, ...] = ()
+    """How consults run per requested advisor model (the first profile that matches applies):
+    the models to call in order, instructions, parameters, a time budget (docs/operators.md)."""
+    unmatched_advisor: Literal["as_requested", "refuse"] = "as_requested"
+    """A requested advisor model that no profile matches: consulted as requested, or refused
+    (``advisor_tool_result_error`` with ``model_not_found``; the executor goes on)."""
+    report_advisor_model: Literal["answered", "requested"] = "answered"
+    """The ``model`` of each ``advisor_message`` iteration: the model that answered that
+    attempt, or the one the client asked for (for clients that price by it)."""
+    advisor_policy: AdvisorPolicy | None = None
+    """Called before each consult with a :class:`~advisor_middleware.profiles.ConsultContext`;
+    allows, denies or overrides it (docs/operators.md)."""
+
+    opentelemetry: bool = False
+    """Emit OpenTelemetry GenAI spans and metrics for each orchestrated request, and carry the
+    trace context on every leg (needs the ``[otel]`` extra; docs/observability.md)."""
+    capture_content: bool = False
+    """With ``opentelemetry``: also put the legs' messages, system prompts and answers on their
+    spans (``gen_ai.input.messages`` and the like). Off by default: they hold what users said."""
+
+    @field_validator("native_executor", mode="plain")
+    @classmethod
+    def _native_patterns(cls, value: Any) -> Callable[[str], bool] | tuple[str, ...] | None:
+        if value is None or callable(value):
+            return value  # type: ignore[no-any-return]
+        if isinstance(value, Sequence) and not isinstance(value, str) and all(isinstance(p, str) for p in value):
+            return tuple(value)
+        raise ValueError("a callable or a list of model patterns (strings)")
+
+    def runs_natively(self, model: str) -> bool:
+        """Whether requests for executor ``model`` pass through (``native_executor``)."""
+        native = self.native_executor
+        if native is None or callable(native):
+            return native is not None and native(model)
+        return any(fnmatchcase(model, pattern) for pattern in native)
 
 
 class AdvisorOptions(TypedDict, total=False):
@@ -56,4 +99,11 @@ class AdvisorOptions(TypedDict, total=False):
     max_transcript_block_chars: int
     max_transcript_chars: int
     advisor_system_prompt: str | None
-    native_executor: Callable[[str], bool] | None
+    advisor_caching: Literal["5m", "1h"] | None
+    native_executor: Callable[[str], bool] | Sequence[str] | None
+    advisor_profiles: Sequence[AdvisorProfile]
+    unmatched_advisor: Literal["as_requested", "refuse"]
+    report_advisor_model: Literal["answered", "requested"]
+    advisor_policy: AdvisorPolicy | None
+    opentelemetry: bool
+    capture_content: bool

@@ -24,6 +24,7 @@ import pydantic_core
 
 from ._types import Receive, Scope, Send
 from .accumulate import message_to_events
+from .demo_cache import PromptCache
 from .sse import encode_event, encode_json
 
 __all__ = ["DemoGateway", "paced_events", "request_problem", "scripted_reply"]
@@ -33,11 +34,13 @@ _RUN = re.compile(r"\brun:\s*(.+?)\s*$", re.IGNORECASE | re.MULTILINE)
 
 
 class DemoGateway:
-    """A scripted Anthropic Messages host (pure ASGI)."""
+    """A scripted Anthropic Messages host (pure ASGI). Its advisor's usage is billed by
+    ``cache``, Anthropic's prompt-cache rule, so cache breakpoints show as cache reads."""
 
     def __init__(self, *, delay: float = 0.04, advisor_delay: float = 1.5) -> None:
         self.delay = delay
         self.advisor_delay = advisor_delay
+        self.cache = PromptCache()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -68,17 +71,25 @@ class DemoGateway:
             await _json(send, 400, _error("invalid_request_error", problem))
         elif path.endswith("count_tokens"):
             await _json(send, 200, {"input_tokens": max(1, len(raw) // 4)})
-        elif not body.get("stream"):
-            await _json(send, 200, scripted_reply(body))
         else:
-            await self._stream(body, send)
+            await self._reply(body, send)
 
-    async def _stream(self, body: dict[str, Any], send: Send) -> None:
-        """The scripted reply to ``body`` as a paced event stream."""
+    async def _reply(self, body: dict[str, Any], send: Send) -> None:
+        """The scripted reply to ``body``: one JSON Message, or a paced event stream."""
+        reply = scripted_reply(body)
+        if _is_advisor(body):
+            try:
+                reply["usage"].update(self.cache.usage(body))
+            except ValueError as exc:  # more breakpoints than Anthropic takes
+                await _json(send, 400, _error("invalid_request_error", str(exc)))
+                return
+        if not body.get("stream"):
+            await _json(send, 200, reply)
+            return
         headers = [(b"content-type", b"text/event-stream")]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         delay = self.advisor_delay / 8 if _is_advisor(body) else self.delay
-        async for event in paced_events(scripted_reply(body), delay):
+        async for event in paced_events(reply, delay):
             await send({"type": "http.response.body", "body": encode_event(event), "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 

@@ -17,11 +17,13 @@ from ._types import ASGIApp, Message, Receive, Scope, Send
 from .accumulate import MessageAccumulator
 from .classify import Plan, classify
 from .config import AdvisorConfig, AdvisorOptions
+from .endpoints import ENDPOINTS, endpoint_routes
 from .errors import AdvisorRequestError, ClientGone, UpstreamError, error_body, send_json
 from .orchestrator import Orchestration
 from .routers.app import CLIENT, WIND_DOWN, AppRouter, Departure
 from .routers.base import LEG_HEADER, MessagesRouter, forwarded_headers
 from .sse import RawDelta, encode_event, encode_json
+from .telemetry import start_opentelemetry
 
 __all__ = ["LINGER", "AdvisorMiddleware"]
 
@@ -43,6 +45,7 @@ class AdvisorMiddleware:
     Requests that carry the advisor tool are answered by running the executor and advisor legs
     through ``router`` (default: :class:`AppRouter` around the wrapped app, so the host's own auth,
     budgets and logging apply to every leg). Every other request reaches the app untouched.
+    ``count_tokens`` and ``batches`` under each path are handled too (:mod:`.endpoints`).
 
     Usage::
 
@@ -57,22 +60,29 @@ class AdvisorMiddleware:
     ) -> None:
         self.app = app
         self.config = AdvisorConfig.model_validate(options)
+        if self.config.opentelemetry:
+            start_opentelemetry()  # at start-up, so that a missing extra is said at once
         self.router: MessagesRouter = router if router is not None else AppRouter(app)
-        # Each matched spelling -> the path as configured: legs go there, not to the caller's
-        # spelling of it (a trailing slash the host would redirect or refuse).
-        self._routes = {p.rstrip("/") or "/": p for p in self.config.paths}
+        # Each matched spelling -> the path as configured (legs go there, not to the caller's
+        # spelling of it: a trailing slash the host would redirect or refuse) and the endpoint
+        # under it, if any.
+        self._routes: dict[str, tuple[str, str | None]] = {
+            **endpoint_routes(self.config.paths),
+            **{p.rstrip("/") or "/": (p, None) for p in self.config.paths},
+        }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        route = self._route(scope)
-        if route is None:
+        found = self._route(scope)
+        if found is None:
             await self.app(scope, receive, send)
             return
+        route, endpoint = found
         headers = scope.get("headers") or []
         try:
             chunks = await self._read_body(headers, receive)
             if chunks is None:
                 return  # the client left while sending its body
-            plan = self._plan(headers, chunks)
+            plan = self._plan(headers, chunks, endpoint)
         except AdvisorRequestError as exc:
             await send_json(send, exc.status, exc.body)
             return
@@ -84,8 +94,9 @@ class AdvisorMiddleware:
         else:
             await self._respond(self._orchestration(plan, scope, route), receive, send)
 
-    def _route(self, scope: Scope) -> str | None:
-        """The path an ``AppRouter``'s legs take if the request is one to handle, else None."""
+    def _route(self, scope: Scope) -> tuple[str, str | None] | None:
+        """The path an ``AppRouter``'s legs take if the request is one to handle, and the
+        endpoint under it if any; else None."""
         if scope["type"] != "http" or scope.get("method") != "POST":
             return None
         if any(name == LEG_HEADER for name, _ in scope.get("headers") or ()):
@@ -97,12 +108,13 @@ class AdvisorMiddleware:
         if root_path and (path == root_path or path.startswith(root_path + "/")):
             path = path[len(root_path) :]
             prefix = root_path
-        configured = self._routes.get(path.rstrip("/") or "/")
-        return None if configured is None else prefix + configured
+        found = self._routes.get(path.rstrip("/") or "/")
+        return None if found is None else (prefix + found[0], found[1])
 
-    def _plan(self, headers: Any, chunks: list[bytes]) -> Plan | list[bytes]:
+    def _plan(self, headers: Any, chunks: list[bytes], endpoint: str | None) -> Plan | list[bytes]:
         """A plan to rewrite or orchestrate the request, or the chunks to hand to the app. The byte
-        scan is a cheap necessary condition of ``involves_advisor``: most bodies are never parsed."""
+        scan is a cheap necessary condition of ``involves_advisor``: most bodies are never parsed.
+        An ``endpoint``'s body is rewritten by :mod:`.endpoints`."""
         encoding = _content_encoding(headers)
         identity = encoding in (b"", b"identity")
         if identity and not _mentions_advisor(chunks):
@@ -120,10 +132,12 @@ class AdvisorMiddleware:
             raise AdvisorRequestError(f"request body is not JSON the advisor middleware can read: {exc}") from None
         if not isinstance(data, dict):
             return [raw]  # the host answers bad JSON its way
+        if endpoint is not None:
+            rewritten = ENDPOINTS[endpoint](data, self.config.runs_natively)
+            return [raw] if rewritten is None else Plan("rewrite", rewritten)
         plan = classify(data)
-        native = self.config.native_executor
         if plan.action == "pass" or (
-            plan.action == "orchestrate" and native is not None and native(str(data.get("model")))
+            plan.action == "orchestrate" and self.config.runs_natively(str(data.get("model")))
         ):
             return [raw]
         return plan

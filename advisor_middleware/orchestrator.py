@@ -19,12 +19,14 @@ from .blocks import ADVISOR_NAME, AdvisorTool, advisor_result_block, server_tool
 from .config import AdvisorConfig
 from .errors import ClientGone, UpstreamError
 from .history import HistoryInfo, advice_tool_result, advisor_tool_use, render_history
+from .profiles import ConsultContext, ConsultPlan, plan_consult, request_headers, run_chain
 from .prompts import ADVISOR_SYSTEM_PROMPT, EXECUTOR_TOOL_DESCRIPTION, budget_note
 from .routers.base import LEG_HEADER, Batch, Leg, MessagesRouter, leg_headers, run_leg
 from .sse import RawDelta, raw_delta_at, raw_delta_event
+from .telemetry import LegTrace, RequestTrace
 from .transcript import render_transcript, tool_uses
 
-__all__ = ["Orchestration", "advisor_error_code"]
+__all__ = ["Orchestration", "advisor_error_code", "executor_body"]
 
 log = logging.getLogger("advisor_middleware")
 
@@ -34,6 +36,7 @@ dicts, and the executor's text deltas as :data:`RawDelta`, re-indexed."""
 
 _TOO_LONG = ("prompt is too long", "context length", "context window", "too many tokens")
 _USAGE_SUMS = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens", "output_tokens")
+_CACHE_TTLS = ("ephemeral_5m_input_tokens", "ephemeral_1h_input_tokens")
 
 
 def advisor_error_code(exc: BaseException) -> str:
@@ -270,10 +273,17 @@ class Orchestration:
         self.scope = scope
         self.streaming = streaming
         self._history = history  # render_history of body's messages, when classify already ran it
+        self.headers = headers
+        self.trace = RequestTrace(
+            model=body.get("model"),
+            enabled=config.opentelemetry,
+            capture_content=config.capture_content,
+        )
+        """The request's logs, spans and metrics (docs/observability.md)."""
         self.exec_headers = leg_headers(headers, "executor")
         # The same headers but the role marker, which leg_headers puts last.
         self.advisor_headers = [*self.exec_headers[:-1], (LEG_HEADER, b"advisor")]
-        self.executor_body = _executor_body(body, tool_index, tool)
+        self.executor_body = executor_body(body, tool_index, tool)
         self.message = ClientMessage()
         self.leg: ExecutorLegRelay | None = None  # the leg in flight, whose open blocks a failure closes
         self.consults = 0
@@ -289,7 +299,8 @@ class Orchestration:
         has started it ends the stream: open blocks closed, then one ``error`` event.
         :class:`ClientGone` propagates unchanged."""
         try:
-            await self._loop(emit)
+            with self.trace.request(self.headers):
+                await self._loop(emit)
         except Exception as exc:
             if isinstance(exc, ClientGone) or not self.streaming or not self.message.started:
                 raise
@@ -362,21 +373,22 @@ class Orchestration:
             body["tool_choice"] = {**body["tool_choice"], "type": "auto"}
             body["tool_choice"].pop("name", None)
         relay = self.leg = ExecutorLegRelay(self.message, ids, emit)
-        leg = Leg(
-            "executor",
-            body,
-            self.exec_headers,
-            self.scope,
-            raw_deltas=True,
-            # Where the client's response start finds them.
-            response_headers=self.first_leg_headers if first else [],
-            max_bytes=self.config.max_leg_bytes,
-        )
-        await run_leg(self.router, leg, relay.on_batch)
-        if not relay.accumulator.finished:
-            raise UpstreamError(502, "the executor's stream ended before its message_delta")
-        if not self.message.started:
-            raise UpstreamError(502, "the executor's stream had no message_start")
+        with self.trace.leg("executor", body, relay.accumulator, self.exec_headers) as traced:
+            leg = Leg(
+                "executor",
+                body,
+                traced.headers,
+                self.scope,
+                raw_deltas=True,
+                # Where the client's response start finds them.
+                response_headers=self.first_leg_headers if first else [],
+                max_bytes=self.config.max_leg_bytes,
+            )
+            await run_leg(self.router, leg, traced.watch(relay.on_batch))
+            if not relay.accumulator.finished:
+                raise UpstreamError(502, "the executor's stream ended before its message_delta")
+            if not self.message.started:
+                raise UpstreamError(502, "the executor's stream had no message_start")
         return relay
 
     async def _consult_calls(
@@ -387,7 +399,10 @@ class Orchestration:
         §3), as it is ready. Returns the executor's ``tool_result`` blocks."""
         results: list[dict[str, Any]] = []
         for exec_id, srv_id in calls:
-            block = advisor_result_block(srv_id, **await self._consult(messages))
+            with self.trace.consult(srv_id) as consult:
+                fields = await self._consult(messages)
+                consult.error_code = fields.get("error_code")
+            block = advisor_result_block(srv_id, **fields)
             index = self.message.new_index()
             results.append(advice_tool_result(exec_id, block["content"]))
             await emit(
@@ -403,52 +418,85 @@ class Orchestration:
         self.consults += 1
         if any(cap is not None and self.consults > cap for cap in (self.tool.max_uses, self.config.max_consults)):
             return {"error_code": "max_uses_exceeded"}
-        max_tokens = self.tool.max_tokens or self.config.advisor_max_tokens
+        plan = await plan_consult(self.config, self.tool, self._consult_context)
+        if isinstance(plan, str):
+            return {"error_code": plan}
+        body = self._advisor_body(messages, plan)
+
+        async def attempt(model: str, deadline: float) -> dict[str, Any]:
+            return await self._attempt({**body, "model": model}, plan.max_tokens, deadline)
+
+        return await run_chain(plan, attempt, self.trace.fallback)
+
+    def _consult_context(self) -> ConsultContext:
+        return ConsultContext(
+            headers=request_headers(self.headers),
+            executor_model=str(self.body.get("model")),
+            advisor_model=self.tool.model,
+            consult=self.consults,
+            iterations=tuple(dict(entry) for entry in self.iterations),  # copies: what the policy edits is not billed
+        )
+
+    async def _attempt(self, body: dict[str, Any], max_tokens: int, deadline: float) -> dict[str, Any]:
+        """One advisor leg of a consult, on ``body["model"]``: the result's fields."""
         acc = MessageAccumulator()
         try:
-            await self._advisor_leg(self._advisor_body(messages, max_tokens), acc)
+            with self.trace.leg("advisor", body, acc, self.advisor_headers) as traced:
+                await self._advisor_leg(body, acc, deadline, traced)
         except ClientGone:
             raise  # not the advisor's failure: the request is over
         except Exception as exc:
             return {"error_code": _advisor_failure(exc)}
         finally:
-            self._record_advisor(acc)
+            self._record_advisor(acc, body["model"])
         return self._advice(acc, max_tokens)
 
-    def _advisor_body(self, messages: list[Any], max_tokens: int) -> dict[str, Any]:
+    def _advisor_body(self, messages: list[Any], plan: ConsultPlan) -> dict[str, Any]:
+        """The advisor leg's request to the plan's first model (each attempt sets its own)."""
         system = self.config.advisor_system_prompt or ADVISOR_SYSTEM_PROMPT
+        if plan.instructions:
+            system += "\n\n" + plan.instructions
         if self.tool.max_tokens:
-            system += budget_note(max_tokens)
+            system += budget_note(plan.max_tokens)
         transcript = render_transcript(
             self.body,
             messages,
             max_block_chars=self.config.max_transcript_block_chars,
             max_chars=self.config.max_transcript_chars,
         )
+        content: list[dict[str, Any]] = [{"type": "text", "text": block} for block in transcript.blocks]
+        # The profile's choice first, then the operator's, then the tool's ("off" beats both).
+        ttl = plan.caching or self.config.advisor_caching or _caching_ttl(self.tool.caching)
+        if ttl != "off" and ttl is not None and transcript.settled:
+            # The head (a hit even after the budget cut moves) and the newest boundary, which
+            # the next consult reads (docs/protocol.md §4).
+            for index in {0, transcript.settled - 1}:
+                content[index]["cache_control"] = {"type": "ephemeral", "ttl": ttl}
         body: dict[str, Any] = {
-            "model": self.tool.model,
-            "max_tokens": max_tokens,
+            "model": plan.models[0],
+            "max_tokens": plan.max_tokens,
             "system": system,
-            "messages": [{"role": "user", "content": transcript}],
+            "messages": [{"role": "user", "content": content}],
             "stream": True,
         }
         metadata = self.body.get("metadata")
         if isinstance(metadata, dict):
             body["metadata"] = metadata
-        return body
+        return {**body, **plan.params}
 
-    async def _advisor_leg(self, body: dict[str, Any], acc: MessageAccumulator) -> None:
-        leg = Leg("advisor", body, self.advisor_headers, self.scope, max_bytes=self.config.max_leg_bytes)
+    async def _advisor_leg(
+        self, body: dict[str, Any], acc: MessageAccumulator, deadline: float, traced: LegTrace
+    ) -> None:
+        leg = Leg("advisor", body, traced.headers, self.scope, max_bytes=self.config.max_leg_bytes)
 
         async def feed(batch: Batch) -> None:
             acc.feed_all(batch)
 
-        timeout = self.config.advisor_timeout
-        # A deadline scope rather than fail_after, so that the error says how long it had.
-        with anyio.CancelScope(deadline=anyio.current_time() + timeout) as deadline:
-            await run_leg(self.router, leg, feed)
-        if deadline.cancelled_caught:
-            raise TimeoutError(f"the advisor took longer than {timeout} s")
+        # The consult's one deadline, whichever attempt this is (a profile's timeout).
+        with anyio.CancelScope(deadline=deadline) as scope:
+            await run_leg(self.router, leg, traced.watch(feed))
+        if scope.cancelled_caught:
+            raise TimeoutError("the consult's time budget ran out")
 
     def _advice(self, acc: MessageAccumulator, max_tokens: int) -> dict[str, Any]:
         """The fields of a finished advisor leg's result: its text, or an error code."""
@@ -466,14 +514,16 @@ class Orchestration:
         show_stop = self.tool.max_tokens is not None or stop == "refusal"
         return {"text": text, "stop_reason": stop if show_stop else None}
 
-    def _record_advisor(self, acc: MessageAccumulator) -> None:
+    def _record_advisor(self, acc: MessageAccumulator, model: str) -> None:
         usage = acc.message.get("usage")
         if not acc.message or not isinstance(usage, dict):
             return  # no sub-inference ran (or none we can bill)
-        self.iterations.append(_iteration({"type": "advisor_message", "model": self.tool.model}, usage))
+        if self.config.report_advisor_model == "requested":
+            model = self.tool.model
+        self.iterations.append(_iteration({"type": "advisor_message", "model": model}, usage))
 
 
-def _executor_body(body: dict[str, Any], tool_index: int, tool: AdvisorTool) -> dict[str, Any]:
+def executor_body(body: dict[str, Any], tool_index: int, tool: AdvisorTool) -> dict[str, Any]:
     """What every executor leg sends but its messages. The advisor entry is swapped in place
     for a plain function tool: the other tools keep their positions (and the host's prompt-cache
     prefix). Advisor-only fields such as defer_loading go with it; a cache breakpoint stays."""
@@ -512,7 +562,17 @@ def _advisor_failure(exc: Exception) -> str:
 def _iteration(entry: dict[str, Any], usage: dict[str, Any]) -> dict[str, Any]:
     for key in _USAGE_SUMS:
         entry[key] = _int(usage.get(key))
+    by_ttl = usage.get("cache_creation")
+    if isinstance(by_ttl, dict):
+        entry["cache_creation"] = {key: _int(by_ttl.get(key)) for key in _CACHE_TTLS}
     return entry
+
+
+def _caching_ttl(caching: dict[str, Any] | None) -> str | None:
+    """The TTL of the tool's ``caching`` switch: ``None`` when off (docs/protocol.md §1)."""
+    if caching is None:
+        return None
+    return "1h" if caching.get("ttl") == "1h" else "5m"
 
 
 def _sum_usage(legs: list[dict[str, Any]]) -> dict[str, Any]:

@@ -2,20 +2,22 @@
 
 One user message holds the executor's system prompt, a compact list of its tools, and every
 turn, tool calls and results included, as text, down to what the executor has written so far in
-this turn. Each message renders on its own, so the transcript of consult N is that of consult
-N-1 plus one appended segment: providers' prefix caches hit.
+this turn. Each message renders on its own, and the text is split into blocks at the advisor
+calls, so the blocks of consult N are those of consult N-1 plus appended ones: prefix caches
+hit, explicit (Anthropic's, at block boundaries) and implicit (byte prefixes) alike.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import pydantic_core
 
 from .blocks import ADVISOR_NAME
 
-__all__ = ["render_transcript"]
+__all__ = ["Transcript", "render_transcript"]
 
 _PREAMBLE = (
     "Below is the transcript of another AI model (the executor) working on a task, quoted for you "
@@ -24,31 +26,54 @@ _PREAMBLE = (
 )
 
 
+@dataclass(frozen=True, slots=True)
+class Transcript:
+    """The advisor's user message as text blocks; joined, they are the whole transcript.
+
+    Block boundaries never move as the conversation grows: the head (preamble, system prompt,
+    tools) is the first block, and each later block ends right after an advisor call, but the
+    last, which may hold what the executor wrote after its newest call. So the blocks of consult
+    N start with all ``settled`` blocks of consult N-1 (docs/protocol.md §4, prompt caching)."""
+
+    blocks: list[str]
+    settled: int
+    """How many leading blocks end at a boundary that stays put: a cache breakpoint goes on the
+    last of them."""
+
+
 def render_transcript(
     body: dict[str, Any], messages: list[Any], *, max_block_chars: int = 50_000, max_chars: int | None = None
-) -> str:
+) -> Transcript:
     """The advisor's user message. Blocks longer than ``max_block_chars`` are cut with a marker
     (append-only safe: a block renders the same in every consult). Over the ``max_chars``
-    budget, blocks are cut harder, then the oldest messages are left out (a marker says how
-    many), so the advisor leg fails with ``prompt_too_long`` only when even that cannot help."""
+    budget, blocks are cut harder, then the oldest part is left out in steps of half the
+    budget (a marker says how many messages), so the cut stays put for many consults; the
+    head then keeps the largest cap at which it is at most a quarter of the budget. The
+    advisor leg fails with ``prompt_too_long`` only when even that cannot help."""
     if max_chars is None:
-        return "".join(_whole(body, messages, max_block_chars))
+        return _whole(body, messages, max_block_chars).transcript()
     caps = [max_block_chars]
     while caps[-1] > 1000:
         caps.append(caps[-1] // 4)
     # A light walk first gives a lower bound on the render's length at each cap: a cap whose
-    # bound is over the budget is not tried, and a conversation over it even at the last cap
-    # goes straight to its newest messages. Without it, a long conversation would be rendered
+    # bound is over the budget is not tried. Without it, a long conversation would be rendered
     # in part once per cap before the last.
     lengths = _field_lengths(messages, caps[-1], max_chars)
-    if lengths is None:
-        return _newest(body, messages, caps[-1], max_chars)
-    for cap in caps[:-1]:
-        if sum(min(n, cap) for n in lengths) <= max_chars:
-            parts = _render(body, messages, cap, max_chars)
-            if parts is not None:
-                return "".join(parts)
-    return _shorten(_whole(body, messages, caps[-1]), 0, max_chars)
+    bounded = [] if lengths is None else [cap for cap in caps[:-1] if sum(min(n, cap) for n in lengths) <= max_chars]
+    for cap in bounded:
+        rendered = _render(body, messages, cap, max_chars)
+        if rendered is not None:
+            return rendered.transcript()
+    return _whole(body, messages, caps[-1]).cut(max_chars, _roomy_head(body, caps, max_chars))
+
+
+def _roomy_head(body: dict[str, Any], caps: list[int], max_chars: int) -> str:
+    """The head of a transcript the budget cuts: at the largest cap at which it takes at most a
+    quarter of the budget. At the messages' hardest cap the executor's system prompt would be
+    cut to a few lines, and the head could be too short for a prompt cache to keep (1,024
+    tokens), so a consult whose cut moved would read nothing from cache."""
+    heads = (_head(body, cap) for cap in caps)
+    return next((head for head in heads if len(head) <= max_chars // 4), _head(body, caps[-1]))
 
 
 def _field_lengths(messages: list[Any], cap: int, limit: int) -> list[int] | None:
@@ -105,69 +130,92 @@ def _head(body: dict[str, Any], max_block_chars: int) -> str:
     return "".join(parts)
 
 
+@dataclass(slots=True)
+class _Rendered:
+    """The head, then each message's part as chunks: a new chunk starts right after each
+    advisor call, so every chunk but a message's last ends at a block boundary."""
+
+    head: str
+    messages: list[list[str]]
+
+    def transcript(self) -> Transcript:
+        return self._blocks(self.head, self.messages)
+
+    @staticmethod
+    def _blocks(head: str, messages: list[list[str]]) -> Transcript:
+        blocks = [head]
+        open_block: list[str] = []
+        for chunks in messages:
+            for chunk in chunks[:-1]:
+                open_block.append(chunk)
+                blocks.append("".join(open_block))
+                open_block = []
+            open_block.append(chunks[-1])
+        settled = len(blocks)
+        rest = "".join(open_block)
+        # Only text a model can read makes a block (Anthropic refuses one of whitespace).
+        return Transcript([*blocks, rest] if rest.strip() else blocks, settled)
+
+    def cut(self, max_chars: int, head: str) -> Transcript:
+        """Within ``max_chars``: whole if it fits; else ``head``, a marker, and the messages
+        from a cut point that moves only in steps of half the room, so a growing conversation
+        keeps the same cut (and cached prefix) for many consults."""
+        sizes = [sum(len(c) for c in chunks) for chunks in self.messages]
+        total = sum(sizes)
+        if len(self.head) + total <= max_chars:
+            return self.transcript()
+        room = max_chars - len(head) - _MARKER_ROOM
+        if room <= 0:  # the head alone fills the budget
+            return Transcript([(self.head + "".join(c for m in self.messages for c in m))[:max_chars]], 0)
+        step = max(room // 2, 1)
+        cut = -(-(total - room) // step) * step  # characters left out: a multiple of step
+        return self._blocks(head, _after(self.messages, sizes, cut))
+
+
+def _after(messages: list[list[str]], sizes: list[int], cut: int) -> list[list[str]]:
+    """The messages' chunks from character ``cut`` on, after a marker saying how many messages
+    were left out."""
+    at = 0
+    first = 0
+    while at + sizes[first] <= cut:
+        at += sizes[first]
+        first += 1
+    skip = cut - at  # characters of the first kept message left out
+    partly = ", and part of the next" if skip else ""
+    chunks = messages[first]
+    at = 0  # the chunk the cut falls in
+    while skip >= len(chunks[at]) and at < len(chunks) - 1:
+        skip -= len(chunks[at])
+        at += 1
+    marker = f"[... {first} earlier messages left out{partly} ...]\n"
+    return [[marker + chunks[at][skip:], *chunks[at + 1 :]], *messages[first + 1 :]]
+
+
 def _render(
     body: dict[str, Any], messages: list[Any], max_block_chars: int, budget: int | None = None
-) -> list[str] | None:
-    """The head, then each message's part ("" for one that is not an object); None as soon as
-    they are longer than ``budget``."""
-    parts = [_head(body, max_block_chars)]
-    size = len(parts[0])
+) -> _Rendered | None:
+    """The whole render at ``max_block_chars``; None as soon as it is longer than ``budget``."""
+    rendered = _Rendered(_head(body, max_block_chars), [])
+    size = len(rendered.head)
     if budget is not None and size > budget:
         return None
     advisor_ids: set[str] = set()
     for message in messages:
-        part = _message(message, advisor_ids, max_block_chars) if isinstance(message, dict) else ""
-        parts.append(part)
-        size += len(part)
+        chunks = _message(message, advisor_ids, max_block_chars) if isinstance(message, dict) else [""]
+        rendered.messages.append(chunks)
+        size += sum(len(c) for c in chunks)
         if budget is not None and size > budget:
             return None
-    return parts
+    return rendered
 
 
-def _whole(body: dict[str, Any], messages: list[Any], max_block_chars: int) -> list[str]:
-    parts = _render(body, messages, max_block_chars)
-    assert parts is not None  # no budget
-    return parts
+def _whole(body: dict[str, Any], messages: list[Any], max_block_chars: int) -> _Rendered:
+    rendered = _render(body, messages, max_block_chars)
+    assert rendered is not None  # no budget
+    return rendered
 
 
-def _newest(body: dict[str, Any], messages: list[Any], cap: int, max_chars: int) -> str:
-    """The transcript at ``cap`` when it is known to be over ``max_chars``: only the newest
-    messages that fill the budget are rendered, newest first, not the whole conversation. Each
-    is rendered as a whole render would: a tool result reads as advice
-    when an earlier ``tool_use`` of the advisor has its id."""
-    head = _head(body, cap)
-    room = max_chars - len(head) - _MARKER_ROOM
-    if room <= 0:  # the head alone fills the budget
-        return _shorten(_whole(body, messages, cap), 0, max_chars)
-    first_call = _advisor_calls(messages)
-    made_at: dict[int, list[str]] = {}
-    for call_id, at in first_call.items():
-        made_at.setdefault(at, []).append(call_id)
-    earlier = set(first_call)  # made before the message being rendered
-    parts: list[str] = []
-    size = 0
-    start = len(messages)
-    while size < room and start > 0:
-        start -= 1
-        message = messages[start]
-        own = made_at.get(start, ())
-        earlier.difference_update(own)
-        part = _message(message, earlier, cap) if isinstance(message, dict) else ""
-        earlier.difference_update(own)  # _message added those this message makes
-        parts.append(part)
-        size += len(part)
-    parts.append(head)
-    parts.reverse()
-    return _shorten(parts, start, max_chars)
-
-
-def _advisor_calls(messages: list[Any]) -> dict[str, int]:
-    """Each advisor ``tool_use`` id, to the message that makes it first."""
-    first_call: dict[str, int] = {}
-    for at, block in tool_uses(messages):
-        if block.get("name") == ADVISOR_NAME:
-            first_call.setdefault(str(block.get("id")), at)
-    return first_call
+_CALLED = "(the executor consulted the advisor)\n"
 
 
 def tool_uses(messages: list[Any]) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -181,28 +229,6 @@ def tool_uses(messages: list[Any]) -> Iterator[tuple[int, dict[str, Any]]]:
 
 # Room left for the marker that says what was left out (at most 66 characters).
 _MARKER_ROOM = 80
-
-
-def _shorten(parts: list[str], start: int, max_chars: int) -> str:
-    """The head (``parts[0]``) and the parts of messages ``start`` onwards, within
-    ``max_chars``: the newest characters that fit, after a marker saying how many messages were
-    left out (a whole transcript that fits is returned as it is)."""
-    head = parts[0]
-    if start == 0:
-        whole = "".join(parts)
-        if len(whole) <= max_chars:
-            return whole
-    room = max_chars - len(head) - _MARKER_ROOM
-    if room <= 0:
-        return "".join(parts)[:max_chars]
-    first = len(parts)
-    size = 0
-    while size < room and first > 1:
-        first -= 1
-        size += len(parts[first])
-    kept = "".join(parts[first:])
-    partly = ", and part of the next" if size > room else ""
-    return f"{head}[... {start + first - 1} earlier messages left out{partly} ...]\n{kept[-room:]}"
 
 
 def _system_text(system: Any) -> str:
@@ -227,19 +253,25 @@ def _cap(text: str, limit: int) -> str:
     return f"{text[:limit]}\n[... {len(text) - limit} more characters not shown]"
 
 
-def _message(message: dict[str, Any], advisor_ids: set[str], limit: int) -> str:
+def _message(message: dict[str, Any], advisor_ids: set[str], limit: int) -> list[str]:
+    """The message's part as chunks, a new one right after each advisor call."""
     role = str(message.get("role", "user"))
     content = message.get("content")
     label = {"user": "User", "assistant": "Executor", "system": "System"}.get(role, role.title())
     if isinstance(content, str):
-        return f"\n[{label}]\n{_cap(content, limit)}\n"
+        return [f"\n[{label}]\n{_cap(content, limit)}\n"]
     if not isinstance(content, list):
-        return ""
+        return [""]
+    chunks: list[str] = []
     out = [f"\n[{label}]\n"]
     for block in content:
         if isinstance(block, dict):
             out.append(_block(block, advisor_ids, limit))
-    return "".join(out)
+            if block.get("type") == "tool_use" and block.get("name") == ADVISOR_NAME:
+                chunks.append("".join(out))
+                out = []
+    chunks.append("".join(out))
+    return chunks
 
 
 def _block(block: dict[str, Any], advisor_ids: set[str], limit: int) -> str:
@@ -254,7 +286,7 @@ def _block(block: dict[str, Any], advisor_ids: set[str], limit: int) -> str:
     if kind == "tool_use":
         if block.get("name") == ADVISOR_NAME:
             advisor_ids.add(str(block.get("id")))
-            return "(the executor consulted the advisor)\n"
+            return _CALLED
         args = pydantic_core.to_json(block.get("input", {})).decode()
         return f"(tool call {block.get('name')} id={block.get('id')}) {_cap(args, limit)}\n"
     if kind == "tool_result":

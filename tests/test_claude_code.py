@@ -72,14 +72,14 @@ class Acceptance:
 
 
 @contextmanager
-def logging_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, Path]]:
-    """``advisor-middleware serve tests.support.cc_host:app`` (log: ``serve.log`` in ``tmp_path``); yields
-    its URL and the file it logs each request of the host to."""
+def logging_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *options: str) -> Iterator[tuple[str, Path]]:
+    """``advisor-middleware serve tests.support.cc_host:app [OPTIONS]`` (log: ``serve.log`` in
+    ``tmp_path``); yields its URL and the file it logs each request of the host to."""
     host_log = tmp_path / "host.jsonl"
     host_log.touch()
     monkeypatch.setenv(LOG_ENV, str(host_log))
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-    with serving("tests.support.cc_host:app", log=tmp_path / "serve.log") as (url, _):
+    with serving("tests.support.cc_host:app", *options, log=tmp_path / "serve.log") as (url, _):
         yield url, host_log
 
 

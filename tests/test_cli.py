@@ -222,6 +222,19 @@ def test_workers_build_the_upstream_proxy_from_the_environment(monkeypatch: pyte
     assert app.router.client is app.app.client
     assert app.app.client.timeout.read == 42.0
     assert app.config.ping_interval == 3.0
+    assert app.config.advisor_caching is None
+
+
+def test_advisor_caching_reaches_the_middleware(monkeypatch: pytest.MonkeyPatch) -> None:
+    options = {"app_path": None, "advisor_caching": "1h"}
+    monkeypatch.setenv("ADVISOR_MIDDLEWARE_SERVE", json.dumps(options))
+    assert app_from_env().config.advisor_caching == "1h"
+    done = subprocess.run(
+        [sys.executable, "-m", "advisor_middleware", "serve", "--advisor-caching", "10m"],
+        capture_output=True,
+        check=False,
+    )
+    assert done.returncode == 2 and b"--advisor-caching: invalid choice" in done.stderr
 
 
 def test_the_upstream_proxy_example_runs() -> None:

@@ -29,7 +29,7 @@ import pytest
 from advisor_middleware import AdvisorMiddleware, HTTPRouter, Leg
 from advisor_middleware.routers import AppRouter
 
-from .support.helpers import ADVISOR_PARAMS, ONE_CONSULT, Slot, block_types, check_stream
+from .support.helpers import ADVISOR_PARAMS, ONE_CONSULT, Slot, block_types, check_stream, logged_fields
 from .support.servers import free_port, uvicorn_server
 from .support.upstream import (
     ErrorEvent,
@@ -173,13 +173,13 @@ FAULTS: dict[str, Fault] = {
 
 @pytest.fixture(autouse=True)
 def nothing_said_is_logged(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
-    """Every test here: no log record at INFO or above (its message, traceback or stack) holds
+    """Every test here: no log record at INFO or above (its message, fields, traceback or stack) holds
     what a scripted model or the host said (docs/reliability.md, security model)."""
     caplog.set_level(logging.INFO)  # the root logger: every logger, the servers' included
     yield
     formatter = logging.Formatter()
     for record in caplog.get_records("call"):
-        logged = formatter.format(record)
+        logged = formatter.format(record) + logged_fields(record)
         for marker in MARKERS:
             assert marker not in logged, f"{record.name} logged {marker!r}:\n{logged}"
 

@@ -510,7 +510,8 @@ async def test_redacted_result_never_forwards_the_blob(make_app: MakeApp, script
     assert script.of("executor")[0].body["messages"][2] == user(
         [{"type": "tool_result", "tool_use_id": "toolu_R", "content": REDACTED_PLACEHOLDER}]
     )
-    assert REDACTED_PLACEHOLDER in script.of("advisor")[0].body["messages"][0]["content"]
+    transcript = script.of("advisor")[0].body["messages"][0]["content"]
+    assert REDACTED_PLACEHOLDER in "".join(block["text"] for block in transcript)
 
 
 async def test_redacted_result_without_the_tool_never_forwards_the_blob(make_app: MakeApp, script: Script) -> None:

@@ -18,17 +18,19 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import anthropic
+import anyio
 import httpx
 import pytest
 from anthropic.types.beta import BetaMessage
 
-from advisor_middleware import AdvisorMiddleware
+from advisor_middleware import AdvisorMiddleware, AdvisorProfile
+from advisor_middleware.check import Options, run_check
 
 from .support.helpers import ONE_CONSULT, block_types, call, wait_until
 from .support.litellm_config import Deployment, write_config
 from .support.openai_backend import ChatScript, openai_host
 from .support.servers import uvicorn_server
-from .support.upstream import Reply, Script, scripted_host, text, tool_use
+from .support.upstream import Fail, Reply, Script, scripted_host, text, tool_use
 
 if TYPE_CHECKING:
     from .support.litellm_support import Call, InterceptorSpy
@@ -49,6 +51,9 @@ PRICES = {"exec": (1e-6, 2e-6), "adv": (1e-5, 3e-5), "adv-oai": (2e-5, 4e-5)}
 
 ADVISOR_MODEL = {"adv": "adv-m", "adv-oai": "adv-oai-m"}
 """advisor model group -> the model name its backend sees."""
+CHAIN = AdvisorProfile(match="adv-chain", models=("adv", "adv-oai"))
+"""The middleware's one profile: the advisor ``adv-chain`` is the ``adv`` deployment, falling back
+to ``adv-oai``. Every other advisor model is consulted as requested."""
 
 
 @dataclass
@@ -64,6 +69,8 @@ class Proxy:
         self.chat.requests.clear()
         self.anthropic_host.turns.clear()
         self.anthropic_host.requests.clear()
+        self.anthropic_host.cache = None
+        self.anthropic_host.billed.clear()
         recorder.calls.clear()
 
 
@@ -98,7 +105,7 @@ async def litellm_proxy(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterat
             env.setenv("CONFIG_FILE_PATH", str(config))
             from litellm.proxy.proxy_server import app
 
-            async with uvicorn_server(AdvisorMiddleware(app)) as url:
+            async with uvicorn_server(AdvisorMiddleware(app, advisor_profiles=(CHAIN,))) as url:
                 yield Proxy(url, chat, script)
 
 
@@ -289,3 +296,87 @@ async def test_requests_without_the_advisor_pass_through(proxy: Proxy, intercept
     (leg,) = proxy.chat.requests
     assert "tools" not in leg.body
     assert [(c.key_alias, c.model_group) for c in await logged(1)] == [("full-caller", "exec")]
+
+
+@pytest.mark.parametrize("streaming", [False, True], ids=["json", "stream"])
+async def test_a_profile_falls_back_to_the_next_deployment(
+    proxy: Proxy, interceptor: InterceptorSpy, streaming: bool
+) -> None:
+    # The chain's first deployment is overloaded; the second answers. The client sees one consult.
+    script_consult(proxy, "adv-oai", advice="Use the backup plan.")
+    proxy.anthropic_host.direct(Fail(529, "overloaded_error", "Overloaded"))
+    async with sdk(proxy, FULL_KEY) as client:
+        message = await call(client, streaming, **request("adv-chain"))
+
+    assert block_types(message.content) == ONE_CONSULT
+    result = message.content[2].model_dump(exclude_none=True)
+    assert result["content"] == {"type": "advisor_result", "text": "Use the backup plan."}
+    assert [(i["type"], i.get("model")) for i in _iterations(message)] == [
+        ("message", None),
+        ("advisor_message", "adv-oai"),
+        ("message", None),
+    ]
+    (failed,) = proxy.anthropic_host.requests
+    assert failed.body["model"] == "adv-m"
+    assert len(proxy.chat.of("adv-oai-m")) == 1
+
+    # Both attempts reached LiteLLM under the caller's key: the first failed, the second answered.
+    calls = await logged(4)
+    assert {c.key_hash for c in calls} == {key_hash(FULL_KEY)}
+    outcomes = sorted((c.outcome, c.model_group or c.model) for c in calls if c.outcome != "denied")
+    assert outcomes == [("failure", "adv"), ("success", "adv-oai"), ("success", "exec"), ("success", "exec")]
+    assert not any(interceptor.verdicts)
+
+
+@pytest.mark.parametrize("streaming", [False, True], ids=["json", "stream"])
+async def test_an_anthropic_advisor_deployment_caches_the_advisors_prompt(proxy: Proxy, streaming: bool) -> None:
+    # The tool's caching switch: the advisor legs' cache_control reaches the anthropic/
+    # deployment's backend through LiteLLM, whose cache-faithful bill reaches the iterations.
+    from advisor_middleware.demo_cache import PromptCache
+
+    proxy.anthropic_host.cache = PromptCache()
+    proxy.chat.model(
+        "exec-m",
+        Reply([text("First look."), tool_use("advisor", id="call_adv_1")], stop_reason="tool_use"),
+        Reply([text("Second look."), tool_use("advisor", id="call_adv_2")], stop_reason="tool_use"),
+        Reply([text("Done.")]),
+    )
+    proxy.anthropic_host.direct(Reply([text("Check the schema.")]), Reply([text("Looks right.")]))
+    tool = {"type": "advisor_20260301", "name": "advisor", "model": "adv", "caching": {"type": "ephemeral"}}
+    body = request(system="You migrate databases with care. " * 200, tools=[tool])
+    async with sdk(proxy, FULL_KEY) as client:
+        message = await call(client, streaming, **body)
+    legs = proxy.anthropic_host.requests
+    assert len(legs) == 2
+    for leg in legs:
+        marked = [b for b in leg.body["messages"][0]["content"] if "cache_control" in b]
+        assert [b["cache_control"] for b in marked] == [{"type": "ephemeral", "ttl": "5m"}] * 2
+    first, second = proxy.anthropic_host.billed
+    assert second["cache_read_input_tokens"] == first["cache_creation_input_tokens"] > 1024
+    advisor = [i for i in _iterations(message) if i["type"] == "advisor_message"]
+    for iteration, billed in zip(advisor, proxy.anthropic_host.billed, strict=True):
+        for key in ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens"):
+            assert iteration[key] == billed[key], (key, iteration, billed)
+
+
+def consulting_executor(body: dict[str, Any]) -> Reply:
+    """An executor that calls the advisor once per user turn, then answers."""
+    if body["messages"][-1]["role"] == "tool":
+        return Reply([text("Done, as advised.")], input_tokens=40, output_tokens=9)
+    return Reply([text("Let me ask the advisor."), tool_use("advisor")], stop_reason="tool_use")
+
+
+async def test_check_holds_against_the_proxy(proxy: Proxy, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``advisor-middleware check`` finds every rule held by LiteLLM's proxy behind the middleware."""
+    monkeypatch.setitem(proxy.chat.responders, "exec-m", consulting_executor)
+    monkeypatch.setitem(proxy.chat.responders, "adv-oai-m", lambda body: Reply([text("Keep it small.")]))
+    options = Options(proxy.url, key=FULL_KEY, model="exec", advisor="adv-oai", timeout=60.0)
+    report = await anyio.to_thread.run_sync(run_check, options)
+    assert report.ok, report.text()
+    assert len(report.results) == 23
+    assert [(leg.kind, leg.model) for leg in report.timeline] == [
+        ("executor", "exec"),
+        ("advisor", "adv-oai"),
+        ("executor", "exec"),
+    ]
+    assert len(proxy.chat.of("exec-m")) == 6  # two executor legs for each of the three requests

@@ -20,7 +20,7 @@ from starlette.applications import Starlette
 from advisor_middleware import AdvisorMiddleware
 from advisor_middleware.prompts import ADVISOR_SYSTEM_PROMPT, EXECUTOR_TOOL_DESCRIPTION, budget_note
 
-from .support.helpers import ONE_CONSULT, block_types, call, parse_sse, post, read_body, sdk_for
+from .support.helpers import ONE_CONSULT, assert_stream_rules, block_types, call, parse_sse, post, read_body, sdk_for
 from .support.upstream import ADVISOR_TOOL, ErrorEvent, Fail, Reply, Script, scripted_host, text, thinking, tool_use
 
 pytestmark = pytest.mark.anyio
@@ -55,26 +55,6 @@ def params(**overrides: Any) -> dict[str, Any]:
 
 async def post_raw(app: Starlette, body: dict[str, Any]) -> httpx.Response:
     return await post(app, json=body, headers={"x-api-key": "sk-raw"})
-
-
-def assert_well_formed_stream(events: list[tuple[str, dict[str, Any]]]) -> None:
-    """One message_start first; every block index 0..n-1 starts once and stops once, in order."""
-    names = [name for name, _ in events]
-    assert names[0] == "message_start"
-    assert names.count("message_start") == 1
-    open_blocks: set[int] = set()
-    next_index = 0
-    for name, event in events:
-        if name == "content_block_start":
-            assert event["index"] == next_index
-            open_blocks.add(event["index"])
-            next_index += 1
-        elif name == "content_block_delta":
-            assert event["index"] in open_blocks
-        elif name == "content_block_stop":
-            open_blocks.remove(event["index"])
-        elif name in ("message_delta", "message_stop", "error"):
-            assert open_blocks == set()
 
 
 def input_tokens_by_iteration(message: BetaMessage) -> list[tuple[str, int]]:
@@ -198,7 +178,7 @@ async def test_raw_stream_events(make_app: MakeApp, script: Script) -> None:
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/event-stream")
     events = parse_sse(response.content)
-    assert_well_formed_stream(events)
+    assert_stream_rules(events)
     names = [name for name, _ in events]
     assert names[-2:] == ["message_delta", "message_stop"]
     assert names.count("message_delta") == 1
@@ -241,7 +221,7 @@ async def test_pings_while_the_advisor_is_slow(make_app: MakeApp, script: Script
     call_stop = names.index("content_block_stop")
     result = next(i for i, (n, e) in enumerate(events) if n == "content_block_start" and e["index"] == 1)
     assert call_stop < first_ping < result
-    assert_well_formed_stream([(n, e) for n, e in events if n != "ping"])
+    assert_stream_rules([(n, e) for n, e in events if n != "ping"])
 
 
 # --- the executor leg -------------------------------------------------------------------------
@@ -353,8 +333,9 @@ async def test_advisor_leg_body(client: anthropic.AsyncAnthropic, script: Script
     assert len(body["messages"]) == 1
     (message,) = body["messages"]
     assert message["role"] == "user"
-    transcript = message["content"]
-    assert isinstance(transcript, str)
+    assert [block["type"] for block in message["content"]] == ["text"] * len(message["content"])
+    transcript = "".join(block["text"] for block in message["content"])
+    assert "cache_control" not in json.dumps(body)  # the tool asks for no caching
     assert SYSTEM in transcript
     assert QUESTION in transcript
     assert "Let me ask." in transcript
@@ -390,11 +371,11 @@ async def test_second_consult_transcript_extends_the_first(client: anthropic.Asy
     ).advisor(Reply([text("Advice one.")]), Reply([text("Advice two.")]))
     await call(client, True, **params(system=SYSTEM))
     first, second = (r.body["messages"][0]["content"] for r in script.of("advisor"))
-    assert second.startswith(first)
-    tail = second[len(first) :]
+    assert len(second) > len(first) and second[: len(first)] == first
+    tail = "".join(block["text"] for block in second[len(first) :])
     assert "Advice one." in tail
     assert "Second look." in tail
-    assert "Advice two." not in second
+    assert "Advice two." not in json.dumps(second)
 
 
 # --- advisor failures -------------------------------------------------------------------------
@@ -580,7 +561,7 @@ async def test_the_last_allowed_leg_sends_its_held_blocks_once(make_app: MakeApp
     ).advisor(Reply([text("a1")]), Reply([text("a2")]))
     response = await post_raw(make_app(max_executor_legs=2), params(stream=True))
     events = parse_sse(response.content)
-    assert_well_formed_stream(events)
+    assert_stream_rules(events)
     starts = [event["content_block"]["type"] for name, event in events if name == "content_block_start"]
     assert starts == ["server_tool_use", "advisor_tool_result", "text"] * 2
 
@@ -690,7 +671,7 @@ async def test_text_after_the_call_is_held_until_the_result(make_app: MakeApp, s
     ).advisor(Reply([text("advice")]))
     response = await post_raw(make_app(), params(stream=True))
     events = parse_sse(response.content)
-    assert_well_formed_stream(events)
+    assert_stream_rules(events)
     starts = [e["content_block"]["type"] for n, e in events if n == "content_block_start"]
     assert starts == ["server_tool_use", "advisor_tool_result", "text", "text"]
 
@@ -727,7 +708,7 @@ async def test_executor_failure_on_the_second_leg_streaming(make_app: MakeApp, s
     response = await post_raw(make_app(), params(stream=True))
     assert response.status_code == 200
     events = parse_sse(response.content)
-    assert_well_formed_stream(events)
+    assert_stream_rules(events)
     names = [n for n, _ in events]
     assert names[-1] == "error"
     assert "message_delta" not in names
@@ -744,7 +725,7 @@ async def test_executor_error_event_mid_block_closes_open_blocks(make_app: MakeA
     ).advisor(Reply([text("advice")]))
     response = await post_raw(make_app(), params(stream=True))
     events = parse_sse(response.content)
-    assert_well_formed_stream(events)
+    assert_stream_rules(events)
     names = [n for n, _ in events]
     # The half-sent text block (index 2) is closed before the error.
     assert names[-3:] == ["content_block_delta", "content_block_stop", "error"]
@@ -773,7 +754,7 @@ async def test_executor_stream_without_message_delta(make_app: MakeApp, script: 
     response = await post_raw(make_app(), params(stream=True))
     assert response.status_code == 200
     events = parse_sse(response.content)
-    assert_well_formed_stream(events)
+    assert_stream_rules(events)
     assert [n for n, _ in events][-1] == "error"
     assert events[-1][1] == {
         "type": "error",

@@ -182,7 +182,15 @@ async def test_other_methods_untouched(method: str) -> None:
 
 @pytest.mark.parametrize(
     "path",
-    ["/v1/messages/count_tokens", "/v1/messagesx", "/v2/messages", "/api/v1/messages", "/", "/v1/complete"],
+    [
+        "/v1/messages/count_tokensx",
+        "/v1/messages/batches/msgbatch_1/cancel",
+        "/v1/messagesx",
+        "/v2/messages",
+        "/api/v1/messages",
+        "/",
+        "/v1/complete",
+    ],
 )
 async def test_other_paths_untouched(path: str) -> None:
     echo = Echo()

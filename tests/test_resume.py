@@ -82,8 +82,8 @@ async def test_paused_turn_resumes_with_the_pending_result(
     assert [r.role for r in script.requests] == ["advisor", "executor"]
     (leg,) = script.of("executor")
     assert leg.body["messages"] == [*PAUSED_AS_CALLED, user([tool_result("toolu_P1", "Check twice.")])]
-    transcript = script.of("advisor")[0].body["messages"][0]["content"]
-    assert transcript.endswith("\n[Executor]\nLet me ask.\n(the executor consulted the advisor)\n")
+    blocks = script.of("advisor")[0].body["messages"][0]["content"]
+    assert blocks[-1]["text"].endswith("\n[Executor]\nLet me ask.\n(the executor consulted the advisor)\n")
     usage = message.usage.model_dump()
     assert [(it["type"], it["input_tokens"]) for it in usage["iterations"]] == [
         ("advisor_message", 400),

@@ -21,7 +21,7 @@ import pytest
 from advisor_middleware import AdvisorMiddleware, HTTPRouter
 from advisor_middleware.routers import AppRouter
 
-from .support.helpers import ADVISOR_PARAMS, ONE_CONSULT, answer_content, block_types, post
+from .support.helpers import ADVISOR_PARAMS, ONE_CONSULT, answer_content, block_types, logged_fields, post
 from .support.servers import uvicorn_server
 from .support.upstream import ADVISOR_TOOL, ErrorEvent, Fail, Reply, Script, Turn, scripted_host, text, tool_use
 from .test_http_router import Decoy
@@ -124,7 +124,9 @@ async def test_bodies_and_advice_are_never_logged_at_info(
     with caplog.at_level(logging.INFO):  # every logger, tracebacks included
         response = await post(AdvisorMiddleware(scripted_host(script)), json=body, headers=CALLER)
     assert response.status_code == (429 if case == "executor-fails-first" else 200)
-    logged = caplog.text
+    # The message of every record, and the fields of the leg and request records.
+    logged = caplog.text + "".join(logged_fields(record) for record in caplog.records)
+    assert any(hasattr(record, "leg") for record in caplog.records), "the leg records were scanned"
     for secret in (BODY_SECRET, SYSTEM_SECRET, ADVICE_SECRET, "sk-caller-key", "sk-caller-token"):
         assert secret not in logged, f"{secret} was logged:\n{logged}"
     if case in ("advisor-fails", "executor-fails-later"):

@@ -44,14 +44,25 @@ QUESTION = user("What is 2+2?")
 CALLED = "(the executor consulted the advisor)\n"
 
 
-def transcripts(script: Script) -> list[str]:
-    """The advisor legs' user message, one per consult, in order."""
+def transcript_blocks(script: Script) -> list[list[dict[str, Any]]]:
+    """The advisor legs' user message, one per consult, in order: non-empty text blocks."""
     out = []
     for leg in script.of("advisor"):
         (message,) = leg.body["messages"]
         assert message["role"] == "user"
+        assert all(set(block) == {"type", "text"} and block["text"].strip() for block in message["content"])
         out.append(message["content"])
     return out
+
+
+def transcripts(script: Script) -> list[str]:
+    """The advisor legs' transcripts, their blocks joined."""
+    return ["".join(block["text"] for block in blocks) for blocks in transcript_blocks(script)]
+
+
+def extends(later: list[dict[str, Any]], earlier: list[dict[str, Any]]) -> bool:
+    """Whether ``later`` starts with every block of ``earlier`` and has more."""
+    return len(later) > len(earlier) and later[: len(earlier)] == earlier
 
 
 # --- append-only -------------------------------------------------------------------------------------
@@ -71,6 +82,9 @@ async def test_consults_in_one_request_append_one_segment_each(make_app: MakeApp
     assert first.endswith("\n[User]\nWhat is 2+2?\n\n[Executor]\nStep one.\n" + CALLED)
     assert second == first + "\n[User]\n(the advisor said) Advice 1.\n\n[Executor]\nStep two.\n" + CALLED
     assert third == second + "\n[User]\n(the advisor said) Advice 2.\n\n[Executor]\nStep three.\n" + CALLED
+    # Block by block too: a prefix cache at block boundaries hits.
+    blocks = transcript_blocks(script)
+    assert extends(blocks[1], blocks[0]) and extends(blocks[2], blocks[1])
 
 
 async def test_consults_across_turns_append_one_segment_each(client: anthropic.AsyncAnthropic, script: Script) -> None:
@@ -88,6 +102,7 @@ async def test_consults_across_turns_append_one_segment_each(client: anthropic.A
         "\n[User]\n(the advisor said) Advice.\n\n[Executor]\nDone.\n"
         "\n[User]\nAnd 3+3?\n\n[Executor]\nAsking again.\n" + CALLED
     )
+    assert extends(*transcript_blocks(script)[::-1])
 
 
 async def test_a_resumed_mixed_turn_then_a_consult_appends(make_app: MakeApp, script: Script) -> None:

@@ -24,6 +24,7 @@ from starlette.routing import Route
 from advisor_middleware import AdvisorMiddleware
 from advisor_middleware.accumulate import MessageAccumulator
 from advisor_middleware.classify import classify
+from advisor_middleware.endpoints import batch_body, count_tokens_body
 from advisor_middleware.history import render_history
 from advisor_middleware.transcript import render_transcript
 
@@ -140,6 +141,28 @@ def test_history_only_request_is_linear(shape: str) -> None:
         return lambda: classify(body)
 
     assert growth(prepare, SIZES[shape]) < LINEAR
+
+
+def _never_native(model: str) -> bool:
+    return False
+
+
+def test_count_tokens_rewrite_is_linear() -> None:
+    def prepare(n: int) -> Callable[[], object]:
+        body = request_body(consults(n))
+        return lambda: count_tokens_body(body, _never_native)
+
+    assert growth(prepare, SIZES["consults"]) < LINEAR
+
+
+def test_batch_rewrite_is_linear() -> None:
+    # Many requests, each with a short advisor history: each is rendered once.
+    def prepare(n: int) -> Callable[[], object]:
+        params = [{"model": "exec", "max_tokens": 10, "messages": consults(2)} for _ in range(n)]
+        body = {"requests": [{"custom_id": f"r{i}", "params": p} for i, p in enumerate(params)]}
+        return lambda: batch_body(body, _never_native)
+
+    assert growth(prepare, 5_000) < LINEAR
 
 
 @pytest.mark.parametrize("max_chars", [None, 20_000, 10**9], ids=["no-budget", "over-budget", "within-budget"])

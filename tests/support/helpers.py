@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
@@ -17,6 +18,7 @@ from anthropic.lib.streaming._beta_messages import accumulate_event
 from anthropic.types.beta import BetaMessage
 
 from advisor_middleware._types import Message, Receive
+from advisor_middleware.check import index_problem, order_problem
 
 from .upstream import ADVISOR_TOOL, Reply, Script, reply_events, sse, text, tool_use
 
@@ -286,6 +288,16 @@ async def wait_until(condition: Callable[[], bool], within: float, what: str) ->
 # --- the stream protocol ------------------------------------------------------------------------
 
 
+def assert_stream_rules(events: list[tuple[str, dict[str, Any]]]) -> None:
+    """``events`` keep the event-order and indices rules (the package's own, which
+    ``advisor-middleware check`` holds deployments to): one ``message_start``, first; blocks
+    started at 0, 1, 2, ..., deltas and stops naming an open block; ``message_delta`` after the
+    last block; ``message_stop`` (or an ``error`` with every block stopped) last."""
+    data = [event for _, event in events]
+    problem = order_problem(data) or index_problem(data)
+    assert problem is None, problem
+
+
 def check_stream(raw: bytes, *, sdk: bool = True) -> tuple[list[tuple[str, dict[str, Any]]], BetaMessage | None]:
     """Assert that ``raw`` (a whole SSE response body) keeps Anthropic's stream protocol; return
     its events and, when no ``error`` event ended it (and ``sdk``), the message the SDK's
@@ -298,26 +310,8 @@ def check_stream(raw: bytes, *, sdk: bool = True) -> tuple[list[tuple[str, dict[
     """
     events = parse_sse(raw)
     assert events, "empty stream"
+    assert_stream_rules(events)
     names = [name for name, _ in events]
-    assert names[0] == "message_start", names[:3]
-    assert names.count("message_start") == 1, names
-    open_blocks: set[int] = set()
-    next_index = 0
-    for position, (name, event) in enumerate(events):
-        last = position == len(events) - 1
-        if name == "content_block_start":
-            assert event["index"] == next_index, (event["index"], next_index)
-            open_blocks.add(next_index)
-            next_index += 1
-        elif name in ("content_block_delta", "content_block_stop"):
-            assert event["index"] in open_blocks, f"{name} for block {event['index']}, open: {open_blocks}"
-            if name == "content_block_stop":
-                open_blocks.remove(event["index"])
-        elif name in ("message_delta", "message_stop", "error"):
-            assert open_blocks == set(), f"{name} with blocks {open_blocks} still open"
-        if name in ("message_stop", "error"):
-            assert last, f"{names[position + 1 :]} after {name}"
-    assert names[-1] in ("message_stop", "error"), f"the stream ends with {names[-1]}"
     if names[-1] == "error":
         return events, None
     assert names.count("message_delta") == 1, names
@@ -355,6 +349,14 @@ def answer_content(response: httpx.Response, streaming: bool) -> list[dict[str, 
     _, message = check_stream(response.content)
     assert message is not None, "the stream ended in an error event"
     return [block.model_dump(exclude_none=True) for block in message.content]
+
+
+_PLAIN_RECORD = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+
+def logged_fields(record: logging.LogRecord) -> str:
+    """The fields a log record carries beyond a plain one's (``extra``), as text to scan."""
+    return repr({key: value for key, value in vars(record).items() if key not in _PLAIN_RECORD})
 
 
 def http_scope(headers: list[tuple[bytes, bytes]], **overrides: Any) -> dict[str, Any]:

@@ -85,7 +85,7 @@ class FaultHost:
 
     async def answer(self, role: str, body: dict[str, Any], send: Any) -> None:
         if role == "advisor":
-            transcript = body["messages"][0]["content"]
+            transcript = "".join(block["text"] for block in body["messages"][0]["content"])
             case = transcript[transcript.index("soak ") + 5 :].split()[0]
             later = True
         else:

@@ -13,7 +13,7 @@ import json
 import uuid
 from collections import defaultdict, deque
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import anyio
@@ -22,6 +22,8 @@ from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+
+from advisor_middleware.demo_cache import ImplicitPrefixCache, PromptCache
 
 
 def text(value: str) -> dict[str, Any]:
@@ -51,6 +53,8 @@ class Reply:
     output_tokens: int = 5
     cache_read: int = 0
     cache_creation: int = 0
+    cache_creation_by_ttl: dict[str, int] | None = None
+    """``usage.cache_creation``, when the host reports it."""
     delay: float = 0.0
     """Seconds before the response starts."""
     gap: float = 0.0
@@ -101,12 +105,18 @@ class Recorded:
 @dataclass
 class Script:
     turns: dict[str, deque[Turn]] = field(default_factory=lambda: defaultdict(deque))
+    model_turns: dict[str, deque[Turn]] = field(default_factory=dict)
+    """Turns for requests that name a model, whatever their role (see ``model``)."""
     requests: list[Recorded] = field(default_factory=list)
     finished: list[str] = field(default_factory=list)
     """Roles of legs whose handler ran to the end (not cancelled)."""
     cancelled: list[str] = field(default_factory=list)
     streamed: list[str] = field(default_factory=list)
     """Roles of legs whose stream generator began (it then finishes or is cancelled)."""
+    cache: PromptCache | ImplicitPrefixCache | None = None
+    """Bills the input of every leg but the executor's like a provider's prompt cache, when set."""
+    billed: list[dict[str, Any]] = field(default_factory=list)
+    """What ``cache`` billed each of those legs, in order."""
 
     def executor(self, *turns: Turn) -> Script:
         self.turns["executor"].extend(turns)
@@ -120,6 +130,11 @@ class Script:
         self.turns["direct"].extend(turns)
         return self
 
+    def model(self, name: str, *turns: Turn) -> Script:
+        """Requests for model ``name`` get these turns, in order, instead of their role's."""
+        self.model_turns.setdefault(name, deque()).extend(turns)
+        return self
+
     def of(self, role: str) -> list[Recorded]:
         return [r for r in self.requests if r.role == role]
 
@@ -128,13 +143,31 @@ def sse(event: dict[str, Any]) -> bytes:
     return f"event: {event['type']}\ndata: {json.dumps(event, separators=(',', ':'))}\n\n".encode()
 
 
-def reply_events(reply: Reply, model: str) -> list[dict[str, Any]]:
-    usage = {
+def reply_usage(reply: Reply, output_tokens: int) -> dict[str, Any]:
+    usage: dict[str, Any] = {
         "input_tokens": reply.input_tokens,
         "cache_creation_input_tokens": reply.cache_creation,
         "cache_read_input_tokens": reply.cache_read,
-        "output_tokens": 1,
+        "output_tokens": output_tokens,
     }
+    if reply.cache_creation_by_ttl is not None:
+        usage["cache_creation"] = reply.cache_creation_by_ttl
+    return usage
+
+
+def billed(reply: Reply, usage: dict[str, Any]) -> Reply:
+    """``reply`` with the input usage a prompt cache billed."""
+    return replace(
+        reply,
+        input_tokens=usage["input_tokens"],
+        cache_read=usage["cache_read_input_tokens"],
+        cache_creation=usage["cache_creation_input_tokens"],
+        cache_creation_by_ttl=usage.get("cache_creation"),
+    )
+
+
+def reply_events(reply: Reply, model: str) -> list[dict[str, Any]]:
+    usage = reply_usage(reply, 1)
     events: list[dict[str, Any]] = [
         {
             "type": "message_start",
@@ -223,12 +256,7 @@ def reply_message(reply: Reply, model: str) -> dict[str, Any]:
         "content": reply.blocks,
         "stop_reason": reply.stop_reason,
         "stop_sequence": None,
-        "usage": {
-            "input_tokens": reply.input_tokens,
-            "cache_creation_input_tokens": reply.cache_creation,
-            "cache_read_input_tokens": reply.cache_read,
-            "output_tokens": reply.output_tokens,
-        },
+        "usage": reply_usage(reply, reply.output_tokens),
     }
 
 
@@ -238,14 +266,14 @@ def scripted_host(script: Script) -> Starlette:
         body = json.loads(raw)
         role = request.headers.get("x-advisor-leg", "direct")
         script.requests.append(Recorded(role, dict(request.headers), body, raw, request.url.query))
-        queue = script.turns[role]
+        model = str(body.get("model"))
+        queue = script.model_turns[model] if model in script.model_turns else script.turns[role]
         if not queue:
             return JSONResponse(
                 {"type": "error", "error": {"type": "api_error", "message": f"no scripted {role} turn left"}},
                 status_code=500,
             )
         turn = queue.popleft()
-        model = str(body.get("model"))
         if isinstance(turn, Fail):
             await anyio.sleep(turn.delay)
             if turn.raw is not None:
@@ -256,6 +284,9 @@ def scripted_host(script: Script) -> Starlette:
                 headers=turn.headers,
             )
         reply = turn.reply if isinstance(turn, ErrorEvent) else turn
+        if script.cache is not None and role != "executor":  # a LiteLLM deployment's legs come unmarked
+            script.billed.append(script.cache.usage(body))
+            reply = billed(reply, script.billed[-1])
         if not body.get("stream") or reply.json_only:
             await anyio.sleep(reply.delay)
             script.finished.append(role)
