@@ -17,6 +17,21 @@ import pydantic_core
 from .errors import UpstreamError
 from .sse import RawDelta, raw_delta_event
 
+USAGE_TOKENS = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens", "output_tokens")
+"""The token counts of a ``usage`` object, in the order the middleware writes them (docs/protocol.md §4)."""
+
+
+def token_count(value: Any) -> int:
+    """A token count from a host's usage: an integer, else 0 (a host may omit or garble one)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def token_counts(usage: Any) -> dict[str, int]:
+    """The :data:`USAGE_TOKENS` of ``usage`` (any value), each as :func:`token_count` reads it."""
+    usage = usage if isinstance(usage, dict) else {}
+    return {key: token_count(usage.get(key)) for key in USAGE_TOKENS}
+
+
 INPUT_BLOCKS = ("tool_use", "server_tool_use", "mcp_tool_use")
 """The block types whose ``input`` streams as ``input_json_delta``."""
 

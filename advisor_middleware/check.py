@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import orjson
 
-from .accumulate import MessageAccumulator
+from .accumulate import USAGE_TOKENS, MessageAccumulator, token_count
 from .blocks import ADVISOR_ERROR_CODES
 from .errors import UpstreamError
 from .routers.http import parse_base_url, upstream_url
@@ -55,7 +55,6 @@ _RESULT_FIELDS = {
     "advisor_redacted_result": "encrypted_content",
     "advisor_tool_result_error": "error_code",
 }
-_TOKENS = ("input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
 _SSE = "text/event-stream"
 _HEADERS = {"anthropic-version": "2023-06-01", "anthropic-beta": "advisor-tool-2026-03-01"}
 
@@ -202,10 +201,10 @@ def iterations_problem(message: Event) -> str | None:
 def usage_total_problem(message: Event) -> str | None:
     """``usage-total``: each top-level token field is the sum over the ``message`` iterations, if any."""
     iterations = _iterations(message)
-    for key in _TOKENS if iterations else ():
-        executor = sum(_count(item, key) for item in iterations if item.get("type") == "message")
-        advisor = sum(_count(item, key) for item in iterations if item.get("type") == "advisor_message")
-        total = _count(message["usage"], key)
+    for key in USAGE_TOKENS if iterations else ():
+        executor = sum(token_count(item.get(key)) for item in iterations if item.get("type") == "message")
+        advisor = sum(token_count(item.get(key)) for item in iterations if item.get("type") == "advisor_message")
+        total = token_count(message["usage"].get(key))
         if total != executor:
             hint = ": it includes the advisor's tokens" if advisor and total == executor + advisor else ""
             return f"usage.{key} is {total}, the executor iterations sum to {executor}{hint}"
@@ -216,11 +215,6 @@ def _iterations(message: Event) -> list[dict[str, Any]]:
     """The objects in ``usage.iterations`` (none if it is not a list)."""
     iterations = (message.get("usage") or {}).get("iterations")
     return [item for item in iterations if isinstance(item, dict)] if isinstance(iterations, list) else []
-
-
-def _count(usage: Mapping[str, Any], key: str) -> int:
-    value = usage.get(key)
-    return value if isinstance(value, int) else 0
 
 
 # --- probing --------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import anyio
 
-from .accumulate import MessageAccumulator
+from .accumulate import USAGE_TOKENS, MessageAccumulator, token_count, token_counts
 from .blocks import ADVISOR_NAME, AdvisorTool, advisor_result_block, server_tool_use_block, server_tool_use_id
 from .config import AdvisorConfig
 from .errors import ClientGone, UpstreamError
@@ -35,7 +35,6 @@ Emit = Callable[[Sequence[dict[str, Any] | RawDelta]], Awaitable[None]]
 dicts, and the executor's text deltas as :data:`RawDelta`, re-indexed."""
 
 _TOO_LONG = ("prompt is too long", "context length", "context window", "too many tokens")
-_USAGE_SUMS = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens", "output_tokens")
 _CACHE_TTLS = ("ephemeral_5m_input_tokens", "ephemeral_1h_input_tokens")
 
 
@@ -560,11 +559,10 @@ def _advisor_failure(exc: Exception) -> str:
 
 
 def _iteration(entry: dict[str, Any], usage: dict[str, Any]) -> dict[str, Any]:
-    for key in _USAGE_SUMS:
-        entry[key] = _int(usage.get(key))
+    entry.update(token_counts(usage))
     by_ttl = usage.get("cache_creation")
     if isinstance(by_ttl, dict):
-        entry["cache_creation"] = {key: _int(by_ttl.get(key)) for key in _CACHE_TTLS}
+        entry["cache_creation"] = {key: token_count(by_ttl.get(key)) for key in _CACHE_TTLS}
     return entry
 
 
@@ -581,13 +579,13 @@ def _sum_usage(legs: list[dict[str, Any]]) -> dict[str, Any]:
         for key, value in leg.items():
             if key == "iterations":
                 continue
-            if key in _USAGE_SUMS:
-                usage[key] = usage.get(key, 0) + _int(value)
+            if key in USAGE_TOKENS:
+                usage[key] = usage.get(key, 0) + token_count(value)
             elif isinstance(value, dict) and all(isinstance(v, int) for v in value.values()):
                 _add_counts(usage.setdefault(key, {}), value)
             else:
                 usage[key] = value
-    for key in _USAGE_SUMS:
+    for key in USAGE_TOKENS:
         usage.setdefault(key, 0)
     return usage
 
@@ -637,7 +635,3 @@ def _answer(messages: list[Any], results: list[dict[str, Any]]) -> list[Any]:
     if isinstance(last, dict) and last.get("role") == "user" and isinstance(last.get("content"), list):
         return [*messages[:-1], {**last, "content": [*results, *last["content"]]}]
     return [*messages, {"role": "user", "content": results}]
-
-
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0

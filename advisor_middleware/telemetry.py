@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any
 
+from .accumulate import USAGE_TOKENS, token_counts
 from .errors import ERROR_TYPES, ClientGone, UpstreamError, error_type_for_status
 from .routers.base import OnBatch
 
@@ -33,7 +34,6 @@ log = logging.getLogger("advisor_middleware")
 PROVIDER = "anthropic"  # every leg is an Anthropic Messages request, whatever model answers it
 AGENT = "advisor"  # the agent a request invokes, and the tool a consult executes
 
-_USAGE_KEYS = ("input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
 _TRACE_HEADERS = (b"traceparent", b"tracestate")
 _NAME_CAP = 200  # model names come from the request and the host: kept short in records
 _LEG_LINE = (
@@ -79,8 +79,6 @@ class LegTrace:
 
     def facts(self) -> dict[str, Any]:
         """The leg's log fields, which its span and metrics reuse: cost and timing, no content."""
-        usage = self.acc.message.get("usage")
-        usage = usage if isinstance(usage, dict) else {}
         return {
             "leg": self.kind,
             "model": _name(self.acc.message.get("model")) or self.model,
@@ -88,7 +86,7 @@ class LegTrace:
             "duration_s": round(time.perf_counter() - self.start, 6),
             "ttfb_s": None if self.first is None else round(self.first - self.start, 6),
             "stop_reason": _name(self.acc.message.get("stop_reason")) or None,
-            **{key: _int(usage.get(key)) for key in _USAGE_KEYS},
+            **token_counts(self.acc.message.get("usage")),
         }
 
 
@@ -183,8 +181,8 @@ class RequestTrace:
         if self.otel is None and not logged:
             return
         facts = leg.facts()
-        totals = self.tokens.setdefault(facts["model"], dict.fromkeys(_USAGE_KEYS, 0))
-        for key in _USAGE_KEYS:
+        totals = self.tokens.setdefault(facts["model"], dict.fromkeys(USAGE_TOKENS, 0))
+        for key in USAGE_TOKENS:
             totals[key] += facts[key]
         if self.otel is not None:
             self.otel.end_leg(leg, facts, self.capture_content)
@@ -409,7 +407,3 @@ def _input_tokens(usage: dict[str, int]) -> int:
 
 def _name(value: Any) -> str:
     return value[:_NAME_CAP] if isinstance(value, str) else ""
-
-
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
